@@ -1,0 +1,84 @@
+//! JSON bodies of the status and cluster-membership endpoints (`/v1/status`,
+//! `/v1/cluster/*`), shared by the node's HTTP layer and the CLI.
+
+use serde::{Deserialize, Serialize};
+
+/// One member of a cluster as the status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Raft node id.
+    pub node_id: u64,
+    /// iroh EndpointId (hex).
+    pub endpoint_id: String,
+    /// Direct addresses the member is reached at.
+    pub addrs: Vec<String>,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// Highest log index known to be replicated to it (leader only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_revision: Option<u64>,
+}
+
+/// `GET /v1/status` of a cluster node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Always `node` for a cluster node.
+    pub role: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// This node's Raft id.
+    pub node_id: u64,
+    /// This node's iroh EndpointId (hex).
+    pub endpoint_id: String,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub raft_state: String,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// Current Raft term.
+    pub term: u64,
+    /// Highest applied revision on this node.
+    pub applied_revision: u64,
+    /// Highest log index on this node.
+    pub last_log_index: u64,
+    /// Whether the cluster has been initialized.
+    pub initialized: bool,
+    /// Members of the cluster.
+    pub members: Vec<MemberStatus>,
+}
+
+/// `POST /v1/cluster/init`: start a new cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    /// Voters of the new cluster, by node id: this node and configured peers. Empty means
+    /// this node and every configured peer.
+    #[serde(default)]
+    pub members: Vec<u64>,
+}
+
+/// `POST /v1/cluster/add-learner`: add a node that receives the log but does not vote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddLearnerRequest {
+    /// The new node's Raft id.
+    pub node_id: u64,
+    /// Its iroh EndpointId (hex).
+    pub endpoint_id: String,
+    /// Its direct addresses (`ip:port`).
+    pub addrs: Vec<String>,
+}
+
+/// `POST /v1/cluster/promote` and `/v1/cluster/remove`: one node by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeIdRequest {
+    /// The node's Raft id.
+    pub node_id: u64,
+}
+
+/// Answer of the membership endpoints: the membership after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipResponse {
+    /// Members after the change.
+    pub members: Vec<MemberStatus>,
+}

@@ -1,0 +1,330 @@
+//! A small client for the HTTP API of a node or router. The CLI, the benchmark and the
+//! integration tests use it; applications may too.
+
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::admin::{AddLearnerRequest, InitRequest, MembershipResponse, NodeIdRequest, NodeStatus};
+use crate::error::ErrorCode;
+use crate::json::{
+    BatchRequest, CadRequest, CasRequest, ErrorBody, JsonEntry, JsonFailure, JsonKeyState,
+    ScanResponse, TxnRequest, WriteResponse,
+};
+use crate::types::Consistency;
+
+/// How long one request may take before the client gives up on it.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of [`AspenClient`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request did not get an HTTP answer (connection refused, reset, timeout). A
+    /// write may or may not have been applied.
+    #[error("request to {url} failed: {source}")]
+    Transport {
+        /// The URL requested.
+        url: String,
+        /// The cause.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error.
+    #[error("{status} {}: {}", body.error.code, body.error.message)]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The error body.
+        body: Box<ErrorBody>,
+    },
+    /// The answer could not be understood.
+    #[error("unexpected answer from {url}: {reason}")]
+    Decode {
+        /// The URL requested.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The API error code, when the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { body, .. } => Some(body.error.code),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of a compare-and-swap or compare-and-delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The write was applied.
+    Applied(WriteResponse),
+    /// The key did not hold the expected value; nothing changed.
+    Mismatch(JsonKeyState),
+}
+
+/// The outcome of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Every precondition held and every write was applied.
+    Applied(WriteResponse),
+    /// A precondition failed; nothing changed.
+    Failed(JsonFailure),
+}
+
+/// An HTTP client bound to one base URL such as `http://127.0.0.1:7070`.
+#[derive(Debug, Clone)]
+pub struct AspenClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl AspenClient {
+    /// A client for `endpoint` with the default timeout.
+    pub fn new(endpoint: &str) -> Self {
+        Self::with_timeout(endpoint, DEFAULT_REQUEST_TIMEOUT)
+    }
+
+    /// A client for `endpoint` whose requests time out after `timeout`.
+    pub fn with_timeout(endpoint: &str, timeout: Duration) -> Self {
+        let http = http_client(timeout);
+        AspenClient {
+            base: endpoint.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    /// The base URL.
+    pub fn endpoint(&self) -> &str {
+        &self.base
+    }
+
+    fn kv_url(&self, key: &str) -> String {
+        format!("{}/v1/kv/{}", self.base, encode_path(key))
+    }
+
+    /// Reads one key; `None` when it does not exist.
+    pub async fn get(
+        &self,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<JsonEntry>, ClientError> {
+        let mut url = self.kv_url(key);
+        if consistency == Consistency::Stale {
+            url.push_str("?consistency=stale");
+        }
+        match self.send(self.http.get(&url), &url).await {
+            Ok(entry) => Ok(Some(entry)),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets one key.
+    pub async fn put(&self, key: &str, value: &[u8]) -> Result<WriteResponse, ClientError> {
+        let url = self.kv_url(key);
+        self.send(self.http.put(&url).body(value.to_vec()), &url)
+            .await
+    }
+
+    /// Deletes one key.
+    pub async fn delete(&self, key: &str) -> Result<WriteResponse, ClientError> {
+        let url = self.kv_url(key);
+        self.send(self.http.delete(&url), &url).await
+    }
+
+    /// One page of the keys under `prefix`, after `after`.
+    pub async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+        consistency: Consistency,
+    ) -> Result<ScanResponse, ClientError> {
+        let mut url = format!("{}?prefix=true", self.kv_url(prefix));
+        if let Some(after) = after {
+            url.push_str(&format!("&after={}", encode_query(after)));
+        }
+        if let Some(limit) = limit {
+            url.push_str(&format!("&limit={limit}"));
+        }
+        if consistency == Consistency::Stale {
+            url.push_str("&consistency=stale");
+        }
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// Sets and deletes several keys atomically.
+    pub async fn batch(&self, request: &BatchRequest) -> Result<WriteResponse, ClientError> {
+        self.post("/v1/batch", request).await
+    }
+
+    /// Compare-and-swap.
+    pub async fn cas(&self, request: &CasRequest) -> Result<CasOutcome, ClientError> {
+        match self.post("/v1/cas", request).await {
+            Ok(ok) => Ok(CasOutcome::Applied(ok)),
+            Err(e) => mismatch(e).map(CasOutcome::Mismatch),
+        }
+    }
+
+    /// Compare-and-delete.
+    pub async fn cad(&self, request: &CadRequest) -> Result<CasOutcome, ClientError> {
+        match self.post("/v1/cad", request).await {
+            Ok(ok) => Ok(CasOutcome::Applied(ok)),
+            Err(e) => mismatch(e).map(CasOutcome::Mismatch),
+        }
+    }
+
+    /// A conditional multi-key write.
+    pub async fn txn(&self, request: &TxnRequest) -> Result<TxnOutcome, ClientError> {
+        match self.post("/v1/txn", request).await {
+            Ok(ok) => Ok(TxnOutcome::Applied(ok)),
+            Err(ClientError::Api { body, .. }) if body.failed.is_some() => {
+                Ok(TxnOutcome::Failed(body.failed.expect("checked above")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        let url = format!("{}/v1/status", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// Initializes a new cluster.
+    pub async fn cluster_init(
+        &self,
+        request: &InitRequest,
+    ) -> Result<MembershipResponse, ClientError> {
+        self.post("/v1/cluster/init", request).await
+    }
+
+    /// Adds a learner.
+    pub async fn cluster_add_learner(
+        &self,
+        request: &AddLearnerRequest,
+    ) -> Result<MembershipResponse, ClientError> {
+        self.post("/v1/cluster/add-learner", request).await
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn cluster_promote(&self, node_id: u64) -> Result<MembershipResponse, ClientError> {
+        self.post("/v1/cluster/promote", &NodeIdRequest { node_id })
+            .await
+    }
+
+    /// Removes a member.
+    pub async fn cluster_remove(&self, node_id: u64) -> Result<MembershipResponse, ClientError> {
+        self.post("/v1/cluster/remove", &NodeIdRequest { node_id })
+            .await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        self.send(self.http.post(&url).json(body), &url).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        let transport = |source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(transport)?;
+        let decode = |reason: String| ClientError::Decode {
+            url: url.to_string(),
+            reason,
+        };
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()));
+        }
+        let body: ErrorBody = serde_json::from_slice(&bytes).map_err(|e| {
+            decode(format!(
+                "status {status} with a body that is not an Aspen error ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            ))
+        })?;
+        Err(ClientError::Api {
+            status,
+            body: Box::new(body),
+        })
+    }
+}
+
+/// A plain-HTTP `reqwest` client with connection pooling, as [`AspenClient`] uses; for
+/// callers (tests, tools) that need raw requests.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(plain_tls_config())
+        .timeout(timeout)
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("building an HTTP client without TLS cannot fail")
+}
+
+/// Aspen speaks plain HTTP, but the HTTP stack may be built with TLS support and no
+/// default crypto provider (iroh enables it); hand it an explicit, empty configuration so
+/// building a client never depends on process-global state.
+fn plain_tls_config() -> rustls::ClientConfig {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+fn mismatch(err: ClientError) -> Result<JsonKeyState, ClientError> {
+    match err {
+        ClientError::Api { body, .. } if body.actual.is_some() => {
+            Ok(body.actual.expect("checked above"))
+        }
+        e => Err(e),
+    }
+}
+
+/// Percent-encodes a key for a URL path, keeping `/` so keys read naturally.
+fn encode_path(key: &str) -> String {
+    encode(key, b"/")
+}
+
+/// Percent-encodes a query value.
+fn encode_query(value: &str) -> String {
+    encode(value, b"")
+}
+
+fn encode(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_percent_encoded_except_slashes() {
+        assert_eq!(encode_path("a/b c?d%"), "a/b%20c%3Fd%25");
+        assert_eq!(encode_query("a/b"), "a%2Fb");
+        assert_eq!(encode_path("é"), "%C3%A9");
+    }
+}

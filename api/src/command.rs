@@ -1,0 +1,361 @@
+//! The write commands of a cluster. Each command becomes exactly one Raft log entry and is
+//! applied all or nothing, so a multi-key command is atomic and a failed precondition
+//! changes nothing. [`Command::validate`] enforces the [limits](crate::limits) before a
+//! command is proposed.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ValidationError;
+use crate::limits::{
+    MAX_COMMAND_VALUE_BYTES, MAX_INLINE_VALUE_BYTES, MAX_KEYS_PER_COMMAND, MAX_KEY_BYTES,
+};
+
+/// A condition on one key, checked inside the state machine when the command applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    /// The key must exist.
+    Exists { key: String },
+    /// The key must not exist.
+    NotExists { key: String },
+    /// The key must exist and hold exactly this value.
+    Equals {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// The key's `mod_revision` must be exactly this (0 means: the key must not exist).
+    ModRevision { key: String, revision: u64 },
+}
+
+impl Precondition {
+    /// The key this precondition checks.
+    pub fn key(&self) -> &str {
+        match self {
+            Precondition::Exists { key }
+            | Precondition::NotExists { key }
+            | Precondition::Equals { key, .. }
+            | Precondition::ModRevision { key, .. } => key,
+        }
+    }
+
+    /// A short human description, used in error messages (`exists`, `equals`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Precondition::Exists { .. } => "exists",
+            Precondition::NotExists { .. } => "not_exists",
+            Precondition::Equals { .. } => "equals",
+            Precondition::ModRevision { .. } => "mod_revision",
+        }
+    }
+}
+
+/// One write command. See DESIGN.md, "Commands".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set one key.
+    Set {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Set up to [`MAX_KEYS_PER_COMMAND`] keys atomically.
+    SetMulti {
+        #[serde(with = "pairs")]
+        writes: Vec<(String, Vec<u8>)>,
+    },
+    /// Delete one key (not an error if it is absent).
+    Delete { key: String },
+    /// Delete up to [`MAX_KEYS_PER_COMMAND`] keys atomically.
+    DeleteMulti { keys: Vec<String> },
+    /// Set `key` to `new_value` only if its value is `expected` (`None`: must not exist).
+    CompareAndSwap {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        expected: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
+        new_value: Vec<u8>,
+    },
+    /// Delete `key` only if its value is `expected`.
+    CompareAndDelete {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        expected: Vec<u8>,
+    },
+    /// Apply `writes` and `deletes` only if every precondition holds.
+    ConditionalSetMulti {
+        preconditions: Vec<Precondition>,
+        #[serde(with = "pairs")]
+        writes: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
+    },
+}
+
+/// Encodes `(key, value)` lists with values as byte strings, so binary encodings copy
+/// them whole instead of element by element (values are up to 1 MiB).
+mod pairs {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(pairs: &[(String, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(pairs.iter().map(|(k, v)| (k, serde_bytes::Bytes::new(v))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(String, Vec<u8>)>, D::Error> {
+        let pairs: Vec<(String, serde_bytes::ByteBuf)> = Deserialize::deserialize(d)?;
+        Ok(pairs.into_iter().map(|(k, v)| (k, v.into_vec())).collect())
+    }
+}
+
+impl Command {
+    /// Every key the command names, preconditions included, in order of appearance.
+    pub fn keys(&self) -> Vec<&str> {
+        match self {
+            Command::Set { key, .. }
+            | Command::Delete { key }
+            | Command::CompareAndSwap { key, .. }
+            | Command::CompareAndDelete { key, .. } => vec![key],
+            Command::SetMulti { writes } => writes.iter().map(|(k, _)| k.as_str()).collect(),
+            Command::DeleteMulti { keys } => keys.iter().map(String::as_str).collect(),
+            Command::ConditionalSetMulti {
+                preconditions,
+                writes,
+                deletes,
+            } => preconditions
+                .iter()
+                .map(Precondition::key)
+                .chain(writes.iter().map(|(k, _)| k.as_str()))
+                .chain(deletes.iter().map(String::as_str))
+                .collect(),
+        }
+    }
+
+    /// The command's name as the API documents it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Set { .. } => "set",
+            Command::SetMulti { .. } => "set_multi",
+            Command::Delete { .. } => "delete",
+            Command::DeleteMulti { .. } => "delete_multi",
+            Command::CompareAndSwap { .. } => "compare_and_swap",
+            Command::CompareAndDelete { .. } => "compare_and_delete",
+            Command::ConditionalSetMulti { .. } => "conditional_set_multi",
+        }
+    }
+
+    /// Checks every limit: key sizes, value sizes, key counts, duplicate written keys.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let keys = self.keys();
+        if keys.len() > MAX_KEYS_PER_COMMAND {
+            return Err(ValidationError::TooManyKeys {
+                count: keys.len(),
+                max: MAX_KEYS_PER_COMMAND,
+            });
+        }
+        if keys.is_empty() {
+            return Err(ValidationError::NoKeys);
+        }
+        for key in &keys {
+            validate_key(key)?;
+        }
+        let mut total = 0usize;
+        for value in self.values() {
+            validate_value_len(value.len())?;
+            total += value.len();
+        }
+        if total > MAX_COMMAND_VALUE_BYTES {
+            return Err(ValidationError::CommandTooLarge {
+                len: total,
+                max: MAX_COMMAND_VALUE_BYTES,
+            });
+        }
+        self.check_no_duplicate_writes()
+    }
+
+    fn values(&self) -> Vec<&[u8]> {
+        match self {
+            Command::Set { value, .. } => vec![value],
+            Command::SetMulti { writes } => writes.iter().map(|(_, v)| v.as_slice()).collect(),
+            Command::Delete { .. } | Command::DeleteMulti { .. } => vec![],
+            Command::CompareAndSwap {
+                expected,
+                new_value,
+                ..
+            } => expected
+                .iter()
+                .map(Vec::as_slice)
+                .chain([new_value.as_slice()])
+                .collect(),
+            Command::CompareAndDelete { expected, .. } => vec![expected],
+            Command::ConditionalSetMulti {
+                preconditions,
+                writes,
+                ..
+            } => preconditions
+                .iter()
+                .filter_map(|p| match p {
+                    Precondition::Equals { value, .. } => Some(value.as_slice()),
+                    _ => None,
+                })
+                .chain(writes.iter().map(|(_, v)| v.as_slice()))
+                .collect(),
+        }
+    }
+
+    /// A key written or deleted twice in one command has no clear meaning: refuse it.
+    fn check_no_duplicate_writes(&self) -> Result<(), ValidationError> {
+        let written: Vec<&str> = match self {
+            Command::SetMulti { writes } => writes.iter().map(|(k, _)| k.as_str()).collect(),
+            Command::DeleteMulti { keys } => keys.iter().map(String::as_str).collect(),
+            Command::ConditionalSetMulti {
+                writes, deletes, ..
+            } => writes
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .chain(deletes.iter().map(String::as_str))
+                .collect(),
+            _ => return Ok(()),
+        };
+        let mut seen = BTreeSet::new();
+        for key in written {
+            if !seen.insert(key) {
+                return Err(ValidationError::DuplicateKey {
+                    key: key.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks one key against the key rules: 1 to [`MAX_KEY_BYTES`] bytes.
+pub fn validate_key(key: &str) -> Result<(), ValidationError> {
+    if key.is_empty() {
+        return Err(ValidationError::EmptyKey);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ValidationError::KeyTooLarge {
+            len: key.len(),
+            max: MAX_KEY_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks one value's length against [`MAX_INLINE_VALUE_BYTES`].
+pub fn validate_value_len(len: usize) -> Result<(), ValidationError> {
+    if len > MAX_INLINE_VALUE_BYTES {
+        return Err(ValidationError::ValueTooLarge {
+            len,
+            max: MAX_INLINE_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str, len: usize) -> Command {
+        Command::Set {
+            key: key.into(),
+            value: vec![7; len],
+        }
+    }
+
+    #[test]
+    fn key_of_max_bytes_is_accepted_and_one_more_is_refused() {
+        assert!(set(&"k".repeat(MAX_KEY_BYTES), 1).validate().is_ok());
+        assert_eq!(
+            set(&"k".repeat(MAX_KEY_BYTES + 1), 1).validate(),
+            Err(ValidationError::KeyTooLarge {
+                len: MAX_KEY_BYTES + 1,
+                max: MAX_KEY_BYTES
+            })
+        );
+    }
+
+    #[test]
+    fn empty_key_is_refused() {
+        assert_eq!(set("", 1).validate(), Err(ValidationError::EmptyKey));
+    }
+
+    #[test]
+    fn value_of_inline_limit_is_accepted_and_one_more_byte_is_refused() {
+        assert!(set("k", MAX_INLINE_VALUE_BYTES).validate().is_ok());
+        assert!(matches!(
+            set("k", MAX_INLINE_VALUE_BYTES + 1).validate(),
+            Err(ValidationError::ValueTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn multi_key_command_takes_at_most_the_key_limit_counting_preconditions() {
+        let writes = |n: usize| {
+            (0..n)
+                .map(|i| (format!("k{i}"), vec![1]))
+                .collect::<Vec<_>>()
+        };
+        let ok = Command::SetMulti {
+            writes: writes(MAX_KEYS_PER_COMMAND),
+        };
+        assert!(ok.validate().is_ok());
+        let too_many = Command::SetMulti {
+            writes: writes(MAX_KEYS_PER_COMMAND + 1),
+        };
+        assert!(matches!(
+            too_many.validate(),
+            Err(ValidationError::TooManyKeys { count: 101, .. })
+        ));
+        let with_precondition = Command::ConditionalSetMulti {
+            preconditions: vec![Precondition::Exists { key: "p".into() }],
+            writes: writes(MAX_KEYS_PER_COMMAND),
+            deletes: vec![],
+        };
+        assert!(matches!(
+            with_precondition.validate(),
+            Err(ValidationError::TooManyKeys { .. })
+        ));
+    }
+
+    #[test]
+    fn total_value_bytes_of_a_command_are_bounded() {
+        let per = MAX_INLINE_VALUE_BYTES;
+        let n = MAX_COMMAND_VALUE_BYTES / per;
+        let fits = Command::SetMulti {
+            writes: (0..n).map(|i| (format!("k{i}"), vec![0; per])).collect(),
+        };
+        assert!(fits.validate().is_ok());
+        let over = Command::SetMulti {
+            writes: (0..=n).map(|i| (format!("k{i}"), vec![0; per])).collect(),
+        };
+        assert!(matches!(
+            over.validate(),
+            Err(ValidationError::CommandTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_key_written_twice_in_one_command_is_refused() {
+        let cmd = Command::ConditionalSetMulti {
+            preconditions: vec![],
+            writes: vec![("a".into(), vec![1])],
+            deletes: vec!["a".into()],
+        };
+        assert_eq!(
+            cmd.validate(),
+            Err(ValidationError::DuplicateKey { key: "a".into() })
+        );
+    }
+
+    #[test]
+    fn a_multi_command_without_keys_is_refused() {
+        assert_eq!(
+            Command::DeleteMulti { keys: vec![] }.validate(),
+            Err(ValidationError::NoKeys)
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! Every limit of the public API, in one place. Each is enforced where input enters the
+//! system (the HTTP layer and the `aspen/kv/1` server) with an error that names it.
+
+/// Longest key, in bytes of UTF-8. Keys are the unit of routing and indexing; 1 KiB is
+/// the same bound etcd's users live with and keeps scans and Raft entries small.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Largest value stored inline in the Raft log. Every byte of a value is replicated to
+/// every member and fsynced on each, so bigger values belong in the blob store
+/// (refused with 413 `too_large` until blobs land).
+pub const MAX_INLINE_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Most keys one multi-key command may touch, counting writes, deletes and precondition
+/// keys. One command is one Raft entry; a bound keeps entries and their apply time small.
+pub const MAX_KEYS_PER_COMMAND: usize = 100;
+
+/// Most value bytes one command may carry in total. A single Raft entry travels whole in
+/// one AppendEntries message; 4 MiB keeps heartbeats behind it from being delayed long.
+pub const MAX_COMMAND_VALUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest JSON request body accepted. Values in JSON may be base64 (4/3 larger), so this
+/// is twice the command bound.
+pub const MAX_JSON_BODY_BYTES: usize = 2 * MAX_COMMAND_VALUE_BYTES;
+
+/// Scan page size when the request names none.
+pub const DEFAULT_SCAN_LIMIT: usize = 1_000;
+
+/// Largest scan page. Bigger pages hold a read transaction and a response buffer for too
+/// long; clients page with the continuation token instead.
+pub const MAX_SCAN_LIMIT: usize = 10_000;
+
+/// Most members (voters and learners) in one cluster.
+pub const MAX_CLUSTER_NODES: usize = 64;
+
+/// Most value bytes in one scan page. A page stops early (with `more = true`) once it
+/// holds this much, so a page of large values cannot exhaust memory or a wire message.
+pub const MAX_SCAN_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Largest encoded `aspen/kv/1` message: the largest command or scan page above plus
+/// room for its encoding.
+pub const MAX_WIRE_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

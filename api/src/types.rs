@@ -1,0 +1,129 @@
+//! Values that flow out of a cluster: stored entries, the state of a key reported when a
+//! precondition fails, the outcome of a write, and read requests and their results.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Precondition;
+
+/// One stored key with etcd-style metadata. A cluster's revision is the Raft log index of
+/// the change, so revisions only grow and order all changes of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value, exactly as written (binary safe).
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key (since its last deletion).
+    pub create_revision: u64,
+    /// Revision of the last write to the key.
+    pub mod_revision: u64,
+    /// Writes since creation: 1 after the create, +1 per later write.
+    pub version: u64,
+}
+
+/// What a key looked like when a precondition was checked against it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyState {
+    /// The key.
+    pub key: String,
+    /// The entry, or `None` when the key was absent.
+    pub entry: Option<KvEntry>,
+}
+
+/// Why a conditional command was not applied: which precondition failed first and what
+/// the key actually held. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreconditionFailure {
+    /// Index of the first failed precondition (0 for CompareAndSwap / CompareAndDelete).
+    pub index: usize,
+    /// The precondition as it was given.
+    pub precondition: Precondition,
+    /// The key's state when it was checked.
+    pub actual: KeyState,
+}
+
+/// The outcome of applying one command. A failed precondition is an expected outcome,
+/// not an error, so it lives here rather than in an error type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    /// Every write and delete was applied.
+    Applied {
+        /// How many keys were deleted (deletes of absent keys do not count).
+        deleted: u32,
+    },
+    /// A precondition failed; nothing was applied.
+    PreconditionFailed(PreconditionFailure),
+}
+
+/// The state machine's answer for one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// The cluster revision of this command's log entry.
+    pub revision: u64,
+    /// Applied or refused by a precondition.
+    pub outcome: WriteOutcome,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began (Raft ReadIndex on the
+    /// leader).
+    #[default]
+    Linearizable,
+    /// Served from the local copy of whichever node answers; may miss recent writes.
+    Stale,
+}
+
+/// A read of one key or of a key range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadRequest {
+    /// One key.
+    Get { key: String },
+    /// Keys starting with `prefix`, in byte order, strictly after `after` when given.
+    Scan {
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    },
+}
+
+/// One page of a prefix scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanPage {
+    /// Entries in key order.
+    pub kvs: Vec<KvEntry>,
+    /// True when more keys match after the last one returned.
+    pub more: bool,
+}
+
+impl ScanPage {
+    /// The continuation token: pass it as `after` to get the next page.
+    pub fn next(&self) -> Option<&str> {
+        if self.more {
+            self.kvs.last().map(|e| e.key.as_str())
+        } else {
+            None
+        }
+    }
+}
+
+/// The answer to a [`ReadRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadResult {
+    /// The entry, or `None` if the key is absent.
+    Get(Option<KvEntry>),
+    /// A page of a scan.
+    Scan(ScanPage),
+}
+
+/// A read's result together with where it was served from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    /// The data.
+    pub result: ReadResult,
+    /// The serving node's applied revision when it read (for stale reads: how far it had
+    /// caught up).
+    pub applied_revision: u64,
+}

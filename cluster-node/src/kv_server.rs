@@ -1,0 +1,62 @@
+//! The serving side of `aspen/kv/1` (wire format in `aspen_api::wire`): requests from
+//! follower nodes forwarding to this leader, and later from routers.
+
+use std::sync::Arc;
+
+use aspen_api::wire::{self, KvRequest, KvResponse, MAX_WIRE_MESSAGE_BYTES};
+use aspen_api::{ApiError, ErrorCode};
+use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler};
+
+use crate::service::KvService;
+use crate::transport::{serve_streams, Transport, CLOSE_NOT_ALLOWED};
+
+/// iroh protocol handler for `aspen/kv/1`.
+#[derive(Clone)]
+pub struct KvProtocol {
+    service: Arc<KvService>,
+    transport: Arc<Transport>,
+}
+
+impl KvProtocol {
+    /// A handler executing requests on `service`.
+    pub fn new(service: Arc<KvService>, transport: Arc<Transport>) -> Self {
+        KvProtocol { service, transport }
+    }
+}
+
+impl std::fmt::Debug for KvProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvProtocol").finish_non_exhaustive()
+    }
+}
+
+async fn answer(service: &KvService, bytes: &[u8]) -> KvResponse {
+    match wire::decode::<KvRequest>(bytes) {
+        Ok(request) => service.serve_remote(request).await,
+        Err(e) => KvResponse::Error(ApiError::new(ErrorCode::BadRequest, e.to_string())),
+    }
+}
+
+impl ProtocolHandler for KvProtocol {
+    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        if self.transport.is_blocked(&connection.remote_id()) {
+            connection.close(CLOSE_NOT_ALLOWED.into(), b"partitioned");
+            return Ok(());
+        }
+        let service = self.service.clone();
+        serve_streams(connection, MAX_WIRE_MESSAGE_BYTES, move |bytes| {
+            let service = service.clone();
+            async move {
+                let response = answer(&service, &bytes).await;
+                wire::encode(&response).unwrap_or_else(|e| {
+                    let error =
+                        KvResponse::Error(ApiError::new(ErrorCode::TooLarge, e.to_string()));
+                    wire::encode(&error).expect("a short error always fits")
+                })
+            }
+        })
+        .await;
+        Ok(())
+    }
+}

@@ -1,0 +1,32 @@
+//! One member of an Aspen cluster: openraft consensus carried over iroh QUIC, the log and
+//! state machine in SQLite, the KV service that executes commands and reads, and the HTTP
+//! API every node serves.
+//!
+//! # Layout
+//!
+//! - [`raft_types`]: the openraft type configuration (entries carry `aspen_api::Command`).
+//! - [`storage`]: SQLite log store with group commit, state machine, snapshots.
+//! - [`transport`]: the iroh endpoint, node identity, request/response over QUIC streams,
+//!   fault injection.
+//! - [`raft_network`]: `aspen/raft/1`, openraft's RPCs over the transport, member-only.
+//! - [`service`]: executes writes, reads and membership changes; forwards to the leader.
+//! - [`kv_server`]: `aspen/kv/1`, the serving side of forwarded and router requests.
+//! - [`http`]: the public HTTP API (axum).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`node`]: wires one node together, in a fixed order; start and shutdown.
+//! - [`local_cluster`]: several nodes in one process (`aspen dev`, tests).
+
+// openraft's `StorageError` is large and its storage traits require it as the error type,
+// so results carrying it are large by design; boxing it at every call would only add noise.
+#![allow(clippy::result_large_err)]
+
+pub mod http;
+pub mod kv_server;
+pub mod local_cluster;
+pub mod metrics;
+pub mod node;
+pub mod raft_network;
+pub mod raft_types;
+pub mod service;
+pub mod storage;
+pub mod transport;

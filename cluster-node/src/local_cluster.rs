@@ -1,0 +1,164 @@
+//! Several nodes of one cluster in one process, on loopback: what `aspen dev` runs and
+//! what the integration tests start. Each node has its own iroh endpoint, SQLite files
+//! under `<data_dir>/node-<id>`, and HTTP listener; nodes can be stopped, restarted on
+//! the same addresses, wiped and re-added.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use aspen_config::{NodeConfig, PeerConfig, RaftConfig};
+
+use crate::node::{bind, Node, NodeError};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LocalClusterSpec {
+    /// Cluster name.
+    pub cluster: String,
+    /// Parent of every node's data dir.
+    pub data_dir: PathBuf,
+    /// Number of nodes (ids 1..=n).
+    pub nodes: usize,
+    /// HTTP address of node 1 (port 0: any free port). Other nodes take free ports.
+    pub first_http: SocketAddr,
+    /// Raft timing and snapshot settings for every node.
+    pub raft: RaftConfig,
+}
+
+/// A running local cluster. Node `i` (1-based) is at index `i - 1`.
+pub struct LocalCluster {
+    configs: Vec<NodeConfig>,
+    nodes: Vec<Option<Node>>,
+}
+
+/// The data dir of node `id` under `parent`.
+pub fn node_dir(parent: &Path, id: u64) -> PathBuf {
+    parent.join(format!("node-{id}"))
+}
+
+impl LocalCluster {
+    /// Binds and starts every node; initializes the cluster on first start.
+    pub async fn start(spec: LocalClusterSpec) -> Result<LocalCluster, NodeError> {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+        let mut configs = Vec::new();
+        let mut endpoints = Vec::new();
+        for id in 1..=spec.nodes as u64 {
+            let mut config =
+                NodeConfig::dev(id, spec.cluster.clone(), node_dir(&spec.data_dir, id));
+            config.iroh_bind_addr = loopback;
+            config.http_addr = if id == 1 { spec.first_http } else { loopback };
+            config.raft = spec.raft.clone();
+            let endpoint = bind(&config).await?;
+            config.iroh_bind_addr = endpoint.bound_sockets()[0];
+            configs.push(config);
+            endpoints.push(endpoint);
+        }
+        let peers: Vec<PeerConfig> = configs
+            .iter()
+            .zip(&endpoints)
+            .map(|(c, e)| PeerConfig {
+                node_id: c.node_id,
+                endpoint_id: e.id().to_string(),
+                addrs: vec![c.iroh_bind_addr],
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for (config, endpoint) in configs.iter_mut().zip(endpoints) {
+            config.peers = peers
+                .iter()
+                .filter(|p| p.node_id != config.node_id)
+                .cloned()
+                .collect();
+            let listener = bind_http(config.http_addr).await?;
+            config.http_addr = listener
+                .local_addr()
+                .map_err(|e| NodeError::Endpoint(e.to_string()))?;
+            nodes.push(Some(Node::start(config.clone(), endpoint, listener).await?));
+        }
+        let cluster = LocalCluster { configs, nodes };
+        let first = cluster.node(1).expect("node 1 just started");
+        if !first
+            .raft()
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
+            first
+                .service
+                .init(&[])
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+        }
+        Ok(cluster)
+    }
+
+    /// Node `id`, if running.
+    pub fn node(&self, id: u64) -> Option<&Node> {
+        self.nodes.get(id as usize - 1).and_then(Option::as_ref)
+    }
+
+    /// Ids of the running nodes.
+    pub fn running(&self) -> Vec<u64> {
+        (1..=self.nodes.len() as u64)
+            .filter(|id| self.node(*id).is_some())
+            .collect()
+    }
+
+    /// The config node `id` runs with.
+    pub fn config(&self, id: u64) -> &NodeConfig {
+        &self.configs[id as usize - 1]
+    }
+
+    /// HTTP base URL of node `id`.
+    pub fn url(&self, id: u64) -> String {
+        format!("http://{}", self.config(id).http_addr)
+    }
+
+    /// The current leader as seen by any running node.
+    pub fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .flatten()
+            .find_map(|n| n.raft().metrics().borrow().current_leader)
+    }
+
+    /// Stops node `id` (as a crash would, minus the fsyncs it already did).
+    pub async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes[id as usize - 1].take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Starts a stopped node again on its old addresses and data.
+    pub async fn restart(&mut self, id: u64) -> Result<(), NodeError> {
+        self.stop(id).await;
+        let config = self.config(id).clone();
+        let endpoint = bind(&config).await?;
+        let listener = bind_http(config.http_addr).await?;
+        self.nodes[id as usize - 1] = Some(Node::start(config, endpoint, listener).await?);
+        Ok(())
+    }
+
+    /// Stops node `id` and deletes its data dir, identity included.
+    pub async fn wipe(&mut self, id: u64) -> Result<(), NodeError> {
+        self.stop(id).await;
+        let dir = self.config(id).data_dir.clone();
+        std::fs::remove_dir_all(&dir).map_err(|source| NodeError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.stop(id).await;
+        }
+    }
+}
+
+async fn bind_http(addr: SocketAddr) -> Result<tokio::net::TcpListener, NodeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| NodeError::Endpoint(format!("binding HTTP on {addr} failed: {e}")))
+}

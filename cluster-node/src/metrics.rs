@@ -1,0 +1,137 @@
+//! Prometheus metrics of a node, rendered in the text format at `GET /metrics`.
+//!
+//! Request counters and latency histograms are updated by the HTTP layer; Raft gauges
+//! (term, leadership, applied revision) are read from openraft's metrics at scrape time,
+//! so they are never stale.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::raft_types::AspenRaft;
+
+/// Labels of a request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The operation (`get`, `put`, `scan`, `cas`, ...).
+    pub op: &'static str,
+    /// HTTP status class of the answer (`2xx`, `4xx`, `5xx`).
+    pub status: &'static str,
+}
+
+/// Labels of a latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The operation.
+    pub op: &'static str,
+}
+
+/// All metrics of one node.
+pub struct NodeMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<OpLabels, Histogram>,
+    term: Gauge,
+    is_leader: Gauge,
+    applied: Gauge,
+    last_log: Gauge,
+    members: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~13 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("aspen");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<OpLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let (term, is_leader, applied, last_log, members) = (
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by operation and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency, by operation",
+            latency.clone(),
+        );
+        registry.register("raft_term", "Current Raft term", term.clone());
+        registry.register(
+            "raft_is_leader",
+            "1 when this node is the leader",
+            is_leader.clone(),
+        );
+        registry.register(
+            "applied_revision",
+            "Highest revision applied on this node",
+            applied.clone(),
+        );
+        registry.register(
+            "raft_last_log_index",
+            "Highest Raft log index on this node",
+            last_log.clone(),
+        );
+        registry.register(
+            "cluster_members",
+            "Members in the current membership",
+            members.clone(),
+        );
+        NodeMetrics {
+            registry,
+            requests,
+            latency,
+            term,
+            is_leader,
+            applied,
+            last_log,
+            members,
+        }
+    }
+}
+
+impl NodeMetrics {
+    /// Counts one request and its latency.
+    pub fn observe(&self, op: &'static str, status: u16, seconds: f64) {
+        let status = match status {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels { op, status })
+            .inc();
+        self.latency
+            .get_or_create(&OpLabels { op })
+            .observe(seconds);
+    }
+
+    /// Renders every metric, refreshing the Raft gauges from `raft` first.
+    pub fn render(&self, raft: &AspenRaft) -> String {
+        let m = raft.metrics().borrow().clone();
+        self.term.set(m.current_term as i64);
+        self.is_leader.set((m.current_leader == Some(m.id)) as i64);
+        self.applied
+            .set(m.last_applied.map_or(0, |l| l.index) as i64);
+        self.last_log.set(m.last_log_index.unwrap_or(0) as i64);
+        self.members.set(m.membership_config.nodes().count() as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

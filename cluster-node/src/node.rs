@@ -1,0 +1,218 @@
+//! Wiring of one node, in a fixed order: identity and iroh endpoint, SQLite storage,
+//! Raft, the KV service, the iroh protocols, and the HTTP API.
+//!
+//! A node is started from a [`NodeConfig`] with an already bound iroh endpoint
+//! ([`bind`]) and an already bound HTTP listener, so tests and `aspen dev` can bind port 0
+//! and learn the addresses before any node starts. [`Node::shutdown`] stops everything.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use aspen_config::{NodeConfig, RelayModeConfig};
+use iroh::protocol::Router as ProtocolRouter;
+use iroh::{Endpoint, EndpointId};
+use openraft::SnapshotPolicy;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::http::{self, AppState};
+use crate::kv_server::KvProtocol;
+use crate::metrics::NodeMetrics;
+use crate::raft_network::{NetworkFactory, RaftProtocol, RAFT_ALPN};
+use crate::raft_types::{AspenRaft, MemberNode};
+use crate::service::KvService;
+use crate::storage;
+use crate::transport::{bind_endpoint, load_or_create_secret_key, Transport};
+
+/// Errors of starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data dir or the identity key could not be read or written.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The iroh endpoint could not be bound.
+    #[error("{0}")]
+    Endpoint(String),
+    /// Opening the SQLite storage failed.
+    #[error("opening storage failed: {0}")]
+    Storage(#[from] crate::raft_types::StorageError),
+    /// A configured value is unusable.
+    #[error("config: {0}")]
+    Config(String),
+    /// Raft refused to start.
+    #[error("starting Raft failed: {0}")]
+    Raft(String),
+}
+
+/// Binds the node's iroh endpoint: identity from the data dir, address from the config.
+pub async fn bind(config: &NodeConfig) -> Result<Endpoint, NodeError> {
+    let key = load_or_create_secret_key(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let relays = config.relay == RelayModeConfig::Default;
+    bind_endpoint(key, config.iroh_bind_addr, relays)
+        .await
+        .map_err(NodeError::Endpoint)
+}
+
+/// A running node.
+pub struct Node {
+    /// The KV service (also reachable over HTTP and `aspen/kv/1`).
+    pub service: Arc<KvService>,
+    raft: AspenRaft,
+    transport: Arc<Transport>,
+    protocols: ProtocolRouter,
+    http_addr: SocketAddr,
+    http_stop: Option<oneshot::Sender<()>>,
+    http_task: JoinHandle<std::io::Result<()>>,
+}
+
+fn openraft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
+    let r = &config.raft;
+    openraft::Config {
+        cluster_name: config.cluster.clone(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every_logs),
+        max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
+        max_payload_entries: r.max_payload_entries,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Config(e.to_string()))
+}
+
+impl Node {
+    /// Starts a node on a bound `endpoint` and HTTP `listener`.
+    pub async fn start(
+        config: NodeConfig,
+        endpoint: Endpoint,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Node, NodeError> {
+        let transport = Transport::new(endpoint.clone());
+        let mut initial_members = BTreeMap::new();
+        let own_addrs = endpoint
+            .bound_sockets()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        initial_members.insert(
+            config.node_id,
+            MemberNode {
+                endpoint_id: endpoint.id().to_string(),
+                addrs: own_addrs,
+            },
+        );
+        let mut configured = HashSet::new();
+        for peer in &config.peers {
+            let id: EndpointId = peer.endpoint_id.parse().map_err(|e| {
+                NodeError::Config(format!("peer {}: invalid endpoint_id: {e}", peer.node_id))
+            })?;
+            transport.set_addresses(id, peer.addrs.clone());
+            configured.insert(id);
+            let addrs = peer.addrs.iter().map(|a| a.to_string()).collect();
+            initial_members.insert(
+                peer.node_id,
+                MemberNode {
+                    endpoint_id: peer.endpoint_id.clone(),
+                    addrs,
+                },
+            );
+        }
+        let (log_store, state_machine) = storage::open(&config.data_dir)?;
+        let raft = AspenRaft::new(
+            config.node_id,
+            Arc::new(openraft_config(&config)?),
+            NetworkFactory::new(transport.clone()),
+            log_store,
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let service = KvService::new(
+            config.node_id,
+            config.cluster.clone(),
+            raft.clone(),
+            state_machine,
+            transport.clone(),
+            initial_members,
+        );
+        let protocols = ProtocolRouter::builder(endpoint)
+            .accept(
+                RAFT_ALPN,
+                RaftProtocol::new(raft.clone(), transport.clone(), configured),
+            )
+            .accept(
+                aspen_api::wire::KV_ALPN,
+                KvProtocol::new(service.clone(), transport.clone()),
+            )
+            .spawn();
+        let http_addr = listener.local_addr().map_err(|source| NodeError::DataDir {
+            path: "http listener".into(),
+            source,
+        })?;
+        let state = AppState {
+            service: service.clone(),
+            metrics: Arc::new(NodeMetrics::default()),
+        };
+        let (http_stop, stopped) = oneshot::channel::<()>();
+        let http_task = tokio::spawn(http::serve(listener, http::router(state), async move {
+            let _ = stopped.await;
+        }));
+        tracing::info!(node_id = config.node_id, cluster = %config.cluster, endpoint_id = %transport.endpoint().id(), %http_addr, "node started");
+        Ok(Node {
+            service,
+            raft,
+            transport,
+            protocols,
+            http_addr,
+            http_stop: Some(http_stop),
+            http_task,
+        })
+    }
+
+    /// The HTTP address the API is served on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// This node's iroh EndpointId.
+    pub fn endpoint_id(&self) -> EndpointId {
+        self.transport.endpoint().id()
+    }
+
+    /// The addresses of this node's iroh endpoint.
+    pub fn iroh_addrs(&self) -> Vec<SocketAddr> {
+        self.transport.endpoint().bound_sockets()
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &AspenRaft {
+        &self.raft
+    }
+
+    /// The transport (for fault injection in tests).
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// Stops HTTP, Raft and the iroh endpoint, in that order.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.http_stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.http_task.await;
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        if let Err(e) = self.protocols.shutdown().await {
+            tracing::warn!("iroh shutdown: {e}");
+        }
+    }
+}

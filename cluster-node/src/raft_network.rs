@@ -1,0 +1,262 @@
+//! Raft RPCs over iroh: the `aspen/raft/1` protocol.
+//!
+//! Goals: carry openraft's three RPCs (AppendEntries, Vote, InstallSnapshot chunks) between
+//! members, one RPC per QUIC stream; accept them only from cluster members and configured
+//! peers, identified by their iroh EndpointId.
+//!
+//! Non-goals: batching RPCs to different peers, compression.
+//!
+//! The requesting side is [`NetworkFactory`] (openraft's `RaftNetworkFactory`); the
+//! serving side is [`RaftProtocol`], an iroh `ProtocolHandler`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use iroh::EndpointId;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::raft_types::{AspenRaft, MemberNode, NodeId, TypeConfig};
+use crate::transport::{serve_streams, Transport, TransportError, CLOSE_NOT_ALLOWED};
+
+/// ALPN of the Raft protocol, version 1.
+pub const RAFT_ALPN: &[u8] = b"aspen/raft/1";
+
+/// Largest Raft message: a full AppendEntries batch or a snapshot chunk, with headroom.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Serialize, Deserialize)]
+enum RaftRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Serialize, Deserialize)]
+enum RaftAnswer {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// The request could not be decoded or was refused.
+    Refused(String),
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("encoding to a Vec cannot fail")
+}
+
+/// Builds a [`NetworkClient`] per target for openraft.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    transport: Arc<Transport>,
+}
+
+impl NetworkFactory {
+    /// A factory sending over `transport`.
+    pub fn new(transport: Arc<Transport>) -> Self {
+        NetworkFactory { transport }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = NetworkClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> NetworkClient {
+        NetworkClient {
+            target,
+            node: node.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// Sends Raft RPCs to one member.
+pub struct NetworkClient {
+    target: NodeId,
+    node: MemberNode,
+    transport: Arc<Transport>,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
+
+impl NetworkClient {
+    async fn call<E: std::error::Error>(
+        &self,
+        request: RaftRequest,
+        option: &RPCOption,
+    ) -> Result<RaftAnswer, RpcErr<E>> {
+        let id: EndpointId = self.node.endpoint_id.parse().map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
+                "member {} has an invalid endpoint id: {e}",
+                self.target
+            ))))
+        })?;
+        let peer = self.transport.resolve(id, &self.node.addrs);
+        let answer = self
+            .transport
+            .request(
+                &peer,
+                RAFT_ALPN,
+                &encode(&request),
+                MAX_RAFT_MESSAGE_BYTES,
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(|e| match e {
+                TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                TransportError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        let answer: RaftAnswer =
+            postcard::from_bytes(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let RaftAnswer::Refused(reason) = answer {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(reason),
+            )));
+        }
+        Ok(answer)
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RpcErr<E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(
+        "answer of the wrong kind",
+    )))
+}
+
+impl RaftNetwork<TypeConfig> for NetworkClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        match self.call(RaftRequest::AppendEntries(rpc), &option).await? {
+            RaftAnswer::AppendEntries(r) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        match self
+            .call(RaftRequest::InstallSnapshot(rpc), &option)
+            .await?
+        {
+            RaftAnswer::InstallSnapshot(r) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        match self.call(RaftRequest::Vote(rpc), &option).await? {
+            RaftAnswer::Vote(r) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+/// Serves `aspen/raft/1` for one Raft node.
+#[derive(Clone)]
+pub struct RaftProtocol {
+    raft: AspenRaft,
+    transport: Arc<Transport>,
+    /// Endpoint ids from the node's config; members are read from the live membership.
+    configured_peers: Arc<HashSet<EndpointId>>,
+}
+
+impl RaftProtocol {
+    /// The handler for `raft`, accepting configured peers and current members.
+    pub fn new(
+        raft: AspenRaft,
+        transport: Arc<Transport>,
+        configured_peers: HashSet<EndpointId>,
+    ) -> Self {
+        RaftProtocol {
+            raft,
+            transport,
+            configured_peers: Arc::new(configured_peers),
+        }
+    }
+
+    /// Whether `remote` may send Raft RPCs: a configured peer or a member.
+    fn allowed(&self, remote: &EndpointId) -> bool {
+        if self.transport.is_blocked(remote) {
+            return false;
+        }
+        if self.configured_peers.contains(remote) {
+            return true;
+        }
+        let text = remote.to_string();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let allowed = metrics
+            .membership_config
+            .nodes()
+            .any(|(_, node)| node.endpoint_id == text);
+        allowed
+    }
+
+    async fn handle(&self, remote: EndpointId, bytes: Vec<u8>) -> Vec<u8> {
+        if !self.allowed(&remote) {
+            return encode(&RaftAnswer::Refused(format!(
+                "endpoint {remote} is not a member or configured peer of this cluster"
+            )));
+        }
+        let answer = match postcard::from_bytes::<RaftRequest>(&bytes) {
+            Err(e) => RaftAnswer::Refused(format!("malformed Raft request: {e}")),
+            Ok(RaftRequest::AppendEntries(r)) => {
+                RaftAnswer::AppendEntries(self.raft.append_entries(r).await)
+            }
+            Ok(RaftRequest::Vote(r)) => RaftAnswer::Vote(self.raft.vote(r).await),
+            Ok(RaftRequest::InstallSnapshot(r)) => {
+                RaftAnswer::InstallSnapshot(self.raft.install_snapshot(r).await)
+            }
+        };
+        encode(&answer)
+    }
+}
+
+impl std::fmt::Debug for RaftProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftProtocol").finish_non_exhaustive()
+    }
+}
+
+impl ProtocolHandler for RaftProtocol {
+    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        let remote = connection.remote_id();
+        if !self.allowed(&remote) {
+            tracing::warn!(%remote, "refused Raft connection from an endpoint that is not a member or configured peer");
+            connection.close(CLOSE_NOT_ALLOWED.into(), b"not a member of this cluster");
+            return Ok(());
+        }
+        let this = self.clone();
+        serve_streams(connection, MAX_RAFT_MESSAGE_BYTES, move |bytes| {
+            let this = this.clone();
+            async move { this.handle(remote, bytes).await }
+        })
+        .await;
+        Ok(())
+    }
+}

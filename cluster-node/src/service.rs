@@ -1,0 +1,522 @@
+//! The KV service: executes writes, reads and membership changes on this node's Raft
+//! group, forwarding to the leader over `aspen/kv/1` when this node is not the leader, so
+//! a user never sees "not leader".
+//!
+//! Retries are safe by construction: a request is retried only when it certainly was not
+//! applied (openraft refused it before appending, or it never reached the leader). A
+//! write whose fate is unknown (proposed but not committed in time, or the leader went
+//! silent after receiving it) is reported as `timeout`, never retried behind the user's
+//! back, because a retried compare-and-swap could report a failure for its own success.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aspen_api::admin::{AddLearnerRequest, MemberStatus};
+use aspen_api::command::validate_key;
+use aspen_api::limits::MAX_SCAN_LIMIT;
+use aspen_api::types::ReadResponse;
+use aspen_api::wire::{
+    self, KvRequest, KvResponse, MembershipChange, KV_ALPN, MAX_WIRE_MESSAGE_BYTES,
+};
+use aspen_api::{
+    ApiError, Command, Consistency, ErrorCode, ReadRequest, ReadResult, ValidationError,
+    WriteResult,
+};
+use iroh::EndpointId;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::ChangeMembers;
+use tokio::time::Instant;
+
+use crate::raft_types::{AspenRaft, MemberNode, NodeId};
+use crate::storage::StateMachine;
+use crate::transport::{Transport, TransportError};
+
+/// How long one request may take end to end, leader elections and forwarding included.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Pause between attempts while there is no leader or the leader is unreachable.
+const RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+/// What one local attempt came to.
+enum Attempt<T> {
+    Done(T),
+    /// Not applied here; this is the leader to try, if known.
+    Forward(Option<(NodeId, MemberNode)>),
+}
+
+/// What forwarding came to.
+enum Forwarded {
+    Answer(KvResponse),
+    /// Certainly not delivered: safe to retry.
+    NotDelivered,
+}
+
+/// Executes KV requests for one node. Shared by the HTTP API and the `aspen/kv/1` server.
+pub struct KvService {
+    /// This node's Raft id.
+    pub node_id: NodeId,
+    /// The cluster's name, reported with every result.
+    pub cluster: String,
+    raft: AspenRaft,
+    sm: StateMachine,
+    transport: Arc<Transport>,
+    /// This node and its configured peers: the default voters of `init`.
+    initial_members: BTreeMap<NodeId, MemberNode>,
+}
+
+fn unavailable(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::ClusterUnavailable, message)
+}
+
+fn forward_target(f: ForwardToLeader<NodeId, MemberNode>) -> Option<(NodeId, MemberNode)> {
+    f.leader_id.zip(f.leader_node)
+}
+
+impl KvService {
+    /// A service over `raft`.
+    pub fn new(
+        node_id: NodeId,
+        cluster: String,
+        raft: AspenRaft,
+        sm: StateMachine,
+        transport: Arc<Transport>,
+        initial_members: BTreeMap<NodeId, MemberNode>,
+    ) -> Arc<KvService> {
+        Arc::new(KvService {
+            node_id,
+            cluster,
+            raft,
+            sm,
+            transport,
+            initial_members,
+        })
+    }
+
+    /// This node's iroh EndpointId, hex.
+    pub fn endpoint_id(&self) -> String {
+        self.transport.endpoint().id().to_string()
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &AspenRaft {
+        &self.raft
+    }
+
+    /// The local state machine.
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    /// Applies `command` on the cluster, forwarding to the leader as needed.
+    pub async fn write(&self, command: Command) -> Result<WriteResult, ApiError> {
+        command.validate()?;
+        let request = KvRequest::Write(command.clone());
+        self.with_leader(
+            &request,
+            |this| this.write_local(&command),
+            |answer| match answer {
+                KvResponse::Write(result) => Some(Ok(result)),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Reads at `consistency`, forwarding linearizable reads to the leader as needed.
+    pub async fn read(
+        &self,
+        request: ReadRequest,
+        consistency: Consistency,
+    ) -> Result<ReadResponse, ApiError> {
+        validate_read(&request)?;
+        if consistency == Consistency::Stale {
+            return self.read_state(&request).await;
+        }
+        let wire = KvRequest::Read {
+            request: request.clone(),
+            consistency,
+        };
+        self.with_leader(
+            &wire,
+            |this| this.read_local(&request),
+            |answer| match answer {
+                KvResponse::Read(result) => Some(Ok(result)),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Changes the membership, forwarding to the leader as needed.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Vec<MemberStatus>, ApiError> {
+        let request = KvRequest::Membership(change.clone());
+        self.with_leader(
+            &request,
+            |this| this.membership_local(&change),
+            |answer| match answer {
+                KvResponse::Membership(members) => Some(Ok(members)),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Runs `local` here, or forwards `request` to the leader, until the deadline.
+    async fn with_leader<'a, T, F, Fut>(
+        &'a self,
+        request: &KvRequest,
+        local: F,
+        accept: impl Fn(KvResponse) -> Option<Result<T, ApiError>>,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn(&'a Self) -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt<T>, ApiError>>,
+    {
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let mut leader_known = false;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, local(self)).await.map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Timeout,
+                    format!("no answer within {REQUEST_DEADLINE:?}; a write may or may not have been applied"),
+                )
+            })??;
+            let leader = match attempt {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Forward(leader) => leader,
+            };
+            if let Some((leader_id, node)) = leader.filter(|(id, _)| *id != self.node_id) {
+                leader_known = true;
+                match self.forward(&node, request, deadline).await? {
+                    Forwarded::Answer(KvResponse::Error(e)) => return Err(e),
+                    Forwarded::Answer(KvResponse::NotLeader { .. }) | Forwarded::NotDelivered => {}
+                    Forwarded::Answer(answer) => {
+                        return accept(answer).unwrap_or_else(|| {
+                            Err(ApiError::new(
+                                ErrorCode::Internal,
+                                format!(
+                                    "leader {leader_id} answered with the wrong kind of message"
+                                ),
+                            ))
+                        })
+                    }
+                }
+            }
+            if Instant::now() + RETRY_BACKOFF >= deadline {
+                return Err(if leader_known {
+                    unavailable(format!("the leader could not be reached within {REQUEST_DEADLINE:?}; nothing was applied"))
+                } else {
+                    ApiError::new(ErrorCode::NoLeader, format!("cluster {} has no leader (election under way or quorum lost); nothing was applied, retry", self.cluster))
+                });
+            }
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &MemberNode,
+        request: &KvRequest,
+        deadline: Instant,
+    ) -> Result<Forwarded, ApiError> {
+        let Ok(id) = leader.endpoint_id.parse::<EndpointId>() else {
+            return Ok(Forwarded::NotDelivered);
+        };
+        let peer = self.transport.resolve(id, &leader.addrs);
+        let payload = wire::encode(request).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match self
+            .transport
+            .request(&peer, KV_ALPN, &payload, MAX_WIRE_MESSAGE_BYTES, remaining)
+            .await
+        {
+            Ok(bytes) => wire::decode::<KvResponse>(&bytes)
+                .map(Forwarded::Answer)
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::Internal,
+                        format!("leader sent a malformed answer: {e}"),
+                    )
+                }),
+            Err(TransportError::Unreachable { .. }) => Ok(Forwarded::NotDelivered),
+            Err(e @ TransportError::Failed { .. }) => match request {
+                // Reads change nothing: another try is always safe.
+                KvRequest::Read { .. } => Ok(Forwarded::NotDelivered),
+                _ => Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!("{e}; the request may or may not have been applied"),
+                )),
+            },
+        }
+    }
+
+    /// Serves a request from another node or a router: local only, never forwarded.
+    pub async fn serve_remote(&self, request: KvRequest) -> KvResponse {
+        let not_leader = |leader: Option<(NodeId, MemberNode)>| KvResponse::NotLeader {
+            leader: leader.map(|(id, _)| id),
+        };
+        let result = match request {
+            KvRequest::Write(command) => match command.validate() {
+                Err(e) => return KvResponse::Error(e.into()),
+                Ok(()) => self.write_local(&command).await.map(|a| match a {
+                    Attempt::Done(r) => KvResponse::Write(r),
+                    Attempt::Forward(l) => not_leader(l),
+                }),
+            },
+            KvRequest::Read {
+                request,
+                consistency,
+            } => match validate_read(&request) {
+                Err(e) => return KvResponse::Error(e),
+                Ok(()) if consistency == Consistency::Stale => {
+                    self.read_state(&request).await.map(KvResponse::Read)
+                }
+                Ok(()) => self.read_local(&request).await.map(|a| match a {
+                    Attempt::Done(r) => KvResponse::Read(r),
+                    Attempt::Forward(l) => not_leader(l),
+                }),
+            },
+            KvRequest::Membership(change) => {
+                self.membership_local(&change).await.map(|a| match a {
+                    Attempt::Done(m) => KvResponse::Membership(m),
+                    Attempt::Forward(l) => not_leader(l),
+                })
+            }
+        };
+        result.unwrap_or_else(KvResponse::Error)
+    }
+
+    async fn write_local(&self, command: &Command) -> Result<Attempt<WriteResult>, ApiError> {
+        match self.raft.client_write(command.clone()).await {
+            Ok(response) => Ok(Attempt::Done(response.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(Attempt::Forward(forward_target(f)))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ApiError::new(ErrorCode::Internal, e.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => {
+                Err(unavailable(format!("this node's Raft has stopped: {f}")))
+            }
+        }
+    }
+
+    async fn read_local(&self, request: &ReadRequest) -> Result<Attempt<ReadResponse>, ApiError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => self.read_state(request).await.map(Attempt::Done),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Ok(Attempt::Forward(forward_target(f)))
+            }
+            // Not enough followers answered: the leader may be deposed. Try again.
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Ok(Attempt::Forward(None))
+            }
+            Err(RaftError::Fatal(f)) => {
+                Err(unavailable(format!("this node's Raft has stopped: {f}")))
+            }
+        }
+    }
+
+    /// Reads this node's copy as it is.
+    async fn read_state(&self, request: &ReadRequest) -> Result<ReadResponse, ApiError> {
+        let sm = self.sm.clone();
+        let request = request.clone();
+        let storage = |e: String| ApiError::new(ErrorCode::Internal, e);
+        tokio::task::spawn_blocking(move || {
+            let applied_revision = sm.applied_index();
+            let result = match request {
+                ReadRequest::Get { key } => {
+                    ReadResult::Get(sm.get(&key).map_err(|e| e.to_string())?)
+                }
+                ReadRequest::Scan {
+                    prefix,
+                    after,
+                    limit,
+                } => ReadResult::Scan(
+                    sm.scan(&prefix, after.as_deref(), limit)
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
+            Ok(ReadResponse {
+                result,
+                applied_revision,
+            })
+        })
+        .await
+        .map_err(|e| storage(e.to_string()))?
+        .map_err(storage)
+    }
+
+    async fn membership_local(
+        &self,
+        change: &MembershipChange,
+    ) -> Result<Attempt<Vec<MemberStatus>>, ApiError> {
+        let result = match change {
+            MembershipChange::AddLearner(req) => {
+                let node = member_node(req)?;
+                self.raft.add_learner(req.node_id, node, true).await
+            }
+            MembershipChange::Promote(id) => {
+                self.require_member(*id)?;
+                let ids = BTreeSet::from([*id]);
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(ids), false)
+                    .await
+            }
+            MembershipChange::Remove(id) => {
+                self.require_member(*id)?;
+                let ids = BTreeSet::from([*id]);
+                let is_voter = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == *id);
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(ids)
+                } else {
+                    ChangeMembers::RemoveNodes(ids)
+                };
+                self.raft.change_membership(change, false).await
+            }
+        };
+        match result {
+            Ok(_) => Ok(Attempt::Done(self.members())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(Attempt::Forward(forward_target(f)))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ApiError::bad_request(e.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => {
+                Err(unavailable(format!("this node's Raft has stopped: {f}")))
+            }
+        }
+    }
+
+    fn require_member(&self, id: NodeId) -> Result<(), ApiError> {
+        let known = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .any(|(n, _)| *n == id);
+        if known {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("node {id} is not a member of cluster {}", self.cluster),
+            ))
+        }
+    }
+
+    /// Initializes a new cluster with `members` (empty: this node and configured peers).
+    pub async fn init(&self, members: &[u64]) -> Result<Vec<MemberStatus>, ApiError> {
+        let chosen: BTreeMap<NodeId, MemberNode> = if members.is_empty() {
+            self.initial_members.clone()
+        } else {
+            let mut chosen = BTreeMap::new();
+            for id in members {
+                let node = self.initial_members.get(id).ok_or_else(|| {
+                    ApiError::bad_request(format!("node {id} is neither this node nor a configured peer; add it to `peers` in the config"))
+                })?;
+                chosen.insert(*id, node.clone());
+            }
+            if !chosen.contains_key(&self.node_id) {
+                return Err(ApiError::bad_request(format!(
+                    "members must include this node ({})",
+                    self.node_id
+                )));
+            }
+            chosen
+        };
+        let expected = chosen.len();
+        self.raft.initialize(chosen).await.map_err(|e| match e {
+            RaftError::APIError(e) => ApiError::bad_request(format!("cannot initialize: {e} (a cluster is initialized once; add nodes with add-learner)")),
+            RaftError::Fatal(f) => unavailable(format!("this node's Raft has stopped: {f}")),
+        })?;
+        // initialize() returns before the metrics show the new membership; wait for it so
+        // the answer lists the members.
+        let _ = self
+            .raft
+            .wait(Some(REQUEST_DEADLINE))
+            .metrics(
+                |m| m.membership_config.nodes().count() == expected,
+                "membership visible",
+            )
+            .await;
+        Ok(self.members())
+    }
+
+    /// The membership as this node knows it.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                node_id: *id,
+                endpoint_id: node.endpoint_id.clone(),
+                addrs: node.addrs.clone(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .to_string(),
+                matched_revision: metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index),
+            })
+            .collect()
+    }
+}
+
+fn member_node(req: &AddLearnerRequest) -> Result<MemberNode, ApiError> {
+    req.endpoint_id
+        .parse::<EndpointId>()
+        .map_err(|e| ApiError::bad_request(format!("field `endpoint_id`: not an iroh endpoint id ({e}); it is 64 hex characters, printed by the node at start")))?;
+    if req.addrs.is_empty() {
+        return Err(ApiError::bad_request(
+            "field `addrs`: give at least one ip:port of the node's iroh endpoint",
+        ));
+    }
+    for (i, a) in req.addrs.iter().enumerate() {
+        a.parse::<std::net::SocketAddr>().map_err(|e| {
+            ApiError::bad_request(format!("field `addrs[{i}]`: {a:?} is not ip:port ({e})"))
+        })?;
+    }
+    Ok(MemberNode {
+        endpoint_id: req.endpoint_id.clone(),
+        addrs: req.addrs.clone(),
+    })
+}
+
+fn validate_read(request: &ReadRequest) -> Result<(), ApiError> {
+    match request {
+        ReadRequest::Get { key } => validate_key(key).map_err(Into::into),
+        ReadRequest::Scan { prefix, limit, .. } => {
+            if prefix.len() > aspen_api::limits::MAX_KEY_BYTES {
+                validate_key(prefix)?;
+            }
+            if *limit == 0 || *limit > MAX_SCAN_LIMIT {
+                return Err(ValidationError::ScanLimit {
+                    limit: *limit,
+                    max: MAX_SCAN_LIMIT,
+                }
+                .into());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! How each [`Command`] changes the `kv` table. Runs inside the state machine's write
+//! transaction, so a command either applies whole or (on a failed precondition) changes
+//! nothing: preconditions are all checked before the first write.
+
+use aspen_api::types::PreconditionFailure;
+use aspen_api::{Command, KeyState, KvEntry, Precondition, WriteOutcome};
+use rusqlite::{params, OptionalExtension, Transaction};
+
+/// Reads one key inside `tx`.
+pub(crate) fn get(tx: &rusqlite::Connection, key: &str) -> rusqlite::Result<Option<KvEntry>> {
+    tx.prepare_cached(
+        "SELECT value, create_revision, mod_revision, version FROM kv WHERE key = ?1",
+    )?
+    .query_row([key.as_bytes()], |r| {
+        Ok(KvEntry {
+            key: key.to_string(),
+            value: r.get(0)?,
+            create_revision: r.get::<_, i64>(1)? as u64,
+            mod_revision: r.get::<_, i64>(2)? as u64,
+            version: r.get::<_, i64>(3)? as u64,
+        })
+    })
+    .optional()
+}
+
+fn put(tx: &Transaction, key: &str, value: &[u8], revision: u64) -> rusqlite::Result<()> {
+    let rev = revision as i64;
+    tx.prepare_cached(
+        "INSERT INTO kv (key, value, create_revision, mod_revision, version)
+         VALUES (?1, ?2, ?3, ?3, 1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value,
+             mod_revision = excluded.mod_revision, version = version + 1",
+    )?
+    .execute(params![key.as_bytes(), value, rev])?;
+    Ok(())
+}
+
+fn delete(tx: &Transaction, key: &str) -> rusqlite::Result<bool> {
+    let n = tx
+        .prepare_cached("DELETE FROM kv WHERE key = ?1")?
+        .execute([key.as_bytes()])?;
+    Ok(n > 0)
+}
+
+fn holds(precondition: &Precondition, entry: Option<&KvEntry>) -> bool {
+    match precondition {
+        Precondition::Exists { .. } => entry.is_some(),
+        Precondition::NotExists { .. } => entry.is_none(),
+        Precondition::Equals { value, .. } => entry.is_some_and(|e| &e.value == value),
+        Precondition::ModRevision { revision, .. } => {
+            entry.map_or(0, |e| e.mod_revision) == *revision
+        }
+    }
+}
+
+/// Checks preconditions in order; returns the first that fails with the key's state.
+fn check(
+    tx: &Transaction,
+    preconditions: &[Precondition],
+) -> rusqlite::Result<Option<PreconditionFailure>> {
+    for (index, precondition) in preconditions.iter().enumerate() {
+        let entry = get(tx, precondition.key())?;
+        if !holds(precondition, entry.as_ref()) {
+            return Ok(Some(PreconditionFailure {
+                index,
+                precondition: precondition.clone(),
+                actual: KeyState {
+                    key: precondition.key().to_string(),
+                    entry,
+                },
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Applies one command at `revision` (its log index).
+pub(crate) fn apply_command(
+    tx: &Transaction,
+    revision: u64,
+    command: &Command,
+) -> rusqlite::Result<WriteOutcome> {
+    let applied = |deleted: u32| Ok(WriteOutcome::Applied { deleted });
+    match command {
+        Command::Set { key, value } => {
+            put(tx, key, value, revision)?;
+            applied(0)
+        }
+        Command::SetMulti { writes } => {
+            for (key, value) in writes {
+                put(tx, key, value, revision)?;
+            }
+            applied(0)
+        }
+        Command::Delete { key } => applied(delete(tx, key)? as u32),
+        Command::DeleteMulti { keys } => {
+            let mut n = 0;
+            for key in keys {
+                n += delete(tx, key)? as u32;
+            }
+            applied(n)
+        }
+        Command::CompareAndSwap {
+            key,
+            expected,
+            new_value,
+        } => {
+            let precondition = match expected {
+                None => Precondition::NotExists { key: key.clone() },
+                Some(value) => Precondition::Equals {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+            };
+            if let Some(failure) = check(tx, std::slice::from_ref(&precondition))? {
+                return Ok(WriteOutcome::PreconditionFailed(failure));
+            }
+            put(tx, key, new_value, revision)?;
+            applied(0)
+        }
+        Command::CompareAndDelete { key, expected } => {
+            let precondition = Precondition::Equals {
+                key: key.clone(),
+                value: expected.clone(),
+            };
+            if let Some(failure) = check(tx, std::slice::from_ref(&precondition))? {
+                return Ok(WriteOutcome::PreconditionFailed(failure));
+            }
+            applied(delete(tx, key)? as u32)
+        }
+        Command::ConditionalSetMulti {
+            preconditions,
+            writes,
+            deletes,
+        } => {
+            if let Some(failure) = check(tx, preconditions)? {
+                return Ok(WriteOutcome::PreconditionFailed(failure));
+            }
+            for (key, value) in writes {
+                put(tx, key, value, revision)?;
+            }
+            let mut n = 0;
+            for key in deletes {
+                n += delete(tx, key)? as u32;
+            }
+            applied(n)
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The state machine: every key with its revisions, in `state.db`.
+//!
+//! openraft applies committed entries in batches; each batch is one SQLite transaction
+//! that also records the last applied log id and membership, so after a crash the table
+//! and the applied position always agree. Reads use a small pool of separate connections
+//! and see only committed batches (WAL snapshot isolation).
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aspen_api::limits::MAX_SCAN_PAGE_BYTES;
+use aspen_api::{KvEntry, ScanPage, WriteOutcome, WriteResult};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::apply::{apply_command, get};
+use super::snapshot::{self, SnapshotContent};
+use crate::raft_types::{Entry, LogId, MemberNode, NodeId, StorageError, TypeConfig};
+
+/// Idle read connections kept open; more are opened under load and closed after.
+const MAX_IDLE_READERS: usize = 8;
+
+type Membership = StoredMembership<NodeId, MemberNode>;
+
+/// The state machine handed to openraft; clones share it (the snapshot builder is one).
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    db_path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    applied: Mutex<(Option<LogId>, Membership)>,
+    applied_index: AtomicU64,
+    snapshot_seq: AtomicU64,
+}
+
+/// A read of the state machine failed (a storage fault).
+#[derive(Debug, thiserror::Error)]
+#[error("reading the state machine failed: {0}")]
+pub struct ReadError(#[from] rusqlite::Error);
+
+fn io_err(e: impl ToString) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("encoding to a Vec cannot fail")
+}
+
+fn read_meta<T: serde::de::DeserializeOwned + Default>(
+    conn: &Connection,
+    name: &str,
+) -> std::io::Result<T> {
+    let bytes: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM sm_meta WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(io_err)?;
+    match bytes {
+        Some(b) => postcard::from_bytes(&b).map_err(io_err),
+        None => Ok(T::default()),
+    }
+}
+
+fn write_applied(
+    conn: &Connection,
+    last: &Option<LogId>,
+    membership: &Membership,
+) -> rusqlite::Result<()> {
+    let mut stmt =
+        conn.prepare_cached("INSERT OR REPLACE INTO sm_meta (name, value) VALUES (?1, ?2)")?;
+    stmt.execute(params!["last_applied", encode(last)])?;
+    stmt.execute(params!["membership", encode(membership)])?;
+    Ok(())
+}
+
+impl StateMachine {
+    /// Opens the state machine in `dir` (`state.db` and `snapshot.bin`).
+    pub fn open(dir: &Path) -> Result<StateMachine, StorageError> {
+        let db_path = dir.join("state.db");
+        let err = |e: rusqlite::Error| StorageIOError::read_state_machine(&e);
+        let conn = super::open_db(&db_path).map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL,
+                 create_revision INTEGER NOT NULL, mod_revision INTEGER NOT NULL,
+                 version INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS sm_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
+        )
+        .map_err(err)?;
+        let ioerr = |e: std::io::Error| StorageIOError::read_state_machine(&e);
+        let last: Option<LogId> = read_meta(&conn, "last_applied").map_err(ioerr)?;
+        let membership: Membership = read_meta(&conn, "membership").map_err(ioerr)?;
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                db_path,
+                writer: Mutex::new(conn),
+                readers: Mutex::new(Vec::new()),
+                applied_index: AtomicU64::new(last.map_or(0, |l| l.index)),
+                applied: Mutex::new((last, membership)),
+                snapshot_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Highest applied log index (the cluster revision this node has reached).
+    pub fn applied_index(&self) -> u64 {
+        self.shared.applied_index.load(Ordering::Acquire)
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, ReadError> {
+        let pooled = self.shared.readers.lock().expect("reader pool lock").pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => super::open_db(&self.shared.db_path)?,
+        };
+        let out = f(&conn);
+        let mut pool = self.shared.readers.lock().expect("reader pool lock");
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        Ok(out?)
+    }
+
+    /// Reads one key from the local copy.
+    pub fn get(&self, key: &str) -> Result<Option<KvEntry>, ReadError> {
+        self.with_reader(|c| get(c, key))
+    }
+
+    /// Reads one page of keys under `prefix`, strictly after `after`, from the local copy.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, ReadError> {
+        self.with_reader(|c| scan(c, prefix, after, limit))
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn scan(
+    conn: &Connection,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<ScanPage> {
+    let lower: Vec<u8> = match after {
+        Some(a) if a.as_bytes() >= prefix.as_bytes() => {
+            let mut l = a.as_bytes().to_vec();
+            l.push(0);
+            l
+        }
+        _ => prefix.as_bytes().to_vec(),
+    };
+    let upper = prefix_end(prefix.as_bytes());
+    let sql = if upper.is_some() {
+        "SELECT key, value, create_revision, mod_revision, version FROM kv
+         WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3"
+    } else {
+        "SELECT key, value, create_revision, mod_revision, version FROM kv
+         WHERE key >= ?1 AND ?2 IS NULL ORDER BY key LIMIT ?3"
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![lower, upper, (limit + 1) as i64])?;
+    let mut page = ScanPage {
+        kvs: Vec::new(),
+        more: false,
+    };
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next()? {
+        if page.kvs.len() == limit || (bytes >= MAX_SCAN_PAGE_BYTES && !page.kvs.is_empty()) {
+            page.more = true;
+            break;
+        }
+        let key: Vec<u8> = row.get(0)?;
+        let entry = KvEntry {
+            key: String::from_utf8(key)
+                .map_err(|e| rusqlite::Error::Utf8Error(0, e.utf8_error()))?,
+            value: row.get(1)?,
+            create_revision: row.get::<_, i64>(2)? as u64,
+            mod_revision: row.get::<_, i64>(3)? as u64,
+            version: row.get::<_, i64>(4)? as u64,
+        };
+        bytes += entry.value.len() + entry.key.len();
+        page.kvs.push(entry);
+    }
+    Ok(page)
+}
+
+fn apply_batch(
+    conn: &mut Connection,
+    entries: &[Entry],
+    membership: &mut Membership,
+) -> rusqlite::Result<Vec<WriteResult>> {
+    let tx = conn.transaction()?;
+    let mut results = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let revision = entry.log_id.index;
+        let outcome = match &entry.payload {
+            EntryPayload::Blank => WriteOutcome::Applied { deleted: 0 },
+            EntryPayload::Normal(command) => apply_command(&tx, revision, command)?,
+            EntryPayload::Membership(m) => {
+                *membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                WriteOutcome::Applied { deleted: 0 }
+            }
+        };
+        results.push(WriteResult { revision, outcome });
+    }
+    let last = entries.last().map(|e| e.log_id);
+    write_applied(&tx, &last, membership)?;
+    tx.commit()?;
+    Ok(results)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        Ok(self.shared.applied.lock().expect("applied lock").clone())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut membership = shared.applied.lock().expect("applied lock").1.clone();
+            let mut conn = shared.writer.lock().expect("writer lock");
+            let results = apply_batch(&mut conn, &entries, &mut membership)
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            let last = entries.last().map(|e| e.log_id);
+            *shared.applied.lock().expect("applied lock") = (last, membership);
+            shared
+                .applied_index
+                .store(last.map_or(0, |l| l.index), Ordering::Release);
+            Ok(results)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))?
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, MemberNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        let sig = meta.signature();
+        tokio::task::spawn_blocking(move || install(&shared, &meta, &data))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(sig.clone()), &io_err(e)))?
+            .map_err(|e| StorageIOError::write_snapshot(Some(sig), &e).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let loaded = snapshot::load(&self.shared.dir)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(loaded.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+fn install(
+    shared: &Shared,
+    meta: &SnapshotMeta<NodeId, MemberNode>,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let content = snapshot::decode_content(data)?;
+    {
+        let mut conn = shared.writer.lock().expect("writer lock");
+        let tx = conn.transaction().map_err(io_err)?;
+        tx.execute("DELETE FROM kv", []).map_err(io_err)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO kv (key, value, create_revision, mod_revision, version)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(io_err)?;
+            for e in &content.entries {
+                insert
+                    .execute(params![
+                        e.key.as_bytes(),
+                        e.value,
+                        e.create_revision as i64,
+                        e.mod_revision as i64,
+                        e.version as i64
+                    ])
+                    .map_err(io_err)?;
+            }
+        }
+        write_applied(&tx, &meta.last_log_id, &meta.last_membership).map_err(io_err)?;
+        tx.commit().map_err(io_err)?;
+    }
+    snapshot::save(&shared.dir, meta, data)?;
+    *shared.applied.lock().expect("applied lock") =
+        (meta.last_log_id, meta.last_membership.clone());
+    shared
+        .applied_index
+        .store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Release);
+    Ok(())
+}
+
+fn build(shared: &Shared) -> std::io::Result<(SnapshotMeta<NodeId, MemberNode>, Vec<u8>)> {
+    let mut conn = super::open_db(&shared.db_path).map_err(io_err)?;
+    let tx = conn.transaction().map_err(io_err)?;
+    let last: Option<LogId> = read_meta(&tx, "last_applied")?;
+    let membership: Membership = read_meta(&tx, "membership")?;
+    let mut entries = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = scan(&tx, "", after.as_deref(), 10_000).map_err(io_err)?;
+        after = page.kvs.last().map(|e| e.key.clone());
+        entries.extend(page.kvs);
+        if !page.more {
+            break;
+        }
+    }
+    drop(tx);
+    let seq = shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+    let snapshot_id = match last {
+        Some(l) => format!("{}-{}-{seq}", l.leader_id.term, l.index),
+        None => format!("0-0-{seq}"),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: last,
+        last_membership: membership,
+        snapshot_id,
+    };
+    let data = snapshot::encode_content(&SnapshotContent { entries });
+    snapshot::save(&shared.dir, &meta, &data)?;
+    Ok((meta, data))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let shared = self.shared.clone();
+        let (meta, data) = tokio::task::spawn_blocking(move || build(&shared))
+            .await
+            .map_err(|e| StorageIOError::read_state_machine(&io_err(e)))?
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

@@ -1,0 +1,137 @@
+//! The command line of `aspen`: the top-level [`Cli`] with one subcommand per command
+//! group, and [`run`], which dispatches to the group's module. Each module owns its
+//! arguments (a clap `Args` struct) and its `run` function.
+//!
+//! # Layout
+//!
+//! - [`node`]: `aspen node`, one cluster member from a config file.
+//! - [`dev`]: `aspen dev`, a whole local cluster in one process.
+//! - [`kv`]: `aspen kv`, reads and writes against a node's HTTP API.
+//! - [`cluster`]: `aspen cluster`, status and membership changes.
+//! - [`bench`]: `aspen bench`, a closed-loop load generator.
+//! - [`endpoint`]: the shared `--endpoint` argument and client construction.
+//! - [`parse`]: parsers for `KEY=VALUE` style arguments.
+//! - [`render`]: human-readable printing of values, entries and key states.
+//! - [`signal`]: waiting for Ctrl-C or SIGTERM.
+
+mod bench;
+mod cluster;
+mod dev;
+mod endpoint;
+mod kv;
+mod node;
+mod parse;
+mod render;
+mod signal;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code of a read whose key does not exist (same as an error: the output is absent).
+pub const EXIT_NOT_FOUND: u8 = 1;
+
+/// Exit code of a conditional write whose precondition did not hold. Distinct from 1 so
+/// scripts can tell "someone else changed it" from "something broke".
+pub const EXIT_PRECONDITION_FAILED: u8 = 2;
+
+const EXAMPLES: &str = "\
+Examples:
+  aspen dev                                  # 3-node cluster on 127.0.0.1:7070, data in ./aspen-dev-data
+  aspen kv put greeting hello                # write a key
+  aspen kv get greeting                      # read it back (linearizable)
+  aspen kv scan gr --limit 10                # keys starting with \"gr\"
+  aspen kv cas greeting --expected hello --new hi
+  aspen cluster status                       # members, leader, term
+  aspen bench --op put --clients 16 --duration 10
+  aspen node --config node.toml              # one member of a real cluster
+
+Commands that talk to a node take --endpoint URL (or ASPEN_ENDPOINT); the default is
+http://127.0.0.1:7070. Logging follows RUST_LOG (default: info for aspen, warn otherwise).";
+
+/// Aspen: many strongly consistent key-value clusters run as one store.
+#[derive(Debug, Parser)]
+#[command(name = "aspen", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The command groups.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one cluster member from a TOML config file.
+    Node(node::NodeArgs),
+    /// Run a whole local cluster in this process, for development.
+    Dev(dev::DevArgs),
+    /// Read and write keys.
+    Kv(kv::KvArgs),
+    /// Show cluster status and change membership.
+    Cluster(cluster::ClusterArgs),
+    /// Measure throughput and latency of puts, gets or compare-and-swaps.
+    Bench(bench::BenchArgs),
+}
+
+/// Runs the parsed command line. `Ok` carries the exit code of an expected outcome
+/// (not found, precondition failed); `Err` is an error to print.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Node(args) => node::run(args).await,
+        Command::Dev(args) => dev::run(args).await,
+        Command::Kv(args) => kv::run(args).await,
+        Command::Cluster(args) => cluster::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+/// An error and its causes on one line, `outer: cause: root`. A cause whose text the
+/// message already contains is skipped: many error types print their source in their own
+/// message and also return it from `source()`, which would otherwise repeat it.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn one_line_skips_causes_already_in_the_message() {
+        let io = std::io::Error::other("disk on fire");
+        let err = anyhow::Error::new(io)
+            .context("cannot read x: disk on fire")
+            .context("starting");
+        assert_eq!(one_line(&err), "starting: cannot read x: disk on fire");
+    }
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn zero_clients_is_refused_by_the_parser() {
+        let err =
+            Cli::try_parse_from(["aspen", "bench", "--op", "put", "--clients", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--clients"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_is_accepted_after_the_kv_subcommand() {
+        let cli = Cli::try_parse_from(["aspen", "kv", "get", "a", "--endpoint", "http://h:1"]);
+        assert!(cli.is_ok(), "{cli:?}");
+    }
+}

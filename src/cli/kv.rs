@@ -1,0 +1,320 @@
+//! `aspen kv`: reads and writes against one node's (or router's) HTTP API. Every command
+//! prints a short human answer, or with `--json` the JSON answer of the API. This file
+//! holds the arguments and the unconditional commands (get, put, delete, scan, batch);
+//! [`conditional`] holds cas, cad and txn, whose failed preconditions exit with 2.
+
+mod conditional;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use aspen_api::json::{BatchRequest, JsonWrite, ScanResponse, WriteResponse};
+use aspen_api::limits::{MAX_INLINE_VALUE_BYTES, MAX_SCAN_LIMIT};
+use aspen_api::{AspenClient, Consistency};
+use clap::{Args, Subcommand};
+
+use super::endpoint::{explain, EndpointArgs};
+use super::parse::{self, KeyValue};
+use super::{render, EXIT_NOT_FOUND};
+
+/// Arguments of `aspen kv`.
+#[derive(Debug, Args)]
+pub struct KvArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Print the API's JSON answer instead of a human summary.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The operation.
+    #[command(subcommand)]
+    command: KvCommand,
+}
+
+/// The key-value operations.
+#[derive(Debug, Subcommand)]
+enum KvCommand {
+    /// Read one key (linearizable unless --stale).
+    ///
+    /// Exits 1, with a message on stderr, when the key does not exist.
+    Get {
+        /// The key.
+        #[arg(value_parser = parse::key)]
+        key: String,
+        /// Read this node's local copy, which may miss the latest writes.
+        #[arg(long)]
+        stale: bool,
+        /// Write the bare value bytes to stdout, nothing else.
+        #[arg(long, conflicts_with = "json")]
+        raw: bool,
+    },
+    /// Set one key to a value given inline or read from a file.
+    #[command(group = clap::ArgGroup::new("source").required(true).args(["value", "file"]))]
+    Put {
+        /// The key.
+        #[arg(value_parser = parse::key)]
+        key: String,
+        /// The value, as text.
+        value: Option<String>,
+        /// Read the value's bytes from this file (`-` reads stdin).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// Delete one key (succeeds whether or not it existed).
+    Delete {
+        /// The key.
+        #[arg(value_parser = parse::key)]
+        key: String,
+    },
+    /// List keys that start with a prefix, in key order.
+    Scan {
+        /// The prefix ("" lists every key).
+        prefix: String,
+        /// Most keys per page (1 to 10000; the server's default is 1000).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SCAN_LIMIT as u64))]
+        limit: Option<u64>,
+        /// Start strictly after this key (the `next` of a previous page).
+        #[arg(long, value_name = "KEY")]
+        after: Option<String>,
+        /// Follow `next` page after page until every key is listed.
+        #[arg(long)]
+        all: bool,
+        /// Read this node's local copy, which may miss the latest writes.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Compare-and-swap: set KEY to --new only if it holds --expected (or is --absent).
+    ///
+    /// Exits 2, printing what the key actually holds, when the condition does not hold.
+    Cas(conditional::CasArgs),
+    /// Compare-and-delete: delete KEY only if it holds --expected.
+    ///
+    /// Exits 2, printing what the key actually holds, when it does not.
+    Cad(conditional::CadArgs),
+    /// Set and delete several keys atomically (one Raft entry, at most 100 keys).
+    #[command(group = clap::ArgGroup::new("ops").required(true).multiple(true).args(["set", "delete"]))]
+    Batch {
+        /// A key to set, as KEY=VALUE (repeatable).
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse::key_value)]
+        set: Vec<KeyValue>,
+        /// A key to delete (repeatable).
+        #[arg(long, value_name = "KEY", value_parser = parse::key)]
+        delete: Vec<String>,
+    },
+    /// Conditional multi-key write: --set and --delete only if every --require-* holds.
+    ///
+    /// Preconditions are sent in this order: every --require-exists, then --require-absent,
+    /// --require-equals, --require-mod-revision. When one fails nothing is changed; the
+    /// command names it (index and condition), prints the key's actual state and exits 2.
+    Txn(conditional::TxnArgs),
+}
+
+/// Runs one kv command.
+pub async fn run(args: KvArgs) -> anyhow::Result<ExitCode> {
+    let client = args.endpoint.client()?;
+    let json = args.json;
+    match args.command {
+        KvCommand::Get { key, stale, raw } => {
+            get(&client, &key, consistency(stale), raw, json).await
+        }
+        KvCommand::Put { key, value, file } => {
+            let bytes = match (value, file) {
+                (Some(value), None) => value.into_bytes(),
+                (None, Some(path)) => read_value_file(&path)?,
+                _ => anyhow::bail!("give either VALUE or --file PATH"),
+            };
+            let answer = client
+                .put(&key, &bytes)
+                .await
+                .map_err(|e| explain(e, &client))?;
+            print_write(&answer, json, &format!("set {}", render::quote(&key)))
+        }
+        KvCommand::Delete { key } => {
+            let answer = client.delete(&key).await.map_err(|e| explain(e, &client))?;
+            let what = match answer.deleted {
+                Some(false) => format!("{} did not exist; nothing deleted", render::quote(&key)),
+                _ => format!("deleted {}", render::quote(&key)),
+            };
+            print_write(&answer, json, &what)
+        }
+        KvCommand::Scan {
+            prefix,
+            limit,
+            after,
+            all,
+            stale,
+        } => {
+            let limit = limit.map(|l| l as usize);
+            scan(
+                &client,
+                &prefix,
+                after,
+                limit,
+                all,
+                consistency(stale),
+                json,
+            )
+            .await
+        }
+        KvCommand::Batch { set, delete } => {
+            let request = BatchRequest {
+                writes: set
+                    .iter()
+                    .map(|kv| JsonWrite::new(&kv.key, kv.value.as_bytes()))
+                    .collect(),
+                deletes: delete,
+            };
+            let answer = client
+                .batch(&request)
+                .await
+                .map_err(|e| explain(e, &client))?;
+            let deleted = answer.deleted_count.unwrap_or(0);
+            let what = format!("set {} key(s), deleted {deleted}", request.writes.len());
+            print_write(&answer, json, &what)
+        }
+        KvCommand::Cas(cas) => conditional::cas(&client, cas, json).await,
+        KvCommand::Cad(cad) => conditional::cad(&client, cad, json).await,
+        KvCommand::Txn(txn) => conditional::txn(&client, txn, json).await,
+    }
+}
+
+fn consistency(stale: bool) -> Consistency {
+    if stale {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    }
+}
+
+/// Reads a value from `path` (`-`: stdin), refusing more than the API accepts inline.
+fn read_value_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = MAX_INLINE_VALUE_BYTES as u64 + 1;
+    let mut bytes = Vec::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .context("cannot read the value from stdin")?;
+    } else {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        file.take(limit)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    if bytes.len() > MAX_INLINE_VALUE_BYTES {
+        anyhow::bail!("the value is larger than {MAX_INLINE_VALUE_BYTES} bytes, the largest value a key can hold");
+    }
+    Ok(bytes)
+}
+
+/// Prints a write's answer: its JSON, or `what` with the revision and cluster.
+pub fn print_write(answer: &WriteResponse, json: bool, what: &str) -> anyhow::Result<ExitCode> {
+    if json {
+        render::json(answer)?;
+    } else {
+        println!(
+            "{what} (revision {}, cluster {})",
+            answer.revision, answer.cluster
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get(
+    client: &AspenClient,
+    key: &str,
+    consistency: Consistency,
+    raw: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let Some(entry) = client
+        .get(key, consistency)
+        .await
+        .map_err(|e| explain(e, client))?
+    else {
+        eprintln!("key {} not found", render::quote(key));
+        return Ok(ExitCode::from(EXIT_NOT_FOUND));
+    };
+    if json {
+        render::json(&entry)?;
+    } else if raw {
+        let bytes = entry
+            .into_entry()
+            .context("the server sent a value that cannot be decoded")?
+            .value;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&bytes)?;
+        stdout.flush()?;
+    } else {
+        println!(
+            "{}",
+            render::value(entry.value.as_deref(), entry.value_base64.as_deref())
+        );
+        println!(
+            "  key {}, mod_revision {}, create_revision {}, version {}, cluster {}",
+            render::quote(&entry.key),
+            entry.mod_revision,
+            entry.create_revision,
+            entry.version,
+            entry.cluster
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn scan(
+    client: &AspenClient,
+    prefix: &str,
+    mut after: Option<String>,
+    limit: Option<usize>,
+    all: bool,
+    consistency: Consistency,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut collected = ScanResponse {
+        kvs: Vec::new(),
+        more: false,
+        next: None,
+    };
+    loop {
+        let page = client
+            .scan(prefix, after.as_deref(), limit, consistency)
+            .await
+            .map_err(|e| explain(e, client))?;
+        if !json {
+            for entry in &page.kvs {
+                let shown = render::value(entry.value.as_deref(), entry.value_base64.as_deref());
+                println!(
+                    "{} = {shown}  (mod_revision {})",
+                    render::quote(&entry.key),
+                    entry.mod_revision
+                );
+            }
+        }
+        collected.kvs.extend(page.kvs);
+        collected.more = page.more;
+        collected.next = page.next;
+        // A `next` that does not move forward would loop forever; stop on it.
+        let advanced = collected.next.is_some() && collected.next != after;
+        if !all || !collected.more || !advanced {
+            break;
+        }
+        after = collected.next.clone();
+    }
+    if json {
+        render::json(&collected)?;
+    } else if collected.more {
+        let next = collected.next.as_deref().unwrap_or_default();
+        println!(
+            "{} key(s); more follow: continue with --after {} (or use --all)",
+            collected.kvs.len(),
+            render::quote(next)
+        );
+    } else {
+        println!("{} key(s)", collected.kvs.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,121 @@
+//! Parsers for the compound arguments of `kv batch` and `kv txn` (`KEY=VALUE`,
+//! `KEY=REVISION`), written as clap value parsers so that a malformed argument is reported
+//! by clap with the flag's name and the bad text, before anything is sent.
+
+/// A `KEY=VALUE` argument. The split is at the first `=`, so values may contain `=`; keys
+/// may not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key (never empty).
+    pub key: String,
+    /// The value (may be empty).
+    pub value: String,
+}
+
+/// A `KEY=REVISION` argument of `--require-mod-revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRevision {
+    /// The key (never empty).
+    pub key: String,
+    /// The mod_revision the key must have (0: the key must not exist).
+    pub revision: u64,
+}
+
+/// Parses `KEY=VALUE`.
+pub fn key_value(text: &str) -> Result<KeyValue, String> {
+    let (key, value) = split(text, "KEY=VALUE")?;
+    Ok(KeyValue {
+        key: key.to_string(),
+        value: value.to_string(),
+    })
+}
+
+/// Parses `KEY=REVISION` where REVISION is a non-negative integer.
+pub fn key_revision(text: &str) -> Result<KeyRevision, String> {
+    let (key, revision) = split(text, "KEY=REVISION")?;
+    let revision = revision.trim().parse::<u64>().map_err(|_| {
+        format!("{revision:?} is not a revision number (a non-negative integer) in {text:?}")
+    })?;
+    Ok(KeyRevision {
+        key: key.to_string(),
+        revision,
+    })
+}
+
+/// Parses a key given on its own: it must not be empty.
+pub fn key(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("the key is empty; keys are 1 to 1024 bytes".to_string());
+    }
+    Ok(text.to_string())
+}
+
+/// Length of an iroh EndpointId in hex: a 32-byte ed25519 public key.
+const ENDPOINT_ID_HEX_LEN: usize = 64;
+
+/// Parses an iroh EndpointId as printed by `aspen node`: 64 hex characters.
+pub fn endpoint_id(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.len() != ENDPOINT_ID_HEX_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{text:?} is not an iroh endpoint id: expected {ENDPOINT_ID_HEX_LEN} hex characters, \
+             as `aspen node` prints at start"
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+fn split<'a>(text: &'a str, form: &str) -> Result<(&'a str, &'a str), String> {
+    let Some((key, rest)) = text.split_once('=') else {
+        return Err(format!("expected {form}, got {text:?} (no `=`)"));
+    };
+    if key.is_empty() {
+        return Err(format!("expected {form}, got {text:?} (the key is empty)"));
+    }
+    Ok((key, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_splits_at_the_first_equals_sign() {
+        let kv = key_value("a=b=c").unwrap();
+        assert_eq!(kv.key, "a");
+        assert_eq!(kv.value, "b=c");
+    }
+
+    #[test]
+    fn key_value_allows_an_empty_value() {
+        assert_eq!(key_value("a=").unwrap().value, "");
+    }
+
+    #[test]
+    fn key_value_without_equals_or_key_is_refused() {
+        assert!(key_value("abc").unwrap_err().contains("no `=`"));
+        assert!(key_value("=v").unwrap_err().contains("key is empty"));
+    }
+
+    #[test]
+    fn key_revision_needs_a_number() {
+        assert_eq!(key_revision("k=42").unwrap().revision, 42);
+        assert!(key_revision("k=x").is_err());
+        assert!(key_revision("k=-1").is_err());
+        assert!(key_revision("k").is_err());
+    }
+
+    #[test]
+    fn endpoint_id_must_be_64_hex_chars() {
+        let id = "aB".repeat(32);
+        assert_eq!(endpoint_id(&id).unwrap(), "ab".repeat(32));
+        assert!(endpoint_id("abc").is_err());
+        assert!(endpoint_id(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn empty_key_is_refused() {
+        assert!(key("").is_err());
+        assert_eq!(key("a/b").unwrap(), "a/b");
+    }
+}

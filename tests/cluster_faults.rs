@@ -1,0 +1,272 @@
+//! A cluster keeps its promises when nodes fail: no acknowledged write is lost when the
+//! leader dies or the whole cluster restarts, a wiped node catches up through a snapshot,
+//! concurrent CAS is atomic, and Raft RPCs from strangers are refused.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aspen_api::admin::AddLearnerRequest;
+use aspen_api::client::CasOutcome;
+use aspen_api::json::CasRequest;
+use aspen_api::wire::MembershipChange;
+use aspen_api::Consistency;
+use aspen_config::RaftConfig;
+use support::{poll, TestCluster};
+
+/// Reads every key in `expected` through node `via` and asserts its value.
+async fn assert_all_present(t: &TestCluster, via: u64, expected: &BTreeMap<String, String>) {
+    let c = t.client(via);
+    for (key, value) in expected {
+        let got = c.get(key, Consistency::Linearizable).await.unwrap();
+        assert_eq!(
+            got.and_then(|e| e.value).as_ref(),
+            Some(value),
+            "acknowledged key {key} after the fault"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_under_write_load_loses_no_acknowledged_write() {
+    let mut t = support::start_cluster().await;
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let clients: Vec<_> = (1..=3).map(|id| t.client(id)).collect();
+        let (acked, stop) = (acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (key, value) = (format!("load/{w}/{i}"), format!("v{i}"));
+                let client = &clients[((w + i) % 3) as usize];
+                if client.put(&key, value.as_bytes()).await.is_ok() {
+                    acked.lock().unwrap().insert(key, value);
+                }
+                i += 1;
+            }
+        }));
+    }
+    let count = || acked.lock().unwrap().len();
+    poll(
+        "writes before the kill",
+        Duration::from_secs(20),
+        || async { (count() >= 100).then_some(()) },
+    )
+    .await;
+    let old_leader = t.wait_for_leader().await;
+    t.cluster.stop(old_leader).await;
+    let before = count();
+    poll(
+        "writes acknowledged by the new leader",
+        Duration::from_secs(30),
+        || async { (count() >= before + 100).then_some(()) },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let new_leader = t.wait_for_leader().await;
+    assert_ne!(new_leader, old_leader);
+    let expected = acked.lock().unwrap().clone();
+    assert_all_present(&t, new_leader, &expected).await;
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_whole_cluster_stopped_and_started_from_disk_has_all_its_data() {
+    let mut t = support::start_cluster().await;
+    let mut expected = BTreeMap::new();
+    for i in 0..60 {
+        let (key, value) = (format!("durable/{i}"), format!("value-{i}"));
+        t.client(1 + i % 3)
+            .put(&key, value.as_bytes())
+            .await
+            .unwrap();
+        expected.insert(key, value);
+    }
+    for id in 1..=3 {
+        t.cluster.stop(id).await;
+    }
+    for id in 1..=3 {
+        t.cluster.restart(id).await.unwrap();
+    }
+    t.wait_for_leader().await;
+    for via in 1..=3 {
+        assert_all_present(&t, via, &expected).await;
+    }
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_node_re_added_catches_up_through_a_snapshot() {
+    let raft = RaftConfig {
+        snapshot_every_logs: 20,
+        logs_kept_after_snapshot: 0,
+        ..support::fast_raft()
+    };
+    let mut t = support::start_cluster_with(3, raft).await;
+    let mut expected = BTreeMap::new();
+    for i in 0..80 {
+        let (key, value) = (format!("snap/{i:02}"), format!("v{i}"));
+        t.client(1).put(&key, value.as_bytes()).await.unwrap();
+        expected.insert(key, value);
+    }
+    let leader = t.wait_for_leader().await;
+    let victim = if leader == 3 { 2 } else { 3 };
+    let service = t.cluster.node(leader).unwrap().service.clone();
+    t.cluster.wipe(victim).await.unwrap();
+    service
+        .change_membership(MembershipChange::Remove(victim))
+        .await
+        .unwrap();
+    // More writes so the leader snapshots and purges past anything the victim had.
+    for i in 80..120 {
+        let (key, value) = (format!("snap/{i:03}"), format!("v{i}"));
+        t.client(leader).put(&key, value.as_bytes()).await.unwrap();
+        expected.insert(key, value);
+    }
+    let purged = t
+        .cluster
+        .node(leader)
+        .unwrap()
+        .raft()
+        .metrics()
+        .borrow()
+        .purged;
+    assert!(
+        purged.is_some(),
+        "the leader must have purged its log after a snapshot"
+    );
+    t.cluster.restart(victim).await.unwrap();
+    let node = t.cluster.node(victim).unwrap();
+    let request = AddLearnerRequest {
+        node_id: victim,
+        endpoint_id: node.endpoint_id().to_string(),
+        addrs: node.iroh_addrs().iter().map(|a| a.to_string()).collect(),
+    };
+    service
+        .change_membership(MembershipChange::AddLearner(request))
+        .await
+        .unwrap();
+    service
+        .change_membership(MembershipChange::Promote(victim))
+        .await
+        .unwrap();
+    // The snapshot is installed asynchronously after the last chunk is acknowledged:
+    // wait until the node's own copy has every key.
+    let c = t.client(victim);
+    poll(
+        "the re-added node to hold every key",
+        Duration::from_secs(20),
+        || async {
+            for (key, value) in &expected {
+                let got = c.get(key, Consistency::Stale).await.ok()?;
+                if got.and_then(|e| e.value).as_ref() != Some(value) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    // Its log starts after the leader's purge point, so only a snapshot can have given it
+    // the early keys; an installed snapshot is kept as snapshot.bin in the data dir.
+    let installed = t.cluster.config(victim).data_dir.join("snapshot.bin");
+    assert!(
+        installed.exists(),
+        "the re-added node must have installed a snapshot"
+    );
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_tasks_of_fifty_cas_increments_through_different_nodes_reach_exactly_400() {
+    let t = support::start_cluster().await;
+    t.client(1).put("counter", b"0").await.unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..8u64 {
+        let c = t.client(1 + task % 3);
+        tasks.push(tokio::spawn(async move {
+            let mut current = c
+                .get("counter", Consistency::Linearizable)
+                .await
+                .unwrap()
+                .unwrap()
+                .value
+                .unwrap();
+            let mut done = 0;
+            while done < 50 {
+                let next = (current.parse::<u64>().unwrap() + 1).to_string();
+                match c
+                    .cas(&CasRequest::new(
+                        "counter",
+                        Some(current.as_bytes()),
+                        next.as_bytes(),
+                    ))
+                    .await
+                    .unwrap()
+                {
+                    CasOutcome::Applied(_) => {
+                        done += 1;
+                        current = next;
+                    }
+                    CasOutcome::Mismatch(actual) => current = actual.value.unwrap(),
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let value = t
+        .client(2)
+        .get("counter", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(value.as_deref(), Some("400"));
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raft_rpcs_from_an_endpoint_that_is_not_a_member_are_refused() {
+    let t = support::start_cluster().await;
+    let stranger = aspen_cluster_node::transport::bind_endpoint(
+        iroh::SecretKey::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+    )
+    .await
+    .unwrap();
+    let target = t.cluster.node(1).unwrap();
+    let addr = iroh::EndpointAddr::new(target.endpoint_id())
+        .with_addrs(target.iroh_addrs().into_iter().map(iroh::TransportAddr::Ip));
+    let conn = stranger
+        .connect(addr, aspen_cluster_node::raft_network::RAFT_ALPN)
+        .await
+        .unwrap();
+    let outcome = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(b"not a raft message")
+            .await
+            .map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        recv.read_to_end(1024).await.map_err(|e| e.to_string())
+    }
+    .await;
+    assert!(outcome.is_err(), "a stranger must get no Raft answer");
+    let reason = conn.closed().await.to_string();
+    assert!(
+        reason.contains("not a member"),
+        "the refusal should say why: {reason}"
+    );
+    // The cluster still serves.
+    t.client(1).put("after-stranger", b"ok").await.unwrap();
+    t.cluster.shutdown().await;
+}

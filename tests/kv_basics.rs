@@ -1,0 +1,162 @@
+//! The KV API of one cluster end to end: every node serves every request (followers
+//! forward), values are binary safe, revisions follow etcd semantics, and scans page.
+
+mod support;
+
+use aspen_api::client::TxnOutcome;
+use aspen_api::json::{JsonPrecondition, JsonWrite, TxnRequest};
+use aspen_api::Consistency;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_through_any_node_is_readable_through_every_node() {
+    let t = support::start_cluster().await;
+    for writer in 1..=3u64 {
+        let key = format!("k{writer}");
+        t.client(writer)
+            .put(&key, format!("v{writer}").as_bytes())
+            .await
+            .unwrap();
+        for reader in 1..=3u64 {
+            let entry = t
+                .client(reader)
+                .get(&key, Consistency::Linearizable)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                entry.value.as_deref(),
+                Some(format!("v{writer}").as_str()),
+                "read via node {reader}"
+            );
+        }
+    }
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revisions_and_versions_follow_etcd_semantics() {
+    let t = support::start_cluster().await;
+    let c = t.client(1);
+    let r1 = c.put("a", b"1").await.unwrap().revision;
+    let r2 = c.put("a", b"2").await.unwrap().revision;
+    assert!(r2 > r1);
+    let e = c
+        .get("a", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((e.create_revision, e.mod_revision, e.version), (r1, r2, 2));
+    let d = c.delete("a").await.unwrap();
+    assert_eq!(d.deleted, Some(true));
+    assert!(c
+        .get("a", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(c.delete("a").await.unwrap().deleted, Some(false));
+    let r3 = c.put("a", b"3").await.unwrap().revision;
+    let e = c
+        .get("a", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((e.create_revision, e.mod_revision, e.version), (r3, r3, 1));
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binary_values_round_trip_exactly() {
+    let t = support::start_cluster().await;
+    let value: Vec<u8> = (0..=255u8).rev().collect();
+    t.client(2).put("bin", &value).await.unwrap();
+    let entry = t
+        .client(3)
+        .get("bin", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        entry.value.is_none(),
+        "non-UTF-8 bytes must come back as base64"
+    );
+    assert_eq!(entry.into_entry().unwrap().value, value);
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_txn_with_one_failing_precondition_applies_none_of_its_writes_or_deletes() {
+    let t = support::start_cluster().await;
+    let c = t.client(2);
+    c.put("keep", b"original").await.unwrap();
+    c.put("gate", b"closed").await.unwrap();
+    let txn = TxnRequest {
+        preconditions: vec![
+            JsonPrecondition {
+                key: "keep".into(),
+                exists: Some(true),
+                ..Default::default()
+            },
+            JsonPrecondition {
+                key: "gate".into(),
+                equals: Some("open".into()),
+                ..Default::default()
+            },
+        ],
+        writes: vec![
+            JsonWrite::new("keep", b"changed"),
+            JsonWrite::new("new", b"x"),
+        ],
+        deletes: vec!["gate".into()],
+    };
+    let TxnOutcome::Failed(failure) = c.txn(&txn).await.unwrap() else {
+        panic!("txn must fail")
+    };
+    assert_eq!(failure.index, 1);
+    assert_eq!(failure.actual.value.as_deref(), Some("closed"));
+    let get = |k: &'static str| {
+        let c = c.clone();
+        async move {
+            c.get(k, Consistency::Linearizable)
+                .await
+                .unwrap()
+                .and_then(|e| e.value)
+        }
+    };
+    assert_eq!(get("keep").await.as_deref(), Some("original"));
+    assert_eq!(get("gate").await.as_deref(), Some("closed"));
+    assert_eq!(get("new").await, None);
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefix_scan_pages_in_key_order_with_continuation() {
+    let t = support::start_cluster().await;
+    let c = t.client(1);
+    for i in 0..25 {
+        c.put(&format!("scan/{i:02}"), b"v").await.unwrap();
+    }
+    c.put("scanx", b"outside").await.unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = t
+            .client(3)
+            .scan(
+                "scan/",
+                after.as_deref(),
+                Some(10),
+                Consistency::Linearizable,
+            )
+            .await
+            .unwrap();
+        assert!(page.kvs.len() <= 10);
+        seen.extend(page.kvs.iter().map(|e| e.key.clone()));
+        if !page.more {
+            break;
+        }
+        after = page.next;
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("scan/{i:02}")).collect();
+    assert_eq!(seen, expected);
+    t.cluster.shutdown().await;
+}

@@ -1,0 +1,103 @@
+//! Shared helpers of the integration tests: start a real cluster on loopback in a temp
+//! dir, wait for conditions with a deadline, and talk to nodes over HTTP.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use aspen_api::AspenClient;
+use aspen_cluster_node::local_cluster::{LocalCluster, LocalClusterSpec};
+use aspen_config::RaftConfig;
+use tempfile::TempDir;
+
+/// Raft timing for tests: fast elections so fault tests finish quickly.
+pub fn fast_raft() -> RaftConfig {
+    RaftConfig {
+        heartbeat_interval_ms: 100,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        ..RaftConfig::default()
+    }
+}
+
+/// A running test cluster and the temp dir holding its data.
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub dir: TempDir,
+}
+
+/// Starts `nodes` nodes with `raft` settings and waits for a leader.
+pub async fn start_cluster_with(nodes: usize, raft: RaftConfig) -> TestCluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = LocalClusterSpec {
+        cluster: "test".into(),
+        data_dir: dir.path().to_path_buf(),
+        nodes,
+        first_http: "127.0.0.1:0".parse().unwrap(),
+        raft,
+    };
+    let cluster = LocalCluster::start(spec).await.expect("cluster starts");
+    let test = TestCluster { cluster, dir };
+    test.wait_for_leader().await;
+    test
+}
+
+/// Starts a 3-node cluster with fast Raft timing.
+pub async fn start_cluster() -> TestCluster {
+    start_cluster_with(3, fast_raft()).await
+}
+
+impl TestCluster {
+    /// A client for node `id`.
+    pub fn client(&self, id: u64) -> AspenClient {
+        AspenClient::with_timeout(&self.cluster.url(id), Duration::from_secs(15))
+    }
+
+    /// Waits until a running node is leader and every running node agrees on it.
+    pub async fn wait_for_leader(&self) -> u64 {
+        poll(
+            "a leader every running node agrees on",
+            Duration::from_secs(20),
+            || async {
+                let leaders: Vec<Option<u64>> = self
+                    .cluster
+                    .running()
+                    .iter()
+                    .map(|id| {
+                        self.cluster
+                            .node(*id)
+                            .unwrap()
+                            .raft()
+                            .metrics()
+                            .borrow()
+                            .current_leader
+                    })
+                    .collect();
+                let first = leaders.first().copied().flatten()?;
+                let running = self.cluster.running();
+                (running.contains(&first) && leaders.iter().all(|l| *l == Some(first)))
+                    .then_some(first)
+            },
+        )
+        .await
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `deadline`.
+pub async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -4,6 +4,14 @@
 //! that also records the last applied log id and membership, so after a crash the table
 //! and the applied position always agree. Reads use a small pool of separate connections
 //! and see only committed batches (WAL snapshot isolation).
+//!
+//! Applies are not fsynced (`synchronous=NORMAL`): the log is the durable record, and after
+//! a power loss openraft re-applies committed entries past the recovered applied position.
+//! That is safe only while the log still holds those entries, and the log is purged up to
+//! the latest snapshot. So a snapshot is built only from state that is on disk: the
+//! builder pins its read transaction, then fsyncs `state.db` and its WAL before reading.
+//! An installed snapshot is fsynced the same way before it is recorded. Skipping the
+//! per-apply fsync measured about 30% more puts/s with 64 clients (docs/BENCHMARKS.md).
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -88,6 +96,9 @@ impl StateMachine {
         let db_path = dir.join("state.db");
         let err = |e: rusqlite::Error| StorageIOError::read_state_machine(&e);
         let conn = super::open_db(&db_path).map_err(err)?;
+        // Not fsynced per apply: see the module docs for why that is safe.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL,
                  create_revision INTEGER NOT NULL, mod_revision INTEGER NOT NULL,
@@ -333,6 +344,7 @@ fn install(
         write_applied(&tx, &meta.last_log_id, &meta.last_membership).map_err(io_err)?;
         tx.commit().map_err(io_err)?;
     }
+    sync_db_files(&shared.db_path)?;
     snapshot::save(&shared.dir, meta, data)?;
     *shared.applied.lock().expect("applied lock") =
         (meta.last_log_id, meta.last_membership.clone());
@@ -342,11 +354,27 @@ fn install(
     Ok(())
 }
 
+/// Fsyncs the database file and its WAL, making every committed transaction durable.
+fn sync_db_files(db_path: &Path) -> std::io::Result<()> {
+    let mut wal = db_path.as_os_str().to_owned();
+    wal.push("-wal");
+    for path in [db_path.to_path_buf(), PathBuf::from(wal)] {
+        match std::fs::File::open(&path) {
+            Ok(file) => file.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn build(shared: &Shared) -> std::io::Result<(SnapshotMeta<NodeId, MemberNode>, Vec<u8>)> {
     let mut conn = super::open_db(&shared.db_path).map_err(io_err)?;
     let tx = conn.transaction().map_err(io_err)?;
+    // The first read pins the transaction's view; make that view durable before using it.
     let last: Option<LogId> = read_meta(&tx, "last_applied")?;
     let membership: Membership = read_meta(&tx, "membership")?;
+    sync_db_files(&shared.db_path)?;
     let mut entries = Vec::new();
     let mut after: Option<String> = None;
     loop {

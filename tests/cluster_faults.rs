@@ -270,3 +270,40 @@ async fn raft_rpcs_from_an_endpoint_that_is_not_a_member_are_refused() {
     t.client(1).put("after-stranger", b"ok").await.unwrap();
     t.cluster.shutdown().await;
 }
+
+/// Regression: a write in flight on a leader that stops was reported as 503 ("nothing
+/// was applied") although its entry could still commit under the next leader. The
+/// linearizability test found it as a read of a value whose write had been "refused".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_cut_short_by_its_leader_stopping_reports_an_unknown_outcome() {
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    let node = t.cluster.node(leader).unwrap();
+    let service = node.service.clone();
+    let before = node.raft().metrics().borrow().last_log_index.unwrap_or(0);
+    // Cut off, the leader appends the entry but cannot commit it.
+    t.cluster.partition(leader);
+    let write = tokio::spawn(async move {
+        let command = aspen_api::Command::Set {
+            key: "cut".into(),
+            value: b"v".to_vec(),
+        };
+        service.write(command).await
+    });
+    poll(
+        "the entry appended on the leader",
+        Duration::from_secs(10),
+        || async {
+            let last = node.raft().metrics().borrow().last_log_index.unwrap_or(0);
+            (last > before).then_some(())
+        },
+    )
+    .await;
+    node.raft().shutdown().await.unwrap();
+    let err = write
+        .await
+        .unwrap()
+        .expect_err("the write cannot have succeeded");
+    assert_eq!(err.code, aspen_api::ErrorCode::Timeout, "{err}");
+    t.cluster.shutdown().await;
+}

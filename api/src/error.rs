@@ -21,7 +21,8 @@ pub enum ErrorCode {
     ClusterUnavailable,
     /// 503: the cluster has no leader right now (an election is under way); retry.
     NoLeader,
-    /// 504: the request timed out; a write may or may not have been applied.
+    /// 504: the outcome is unknown: the request timed out, or the node stopped while a
+    /// write was in flight. The write may or may not have been applied.
     Timeout,
     /// 500: a fault inside the server (storage failure); the message says which.
     Internal,

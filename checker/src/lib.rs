@@ -36,6 +36,7 @@
 //!   list of call and return events), `search/bitset.rs` (sets of linearized operations)
 //!   and `search/visited.rs` (the memo of states reached, with dominance pruning).
 //! - [`explain`]: human-readable operations and violation explanations.
+//! - [`workload`]: concurrent HTTP clients that drive a deployment and record a history.
 
 #![warn(missing_docs)]
 
@@ -44,6 +45,7 @@ pub mod explain;
 pub mod history;
 pub mod model;
 mod search;
+pub mod workload;
 
 pub use check::{check, CheckLimits, Verdict, DEFAULT_MAX_STATES_PER_KEY};
 pub use history::{History, HistoryError, Operation, Recorder, MAX_HISTORY_OPS};

@@ -149,6 +149,36 @@ impl LocalCluster {
         })
     }
 
+    /// Cuts node `id` off from every other node, both ways (fault injection at the iroh
+    /// transport: Raft and forwarded requests fail as across a network partition).
+    pub fn partition(&self, id: u64) {
+        let Some(isolated) = self.node(id) else {
+            return;
+        };
+        let isolated_id = isolated.endpoint_id();
+        let others: std::collections::HashSet<_> = self
+            .running()
+            .into_iter()
+            .filter(|other| *other != id)
+            .filter_map(|other| self.node(other).map(Node::endpoint_id))
+            .collect();
+        isolated.transport().set_blocked(others);
+        for other in self.running().into_iter().filter(|other| *other != id) {
+            if let Some(node) = self.node(other) {
+                node.transport().set_blocked([isolated_id].into());
+            }
+        }
+    }
+
+    /// Heals every partition made with [`LocalCluster::partition`].
+    pub fn heal(&self) {
+        for id in self.running() {
+            if let Some(node) = self.node(id) {
+                node.transport().set_blocked(Default::default());
+            }
+        }
+    }
+
     /// Stops every node.
     pub async fn shutdown(mut self) {
         for id in 1..=self.nodes.len() as u64 {

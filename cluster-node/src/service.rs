@@ -298,9 +298,15 @@ impl KvService {
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ApiError::new(ErrorCode::Internal, e.to_string()))
             }
-            Err(RaftError::Fatal(f)) => {
-                Err(unavailable(format!("this node's Raft has stopped: {f}")))
-            }
+            // The entry may already be replicated and go on to commit under a new leader:
+            // the outcome is unknown, never "nothing applied".
+            Err(RaftError::Fatal(f)) => Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "this node stopped ({f}) while the write was in progress; \
+                     it may or may not have been applied"
+                ),
+            )),
         }
     }
 

@@ -1,0 +1,89 @@
+//! Single-key operations stay linearizable under faults: concurrent clients record every
+//! operation while the leader is killed and restarted, a node is cut off and healed, and a
+//! follower is killed; the history checker then searches for a linearization (it does not
+//! compare with the last write).
+
+mod support;
+
+use std::time::Duration;
+
+use aspen_checker::workload::{self, WorkloadSpec};
+use aspen_checker::{check, CheckLimits, Verdict};
+use support::TestCluster;
+
+/// How long each fault lasts before it is repaired.
+const FAULT_DURATION: Duration = Duration::from_millis(1500);
+
+/// Kills the leader, cuts a node off, kills a follower: each for [`FAULT_DURATION`], with
+/// the cluster given time to recover in between.
+async fn fault_schedule(t: &mut TestCluster) -> Vec<String> {
+    let mut log = Vec::new();
+    tokio::time::sleep(FAULT_DURATION).await;
+
+    let leader = t.wait_for_leader().await;
+    t.cluster.stop(leader).await;
+    log.push(format!("killed leader {leader}"));
+    tokio::time::sleep(FAULT_DURATION).await;
+    t.cluster.restart(leader).await.expect("restart");
+    log.push(format!("restarted {leader}"));
+    t.wait_for_leader().await;
+
+    let leader = t.wait_for_leader().await;
+    t.cluster.partition(leader);
+    log.push(format!("cut off leader {leader}"));
+    tokio::time::sleep(FAULT_DURATION * 2).await;
+    t.cluster.heal();
+    log.push("healed".into());
+    t.wait_for_leader().await;
+
+    let leader = t.wait_for_leader().await;
+    let follower = t
+        .cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    t.cluster.stop(follower).await;
+    log.push(format!("killed follower {follower}"));
+    tokio::time::sleep(FAULT_DURATION).await;
+    t.cluster.restart(follower).await.expect("restart");
+    log.push(format!("restarted {follower}"));
+    t.wait_for_leader().await;
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn histories_under_leader_kill_partition_and_follower_kill_are_linearizable() {
+    let mut t = support::start_cluster().await;
+    let spec = WorkloadSpec {
+        endpoints: (1..=3).map(|id| t.cluster.url(id)).collect(),
+        clients: 8,
+        keys: 4,
+        duration: Duration::from_secs(14),
+        request_timeout: Duration::from_secs(12),
+        seed: 0x5eed,
+    };
+    let run = tokio::spawn(async move { workload::run(&spec).await });
+    let faults = fault_schedule(&mut t).await;
+    let (history, stats) = run.await.unwrap().unwrap();
+    let verdict = check(&history, &CheckLimits::default());
+    println!("faults: {faults:?}\nstats: {stats:?}\nverdict: {verdict:?}");
+    assert!(
+        stats.ok >= 200,
+        "too few operations to prove anything: {stats:?}"
+    );
+    match verdict {
+        Verdict::Linearizable { ops_checked, .. } => assert_eq!(ops_checked, history.len()),
+        other => {
+            let path = std::env::temp_dir().join("aspen-linearizability-failure.json");
+            let json = serde_json::to_vec(&history).expect("history serializes");
+            std::fs::write(&path, json).expect("write the failing history");
+            panic!(
+                "history of {} operations is not linearizable (saved to {}): {other:?}",
+                history.len(),
+                path.display()
+            )
+        }
+    }
+    t.cluster.shutdown().await;
+}

@@ -1,0 +1,201 @@
+//! Durability under `kill -9`: three `aspen node` processes, the leader (and then any
+//! node) killed with SIGKILL in the middle of a write load and started again from its
+//! data. Every operation is recorded and the history checker must find a linearization,
+//! so an acknowledged write that went missing would fail the run as a stale read.
+
+mod support;
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aspen_api::admin::InitRequest;
+use aspen_api::AspenClient;
+use aspen_checker::workload::{self, WorkloadSpec};
+use aspen_checker::{check, CheckLimits, Verdict};
+use support::poll;
+
+/// One node process and what it needs to be started again.
+struct Proc {
+    id: u64,
+    config: PathBuf,
+    log: PathBuf,
+    http: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_aspen"))
+            .args(["node", "--config"])
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start aspen node");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_udp_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Writes the node's identity key so its endpoint id is known before it starts.
+fn write_identity(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = iroh::SecretKey::generate();
+    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(dir.join("iroh.key"), hex).unwrap();
+    key.public().to_string()
+}
+
+fn start_processes(root: &Path) -> Vec<Proc> {
+    let iroh: Vec<SocketAddr> = (0..3).map(|_| free_udp_port()).collect();
+    let http: Vec<SocketAddr> = (0..3).map(|_| free_tcp_port()).collect();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| root.join(format!("node-{i}"))).collect();
+    let ids: Vec<String> = dirs.iter().map(|d| write_identity(d)).collect();
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        let mut toml = format!(
+            "node_id = {}\ncluster = \"kill9\"\ndata_dir = {:?}\nhttp_addr = \"{}\"\niroh_bind_addr = \"{}\"\n\
+             [raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n",
+            i + 1,
+            dirs[i],
+            http[i],
+            iroh[i]
+        );
+        for j in (0..3).filter(|j| *j != i) {
+            toml.push_str(&format!(
+                "[[peers]]\nnode_id = {}\nendpoint_id = \"{}\"\naddrs = [\"{}\"]\n",
+                j + 1,
+                ids[j],
+                iroh[j]
+            ));
+        }
+        let config = root.join(format!("node-{}.toml", i + 1));
+        std::fs::write(&config, toml).unwrap();
+        let mut p = Proc {
+            id: i as u64 + 1,
+            config,
+            log: root.join(format!("node-{}.log", i + 1)),
+            http: http[i],
+            child: None,
+        };
+        p.spawn();
+        procs.push(p);
+    }
+    procs
+}
+
+async fn wait_healthy(p: &Proc) {
+    let client = AspenClient::with_timeout(&p.url(), Duration::from_secs(2));
+    poll(
+        &format!("node {} to serve HTTP", p.id),
+        Duration::from_secs(30),
+        || async { client.status().await.ok().map(|_| ()) },
+    )
+    .await;
+}
+
+/// The leader's id as node `via` sees it, once there is one.
+async fn leader(procs: &[Proc]) -> u64 {
+    poll("a leader", Duration::from_secs(30), || async {
+        for p in procs.iter().filter(|p| p.child.is_some()) {
+            let client = AspenClient::with_timeout(&p.url(), Duration::from_secs(2));
+            if let Ok(status) = client.status().await {
+                if let Some(leader) = status.leader {
+                    return Some(leader);
+                }
+            }
+        }
+        None
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_killed_with_sigkill_mid_write_lose_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = start_processes(dir.path());
+    for p in &procs {
+        wait_healthy(p).await;
+    }
+    AspenClient::new(&procs[0].url())
+        .cluster_init(&InitRequest::default())
+        .await
+        .unwrap();
+    leader(&procs).await;
+
+    let spec = WorkloadSpec {
+        endpoints: procs.iter().map(Proc::url).collect(),
+        clients: 8,
+        keys: 4,
+        duration: Duration::from_secs(12),
+        request_timeout: Duration::from_secs(12),
+        seed: 0x9,
+    };
+    let run = tokio::spawn(async move { workload::run(&spec).await });
+    let mut faults = Vec::new();
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let victim = if round == 0 {
+            leader(&procs).await
+        } else {
+            1 + (leader(&procs).await % 3)
+        };
+        let p = &mut procs[victim as usize - 1];
+        p.kill9();
+        faults.push(format!("kill -9 node {victim}"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        p.spawn();
+        wait_healthy(p).await;
+        faults.push(format!("restarted node {victim}"));
+    }
+    let (history, stats) = run.await.unwrap().unwrap();
+    let verdict = check(&history, &CheckLimits::default());
+    println!("faults: {faults:?}\nstats: {stats:?}\nverdict: {verdict:?}");
+    assert!(
+        stats.ok >= 100,
+        "too few operations to prove anything: {stats:?}"
+    );
+    assert!(
+        matches!(verdict, Verdict::Linearizable { .. }),
+        "{verdict:?}"
+    );
+}

@@ -9,6 +9,7 @@
 //! - [`kv`]: `aspen kv`, reads and writes against a node's HTTP API.
 //! - [`cluster`]: `aspen cluster`, status and membership changes.
 //! - [`bench`]: `aspen bench`, a closed-loop load generator.
+//! - [`soak`]: `aspen soak`, a long linearizability check under injected faults.
 //! - [`endpoint`]: the shared `--endpoint` argument and client construction.
 //! - [`parse`]: parsers for `KEY=VALUE` style arguments.
 //! - [`render`]: human-readable printing of values, entries and key states.
@@ -23,6 +24,7 @@ mod node;
 mod parse;
 mod render;
 mod signal;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -45,6 +47,7 @@ Examples:
   aspen cluster status                       # members, leader, term
   aspen bench --op put --clients 16 --duration 10
   aspen node --config node.toml              # one member of a real cluster
+  aspen soak --duration 600                  # linearizability under faults, 10 minutes
 
 Commands that talk to a node take --endpoint URL (or ASPEN_ENDPOINT); the default is
 http://127.0.0.1:7070. Logging follows RUST_LOG (default: info for aspen, warn otherwise).";
@@ -71,6 +74,8 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// Measure throughput and latency of puts, gets or compare-and-swaps.
     Bench(bench::BenchArgs),
+    /// Check linearizability for a long run under injected faults (in-process cluster).
+    Soak(soak::SoakArgs),
 }
 
 /// Runs the parsed command line. `Ok` carries the exit code of an expected outcome
@@ -82,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kv(args) => kv::run(args).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Soak(args) => soak::run(args).await,
     }
 }
 

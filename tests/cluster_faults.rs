@@ -307,3 +307,52 @@ async fn a_write_cut_short_by_its_leader_stopping_reports_an_unknown_outcome() {
     assert_eq!(err.code, aspen_api::ErrorCode::Timeout, "{err}");
     t.cluster.shutdown().await;
 }
+
+/// `aspen dev` resumes from its data on new ports: the data is back and the membership
+/// records where the members now are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_local_cluster_resumed_from_its_data_dir_keeps_its_data_and_records_new_addresses() {
+    use aspen_cluster_node::local_cluster::{LocalCluster, LocalClusterSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = LocalClusterSpec {
+        cluster: "resume".into(),
+        data_dir: dir.path().to_path_buf(),
+        nodes: 3,
+        first_http: "127.0.0.1:0".parse().unwrap(),
+        raft: support::fast_raft(),
+    };
+    let first = LocalCluster::start(spec.clone()).await.unwrap();
+    first
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let client = aspen_api::AspenClient::new(&first.url(1));
+    client.put("kept", b"across restarts").await.unwrap();
+    first.shutdown().await;
+
+    let second = LocalCluster::start(spec).await.unwrap();
+    let leader = second
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let client = aspen_api::AspenClient::new(&second.url(1));
+    let got = client.get("kept", Consistency::Linearizable).await.unwrap();
+    assert_eq!(
+        got.and_then(|e| e.value).as_deref(),
+        Some("across restarts")
+    );
+    let status = aspen_api::AspenClient::new(&second.url(leader))
+        .status()
+        .await
+        .unwrap();
+    for member in status.members {
+        let actual = second.config(member.node_id).iroh_bind_addr.to_string();
+        assert_eq!(
+            member.addrs,
+            vec![actual],
+            "member {} address",
+            member.node_id
+        );
+    }
+    second.shutdown().await;
+}

@@ -9,48 +9,10 @@ use std::time::Duration;
 
 use aspen_checker::workload::{self, WorkloadSpec};
 use aspen_checker::{check, CheckLimits, Verdict};
-use support::TestCluster;
+use aspen_cluster_node::faults::fault_round;
 
 /// How long each fault lasts before it is repaired.
 const FAULT_DURATION: Duration = Duration::from_millis(1500);
-
-/// Kills the leader, cuts a node off, kills a follower: each for [`FAULT_DURATION`], with
-/// the cluster given time to recover in between.
-async fn fault_schedule(t: &mut TestCluster) -> Vec<String> {
-    let mut log = Vec::new();
-    tokio::time::sleep(FAULT_DURATION).await;
-
-    let leader = t.wait_for_leader().await;
-    t.cluster.stop(leader).await;
-    log.push(format!("killed leader {leader}"));
-    tokio::time::sleep(FAULT_DURATION).await;
-    t.cluster.restart(leader).await.expect("restart");
-    log.push(format!("restarted {leader}"));
-    t.wait_for_leader().await;
-
-    let leader = t.wait_for_leader().await;
-    t.cluster.partition(leader);
-    log.push(format!("cut off leader {leader}"));
-    tokio::time::sleep(FAULT_DURATION * 2).await;
-    t.cluster.heal();
-    log.push("healed".into());
-    t.wait_for_leader().await;
-
-    let leader = t.wait_for_leader().await;
-    let follower = t
-        .cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
-    t.cluster.stop(follower).await;
-    log.push(format!("killed follower {follower}"));
-    tokio::time::sleep(FAULT_DURATION).await;
-    t.cluster.restart(follower).await.expect("restart");
-    log.push(format!("restarted {follower}"));
-    t.wait_for_leader().await;
-    log
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn histories_under_leader_kill_partition_and_follower_kill_are_linearizable() {
@@ -64,7 +26,9 @@ async fn histories_under_leader_kill_partition_and_follower_kill_are_linearizabl
         seed: 0x5eed,
     };
     let run = tokio::spawn(async move { workload::run(&spec).await });
-    let faults = fault_schedule(&mut t).await;
+    let faults = fault_round(&mut t.cluster, FAULT_DURATION)
+        .await
+        .expect("the cluster recovers");
     let (history, stats) = run.await.unwrap().unwrap();
     let verdict = check(&history, &CheckLimits::default());
     println!("faults: {faults:?}\nstats: {stats:?}\nverdict: {verdict:?}");

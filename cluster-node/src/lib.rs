@@ -15,11 +15,13 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`node`]: wires one node together, in a fixed order; start and shutdown.
 //! - [`local_cluster`]: several nodes in one process (`aspen dev`, tests).
+//! - [`faults`]: a fault schedule over a local cluster (tests, `aspen soak`).
 
 // openraft's `StorageError` is large and its storage traits require it as the error type,
 // so results carrying it are large by design; boxing it at every call would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod faults;
 pub mod http;
 pub mod kv_server;
 pub mod local_cluster;

@@ -6,9 +6,17 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use aspen_config::{NodeConfig, PeerConfig, RaftConfig};
+use openraft::ChangeMembers;
+
+use crate::raft_types::MemberNode;
 
 use crate::node::{bind, Node, NodeError};
+
+/// How long a resumed cluster may take to elect a leader.
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -88,8 +96,48 @@ impl LocalCluster {
                 .init(&[])
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
+        } else {
+            cluster.refresh_member_addresses().await?;
         }
         Ok(cluster)
+    }
+
+    /// After a restart every node listens on new ports: record them in the membership, so
+    /// `status` shows where members really are. The identities are unchanged, which is
+    /// what makes replacing node records safe.
+    async fn refresh_member_addresses(&self) -> Result<(), NodeError> {
+        let leader = self
+            .wait_for_leader(STARTUP_TIMEOUT)
+            .await
+            .ok_or_else(|| NodeError::Raft(format!("no leader within {STARTUP_TIMEOUT:?}")))?;
+        let raft = self.node(leader).expect("the leader runs").raft().clone();
+        let recorded: BTreeMap<u64, MemberNode> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        let mut moved = BTreeMap::new();
+        for id in self.running() {
+            let node = self.node(id).expect("running");
+            let actual = MemberNode {
+                endpoint_id: node.endpoint_id().to_string(),
+                addrs: vec![self.config(id).iroh_bind_addr.to_string()],
+            };
+            match recorded.get(&id) {
+                Some(old) if old.endpoint_id == actual.endpoint_id && *old != actual => {
+                    moved.insert(id, actual);
+                }
+                _ => {}
+            }
+        }
+        if !moved.is_empty() {
+            raft.change_membership(ChangeMembers::SetNodes(moved), false)
+                .await
+                .map_err(|e| NodeError::Raft(format!("updating member addresses: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Node `id`, if running.
@@ -112,6 +160,28 @@ impl LocalCluster {
     /// HTTP base URL of node `id`.
     pub fn url(&self, id: u64) -> String {
         format!("http://{}", self.config(id).http_addr)
+    }
+
+    /// Waits up to `timeout` until a running node leads and every running node agrees.
+    pub async fn wait_for_leader(&self, timeout: std::time::Duration) -> Option<u64> {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            let running = self.running();
+            let seen: Vec<Option<u64>> = running
+                .iter()
+                .filter_map(|id| self.node(*id))
+                .map(|n| n.raft().metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(first)) = seen.first() {
+                if running.contains(first) && seen.iter().all(|l| *l == Some(*first)) {
+                    return Some(*first);
+                }
+            }
+            if tokio::time::Instant::now() >= end {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// The current leader as seen by any running node.

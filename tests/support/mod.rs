@@ -56,31 +56,10 @@ impl TestCluster {
 
     /// Waits until a running node is leader and every running node agrees on it.
     pub async fn wait_for_leader(&self) -> u64 {
-        poll(
-            "a leader every running node agrees on",
-            Duration::from_secs(20),
-            || async {
-                let leaders: Vec<Option<u64>> = self
-                    .cluster
-                    .running()
-                    .iter()
-                    .map(|id| {
-                        self.cluster
-                            .node(*id)
-                            .unwrap()
-                            .raft()
-                            .metrics()
-                            .borrow()
-                            .current_leader
-                    })
-                    .collect();
-                let first = leaders.first().copied().flatten()?;
-                let running = self.cluster.running();
-                (running.contains(&first) && leaders.iter().all(|l| *l == Some(first)))
-                    .then_some(first)
-            },
-        )
-        .await
+        self.cluster
+            .wait_for_leader(Duration::from_secs(20))
+            .await
+            .expect("a leader every running node agrees on within 20 s")
     }
 }
 

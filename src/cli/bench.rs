@@ -1,6 +1,6 @@
-//! `aspen bench`: a closed-loop load generator against one endpoint. C clients (tokio
-//! tasks sharing one [`AspenClient`], hence one connection pool) each loop until the
-//! deadline, issuing one request at a time and recording its latency in microseconds.
+//! `aspen bench`: a closed-loop load generator against one endpoint of Aspen or etcd
+//! ([`target`]). C clients (tokio tasks sharing the target's connections) each loop until
+//! the deadline, issuing one request at a time and recording its latency in microseconds.
 //! Ops during the warmup are not recorded; only successful ops count toward throughput;
 //! errors and CAS retries are counted apart. The per-client latency lists are merged and
 //! sorted once at the end for the percentiles.
@@ -9,22 +9,23 @@
 //! - `get`: preloads `bench/0..keys` (not timed), then does linearizable gets of random keys.
 //! - `cas`: each client increments its own counter `bench-cas/{client}` by read-modify-write
 //!   with compare-and-swap against the last value it knows; a mismatch is a retry.
+//! - `mixed`: preloads like `get`, then 80% linearizable gets and 20% puts of random keys.
+
+mod target;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen_api::client::CasOutcome;
-use aspen_api::json::{decode_value, BatchRequest, CasRequest, JsonKeyState, JsonWrite};
-use aspen_api::limits::{MAX_COMMAND_VALUE_BYTES, MAX_INLINE_VALUE_BYTES, MAX_KEYS_PER_COMMAND};
-use aspen_api::{AspenClient, Consistency};
+use aspen_api::limits::MAX_INLINE_VALUE_BYTES;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::endpoint::{explain, EndpointArgs};
+use super::endpoint::EndpointArgs;
 use super::render;
+use target::{Cas, Target, TargetKind};
 
 /// Most concurrent clients. `AspenClient` keeps up to 1024 idle connections per host, so
 /// up to this many clients each keep reusing their own connection instead of reconnecting.
@@ -37,8 +38,6 @@ const MAX_WARMUP_S: u64 = 600;
 const MAX_KEYS: u64 = 10_000_000;
 /// Pause after a failed request, so a dead endpoint is not hammered in a tight loop.
 const ERROR_BACKOFF: Duration = Duration::from_millis(10);
-/// Most concurrent batches while preloading keys for `get`.
-const MAX_PRELOAD_TASKS: usize = 32;
 
 /// The operation to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,6 +48,19 @@ enum BenchOp {
     Get,
     /// Compare-and-swap increments, one counter key per client.
     Cas,
+    /// 80% linearizable gets, 20% puts, of random preloaded keys.
+    Mixed,
+}
+
+impl BenchOp {
+    fn name(self) -> &'static str {
+        match self {
+            BenchOp::Put => "put",
+            BenchOp::Get => "get",
+            BenchOp::Cas => "cas",
+            BenchOp::Mixed => "mixed",
+        }
+    }
 }
 
 /// Arguments of `aspen bench`.
@@ -56,6 +68,10 @@ enum BenchOp {
 pub struct BenchArgs {
     #[command(flatten)]
     endpoint: EndpointArgs,
+    /// The system at --endpoint: aspen, or etcd (comma-separated client URLs; needs a
+    /// build with `--features etcd`).
+    #[arg(long, value_enum, default_value_t = TargetKind::Aspen)]
+    target: TargetKind,
     /// The operation to measure.
     #[arg(long, value_enum)]
     op: BenchOp,
@@ -85,7 +101,7 @@ pub struct BenchArgs {
 
 /// What every client shares.
 struct Plan {
-    client: AspenClient,
+    target: Target,
     op: BenchOp,
     keys: u64,
     value: Vec<u8>,
@@ -108,6 +124,7 @@ struct ClientStats {
 /// The result, printed as a line or as JSON.
 #[derive(Debug, Serialize)]
 struct Report {
+    target: &'static str,
     op: &'static str,
     clients: u32,
     duration_s: f64,
@@ -123,22 +140,21 @@ struct Report {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let client = args.endpoint.client()?;
-    client.status().await.map_err(|e| explain(e, &client))?;
+    let target = Target::connect(args.target, &args.endpoint, args.clients as usize).await?;
     let value = vec![b'x'; args.value_size as usize];
-    if args.op == BenchOp::Get {
+    if matches!(args.op, BenchOp::Get | BenchOp::Mixed) {
         eprintln!(
             "preloading {} keys of {} bytes (not timed)...",
             args.keys,
             value.len()
         );
-        preload(&client, args.keys, &value).await?;
+        target.preload(args.keys, &value).await?;
     }
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
     let deadline = measure_from + Duration::from_secs(args.duration);
     let plan = Arc::new(Plan {
-        client,
+        target,
         op: args.op,
         keys: args.keys,
         value,
@@ -177,42 +193,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `bench/0..keys` in batches, several batches at a time.
-async fn preload(client: &AspenClient, keys: u64, value: &[u8]) -> anyhow::Result<()> {
-    let per_batch =
-        (MAX_COMMAND_VALUE_BYTES / value.len().max(1)).clamp(1, MAX_KEYS_PER_COMMAND) as u64;
-    let batches: Vec<(u64, u64)> = (0..keys)
-        .step_by(per_batch as usize)
-        .map(|from| (from, (from + per_batch).min(keys)))
-        .collect();
-    let mut tasks = JoinSet::new();
-    for (n, (from, to)) in batches.into_iter().enumerate() {
-        if n >= MAX_PRELOAD_TASKS {
-            if let Some(done) = tasks.join_next().await {
-                done??;
-            }
-        }
-        let request = BatchRequest {
-            writes: (from..to)
-                .map(|i| JsonWrite::new(format!("bench/{i}"), value))
-                .collect(),
-            deletes: Vec::new(),
-        };
-        let client = client.clone();
-        tasks.spawn(async move {
-            client
-                .batch(&request)
-                .await
-                .map(|_| ())
-                .map_err(|e| explain(e, &client))
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(())
-}
-
 /// What one request came to.
 enum Step {
     Done,
@@ -226,8 +206,12 @@ async fn run_client(plan: Arc<Plan>, id: u32) -> ClientStats {
     let cas_key = format!("bench-cas/{id}");
     let mut last: Option<Vec<u8>> = None;
     if plan.op == BenchOp::Cas {
-        if let Ok(Some(entry)) = plan.client.get(&cas_key, Consistency::Linearizable).await {
-            last = entry.into_entry().ok().map(|e| e.value);
+        // Learn the counter's value left by an earlier run: one CAS from "absent" does it.
+        if let Ok(Cas::Mismatch(actual)) = plan.target.cas(id as usize, &cas_key, None, b"0").await
+        {
+            last = actual;
+        } else {
+            last = Some(b"0".to_vec());
         }
     }
     loop {
@@ -235,10 +219,13 @@ async fn run_client(plan: Arc<Plan>, id: u32) -> ClientStats {
         if started >= plan.deadline {
             break;
         }
+        let client = id as usize;
         let result = match plan.op {
-            BenchOp::Put => put(&plan).await,
-            BenchOp::Get => get(&plan).await,
-            BenchOp::Cas => cas(&plan, &cas_key, &mut last).await,
+            BenchOp::Put => put(&plan, client).await,
+            BenchOp::Get => get(&plan, client).await,
+            BenchOp::Cas => cas(&plan, client, &cas_key, &mut last).await,
+            BenchOp::Mixed if rand::random_range(0..100) < 80 => get(&plan, client).await,
+            BenchOp::Mixed => put(&plan, client).await,
         };
         let latency_us = started.elapsed().as_micros() as u64;
         let measured = started >= plan.measure_from;
@@ -263,48 +250,44 @@ fn random_key(plan: &Plan) -> String {
     format!("bench/{}", rand::random_range(0..plan.keys))
 }
 
-async fn put(plan: &Plan) -> Result<Step, String> {
-    plan.client
-        .put(&random_key(plan), &plan.value)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn put(plan: &Plan, client: usize) -> Result<Step, String> {
+    plan.target
+        .put(client, &random_key(plan), &plan.value)
+        .await?;
     Ok(Step::Done)
 }
 
-async fn get(plan: &Plan) -> Result<Step, String> {
+async fn get(plan: &Plan, client: usize) -> Result<Step, String> {
     let key = random_key(plan);
-    match plan.client.get(&key, Consistency::Linearizable).await {
-        Ok(Some(_)) => Ok(Step::Done),
-        Ok(None) => Err(format!("{key} not found although it was preloaded")),
-        Err(e) => Err(e.to_string()),
+    if plan.target.get(client, &key).await? {
+        Ok(Step::Done)
+    } else {
+        Err(format!("{key} not found although it was preloaded"))
     }
 }
 
 /// One CAS increment of `key` from the last value this client knows.
-async fn cas(plan: &Plan, key: &str, last: &mut Option<Vec<u8>>) -> Result<Step, String> {
+async fn cas(
+    plan: &Plan,
+    client: usize,
+    key: &str,
+    last: &mut Option<Vec<u8>>,
+) -> Result<Step, String> {
     let current = last
         .as_deref()
         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
         .unwrap_or(0);
     let next = (current + 1).to_string().into_bytes();
-    let request = CasRequest::new(key, last.as_deref(), &next);
-    match plan.client.cas(&request).await.map_err(|e| e.to_string())? {
-        CasOutcome::Applied(_) => {
+    match plan.target.cas(client, key, last.as_deref(), &next).await? {
+        Cas::Swapped => {
             *last = Some(next);
             Ok(Step::Done)
         }
-        CasOutcome::Mismatch(actual) => {
-            *last = key_value(actual);
+        Cas::Mismatch(actual) => {
+            *last = actual;
             Ok(Step::Retry)
         }
     }
-}
-
-fn key_value(state: JsonKeyState) -> Option<Vec<u8>> {
-    if !state.exists {
-        return None;
-    }
-    decode_value("value", state.value, state.value_base64).ok()
 }
 
 fn report(
@@ -325,11 +308,11 @@ fn report(
     let ms = |us: u64| us as f64 / 1000.0;
     let ops = latencies_us.len() as u64;
     Report {
-        op: match args.op {
-            BenchOp::Put => "put",
-            BenchOp::Get => "get",
-            BenchOp::Cas => "cas",
+        target: match args.target {
+            TargetKind::Aspen => "aspen",
+            TargetKind::Etcd => "etcd",
         },
+        op: args.op.name(),
         clients: args.clients,
         duration_s: window_s,
         ops,
@@ -349,8 +332,8 @@ fn print_report(r: &Report) {
         String::new()
     };
     println!(
-        "{} x{} for {:.1} s: {} ops, {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} errors{retries}",
-        r.op, r.clients, r.duration_s, r.ops, r.ops_per_sec, r.p50_ms, r.p99_ms, r.max_ms, r.errors
+        "{} {} x{} for {:.1} s: {} ops, {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} errors{retries}",
+        r.target, r.op, r.clients, r.duration_s, r.ops, r.ops_per_sec, r.p50_ms, r.p99_ms, r.max_ms, r.errors
     );
 }
 

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Benchmarks Aspen against etcd on this machine with one harness (`aspen bench`), one
+# system after the other in the same run: a 3-member etcd cluster (Debian's etcd-server)
+# and `aspen dev` (3 nodes), both on loopback, both fsyncing every commit.
+#
+# Usage: scripts/bench-vs-etcd.sh        (env: DURATION=10 CLIENTS="1 16 64 256"
+#                                               OPS="put get cas mixed" VALUE_SIZE=256)
+# Prints one table: ops/s, p50 and p99 of each, and the ratio Aspen/etcd of ops/s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-"1 16 64 256"}
+OPS=${OPS:-"put get cas mixed"}
+VALUE_SIZE=${VALUE_SIZE:-256}
+ASPEN_HTTP=127.0.0.1:17070
+
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v protoc >/dev/null; then
+  echo "installing etcd-server, etcd-client and protobuf-compiler (Debian packages)..." >&2
+  apt-get update -qq
+  apt-get install -y -qq etcd-server etcd-client protobuf-compiler >/dev/null
+fi
+cargo build --release --features etcd
+BIN=target/release/aspen
+
+WORK=$(mktemp -d /tmp/aspen-vs-etcd.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+CLUSTER=""
+ENDPOINTS=""
+for i in 1 2 3; do
+  CLUSTER+="${CLUSTER:+,}e$i=http://127.0.0.1:2380$i"
+  ENDPOINTS+="${ENDPOINTS:+,}http://127.0.0.1:2379$i"
+done
+for i in 1 2 3; do
+  etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
+    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+    --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token aspen-bench \
+    --logger zap --log-level error >"$WORK/etcd-$i.log" 2>&1 &
+  PIDS+=($!)
+done
+for _ in $(seq 1 100); do
+  etcdctl --endpoints "$ENDPOINTS" endpoint health >/dev/null 2>&1 && break
+  sleep 0.2
+done
+etcdctl --endpoints "$ENDPOINTS" endpoint health >/dev/null
+# Aim the etcd client at the leader, as the Aspen client is aimed at its leader (node 1).
+ETCD_LEADER=$(ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" endpoint status -w json | python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    if s["Status"]["header"]["member_id"] == s["Status"]["leader"]:
+        print(s["Endpoint"])')
+
+"$BIN" dev --data-dir "$WORK/aspen" --http "$ASPEN_HTTP" >"$WORK/aspen.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 150); do
+  curl -fs "http://$ASPEN_HTTP/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fs "http://$ASPEN_HTTP/readyz" >/dev/null
+
+echo "etcd $(etcd --version | head -1 | awk '{print $3}') leader at $ETCD_LEADER; aspen dev at http://$ASPEN_HTTP" >&2
+RESULTS="$WORK/results.json"
+for op in $OPS; do
+  for clients in $CLIENTS; do
+    for target in aspen etcd; do
+      endpoint="http://$ASPEN_HTTP"
+      [ "$target" = etcd ] && endpoint="$ETCD_LEADER"
+      echo "  $target $op x$clients ..." >&2
+      "$BIN" bench --target "$target" --endpoint "$endpoint" --op "$op" --clients "$clients" \
+        --duration "$DURATION" --value-size "$VALUE_SIZE" --json 2>/dev/null >>"$RESULTS"
+    done
+  done
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read()
+decoder, i, rows = json.JSONDecoder(), 0, []
+while i < len(text):
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i >= len(text):
+        break
+    obj, i = decoder.raw_decode(text, i)
+    rows.append(obj)
+by = {(r["target"], r["op"], r["clients"]): r for r in rows}
+keys = sorted({(r["op"], r["clients"]) for r in rows}, key=lambda k: (["put", "get", "cas", "mixed"].index(k[0]), k[1]))
+print("| op | clients | aspen ops/s | aspen p50 ms | aspen p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | aspen/etcd ops/s |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for op, clients in keys:
+    a, e = by.get(("aspen", op, clients)), by.get(("etcd", op, clients))
+    if not a or not e:
+        continue
+    ratio = a["ops_per_sec"] / e["ops_per_sec"] if e["ops_per_sec"] else float("inf")
+    print(f"| {op} | {clients} | {a['ops_per_sec']:.0f} | {a['p50_ms']:.2f} | {a['p99_ms']:.2f} | "
+          f"{e['ops_per_sec']:.0f} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | {ratio:.2f} |")
+errors = [(k, r["errors"]) for k, r in by.items() if r["errors"]]
+if errors:
+    print("\nerrors:", errors)
+PY

@@ -1,8 +1,6 @@
 //! Handlers of the status, membership, health and metrics routes.
 
-use aspen_api::admin::{
-    AddLearnerRequest, InitRequest, MembershipResponse, NodeIdRequest, NodeStatus,
-};
+use aspen_api::admin::{InitRequest, MembershipResponse, NodeIdRequest, NodeStatus};
 use aspen_api::json::ErrorBody;
 use aspen_api::wire::MembershipChange;
 use aspen_api::ErrorCode;
@@ -71,18 +69,24 @@ pub async fn init(
     Ok(members(state.service.init(&request.members).await?))
 }
 
+/// Runs the membership change a request body describes.
+async fn change<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    change: impl FnOnce(T) -> MembershipChange,
+) -> HttpResult {
+    let request: T = read_body(body)?;
+    Ok(members(
+        state.service.change_membership(change(request)).await?,
+    ))
+}
+
 /// `POST /v1/cluster/add-learner`.
 pub async fn add_learner(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
-    let request: AddLearnerRequest = read_body(body)?;
-    Ok(members(
-        state
-            .service
-            .change_membership(MembershipChange::AddLearner(request))
-            .await?,
-    ))
+    change(&state, body, MembershipChange::AddLearner).await
 }
 
 /// `POST /v1/cluster/promote`.
@@ -90,13 +94,10 @@ pub async fn promote(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
-    let request: NodeIdRequest = read_body(body)?;
-    Ok(members(
-        state
-            .service
-            .change_membership(MembershipChange::Promote(request.node_id))
-            .await?,
-    ))
+    change(&state, body, |r: NodeIdRequest| {
+        MembershipChange::Promote(r.node_id)
+    })
+    .await
 }
 
 /// `POST /v1/cluster/remove`.
@@ -104,13 +105,10 @@ pub async fn remove(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
-    let request: NodeIdRequest = read_body(body)?;
-    Ok(members(
-        state
-            .service
-            .change_membership(MembershipChange::Remove(request.node_id))
-            .await?,
-    ))
+    change(&state, body, |r: NodeIdRequest| {
+        MembershipChange::Remove(r.node_id)
+    })
+    .await
 }
 
 /// `GET /healthz`: the process is alive and serving HTTP.

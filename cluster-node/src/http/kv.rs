@@ -275,46 +275,60 @@ async fn run_json(
     }
 }
 
-/// `POST /v1/batch`.
-pub async fn batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+/// A JSON request body that becomes one command.
+trait JsonCommand: serde::de::DeserializeOwned {
+    /// The operation's name in metrics.
+    const OP: &'static str;
+    /// Whether a failure reports `failed` (txn-style) rather than `actual`, and success
+    /// reports `deleted_count`.
+    const MULTI: bool;
+    fn into_command(self) -> Result<Command, ValidationError>;
+}
+
+macro_rules! json_command {
+    ($request:ty, $op:literal, $multi:literal) => {
+        impl JsonCommand for $request {
+            const OP: &'static str = $op;
+            const MULTI: bool = $multi;
+            fn into_command(self) -> Result<Command, ValidationError> {
+                <$request>::into_command(self)
+            }
+        }
+    };
+}
+
+json_command!(BatchRequest, "batch", true);
+json_command!(CasRequest, "cas", false);
+json_command!(CadRequest, "cad", false);
+json_command!(TxnRequest, "txn", true);
+
+/// Parses a `T` from the body, runs it, and records it in the metrics.
+async fn json<T: JsonCommand>(state: AppState, body: Result<Bytes, BytesRejection>) -> Response {
     let start = Instant::now();
     let result = async {
-        let request: BatchRequest = parse_json(&body_bytes(body)?)?;
-        run_json(&state, request.into_command(), true).await
+        let request: T = parse_json(&body_bytes(body)?)?;
+        run_json(&state, request.into_command(), T::MULTI).await
     }
     .await;
-    finish(&state, "batch", start, result)
+    finish(&state, T::OP, start, result)
+}
+
+/// `POST /v1/batch`.
+pub async fn batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    json::<BatchRequest>(state, body).await
 }
 
 /// `POST /v1/cas`.
 pub async fn cas(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let start = Instant::now();
-    let result = async {
-        let request: CasRequest = parse_json(&body_bytes(body)?)?;
-        run_json(&state, request.into_command(), false).await
-    }
-    .await;
-    finish(&state, "cas", start, result)
+    json::<CasRequest>(state, body).await
 }
 
 /// `POST /v1/cad`.
 pub async fn cad(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let start = Instant::now();
-    let result = async {
-        let request: CadRequest = parse_json(&body_bytes(body)?)?;
-        run_json(&state, request.into_command(), false).await
-    }
-    .await;
-    finish(&state, "cad", start, result)
+    json::<CadRequest>(state, body).await
 }
 
 /// `POST /v1/txn`.
 pub async fn txn(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let start = Instant::now();
-    let result = async {
-        let request: TxnRequest = parse_json(&body_bytes(body)?)?;
-        run_json(&state, request.into_command(), true).await
-    }
-    .await;
-    finish(&state, "txn", start, result)
+    json::<TxnRequest>(state, body).await
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use aspen_api::admin::{AddLearnerRequest, MemberStatus};
 use aspen_api::command::validate_key;
-use aspen_api::limits::MAX_SCAN_LIMIT;
+use aspen_api::limits::{MAX_CLUSTER_NODES, MAX_SCAN_LIMIT};
 use aspen_api::types::ReadResponse;
 use aspen_api::wire::{
     self, KvRequest, KvResponse, MembershipChange, KV_ALPN, MAX_WIRE_MESSAGE_BYTES,
@@ -363,6 +363,10 @@ impl KvService {
         let result = match change {
             MembershipChange::AddLearner(req) => {
                 let node = member_node(req)?;
+                let membership = self.raft.metrics().borrow().membership_config.clone();
+                let members = membership.nodes().count();
+                let known = membership.nodes().any(|(id, _)| *id == req.node_id);
+                check_member_limit(members, known)?;
                 self.raft.add_learner(req.node_id, node, true).await
             }
             MembershipChange::Promote(id) => {
@@ -508,6 +512,18 @@ fn member_node(req: &AddLearnerRequest) -> Result<MemberNode, ApiError> {
     })
 }
 
+/// Refuses a new member once the cluster has [`MAX_CLUSTER_NODES`]; re-adding a known
+/// node (to update its address) is always allowed.
+fn check_member_limit(members: usize, already_member: bool) -> Result<(), ApiError> {
+    if !already_member && members >= MAX_CLUSTER_NODES {
+        return Err(ApiError::bad_request(format!(
+            "cluster already has {members} members, the limit is {MAX_CLUSTER_NODES}: remove one \
+             first, or start another cluster"
+        )));
+    }
+    Ok(())
+}
+
 fn validate_read(request: &ReadRequest) -> Result<(), ApiError> {
     match request {
         ReadRequest::Get { key } => validate_key(key).map_err(Into::into),
@@ -524,5 +540,35 @@ fn validate_read(request: &ReadRequest) -> Result<(), ApiError> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_takes_new_members_up_to_the_limit_and_no_more() {
+        assert!(check_member_limit(MAX_CLUSTER_NODES - 1, false).is_ok());
+        let err = check_member_limit(MAX_CLUSTER_NODES, false).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("limit is 64"), "{}", err.message);
+        assert!(
+            check_member_limit(MAX_CLUSTER_NODES, true).is_ok(),
+            "a known member may be re-added"
+        );
+    }
+
+    #[test]
+    fn scan_limits_are_checked_at_both_ends() {
+        let scan = |limit| ReadRequest::Scan {
+            prefix: "p".into(),
+            after: None,
+            limit,
+        };
+        assert!(validate_read(&scan(1)).is_ok());
+        assert!(validate_read(&scan(MAX_SCAN_LIMIT)).is_ok());
+        assert!(validate_read(&scan(0)).is_err());
+        assert!(validate_read(&scan(MAX_SCAN_LIMIT + 1)).is_err());
     }
 }

@@ -72,7 +72,8 @@ enum Command {
     Kv(kv::KvArgs),
     /// Show cluster status and change membership.
     Cluster(cluster::ClusterArgs),
-    /// Measure throughput and latency of puts, gets or compare-and-swaps.
+    /// Measure throughput and latency of puts, gets, compare-and-swaps or a mixed load,
+    /// against Aspen or (built with `--features etcd`) etcd.
     Bench(bench::BenchArgs),
     /// Check linearizability for a long run under injected faults (in-process cluster).
     Soak(soak::SoakArgs),

@@ -77,9 +77,10 @@ async fn killing_the_leader_under_write_load_loses_no_acknowledged_write() {
     t.cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_whole_cluster_stopped_and_started_from_disk_has_all_its_data() {
-    let mut t = support::start_cluster().await;
+/// Writes 60 keys through all nodes, stops every node, starts them again from disk, and
+/// reads every key back through every node.
+async fn whole_cluster_restart_keeps_every_write(raft: RaftConfig, expect_purge: bool) {
+    let mut t = support::start_cluster_with(3, raft).await;
     let mut expected = BTreeMap::new();
     for i in 0..60 {
         let (key, value) = (format!("durable/{i}"), format!("value-{i}"));
@@ -88,6 +89,27 @@ async fn the_whole_cluster_stopped_and_started_from_disk_has_all_its_data() {
             .await
             .unwrap();
         expected.insert(key, value);
+    }
+    if expect_purge {
+        poll(
+            "every node to purge its log after a snapshot",
+            Duration::from_secs(10),
+            || async {
+                (1..=3u64)
+                    .all(|id| {
+                        t.cluster
+                            .node(id)
+                            .unwrap()
+                            .raft()
+                            .metrics()
+                            .borrow()
+                            .purged
+                            .is_some()
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
     }
     for id in 1..=3 {
         t.cluster.stop(id).await;
@@ -100,6 +122,23 @@ async fn the_whole_cluster_stopped_and_started_from_disk_has_all_its_data() {
         assert_all_present(&t, via, &expected).await;
     }
     t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_whole_cluster_stopped_and_started_from_disk_has_all_its_data() {
+    whole_cluster_restart_keeps_every_write(support::fast_raft(), false).await;
+}
+
+/// With snapshots every 20 entries and no log kept after them, a restart must rebuild
+/// from the snapshot plus the log after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_whole_cluster_restarted_after_snapshots_and_log_purges_has_all_its_data() {
+    let raft = RaftConfig {
+        snapshot_every_logs: 20,
+        logs_kept_after_snapshot: 0,
+        ..support::fast_raft()
+    };
+    whole_cluster_restart_keeps_every_write(raft, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -395,3 +395,80 @@ async fn a_local_cluster_resumed_from_its_data_dir_keeps_its_data_and_records_ne
     }
     second.shutdown().await;
 }
+
+/// What a stale read of key `s` on node `id` returned: value and freshness headers.
+struct StaleRead {
+    value: String,
+    applied: u64,
+    known_commit: u64,
+    contact_ms: Option<u64>,
+}
+
+async fn stale_read(t: &TestCluster, id: u64) -> Option<StaleRead> {
+    let http = aspen_api::client::http_client(Duration::from_secs(5));
+    let url = format!("{}/v1/kv/s?consistency=stale&raw", t.cluster.url(id));
+    let response = http.get(url).send().await.ok()?;
+    let header =
+        |name: &str| -> Option<u64> { response.headers().get(name)?.to_str().ok()?.parse().ok() };
+    let (applied, known_commit) = (
+        header("aspen-applied-revision")?,
+        header("aspen-known-commit-revision")?,
+    );
+    let contact_ms = header("aspen-leader-contact-ms");
+    let value = String::from_utf8(response.bytes().await.ok()?.to_vec()).ok()?;
+    Some(StaleRead {
+        value,
+        applied,
+        known_commit,
+        contact_ms,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_read_on_a_cut_off_follower_says_how_stale_it_may_be() {
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    t.client(leader).put("s", b"v1").await.unwrap();
+    poll(
+        "the follower to apply v1",
+        Duration::from_secs(10),
+        || async { stale_read(&t, follower).await.filter(|r| r.value == "v1") },
+    )
+    .await;
+
+    t.cluster.partition(follower);
+    let v2 = t.client(leader).put("s", b"v2").await.unwrap().revision;
+    let cut_off = poll(
+        "the follower's leader contact to age past 1 s",
+        Duration::from_secs(10),
+        || async {
+            stale_read(&t, follower)
+                .await
+                .filter(|r| r.contact_ms.is_some_and(|ms| ms >= 1000))
+        },
+    )
+    .await;
+    assert_eq!(
+        cut_off.value, "v1",
+        "a cut-off follower serves its old copy"
+    );
+    assert!(
+        cut_off.applied < v2 && cut_off.known_commit < v2,
+        "it cannot claim to know revision {v2}"
+    );
+
+    t.cluster.heal();
+    let healed = poll(
+        "the follower to catch up after healing",
+        Duration::from_secs(20),
+        || async { stale_read(&t, follower).await.filter(|r| r.value == "v2") },
+    )
+    .await;
+    assert!(healed.applied >= v2 && healed.known_commit >= v2);
+    assert!(
+        healed.contact_ms.is_some_and(|ms| ms < 1000),
+        "contact is fresh again"
+    );
+    t.cluster.shutdown().await;
+}

@@ -126,4 +126,11 @@ pub struct ReadResponse {
     /// The serving node's applied revision when it read (for stale reads: how far it had
     /// caught up).
     pub applied_revision: u64,
+    /// The highest revision the serving node knew to be committed: `known_commit_revision
+    /// - applied_revision` is how many known changes the copy lacks.
+    pub known_commit_revision: u64,
+    /// Milliseconds since the serving node last heard from a leader (for the leader: since
+    /// a quorum last acknowledged it); `None` if it never has. Changes made since then may be
+    /// missing from a stale read.
+    pub since_leader_contact_ms: Option<u64>,
 }

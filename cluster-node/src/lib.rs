@@ -11,6 +11,7 @@
 //! - [`raft_network`]: `aspen/raft/1`, openraft's RPCs over the transport, member-only.
 //! - [`service`]: executes writes, reads and membership changes; forwards to the leader.
 //! - [`kv_server`]: `aspen/kv/1`, the serving side of forwarded and router requests.
+//! - [`leader_contact`]: when a follower last heard from its leader, for stale reads.
 //! - [`http`]: the public HTTP API (axum).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`node`]: wires one node together, in a fixed order; start and shutdown.
@@ -24,6 +25,7 @@
 pub mod faults;
 pub mod http;
 pub mod kv_server;
+pub mod leader_contact;
 pub mod local_cluster;
 pub mod metrics;
 pub mod node;

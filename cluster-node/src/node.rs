@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::http::{self, AppState};
 use crate::kv_server::KvProtocol;
+use crate::leader_contact::LeaderContact;
 use crate::metrics::NodeMetrics;
 use crate::raft_network::{NetworkFactory, RaftProtocol, RAFT_ALPN};
 use crate::raft_types::{AspenRaft, MemberNode};
@@ -135,6 +136,7 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let contact = Arc::new(LeaderContact::default());
         let service = KvService::new(
             config.node_id,
             config.cluster.clone(),
@@ -142,11 +144,12 @@ impl Node {
             state_machine,
             transport.clone(),
             initial_members,
+            contact.clone(),
         );
         let protocols = ProtocolRouter::builder(endpoint)
             .accept(
                 RAFT_ALPN,
-                RaftProtocol::new(raft.clone(), transport.clone(), configured),
+                RaftProtocol::new(raft.clone(), transport.clone(), configured, contact),
             )
             .accept(
                 aspen_api::wire::KV_ALPN,

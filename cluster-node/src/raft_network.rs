@@ -23,6 +23,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::leader_contact::LeaderContact;
 use crate::raft_types::{AspenRaft, MemberNode, NodeId, TypeConfig};
 use crate::transport::{serve_streams, Transport, TransportError, CLOSE_NOT_ALLOWED};
 
@@ -183,6 +184,8 @@ pub struct RaftProtocol {
     transport: Arc<Transport>,
     /// Endpoint ids from the node's config; members are read from the live membership.
     configured_peers: Arc<HashSet<EndpointId>>,
+    /// Updated on every accepted AppendEntries, for stale reads.
+    contact: Arc<LeaderContact>,
 }
 
 impl RaftProtocol {
@@ -191,11 +194,13 @@ impl RaftProtocol {
         raft: AspenRaft,
         transport: Arc<Transport>,
         configured_peers: HashSet<EndpointId>,
+        contact: Arc<LeaderContact>,
     ) -> Self {
         RaftProtocol {
             raft,
             transport,
             configured_peers: Arc::new(configured_peers),
+            contact,
         }
     }
 
@@ -226,7 +231,15 @@ impl RaftProtocol {
         let answer = match postcard::from_bytes::<RaftRequest>(&bytes) {
             Err(e) => RaftAnswer::Refused(format!("malformed Raft request: {e}")),
             Ok(RaftRequest::AppendEntries(r)) => {
-                RaftAnswer::AppendEntries(self.raft.append_entries(r).await)
+                let leader_commit = r.leader_commit.map_or(0, |l| l.index);
+                let answer = self.raft.append_entries(r).await;
+                if matches!(
+                    answer,
+                    Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+                ) {
+                    self.contact.record(leader_commit);
+                }
+                RaftAnswer::AppendEntries(answer)
             }
             Ok(RaftRequest::Vote(r)) => RaftAnswer::Vote(self.raft.vote(r).await),
             Ok(RaftRequest::InstallSnapshot(r)) => {

@@ -28,6 +28,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use openraft::ChangeMembers;
 use tokio::time::Instant;
 
+use crate::leader_contact::LeaderContact;
 use crate::raft_types::{AspenRaft, MemberNode, NodeId};
 use crate::storage::StateMachine;
 use crate::transport::{Transport, TransportError};
@@ -62,6 +63,8 @@ pub struct KvService {
     transport: Arc<Transport>,
     /// This node and its configured peers: the default voters of `init`.
     initial_members: BTreeMap<NodeId, MemberNode>,
+    /// When this node last heard from a leader, for stale reads.
+    contact: Arc<LeaderContact>,
 }
 
 fn unavailable(message: impl Into<String>) -> ApiError {
@@ -81,6 +84,7 @@ impl KvService {
         sm: StateMachine,
         transport: Arc<Transport>,
         initial_members: BTreeMap<NodeId, MemberNode>,
+        contact: Arc<LeaderContact>,
     ) -> Arc<KvService> {
         Arc::new(KvService {
             node_id,
@@ -89,6 +93,7 @@ impl KvService {
             sm,
             transport,
             initial_members,
+            contact,
         })
     }
 
@@ -326,11 +331,24 @@ impl KvService {
         }
     }
 
+    /// The highest commit revision this node knows of and how long ago it heard from a
+    /// leader (for the leader itself: since a quorum last acknowledged it).
+    fn freshness(&self) -> (u64, Option<u64>) {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(self.node_id) {
+            let applied = metrics.last_applied.map_or(0, |l| l.index);
+            (applied, metrics.millis_since_quorum_ack)
+        } else {
+            (self.contact.leader_commit(), self.contact.since_ms())
+        }
+    }
+
     /// Reads this node's copy as it is.
     async fn read_state(&self, request: &ReadRequest) -> Result<ReadResponse, ApiError> {
         let sm = self.sm.clone();
         let request = request.clone();
         let storage = |e: String| ApiError::new(ErrorCode::Internal, e);
+        let (known_commit, since_leader_contact_ms) = self.freshness();
         tokio::task::spawn_blocking(move || {
             let applied_revision = sm.applied_index();
             let result = match request {
@@ -349,6 +367,8 @@ impl KvService {
             Ok(ReadResponse {
                 result,
                 applied_revision,
+                known_commit_revision: known_commit.max(applied_revision),
+                since_leader_contact_ms,
             })
         })
         .await

@@ -90,9 +90,23 @@ fn parse_params(pairs: Vec<(String, String)>) -> Result<ReadParams, HttpError> {
     Ok(p)
 }
 
+/// Response header: the highest revision the serving node knew to be committed.
+pub const KNOWN_COMMIT_HEADER: &str = "aspen-known-commit-revision";
+/// Response header: milliseconds since the serving node last heard from a leader.
+pub const LEADER_CONTACT_HEADER: &str = "aspen-leader-contact-ms";
+
+/// Adds the freshness headers of a read.
 fn with_revision(mut response: Response, read: &ReadResponse) -> Response {
-    if let Ok(v) = read.applied_revision.to_string().parse() {
-        response.headers_mut().insert(APPLIED_REVISION_HEADER, v);
+    let headers = response.headers_mut();
+    let values = [
+        (APPLIED_REVISION_HEADER, Some(read.applied_revision)),
+        (KNOWN_COMMIT_HEADER, Some(read.known_commit_revision)),
+        (LEADER_CONTACT_HEADER, read.since_leader_contact_ms),
+    ];
+    for (name, value) in values {
+        if let Some(value) = value {
+            headers.insert(name, axum::http::HeaderValue::from(value));
+        }
     }
     response
 }

@@ -271,3 +271,24 @@ async fn a_cas_mismatch_is_409_with_the_actual_state_and_changes_nothing() {
     assert_eq!(entry["version"], 1);
     t.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_path_that_is_not_utf8_gets_a_json_error_and_changes_nothing() {
+    let (t, api) = api().await;
+    assert_error(
+        &api.put("%FF", b"v".to_vec()).await,
+        400,
+        "bad_request",
+        "UTF-8",
+    );
+    assert_error(&api.get("/v1/kv/%FF").await, 400, "bad_request", "UTF-8");
+    assert_error(
+        &api.send(reqwest::Method::DELETE, "/v1/kv/%FF", vec![])
+            .await,
+        400,
+        "bad_request",
+        "UTF-8",
+    );
+    assert_eq!(api.key_count().await, 0);
+    t.cluster.shutdown().await;
+}

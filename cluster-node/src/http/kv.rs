@@ -13,7 +13,7 @@ use aspen_api::{
     WriteOutcome, WriteResult,
 };
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -158,29 +158,51 @@ async fn read(state: &AppState, key: String, pairs: Vec<(String, String)>) -> Ht
     Ok(with_revision(response, &answer))
 }
 
+/// The key from the path, or a JSON error when it is not UTF-8 (keys are UTF-8).
+fn path_key(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+    path.map(|Path(key)| key).map_err(|rejection| {
+        ValidationError::field(
+            "key",
+            format!("the key in the path must be percent-encoded UTF-8: {rejection}"),
+        )
+        .into()
+    })
+}
+
+/// The query parameters, or a JSON error when they cannot be decoded.
+fn query_pairs(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Vec<(String, String)>, HttpError> {
+    query.map(|Query(pairs)| pairs).map_err(|rejection| {
+        ValidationError::field(
+            "query",
+            format!("the query string must be percent-encoded UTF-8: {rejection}"),
+        )
+        .into()
+    })
+}
+
 /// `GET /v1/kv/{key}`.
 pub async fn get(
     State(state): State<AppState>,
-    Path(key): Path<String>,
-    Query(q): Query<Vec<(String, String)>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     let start = Instant::now();
-    let op = if q.iter().any(|(k, v)| k == "prefix" && v != "false") {
-        "scan"
-    } else {
-        "get"
-    };
-    let result = read(&state, key, q).await;
-    finish(&state, op, start, result)
+    let scan = query
+        .as_ref()
+        .is_ok_and(|Query(q)| q.iter().any(|(k, v)| k == "prefix" && v != "false"));
+    let result = async { read(&state, path_key(path)?, query_pairs(query)?).await }.await;
+    finish(&state, if scan { "scan" } else { "get" }, start, result)
 }
 
 /// `GET /v1/kv/`: a scan of everything (`?prefix=true`); a point read of the empty key is refused.
 pub async fn get_root(
     State(state): State<AppState>,
-    Query(q): Query<Vec<(String, String)>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     let start = Instant::now();
-    let result = read(&state, String::new(), q).await;
+    let result = async { read(&state, String::new(), query_pairs(query)?).await }.await;
     finish(&state, "scan", start, result)
 }
 
@@ -223,11 +245,11 @@ async fn put_value(
 /// `PUT /v1/kv/{key}`: body = the raw value.
 pub async fn put(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
-    let result = put_value(&state, key, body).await;
+    let result = async { put_value(&state, path_key(path)?, body).await }.await;
     finish(&state, "put", start, result)
 }
 
@@ -250,9 +272,12 @@ async fn delete_key(state: &AppState, key: String) -> HttpResult {
 }
 
 /// `DELETE /v1/kv/{key}`.
-pub async fn delete(State(state): State<AppState>, Path(key): Path<String>) -> Response {
+pub async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
     let start = Instant::now();
-    let result = delete_key(&state, key).await;
+    let result = async { delete_key(&state, path_key(path)?).await }.await;
     finish(&state, "delete", start, result)
 }
 

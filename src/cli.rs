@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`node`]: `aspen node`, one cluster member from a config file.
+//! - [`router`]: `aspen router`, a router from a config file (SIGHUP reloads it).
 //! - [`dev`]: `aspen dev`, a whole local cluster in one process.
 //! - [`kv`]: `aspen kv`, reads and writes against a node's HTTP API.
 //! - [`cluster`]: `aspen cluster`, status and membership changes.
@@ -23,6 +24,7 @@ mod kv;
 mod node;
 mod parse;
 mod render;
+mod router;
 mod signal;
 mod soak;
 
@@ -66,6 +68,8 @@ pub struct Cli {
 enum Command {
     /// Run one cluster member from a TOML config file.
     Node(node::NodeArgs),
+    /// Run a router: one store in front of many clusters, by key prefix.
+    Router(router::RouterArgs),
     /// Run a whole local cluster in this process, for development.
     Dev(dev::DevArgs),
     /// Read and write keys.
@@ -84,6 +88,7 @@ enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Node(args) => node::run(args).await,
+        Command::Router(args) => router::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Kv(args) => kv::run(args).await,
         Command::Cluster(args) => cluster::run(args).await,

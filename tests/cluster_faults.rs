@@ -399,7 +399,8 @@ async fn a_local_cluster_resumed_from_its_data_dir_keeps_its_data_and_records_ne
 /// What a stale read of key `s` on node `id` returned: value and freshness headers.
 struct StaleRead {
     value: String,
-    applied: u64,
+    revision: u64,
+    applied_index: u64,
     known_commit: u64,
     contact_ms: Option<u64>,
 }
@@ -410,15 +411,17 @@ async fn stale_read(t: &TestCluster, id: u64) -> Option<StaleRead> {
     let response = http.get(url).send().await.ok()?;
     let header =
         |name: &str| -> Option<u64> { response.headers().get(name)?.to_str().ok()?.parse().ok() };
-    let (applied, known_commit) = (
-        header("aspen-applied-revision")?,
-        header("aspen-known-commit-revision")?,
+    let (revision, applied_index, known_commit) = (
+        header("aspen-revision")?,
+        header("aspen-applied-index")?,
+        header("aspen-known-commit-index")?,
     );
     let contact_ms = header("aspen-leader-contact-ms");
     let value = String::from_utf8(response.bytes().await.ok()?.to_vec()).ok()?;
     Some(StaleRead {
         value,
-        applied,
+        revision,
+        applied_index,
         known_commit,
         contact_ms,
     })
@@ -439,6 +442,8 @@ async fn a_stale_read_on_a_cut_off_follower_says_how_stale_it_may_be() {
 
     t.cluster.partition(follower);
     let v2 = t.client(leader).put("s", b"v2").await.unwrap().revision;
+    // The leader's copy holds v2: its applied log index is at or past v2's entry.
+    let v2_index = stale_read(&t, leader).await.unwrap().applied_index;
     let cut_off = poll(
         "the follower's leader contact to age past 1 s",
         Duration::from_secs(10),
@@ -453,9 +458,10 @@ async fn a_stale_read_on_a_cut_off_follower_says_how_stale_it_may_be() {
         cut_off.value, "v1",
         "a cut-off follower serves its old copy"
     );
+    assert!(cut_off.revision < v2, "its copy is not at revision {v2}");
     assert!(
-        cut_off.applied < v2 && cut_off.known_commit < v2,
-        "it cannot claim to know revision {v2}"
+        cut_off.applied_index < v2_index && cut_off.known_commit < v2_index,
+        "it cannot claim to know log index {v2_index}"
     );
 
     t.cluster.heal();
@@ -465,7 +471,8 @@ async fn a_stale_read_on_a_cut_off_follower_says_how_stale_it_may_be() {
         || async { stale_read(&t, follower).await.filter(|r| r.value == "v2") },
     )
     .await;
-    assert!(healed.applied >= v2 && healed.known_commit >= v2);
+    assert!(healed.revision >= v2);
+    assert!(healed.applied_index >= v2_index && healed.known_commit >= v2_index);
     assert!(
         healed.contact_ms.is_some_and(|ms| ms < 1000),
         "contact is fresh again"

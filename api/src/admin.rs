@@ -16,7 +16,7 @@ pub struct MemberStatus {
     pub role: String,
     /// Highest log index known to be replicated to it (leader only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub matched_revision: Option<u64>,
+    pub matched_index: Option<u64>,
 }
 
 /// `GET /v1/status` of a cluster node.
@@ -36,8 +36,10 @@ pub struct NodeStatus {
     pub leader: Option<u64>,
     /// Current Raft term.
     pub term: u64,
-    /// Highest applied revision on this node.
+    /// The cluster revision this node's copy has reached.
     pub applied_revision: u64,
+    /// Highest Raft log index applied on this node.
+    pub applied_index: u64,
     /// Highest log index on this node.
     pub last_log_index: u64,
     /// Whether the cluster has been initialized.
@@ -81,4 +83,57 @@ pub struct NodeIdRequest {
 pub struct MembershipResponse {
     /// Members after the change.
     pub members: Vec<MemberStatus>,
+}
+
+/// `GET /v1/status` of a router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterStatus {
+    /// Always `router`.
+    pub role: String,
+    /// The region this router runs in.
+    pub region: String,
+    /// Every cluster in the route table, by name.
+    pub clusters: Vec<ClusterHealth>,
+}
+
+/// One cluster as a router sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHealth {
+    /// Cluster name.
+    pub name: String,
+    /// Region the cluster runs in.
+    pub region: String,
+    /// Whether a node answered the router's status request just now and knows a leader.
+    pub healthy: bool,
+    /// The leader's node id, if known.
+    pub leader: Option<u64>,
+    /// The Raft term reported by the node that answered.
+    pub term: Option<u64>,
+    /// The cluster revision the answering node's copy has reached.
+    pub applied_revision: Option<u64>,
+    /// Why the cluster is not healthy, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/routes` of a router: the whole table, or one key's owner with `?key=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutesResponse {
+    /// Every route, sorted by prefix (only the route that owns the key, with `?key=`).
+    pub routes: Vec<RouteEntry>,
+    /// The key asked about, if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The cluster owning that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+/// One route: keys starting with `prefix` belong to `cluster` (longest prefix wins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    /// The key prefix (`""` matches every key).
+    pub prefix: String,
+    /// The owning cluster.
+    pub cluster: String,
 }

@@ -174,6 +174,13 @@ impl Command {
         self.check_no_duplicate_writes()
     }
 
+    /// Bytes of keys and values the command carries: about its size in a log entry.
+    pub fn payload_bytes(&self) -> usize {
+        let keys: usize = self.keys().iter().map(|k| k.len()).sum();
+        let values: usize = self.values().iter().map(|v| v.len()).sum();
+        keys + values
+    }
+
     fn values(&self) -> Vec<&[u8]> {
         match self {
             Command::Set { value, .. } => vec![value],

@@ -1,8 +1,10 @@
 //! The language every part of Aspen speaks: commands, results, limits, errors, the JSON
 //! shapes of the public HTTP API, the `aspen/kv/1` wire messages, and a Rust HTTP client.
 //!
-//! This crate depends on nothing else of Aspen's and on no transport or storage crate, so
-//! that the router, the cluster node, the CLI and applications can all share it.
+//! This crate depends on nothing else of Aspen's and on no storage crate, so that the
+//! router, the cluster node, the CLI and applications can all share it. The serving side
+//! of the HTTP API (axum) is behind the `server` feature, which only the node and the
+//! router enable; clients get the types and the HTTP client alone.
 //!
 //! # Layout
 //!
@@ -12,15 +14,21 @@
 //! - [`types`]: stored entries, key states, write outcomes, reads and scan pages.
 //! - [`error`]: the error codes of the HTTP contract and the validation errors.
 //! - [`json`]: the JSON bodies of the HTTP API and their conversion to commands.
+//! - [`headers`]: the names of the HTTP API's response headers (read freshness).
 //! - [`wire`]: the `aspen/kv/1` request and response messages and their encoding.
 //! - [`client`]: an HTTP client for the API, used by the CLI, the benchmark and tests.
+//! - `server` (feature `server`): the HTTP KV routes over a `KvBackend`, shared by the
+//!   node and the router.
 
 pub mod admin;
 pub mod client;
 pub mod command;
 pub mod error;
+pub mod headers;
 pub mod json;
 pub mod limits;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod types;
 pub mod wire;
 

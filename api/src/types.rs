@@ -59,7 +59,8 @@ pub enum WriteOutcome {
 /// The state machine's answer for one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResult {
-    /// The cluster revision of this command's log entry.
+    /// The cluster's revision after this command: the new revision if it changed
+    /// anything, else the revision it was checked against (as etcd reports a failed txn).
     pub revision: u64,
     /// Applied or refused by a precondition.
     pub outcome: WriteOutcome,
@@ -123,12 +124,15 @@ pub enum ReadResult {
 pub struct ReadResponse {
     /// The data.
     pub result: ReadResult,
-    /// The serving node's applied revision when it read (for stale reads: how far it had
-    /// caught up).
-    pub applied_revision: u64,
-    /// The highest revision the serving node knew to be committed: `known_commit_revision
-    /// - applied_revision` is how many known changes the copy lacks.
-    pub known_commit_revision: u64,
+    /// The cluster revision the serving node's copy had reached when the read began:
+    /// every change up to it is in the result.
+    pub revision: u64,
+    /// The Raft log index the serving node had applied when it read.
+    pub applied_index: u64,
+    /// The highest log index the serving node knew to be committed:
+    /// `known_commit_index - applied_index` is how many known log entries the copy lacks
+    /// (0 for a copy that has applied all it knows of).
+    pub known_commit_index: u64,
     /// Milliseconds since the serving node last heard from a leader (for the leader: since
     /// a quorum last acknowledged it); `None` if it never has. Changes made since then may be
     /// missing from a stale read.

@@ -14,7 +14,7 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::admin::{AddLearnerRequest, MemberStatus};
+use crate::admin::{AddLearnerRequest, MemberStatus, NodeStatus};
 use crate::command::Command;
 use crate::error::ApiError;
 pub use crate::limits::MAX_WIRE_MESSAGE_BYTES;
@@ -38,6 +38,9 @@ pub enum KvRequest {
     },
     /// Change the cluster's membership (leader only, like writes).
     Membership(MembershipChange),
+    /// The receiving node's view of its cluster (any node answers; routers poll it for
+    /// health, leader and term).
+    Status,
 }
 
 /// A membership change.
@@ -60,6 +63,8 @@ pub enum KvResponse {
     Read(ReadResponse),
     /// The membership after a change.
     Membership(Vec<MemberStatus>),
+    /// The answer to [`KvRequest::Status`].
+    Status(NodeStatus),
     /// This node is not the leader; `leader` is the one it knows of, if any.
     NotLeader {
         /// Raft node id of the leader, when known.

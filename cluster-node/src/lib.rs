@@ -4,15 +4,20 @@
 //!
 //! # Layout
 //!
-//! - [`raft_types`]: the openraft type configuration (entries carry `aspen_api::Command`).
+//! - [`raft_types`]: the openraft type configuration (an entry carries a proposal: one or
+//!   more `aspen_api::Command`s).
 //! - [`storage`]: SQLite log store with group commit, state machine, snapshots.
 //! - [`transport`]: the iroh endpoint, node identity, request/response over QUIC streams,
-//!   fault injection.
+//!   fault injection (the `aspen-net` crate, shared with the router).
 //! - [`raft_network`]: `aspen/raft/1`, openraft's RPCs over the transport, member-only.
 //! - [`service`]: executes writes, reads and membership changes; forwards to the leader.
+//! - [`proposer`]: group commit: concurrent writes share one log entry.
+//! - [`read_index`]: concurrent linearizable reads share one leadership confirmation.
+//! - [`batcher`]: the queue-and-batch task both of those are built on.
 //! - [`kv_server`]: `aspen/kv/1`, the serving side of forwarded and router requests.
 //! - [`leader_contact`]: when a follower last heard from its leader, for stale reads.
-//! - [`http`]: the public HTTP API (axum).
+//! - [`http`]: the public HTTP API: `aspen_api::server`'s KV routes over the KV service,
+//!   plus status, membership, health and metrics.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`node`]: wires one node together, in a fixed order; start and shutdown.
 //! - [`local_cluster`]: several nodes in one process (`aspen dev`, tests).
@@ -22,6 +27,7 @@
 // so results carrying it are large by design; boxing it at every call would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod batcher;
 pub mod faults;
 pub mod http;
 pub mod kv_server;
@@ -29,8 +35,10 @@ pub mod leader_contact;
 pub mod local_cluster;
 pub mod metrics;
 pub mod node;
+pub mod proposer;
 pub mod raft_network;
 pub mod raft_types;
+pub mod read_index;
 pub mod service;
 pub mod storage;
 pub mod transport;

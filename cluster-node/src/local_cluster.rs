@@ -36,6 +36,8 @@ pub struct LocalClusterSpec {
 /// A running local cluster. Node `i` (1-based) is at index `i - 1`.
 pub struct LocalCluster {
     configs: Vec<NodeConfig>,
+    /// Every node: id, iroh identity and address (what a router's config lists).
+    members: Vec<PeerConfig>,
     nodes: Vec<Option<Node>>,
 }
 
@@ -83,7 +85,11 @@ impl LocalCluster {
                 .map_err(|e| NodeError::Endpoint(e.to_string()))?;
             nodes.push(Some(Node::start(config.clone(), endpoint, listener).await?));
         }
-        let cluster = LocalCluster { configs, nodes };
+        let cluster = LocalCluster {
+            configs,
+            members: peers,
+            nodes,
+        };
         let first = cluster.node(1).expect("node 1 just started");
         if !first
             .raft()
@@ -155,6 +161,11 @@ impl LocalCluster {
     /// The config node `id` runs with.
     pub fn config(&self, id: u64) -> &NodeConfig {
         &self.configs[id as usize - 1]
+    }
+
+    /// Every node of the cluster, running or not, as a router's config lists them.
+    pub fn members(&self) -> &[PeerConfig] {
+        &self.members
     }
 
     /// HTTP base URL of node `id`.

@@ -37,6 +37,7 @@ pub struct NodeMetrics {
     term: Gauge,
     is_leader: Gauge,
     applied: Gauge,
+    applied_index: Gauge,
     last_log: Gauge,
     members: Gauge,
 }
@@ -53,7 +54,8 @@ impl Default for NodeMetrics {
         let latency = Family::<OpLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
-        let (term, is_leader, applied, last_log, members) = (
+        let (term, is_leader, applied, applied_index, last_log, members) = (
+            Gauge::default(),
             Gauge::default(),
             Gauge::default(),
             Gauge::default(),
@@ -78,8 +80,13 @@ impl Default for NodeMetrics {
         );
         registry.register(
             "applied_revision",
-            "Highest revision applied on this node",
+            "The cluster revision this node's copy has reached",
             applied.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Highest Raft log index applied on this node",
+            applied_index.clone(),
         );
         registry.register(
             "raft_last_log_index",
@@ -98,6 +105,7 @@ impl Default for NodeMetrics {
             term,
             is_leader,
             applied,
+            applied_index,
             last_log,
             members,
         }
@@ -120,12 +128,14 @@ impl NodeMetrics {
             .observe(seconds);
     }
 
-    /// Renders every metric, refreshing the Raft gauges from `raft` first.
-    pub fn render(&self, raft: &AspenRaft) -> String {
+    /// Renders every metric, refreshing the Raft gauges from `raft` and the applied
+    /// revision from `revision` first.
+    pub fn render(&self, raft: &AspenRaft, revision: u64) -> String {
         let m = raft.metrics().borrow().clone();
         self.term.set(m.current_term as i64);
         self.is_leader.set((m.current_leader == Some(m.id)) as i64);
-        self.applied
+        self.applied.set(revision as i64);
+        self.applied_index
             .set(m.last_applied.map_or(0, |l| l.index) as i64);
         self.last_log.set(m.last_log_index.unwrap_or(0) as i64);
         self.members.set(m.membership_config.nodes().count() as i64);

@@ -16,7 +16,7 @@ use openraft::SnapshotPolicy;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::http::{self, AppState};
+use crate::http::{self, NodeBackend};
 use crate::kv_server::KvProtocol;
 use crate::leader_contact::LeaderContact;
 use crate::metrics::NodeMetrics;
@@ -160,12 +160,12 @@ impl Node {
             path: "http listener".into(),
             source,
         })?;
-        let state = AppState {
+        let backend = NodeBackend {
             service: service.clone(),
             metrics: Arc::new(NodeMetrics::default()),
         };
         let (http_stop, stopped) = oneshot::channel::<()>();
-        let http_task = tokio::spawn(http::serve(listener, http::router(state), async move {
+        let http_task = tokio::spawn(http::serve(listener, http::router(backend), async move {
             let _ = stopped.await;
         }));
         tracing::info!(node_id = config.node_id, cluster = %config.cluster, endpoint_id = %transport.endpoint().id(), %http_addr, "node started");

@@ -1,6 +1,7 @@
 //! The openraft type configuration of an Aspen cluster: what a log entry carries
-//! ([`Command`]), what applying it returns ([`WriteResult`]), and what the membership
-//! records about each member ([`MemberNode`]).
+//! ([`Proposal`]: one or more client commands), what applying it returns (one
+//! [`WriteResult`] per command), and what the membership records about each member
+//! ([`MemberNode`]).
 
 use std::io::Cursor;
 
@@ -26,11 +27,28 @@ impl std::fmt::Display for MemberNode {
     }
 }
 
+/// The payload of one log entry: client commands, applied in order, each atomic on its
+/// own and each getting its own revision. The leader puts every write that is waiting
+/// when the log is free into one proposal (see [`crate::proposer`]), so one fsync and one
+/// replication round carry many independent writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The commands, in the order they are applied.
+    pub commands: Vec<Command>,
+}
+
+/// What applying one [`Proposal`] came to: one result per command, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalResults {
+    /// The results, in the proposal's order.
+    pub results: Vec<WriteResult>,
+}
+
 openraft::declare_raft_types!(
     /// Aspen's openraft type configuration.
     pub TypeConfig:
-        D = Command,
-        R = WriteResult,
+        D = Proposal,
+        R = ProposalResults,
         NodeId = NodeId,
         Node = MemberNode,
         Entry = openraft::Entry<TypeConfig>,

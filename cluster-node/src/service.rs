@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen_api::admin::{AddLearnerRequest, MemberStatus};
+use aspen_api::admin::{AddLearnerRequest, MemberStatus, NodeStatus};
 use aspen_api::command::validate_key;
 use aspen_api::limits::{MAX_CLUSTER_NODES, MAX_SCAN_LIMIT};
 use aspen_api::types::ReadResponse;
@@ -24,12 +24,14 @@ use aspen_api::{
     WriteResult,
 };
 use iroh::EndpointId;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::ChangeMembers;
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{ChangeMembers, ServerState};
 use tokio::time::Instant;
 
 use crate::leader_contact::LeaderContact;
+use crate::proposer::{ProposeError, Proposer};
 use crate::raft_types::{AspenRaft, MemberNode, NodeId};
+use crate::read_index::{ReadIndex, ReadIndexError};
 use crate::storage::StateMachine;
 use crate::transport::{Transport, TransportError};
 
@@ -59,6 +61,10 @@ pub struct KvService {
     /// The cluster's name, reported with every result.
     pub cluster: String,
     raft: AspenRaft,
+    /// Batches this node's writes into proposals.
+    proposer: Proposer,
+    /// Shares ReadIndex rounds among concurrent linearizable reads.
+    read_index: ReadIndex,
     sm: StateMachine,
     transport: Arc<Transport>,
     /// This node and its configured peers: the default voters of `init`.
@@ -89,6 +95,8 @@ impl KvService {
         Arc::new(KvService {
             node_id,
             cluster,
+            proposer: Proposer::start(raft.clone()),
+            read_index: ReadIndex::start(raft.clone()),
             raft,
             sm,
             transport,
@@ -284,6 +292,7 @@ impl KvService {
                     Attempt::Forward(l) => not_leader(l),
                 }),
             },
+            KvRequest::Status => return KvResponse::Status(self.status()),
             KvRequest::Membership(change) => {
                 self.membership_local(&change).await.map(|a| match a {
                     Attempt::Done(m) => KvResponse::Membership(m),
@@ -295,43 +304,26 @@ impl KvService {
     }
 
     async fn write_local(&self, command: &Command) -> Result<Attempt<WriteResult>, ApiError> {
-        match self.raft.client_write(command.clone()).await {
-            Ok(response) => Ok(Attempt::Done(response.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Ok(Attempt::Forward(forward_target(f)))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ApiError::new(ErrorCode::Internal, e.to_string()))
-            }
-            // The entry may already be replicated and go on to commit under a new leader:
-            // the outcome is unknown, never "nothing applied".
-            Err(RaftError::Fatal(f)) => Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "this node stopped ({f}) while the write was in progress; \
-                     it may or may not have been applied"
-                ),
-            )),
+        match self.proposer.propose(command.clone()).await {
+            Ok(result) => Ok(Attempt::Done(result)),
+            Err(ProposeError::NotLeader(leader)) => Ok(Attempt::Forward(leader)),
+            Err(ProposeError::Failed(e)) => Err(e),
         }
     }
 
     async fn read_local(&self, request: &ReadRequest) -> Result<Attempt<ReadResponse>, ApiError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => self.read_state(request).await.map(Attempt::Done),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Ok(Attempt::Forward(forward_target(f)))
-            }
+        match self.read_index.confirm().await {
+            Ok(()) => self.read_state(request).await.map(Attempt::Done),
+            Err(ReadIndexError::NotLeader(leader)) => Ok(Attempt::Forward(leader)),
             // Not enough followers answered: the leader may be deposed. Try again.
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Ok(Attempt::Forward(None))
-            }
-            Err(RaftError::Fatal(f)) => {
+            Err(ReadIndexError::NoQuorum) => Ok(Attempt::Forward(None)),
+            Err(ReadIndexError::Stopped(f)) => {
                 Err(unavailable(format!("this node's Raft has stopped: {f}")))
             }
         }
     }
 
-    /// The highest commit revision this node knows of and how long ago it heard from a
+    /// The highest commit log index this node knows of and how long ago it heard from a
     /// leader (for the leader itself: since a quorum last acknowledged it).
     fn freshness(&self) -> (u64, Option<u64>) {
         // Read the two fields in place: every read comes through here, and cloning the
@@ -353,7 +345,9 @@ impl KvService {
         let storage = |e: String| ApiError::new(ErrorCode::Internal, e);
         let (known_commit, since_leader_contact_ms) = self.freshness();
         tokio::task::spawn_blocking(move || {
-            let applied_revision = sm.applied_index();
+            // Read the positions before the data: the data is at least this fresh.
+            let applied_index = sm.applied_index();
+            let revision = sm.revision();
             let result = match request {
                 ReadRequest::Get { key } => {
                     ReadResult::Get(sm.get(&key).map_err(|e| e.to_string())?)
@@ -369,8 +363,9 @@ impl KvService {
             };
             Ok(ReadResponse {
                 result,
-                applied_revision,
-                known_commit_revision: known_commit.max(applied_revision),
+                revision,
+                applied_index,
+                known_commit_index: known_commit.max(applied_index),
                 since_leader_contact_ms,
             })
         })
@@ -488,6 +483,32 @@ impl KvService {
         Ok(self.members())
     }
 
+    /// This node's view of its cluster, as `GET /v1/status` and `aspen/kv/1` report it.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let raft_state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        NodeStatus {
+            role: "node".into(),
+            cluster: self.cluster.clone(),
+            node_id: self.node_id,
+            endpoint_id: self.endpoint_id(),
+            raft_state: raft_state.into(),
+            leader: m.current_leader,
+            term: m.current_term,
+            applied_revision: self.sm.revision(),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            initialized: m.membership_config.nodes().count() > 0,
+            members: self.members(),
+        }
+    }
+
     /// The membership as this node knows it.
     pub fn members(&self) -> Vec<MemberStatus> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -505,7 +526,7 @@ impl KvService {
                     "learner"
                 }
                 .to_string(),
-                matched_revision: metrics
+                matched_index: metrics
                     .replication
                     .as_ref()
                     .and_then(|r| r.get(id).cloned().flatten())

@@ -10,6 +10,9 @@ pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;
 
+#[cfg(test)]
+mod revision_tests;
+
 use std::path::Path;
 
 use rusqlite::Connection;

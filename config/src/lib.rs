@@ -2,8 +2,9 @@
 //! them with errors that name the field, the bad value and what to do about it.
 //!
 //! A config is plain data: this crate opens no socket and starts nothing. Callers load a
-//! file with [`NodeConfig::load`] (read, parse, validate in one step) or build one in code
-//! with [`NodeConfig::dev`] and check it with [`NodeConfig::validate`]. Unknown fields are
+//! file with [`NodeConfig::load`] or [`RouterConfig::load`] (read, parse, validate in one
+//! step) or build one in code with [`NodeConfig::dev`] or [`RouterConfig::dev`] and check
+//! it with [`NodeConfig::validate`] or [`RouterConfig::validate`]. Unknown fields are
 //! refused everywhere, so a misspelled setting is an error rather than a silent default.
 //!
 //! Commented examples live in `config/examples/`; a unit test loads every one of them.
@@ -11,21 +12,31 @@
 //! # Layout
 //!
 //! - [`node`]: [`NodeConfig`], one cluster member's file, with its `[raft]` and `[[peers]]` parts.
+//! - [`router`]: [`RouterConfig`], one router's file: its `[[clusters]]` and the `[[routes]]`
+//!   table mapping key prefixes to them.
 //! - [`limits`]: the bounds validation enforces, as named constants.
 //! - [`error`]: [`ConfigError`], every way loading or validating a config can fail.
+//! - `name` (private): the naming rule shared by cluster and region names.
 
 pub mod error;
 pub mod limits;
+mod name;
 pub mod node;
+pub mod router;
 
 pub use error::{ConfigError, INLINE_CONFIG_PATH};
 pub use limits::{
-    MAX_CLUSTER_NAME_LEN, MAX_CLUSTER_NODES, MAX_CLUSTER_PEERS, MAX_PAYLOAD_ENTRIES_LIMIT,
-    MAX_PEER_ADDRS, MIN_HEARTBEAT_INTERVAL_MS,
+    MAX_CLUSTER_NAME_LEN, MAX_CLUSTER_NODES, MAX_CLUSTER_PEERS, MAX_IN_FLIGHT_PER_CLUSTER_LIMIT,
+    MAX_PAYLOAD_ENTRIES_LIMIT, MAX_PEER_ADDRS, MAX_REQUEST_DEADLINE_MS, MAX_ROUTER_CLUSTERS,
+    MAX_ROUTES, MAX_ROUTE_PREFIX_BYTES, MIN_HEARTBEAT_INTERVAL_MS, MIN_REQUEST_DEADLINE_MS,
 };
 pub use node::{
     NodeConfig, PeerConfig, RaftConfig, RelayModeConfig, DEFAULT_CLUSTER_NAME, DEFAULT_HTTP_ADDR,
     DEFAULT_IROH_BIND_ADDR,
+};
+pub use router::{
+    ClusterConfig, RouteConfig, RouterConfig, DEFAULT_MAX_IN_FLIGHT_PER_CLUSTER,
+    DEFAULT_REQUEST_DEADLINE_MS,
 };
 
 #[cfg(test)]
@@ -44,6 +55,8 @@ mod tests {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             if name.starts_with("node") && name.ends_with(".toml") {
                 NodeConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            } else if name.starts_with("router") && name.ends_with(".toml") {
+                RouterConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
             } else {
                 panic!(
                     "{}: no schema known for this example; add one here",
@@ -52,6 +65,10 @@ mod tests {
             }
             checked += 1;
         }
-        assert!(checked >= 1, "no example files found in {}", dir.display());
+        assert!(
+            checked >= 2,
+            "expected node and router examples in {}",
+            dir.display()
+        );
     }
 }

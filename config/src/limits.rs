@@ -21,10 +21,45 @@ pub const MIN_HEARTBEAT_INTERVAL_MS: u64 = 10;
 /// enough for a lagging follower to catch up quickly without starving heartbeats.
 pub const MAX_PAYLOAD_ENTRIES_LIMIT: u64 = 4096;
 
-/// Longest cluster name, in characters. The name appears in route tables, metric labels,
-/// log lines and data paths; 64 is room for `region-purpose-n` names and keeps those short.
+/// Longest cluster name, and longest region name, in characters. Both appear in route
+/// tables, metric labels, log lines and data paths; 64 is room for `region-purpose-n`
+/// names and keeps those short.
 pub const MAX_CLUSTER_NAME_LEN: usize = 64;
 
 /// Most direct addresses one peer may list. A host has a few (IPv4, IPv6, a LAN address),
 /// and iroh may dial each of them; a long list is almost certainly a mistake.
 pub const MAX_PEER_ADDRS: usize = 8;
+
+/// Longest route prefix, in bytes: the longest key the API accepts
+/// (`aspen_api::limits::MAX_KEY_BYTES`, restated here because config depends on no other
+/// Aspen crate). A longer prefix could match no key at all, so it can only be a mistake.
+pub const MAX_ROUTE_PREFIX_BYTES: usize = 1024;
+
+/// Most `[[routes]]` one router config may list. Every router holds the whole table and
+/// `GET /v1/routes` returns it in one response; 4096 prefixes of at most
+/// [`MAX_ROUTE_PREFIX_BYTES`] bound that at 4 MiB. It is also far more prefixes than
+/// people maintain by hand: 16 per cluster with [`MAX_ROUTER_CLUSTERS`] clusters.
+pub const MAX_ROUTES: usize = 4096;
+
+/// Most `[[clusters]]` one router config may list. A scan of the empty prefix fans out to
+/// every cluster at once, and the router tracks the leader of each and keeps connections
+/// to its members; 256 bounds one scan at 256 concurrent cluster requests while leaving
+/// room for the tens to hundreds of small clusters Aspen is built around.
+pub const MAX_ROUTER_CLUSTERS: usize = 256;
+
+/// Shortest request deadline a router accepts, in milliseconds. Hiding a leader change is
+/// the router's job, and with default Raft timing an election takes up to the 800 ms
+/// maximum election timeout plus a vote round trip: a deadline under a second would turn
+/// every leader change into a 503 instead of a retry.
+pub const MIN_REQUEST_DEADLINE_MS: u64 = 1_000;
+
+/// Longest request deadline a router accepts, in milliseconds (5 minutes). A request that
+/// waits longer holds one of the cluster's in-flight slots and a client connection for
+/// nothing: its caller, or a proxy in between, has given up long before.
+pub const MAX_REQUEST_DEADLINE_MS: u64 = 300_000;
+
+/// Highest `max_in_flight_per_cluster` a router accepts. A cluster commits writes through
+/// one leader at a few thousand per second, so 4096 outstanding requests are already
+/// about a second of its work; a higher cap only queues latency and memory inside the
+/// router instead of pushing back on clients with a 503.
+pub const MAX_IN_FLIGHT_PER_CLUSTER_LIMIT: usize = 4096;

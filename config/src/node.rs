@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, FieldError, INLINE_CONFIG_PATH};
-use crate::limits::{MAX_CLUSTER_NAME_LEN, MAX_CLUSTER_PEERS};
+use crate::limits::MAX_CLUSTER_PEERS;
+use crate::name::check_name;
 
 /// Cluster name used when the file names none: a single local cluster.
 pub const DEFAULT_CLUSTER_NAME: &str = "local";
@@ -142,7 +143,7 @@ impl NodeConfig {
                 "is 0; Raft node ids start at 1: give each member of the cluster its own id >= 1",
             ));
         }
-        check_cluster_name(&self.cluster)?;
+        check_name("cluster", "cluster", "us-1", &self.cluster)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(FieldError::new(
                 "data_dir",
@@ -204,32 +205,10 @@ impl NodeConfig {
     }
 }
 
-/// A cluster name is 1..=[`MAX_CLUSTER_NAME_LEN`] characters of `[a-z0-9-]`.
-fn check_cluster_name(name: &str) -> Result<(), FieldError> {
-    const RULE: &str = "a cluster name is 1 to 64 characters of lowercase letters, digits and \
-                        '-', such as \"us-1\"";
-    let len = name.chars().count();
-    if len == 0 || len > MAX_CLUSTER_NAME_LEN {
-        return Err(FieldError::new(
-            "cluster",
-            format!("\"{name}\" has {len} characters; {RULE}"),
-        ));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-'))
-    {
-        return Err(FieldError::new(
-            "cluster",
-            format!("\"{name}\" contains {bad:?}; {RULE}"),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::limits::MAX_CLUSTER_NAME_LEN;
 
     /// A valid peer numbered `n`: node id `n`, a distinct valid endpoint id, one address.
     pub(crate) fn peer(n: u64) -> PeerConfig {

@@ -116,8 +116,8 @@ fn print_status(status: &NodeStatus) {
         .leader
         .map_or_else(|| "none known".to_string(), |l| format!("node {l}"));
     println!(
-        "cluster {:?}: this is node {} ({}), leader {leader}, term {}, applied revision {}, last log index {}",
-        status.cluster, status.node_id, status.raft_state, status.term, status.applied_revision, status.last_log_index
+        "cluster {:?}: this is node {} ({}), leader {leader}, term {}, revision {}, log index applied {} of {}",
+        status.cluster, status.node_id, status.raft_state, status.term, status.applied_revision, status.applied_index, status.last_log_index
     );
     if !status.initialized {
         println!("not initialized: run `aspen cluster init` against one member");
@@ -128,12 +128,12 @@ fn print_status(status: &NodeStatus) {
 
 fn print_members(members: &[MemberStatus]) {
     println!(
-        "{:>4}  {:<8}  {:<12}  {:<24}  MATCHED",
+        "{:>4}  {:<8}  {:<12}  {:<24}  MATCHED INDEX",
         "ID", "ROLE", "ENDPOINT", "ADDRS"
     );
     for m in members {
         let matched = m
-            .matched_revision
+            .matched_index
             .map_or_else(|| "-".to_string(), |r| r.to_string());
         println!(
             "{:>4}  {:<8}  {:<12}  {:<24}  {matched}",

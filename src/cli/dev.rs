@@ -1,7 +1,9 @@
-//! `aspen dev`: a whole cluster in this process, for development. Starts a
-//! [`LocalCluster`] named `dev` with its data under `--data-dir` (resuming when the
-//! directory already holds a cluster), waits a bounded time for a leader, prints the
-//! nodes and a few ready-to-paste curl lines, and runs until Ctrl-C or SIGTERM.
+//! `aspen dev`: region `us` of the DESIGN topology in this process, for development: two
+//! [`LocalCluster`]s, `us-1` (every key not routed elsewhere) and `us-2` (keys under
+//! `svc-b/`), with their data under `--data-dir` (resuming when the directory already
+//! holds them), and a router in front of both on `--http`. It waits a bounded time for
+//! leaders, prints the topology and a few ready-to-paste curl lines, and runs until
+//! Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,15 +12,23 @@ use std::time::Duration;
 
 use anyhow::Context;
 use aspen_cluster_node::local_cluster::{node_dir, LocalCluster, LocalClusterSpec};
-use aspen_config::RaftConfig;
+use aspen_config::{ClusterConfig, RaftConfig, RouteConfig, RouterConfig};
+use aspen_router::RunningRouter;
 use clap::Args;
 use tokio::time::Instant;
 
 use super::render::short;
 use super::signal::shutdown_requested;
 
-/// Name of the dev cluster, as reported in every answer.
-const DEV_CLUSTER_NAME: &str = "dev";
+/// The dev clusters and the route each owns, in DESIGN's region `us`.
+const DEV_CLUSTERS: [(&str, &str); 2] = [("us-1", ""), ("us-2", "svc-b/")];
+
+/// Region of the dev router and clusters.
+const DEV_REGION: &str = "us";
+
+/// Node 1 of dev cluster `i` serves HTTP on the router's port plus this plus `100 * i`
+/// (7101 and 7201 by default), so the clusters can be reached directly at known ports.
+const NODE_HTTP_PORT_OFFSET: u16 = 31;
 
 /// Most nodes `aspen dev` starts: 7 voters tolerate 3 failures, and more nodes in one
 /// process only slow a laptop down without teaching anything new.
@@ -38,50 +48,112 @@ pub struct DevArgs {
     /// directory resumes the cluster with its data.
     #[arg(long, value_name = "DIR", default_value = "./aspen-dev-data")]
     data_dir: PathBuf,
-    /// HTTP address of node 1; the other nodes take free ports on loopback.
+    /// HTTP address of the router. Node 1 of us-1 serves on this port + 31, node 1 of
+    /// us-2 on this port + 131; the other nodes take free ports on loopback.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
     http: SocketAddr,
-    /// Number of nodes in the cluster (1 to 7).
+    /// Number of nodes in each cluster (1 to 7).
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u8).range(1..=MAX_DEV_NODES as i64))]
     nodes: u8,
 }
 
-/// Runs the dev cluster until a signal asks it to stop.
+/// Runs the dev clusters and router until a signal asks it to stop.
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
-    let existing = existing_nodes(&args.data_dir);
-    if existing > 0 && existing != usize::from(args.nodes) {
+    if node_dir(&args.data_dir, 1).is_dir() {
         anyhow::bail!(
-            "{} holds the data of a {existing}-node cluster; run with --nodes {existing}, or pick \
-             another --data-dir to start a new cluster",
+            "{} holds a single-cluster dev setup from an earlier version of aspen dev; pick \
+             another --data-dir (or remove it) to start the two-cluster setup",
             args.data_dir.display()
         );
     }
-    check_port_free(args.http).await?;
-    let spec = LocalClusterSpec {
-        cluster: DEV_CLUSTER_NAME.to_string(),
-        data_dir: args.data_dir.clone(),
-        nodes: usize::from(args.nodes),
-        first_http: args.http,
-        raft: RaftConfig::default(),
-    };
-    let cluster = LocalCluster::start(spec).await.map_err(|e| {
-        let message = e.to_string();
-        if message.contains("binding HTTP") {
-            anyhow::anyhow!("{message}; choose another address with --http")
-        } else {
-            anyhow::Error::new(e).context("cannot start the dev cluster")
+    let mut resumed = false;
+    for (name, _) in DEV_CLUSTERS {
+        let existing = existing_nodes(&args.data_dir.join(name));
+        if existing > 0 && existing != usize::from(args.nodes) {
+            anyhow::bail!(
+                "{} holds the data of a {existing}-node cluster {name}; run with --nodes \
+                 {existing}, or pick another --data-dir to start anew",
+                args.data_dir.display()
+            );
         }
-    })?;
-    let leader = wait_for_leader(&cluster).await;
-    print_summary(&cluster, &args, existing > 0, leader);
+        resumed |= existing > 0;
+    }
+    check_port_free(args.http).await?;
+    let mut clusters = Vec::new();
+    for (i, (name, _)) in DEV_CLUSTERS.iter().enumerate() {
+        let http = node_http(args.http, i)?;
+        check_port_free(http).await?;
+        let spec = LocalClusterSpec {
+            cluster: name.to_string(),
+            data_dir: args.data_dir.join(name),
+            nodes: usize::from(args.nodes),
+            first_http: http,
+            raft: RaftConfig::default(),
+        };
+        let cluster = LocalCluster::start(spec)
+            .await
+            .with_context(|| format!("cannot start dev cluster {name}"))?;
+        clusters.push(cluster);
+    }
+    let mut leaders = Vec::new();
+    for cluster in &clusters {
+        leaders.push(wait_for_leader(cluster).await);
+    }
+    let config = router_config(&args, &clusters);
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", args.http))?;
+    let router = RunningRouter::start(&config, listener)
+        .await
+        .context("cannot start the dev router")?;
+    print_summary(&router, &clusters, &leaders, &args, resumed);
     let signal = shutdown_requested().await;
     match &signal {
-        Ok(name) => println!("{name} received; stopping the dev cluster"),
+        Ok(name) => println!("{name} received; stopping the router and clusters"),
         Err(e) => tracing::warn!("cannot wait for signals ({e}); stopping"),
     }
-    cluster.shutdown().await;
+    router.shutdown().await;
+    for cluster in clusters {
+        cluster.shutdown().await;
+    }
     signal.map(|_| ExitCode::SUCCESS)
+}
+
+/// The HTTP address of node 1 of dev cluster `index`.
+fn node_http(router: SocketAddr, index: usize) -> anyhow::Result<SocketAddr> {
+    let offset = NODE_HTTP_PORT_OFFSET + 100 * index as u16;
+    let port = router.port().checked_add(offset).with_context(|| {
+        format!(
+            "--http port {} leaves no room for the nodes' ports (+{offset})",
+            router.port()
+        )
+    })?;
+    Ok(SocketAddr::new(router.ip(), port))
+}
+
+/// The router config of the dev topology: both clusters, their routes.
+fn router_config(args: &DevArgs, clusters: &[LocalCluster]) -> RouterConfig {
+    let cluster_configs = DEV_CLUSTERS
+        .iter()
+        .zip(clusters)
+        .map(|((name, _), cluster)| ClusterConfig {
+            name: name.to_string(),
+            region: DEV_REGION.to_string(),
+            nodes: cluster.members().to_vec(),
+        })
+        .collect();
+    let routes = DEV_CLUSTERS
+        .iter()
+        .map(|(name, prefix)| RouteConfig {
+            prefix: prefix.to_string(),
+            cluster: name.to_string(),
+        })
+        .collect();
+    let mut config = RouterConfig::dev(DEV_REGION, cluster_configs, routes);
+    config.http_addr = args.http;
+    config.iroh_bind_addr = SocketAddr::new(args.http.ip(), 0);
+    config
 }
 
 /// How many nodes' data `dir` holds (0 for a new or missing directory).
@@ -123,39 +195,60 @@ async fn wait_for_leader(cluster: &LocalCluster) -> Option<u64> {
     }
 }
 
-fn print_summary(cluster: &LocalCluster, args: &DevArgs, resumed: bool, leader: Option<u64>) {
+fn print_summary(
+    router: &RunningRouter,
+    clusters: &[LocalCluster],
+    leaders: &[Option<u64>],
+    args: &DevArgs,
+    resumed: bool,
+) {
     let how = if resumed {
         "resumed from"
     } else {
         "new, data in"
     };
     println!(
-        "aspen dev: cluster {DEV_CLUSTER_NAME:?} with {} node(s) ({how} {})",
+        "aspen dev: region {DEV_REGION:?}, {} clusters of {} node(s) behind one router ({how} {})",
+        clusters.len(),
         args.nodes,
         args.data_dir.display()
     );
-    for id in cluster.running() {
-        let Some(node) = cluster.node(id) else {
-            continue;
-        };
-        let addrs: Vec<String> = node.iroh_addrs().iter().map(|a| a.to_string()).collect();
-        let endpoint_id = node.endpoint_id().to_string();
-        let mark = if leader == Some(id) { "  (leader)" } else { "" };
+    println!("  router  {}", router.url());
+    for (((name, prefix), cluster), leader) in DEV_CLUSTERS.iter().zip(clusters).zip(leaders) {
         println!(
-            "  node {id}  {:<24} iroh {} at {}{mark}",
-            cluster.url(id),
-            short(&endpoint_id, 10),
-            addrs.join(",")
+            "  cluster {name} owns keys under {prefix:?}{}",
+            if prefix.is_empty() {
+                " (every key no other route owns)"
+            } else {
+                ""
+            }
         );
+        for id in cluster.running() {
+            let Some(node) = cluster.node(id) else {
+                continue;
+            };
+            let addrs: Vec<String> = node.iroh_addrs().iter().map(|a| a.to_string()).collect();
+            let endpoint_id = node.endpoint_id().to_string();
+            let mark = if *leader == Some(id) {
+                "  (leader)"
+            } else {
+                ""
+            };
+            println!(
+                "    node {id}  {:<24} iroh {} at {}{mark}",
+                cluster.url(id),
+                short(&endpoint_id, 10),
+                addrs.join(",")
+            );
+        }
+        if leader.is_none() {
+            println!(
+                "    no leader yet after {} s; writes will wait for one (see the logs)",
+                LEADER_WAIT.as_secs()
+            );
+        }
     }
-    match leader {
-        Some(leader) => println!("leader: node {leader}"),
-        None => println!(
-            "no leader yet after {} s; writes will wait for one (see the logs)",
-            LEADER_WAIT.as_secs()
-        ),
-    }
-    print_curl_lines(&cluster.url(1));
+    print_curl_lines(&router.url());
     println!("\nPress Ctrl-C to stop.");
 }
 
@@ -170,5 +263,7 @@ fn print_curl_lines(url: &str) {
     println!(
         "  curl -X POST {url}/v1/txn -d '{{\"preconditions\":[{{\"key\":\"greeting\",\"equals\":\"hi\"}}],\"writes\":[{{\"key\":\"owner\",\"value\":\"me\"}}]}}'"
     );
+    println!("  curl -X PUT --data-binary 8080 {url}/v1/kv/svc-b/port   # lands in us-2");
+    println!("  curl '{url}/v1/routes?key=svc-b/port'");
     println!("  curl {url}/v1/status");
 }

@@ -29,9 +29,14 @@ pub struct TestCluster {
 
 /// Starts `nodes` nodes with `raft` settings and waits for a leader.
 pub async fn start_cluster_with(nodes: usize, raft: RaftConfig) -> TestCluster {
+    start_named_cluster("test", nodes, raft).await
+}
+
+/// Starts cluster `name` of `nodes` nodes with `raft` settings and waits for a leader.
+pub async fn start_named_cluster(name: &str, nodes: usize, raft: RaftConfig) -> TestCluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let spec = LocalClusterSpec {
-        cluster: "test".into(),
+        cluster: name.into(),
         data_dir: dir.path().to_path_buf(),
         nodes,
         first_http: "127.0.0.1:0".parse().unwrap(),

@@ -1,7 +1,9 @@
 //! Handlers of the status, membership, health and metrics routes.
 
+use std::sync::Arc;
+
 use aspen_api::admin::{InitRequest, MembershipResponse, NodeIdRequest, NodeStatus};
-use aspen_api::json::ErrorBody;
+use aspen_api::server::{parse_json, HttpError, HttpResult};
 use aspen_api::wire::MembershipChange;
 use aspen_api::ErrorCode;
 use axum::body::Bytes;
@@ -12,16 +14,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openraft::ServerState;
 
-use super::{parse_json, AppState, HttpError, HttpResult};
+use super::NodeBackend;
 
 fn read_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, HttpError> {
     let bytes = body.map_err(|r| {
-        HttpError(ErrorBody::new(
+        HttpError::new(
             ErrorCode::BadRequest,
             format!("could not read the request body: {r}"),
-        ))
+        )
     })?;
     parse_json(&bytes)
 }
@@ -31,7 +33,7 @@ fn members(members: Vec<aspen_api::admin::MemberStatus>) -> Response {
 }
 
 /// `GET /v1/status`.
-pub async fn status(State(state): State<AppState>) -> Json<NodeStatus> {
+pub async fn status(State(state): State<Arc<NodeBackend>>) -> Json<NodeStatus> {
     let service = &state.service;
     let m = service.raft().metrics().borrow().clone();
     let raft_state = match m.state {
@@ -49,7 +51,8 @@ pub async fn status(State(state): State<AppState>) -> Json<NodeStatus> {
         raft_state: raft_state.into(),
         leader: m.current_leader,
         term: m.current_term,
-        applied_revision: m.last_applied.map_or(0, |l| l.index),
+        applied_revision: service.state_machine().revision(),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
         last_log_index: m.last_log_index.unwrap_or(0),
         initialized: m.membership_config.nodes().count() > 0,
         members: service.members(),
@@ -58,7 +61,7 @@ pub async fn status(State(state): State<AppState>) -> Json<NodeStatus> {
 
 /// `POST /v1/cluster/init`.
 pub async fn init(
-    State(state): State<AppState>,
+    State(state): State<Arc<NodeBackend>>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
     let request: InitRequest = if body.as_ref().is_ok_and(|b| b.is_empty()) {
@@ -71,7 +74,7 @@ pub async fn init(
 
 /// Runs the membership change a request body describes.
 async fn change<T: serde::de::DeserializeOwned>(
-    state: &AppState,
+    state: &NodeBackend,
     body: Result<Bytes, BytesRejection>,
     change: impl FnOnce(T) -> MembershipChange,
 ) -> HttpResult {
@@ -83,7 +86,7 @@ async fn change<T: serde::de::DeserializeOwned>(
 
 /// `POST /v1/cluster/add-learner`.
 pub async fn add_learner(
-    State(state): State<AppState>,
+    State(state): State<Arc<NodeBackend>>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
     change(&state, body, MembershipChange::AddLearner).await
@@ -91,7 +94,7 @@ pub async fn add_learner(
 
 /// `POST /v1/cluster/promote`.
 pub async fn promote(
-    State(state): State<AppState>,
+    State(state): State<Arc<NodeBackend>>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
     change(&state, body, |r: NodeIdRequest| {
@@ -102,7 +105,7 @@ pub async fn promote(
 
 /// `POST /v1/cluster/remove`.
 pub async fn remove(
-    State(state): State<AppState>,
+    State(state): State<Arc<NodeBackend>>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
     change(&state, body, |r: NodeIdRequest| {
@@ -118,20 +121,23 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// `GET /readyz`: 200 when the cluster has a leader this node knows, so writes can go
 /// through; 503 `no_leader` otherwise.
-pub async fn readyz(State(state): State<AppState>) -> HttpResult {
+pub async fn readyz(State(state): State<Arc<NodeBackend>>) -> HttpResult {
     let leader = state.service.raft().metrics().borrow().current_leader;
     match leader {
         Some(leader) => Ok(Json(serde_json::json!({"status": "ready", "leader": leader})).into_response()),
-        None => Err(HttpError(ErrorBody::new(
+        None => Err(HttpError::new(
             ErrorCode::NoLeader,
             "not ready: this node knows no leader (cluster not initialized, election under way, or quorum lost)",
-        ))),
+        )),
     }
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.render(state.service.raft());
+pub async fn metrics(State(state): State<Arc<NodeBackend>>) -> Response {
+    let text = state.metrics.render(
+        state.service.raft(),
+        state.service.state_machine().revision(),
+    );
     (
         [(
             header::CONTENT_TYPE,

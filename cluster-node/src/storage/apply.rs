@@ -74,7 +74,29 @@ fn check(
     Ok(None)
 }
 
-/// Applies one command at `revision` (its log index).
+/// Whether `command`, having come to `outcome`, changed the key space: only then does it
+/// take a new revision (etcd's rule: a failed txn or a delete of nothing does not).
+pub(crate) fn changed_state(command: &Command, outcome: &WriteOutcome) -> bool {
+    match outcome {
+        WriteOutcome::PreconditionFailed(_) => false,
+        WriteOutcome::Applied { deleted } => {
+            *deleted > 0
+                || match command {
+                    Command::Set { .. } | Command::CompareAndSwap { .. } => true,
+                    Command::SetMulti { writes } | Command::ConditionalSetMulti { writes, .. } => {
+                        !writes.is_empty()
+                    }
+                    Command::Delete { .. }
+                    | Command::DeleteMulti { .. }
+                    | Command::CompareAndDelete { .. } => false,
+                }
+        }
+    }
+}
+
+/// Applies one command; keys it writes get `revision` as their mod_revision. The caller
+/// moves the cluster to `revision` only if [`changed_state`] says the command changed
+/// something.
 pub(crate) fn apply_command(
     tx: &Transaction,
     revision: u64,

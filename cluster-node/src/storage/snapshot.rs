@@ -17,9 +17,11 @@ use crate::raft_types::{MemberNode, NodeId};
 /// File name of the current snapshot inside the data dir.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
-/// The snapshot's data: every key.
+/// The snapshot's data: the cluster revision and every key.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotContent {
+    /// The cluster revision the snapshot's state had reached.
+    pub revision: u64,
     /// All entries, in key order.
     pub entries: Vec<KvEntry>,
 }

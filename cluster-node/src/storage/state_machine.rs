@@ -1,8 +1,13 @@
 //! The state machine: every key with its revisions, in `state.db`.
 //!
 //! openraft applies committed entries in batches; each batch is one SQLite transaction
-//! that also records the last applied log id and membership, so after a crash the table
-//! and the applied position always agree. Reads use a small pool of separate connections
+//! that also records the last applied log id, the membership and the cluster revision,
+//! so after a crash the table and the applied position always agree.
+//!
+//! The cluster revision counts changes, as etcd's does: each command that changes the key
+//! space takes the next revision, and one log entry may carry many commands (a leader
+//! batches concurrent writes into one proposal), so revisions are not log indexes. Blank
+//! and membership entries, failed preconditions and deletes of absent keys take none. Reads use a small pool of separate connections
 //! and see only committed batches (WAL snapshot isolation).
 //!
 //! Applies are not fsynced (`synchronous=NORMAL`): the log is the durable record, and after
@@ -19,14 +24,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aspen_api::limits::MAX_SCAN_PAGE_BYTES;
-use aspen_api::{KvEntry, ScanPage, WriteOutcome, WriteResult};
+use aspen_api::{KvEntry, ScanPage, WriteResult};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::apply::{apply_command, get};
+use super::apply::{apply_command, changed_state, get};
 use super::snapshot::{self, SnapshotContent};
-use crate::raft_types::{Entry, LogId, MemberNode, NodeId, StorageError, TypeConfig};
+use crate::raft_types::{
+    Entry, LogId, MemberNode, NodeId, ProposalResults, StorageError, TypeConfig,
+};
 
 /// Idle read connections kept open; more are opened under load and closed after.
 const MAX_IDLE_READERS: usize = 8;
@@ -46,6 +53,8 @@ struct Shared {
     readers: Mutex<Vec<Connection>>,
     applied: Mutex<(Option<LogId>, Membership)>,
     applied_index: AtomicU64,
+    /// The cluster revision the applied state has reached.
+    revision: AtomicU64,
     snapshot_seq: AtomicU64,
 }
 
@@ -82,11 +91,13 @@ fn write_applied(
     conn: &Connection,
     last: &Option<LogId>,
     membership: &Membership,
+    revision: u64,
 ) -> rusqlite::Result<()> {
     let mut stmt =
         conn.prepare_cached("INSERT OR REPLACE INTO sm_meta (name, value) VALUES (?1, ?2)")?;
     stmt.execute(params!["last_applied", encode(last)])?;
     stmt.execute(params!["membership", encode(membership)])?;
+    stmt.execute(params!["revision", encode(&revision)])?;
     Ok(())
 }
 
@@ -109,6 +120,7 @@ impl StateMachine {
         let ioerr = |e: std::io::Error| StorageIOError::read_state_machine(&e);
         let last: Option<LogId> = read_meta(&conn, "last_applied").map_err(ioerr)?;
         let membership: Membership = read_meta(&conn, "membership").map_err(ioerr)?;
+        let revision: u64 = read_meta(&conn, "revision").map_err(ioerr)?;
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
@@ -117,14 +129,20 @@ impl StateMachine {
                 readers: Mutex::new(Vec::new()),
                 applied_index: AtomicU64::new(last.map_or(0, |l| l.index)),
                 applied: Mutex::new((last, membership)),
+                revision: AtomicU64::new(revision),
                 snapshot_seq: AtomicU64::new(0),
             }),
         })
     }
 
-    /// Highest applied log index (the cluster revision this node has reached).
+    /// Highest applied log index.
     pub fn applied_index(&self) -> u64 {
         self.shared.applied_index.load(Ordering::Acquire)
+    }
+
+    /// The cluster revision this node's copy has reached.
+    pub fn revision(&self) -> u64 {
+        self.shared.revision.load(Ordering::Acquire)
     }
 
     fn with_reader<T>(
@@ -221,27 +239,40 @@ fn scan(
     Ok(page)
 }
 
+/// Applies `entries` in one transaction, moving `membership` and `revision` along.
 fn apply_batch(
     conn: &mut Connection,
     entries: &[Entry],
     membership: &mut Membership,
-) -> rusqlite::Result<Vec<WriteResult>> {
+    revision: &mut u64,
+) -> rusqlite::Result<Vec<ProposalResults>> {
     let tx = conn.transaction()?;
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
-        let revision = entry.log_id.index;
-        let outcome = match &entry.payload {
-            EntryPayload::Blank => WriteOutcome::Applied { deleted: 0 },
-            EntryPayload::Normal(command) => apply_command(&tx, revision, command)?,
+        let mut entry_results = ProposalResults::default();
+        match &entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Normal(proposal) => {
+                for command in &proposal.commands {
+                    let next = *revision + 1;
+                    let outcome = apply_command(&tx, next, command)?;
+                    if changed_state(command, &outcome) {
+                        *revision = next;
+                    }
+                    entry_results.results.push(WriteResult {
+                        revision: *revision,
+                        outcome,
+                    });
+                }
+            }
             EntryPayload::Membership(m) => {
                 *membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                WriteOutcome::Applied { deleted: 0 }
             }
-        };
-        results.push(WriteResult { revision, outcome });
+        }
+        results.push(entry_results);
     }
     let last = entries.last().map(|e| e.log_id);
-    write_applied(&tx, &last, membership)?;
+    write_applied(&tx, &last, membership, *revision)?;
     tx.commit()?;
     Ok(results)
 }
@@ -253,7 +284,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(self.shared.applied.lock().expect("applied lock").clone())
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ProposalResults>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -265,9 +296,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let mut membership = shared.applied.lock().expect("applied lock").1.clone();
+            let mut revision = shared.revision.load(Ordering::Acquire);
             let mut conn = shared.writer.lock().expect("writer lock");
-            let results = apply_batch(&mut conn, &entries, &mut membership)
+            let results = apply_batch(&mut conn, &entries, &mut membership, &mut revision)
                 .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            shared.revision.store(revision, Ordering::Release);
             let last = entries.last().map(|e| e.log_id);
             *shared.applied.lock().expect("applied lock") = (last, membership);
             shared
@@ -341,13 +374,20 @@ fn install(
                     .map_err(io_err)?;
             }
         }
-        write_applied(&tx, &meta.last_log_id, &meta.last_membership).map_err(io_err)?;
+        write_applied(
+            &tx,
+            &meta.last_log_id,
+            &meta.last_membership,
+            content.revision,
+        )
+        .map_err(io_err)?;
         tx.commit().map_err(io_err)?;
     }
     sync_db_files(&shared.db_path)?;
     snapshot::save(&shared.dir, meta, data)?;
     *shared.applied.lock().expect("applied lock") =
         (meta.last_log_id, meta.last_membership.clone());
+    shared.revision.store(content.revision, Ordering::Release);
     shared
         .applied_index
         .store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Release);
@@ -374,6 +414,7 @@ fn build(shared: &Shared) -> std::io::Result<(SnapshotMeta<NodeId, MemberNode>, 
     // The first read pins the transaction's view; make that view durable before using it.
     let last: Option<LogId> = read_meta(&tx, "last_applied")?;
     let membership: Membership = read_meta(&tx, "membership")?;
+    let revision: u64 = read_meta(&tx, "revision")?;
     sync_db_files(&shared.db_path)?;
     let mut entries = Vec::new();
     let mut after: Option<String> = None;
@@ -396,7 +437,7 @@ fn build(shared: &Shared) -> std::io::Result<(SnapshotMeta<NodeId, MemberNode>, 
         last_membership: membership,
         snapshot_id,
     };
-    let data = snapshot::encode_content(&SnapshotContent { entries });
+    let data = snapshot::encode_content(&SnapshotContent { revision, entries });
     snapshot::save(&shared.dir, &meta, &data)?;
     Ok((meta, data))
 }

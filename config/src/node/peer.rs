@@ -1,6 +1,7 @@
 //! One `[[peers]]` entry of a node's config: another member of the cluster, named by its
 //! Raft node id and its iroh endpoint id, with the direct addresses to dial it at. Rules
-//! about the list as a whole (uniqueness, size) live in the parent module.
+//! about the list as a whole (uniqueness, size) live in the parent module. A router's
+//! `[[clusters.nodes]]` entries use the same schema and rules.
 
 use std::net::SocketAddr;
 
@@ -12,7 +13,8 @@ use crate::limits::MAX_PEER_ADDRS;
 /// Length of an iroh endpoint id written as hex: 32 bytes of ed25519 public key.
 const ENDPOINT_ID_HEX_LEN: usize = 64;
 
-/// Another member, or would-be member, of this node's cluster.
+/// Another member, or would-be member, of this node's cluster; in a router's config, a
+/// member of a cluster the router forwards to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {

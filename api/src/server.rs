@@ -1,0 +1,381 @@
+//! The serving side of the public HTTP KV API (DESIGN.md, "HTTP API"), shared by the
+//! cluster node and the router so both answer byte for byte alike. Compiled with the
+//! `server` feature (axum).
+//!
+//! The handlers parse paths, queries and bodies into [`Command`]s and [`ReadRequest`]s,
+//! hand them to a [`KvBackend`] (a node's KV service, or the router's cluster clients),
+//! and render the answers or a JSON error. Bodies are read as bytes and parsed here, so
+//! every malformed body gets an Aspen error naming the field, never a framework default.
+//!
+//! - [`error`]: [`HttpError`], the JSON error answer, and JSON body parsing.
+//! - `read`: `GET /v1/kv/...`: point reads and scans, with freshness headers.
+//! - `write`: `PUT`/`DELETE /v1/kv/...`, `/v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`.
+//!
+//! A process builds its app as [`kv_routes`] merged with its own routes (status, health,
+//! metrics), adds [`not_found`] as the fallback, and runs it with [`serve`].
+
+pub mod error;
+mod read;
+mod write;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::command::Command;
+use crate::error::{ApiError, ErrorCode};
+use crate::limits::{MAX_INLINE_VALUE_BYTES, MAX_JSON_BODY_BYTES};
+use crate::types::{Consistency, ReadRequest, ReadResponse, ReadResult, WriteResult};
+
+pub use error::{parse_json, HttpError, HttpResult};
+
+/// What executes the requests the KV routes receive: a node's KV service, or a router
+/// that sends each request to the cluster owning its keys.
+///
+/// Validation of commands and reads is the backend's job (a node validates everything
+/// that enters it, by HTTP or by `aspen/kv/1`); the handlers only refuse what cannot be
+/// parsed. An [`ApiError`] returned here becomes the JSON error answer with its status.
+pub trait KvBackend: Send + Sync + 'static {
+    /// Applies `command` atomically and says which cluster applied it. A failed
+    /// precondition is an `Ok` outcome (409 with the key's actual state), not an error.
+    fn write(&self, command: Command) -> impl Future<Output = Result<Written, ApiError>> + Send;
+
+    /// Serves `request` at `consistency`, naming the cluster(s) the data came from.
+    fn read(
+        &self,
+        request: ReadRequest,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<ReadAnswer, ApiError>> + Send;
+
+    /// Records one finished request in the metrics: `op` is one of `get`, `scan`, `put`,
+    /// `delete`, `batch`, `cas`, `cad`, `txn`; `status` is the HTTP status answered;
+    /// `seconds` is the time from the request's arrival to its answer.
+    fn observe(&self, op: &'static str, status: u16, seconds: f64);
+}
+
+/// The answer to a write: the state machine's result and the cluster that applied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Revision and outcome (applied, or refused by a precondition).
+    pub result: WriteResult,
+    /// The cluster that applied (or refused) the command; shown as `cluster` in the body.
+    pub cluster: String,
+}
+
+/// The answer to a read, with what the HTTP layer needs to render it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadAnswer {
+    /// The entry (point read) or page (scan).
+    pub result: ReadResult,
+    /// The cluster of the point read, or of each scan entry (each JSON entry names its
+    /// own cluster, and a router's scan merges several clusters' entries).
+    pub clusters: AnswerClusters,
+    /// How fresh the serving copy was, sent as the `aspen-*` read headers
+    /// ([`crate::headers`]); `None` (no headers) for a scan merged from several clusters.
+    pub freshness: Option<Freshness>,
+    /// For a scan: the continuation token sent as `next`, when it is not the page's own
+    /// ([`ScanPage::next`](crate::types::ScanPage::next), its last key when `more`). A
+    /// merged page may have to continue from a key it does not show. `None` for a point
+    /// read and for any single cluster's scan.
+    pub next: Option<String>,
+}
+
+impl ReadAnswer {
+    /// The answer of one cluster's read: its result, all of it from `cluster`, with the
+    /// serving node's freshness.
+    pub fn from_cluster(response: ReadResponse, cluster: impl Into<String>) -> Self {
+        ReadAnswer {
+            freshness: Some(Freshness::of(&response)),
+            result: response.result,
+            clusters: AnswerClusters::One(cluster.into()),
+            next: None,
+        }
+    }
+}
+
+/// Which cluster each part of a read's answer came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerClusters {
+    /// One cluster served the whole read: any point read, or a scan of one cluster.
+    One(String),
+    /// A scan merged from several clusters: element `i` names the cluster of the page's
+    /// entry `i`, so it has exactly as many elements as the page has entries.
+    PerEntry(Vec<String>),
+}
+
+/// How fresh the copy that served a read was: the values of the read headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// The cluster revision the copy had reached (`aspen-revision`).
+    pub revision: u64,
+    /// The Raft log index the serving node had applied (`aspen-applied-index`).
+    pub applied_index: u64,
+    /// The highest log index it knew to be committed (`aspen-known-commit-index`).
+    pub known_commit_index: u64,
+    /// Milliseconds since it last heard from a leader (`aspen-leader-contact-ms`);
+    /// `None` (header omitted) if it never has.
+    pub since_leader_contact_ms: Option<u64>,
+}
+
+impl Freshness {
+    /// The freshness a node reported with its read.
+    pub fn of(response: &ReadResponse) -> Self {
+        Freshness {
+            revision: response.revision,
+            applied_index: response.applied_index,
+            known_commit_index: response.known_commit_index,
+            since_leader_contact_ms: response.since_leader_contact_ms,
+        }
+    }
+}
+
+/// The KV routes of the API over `backend`, with their body limits: `/v1/kv`, `/v1/kv/`
+/// and `/v1/kv/{*key}` (GET, PUT, DELETE; a body is one value, at most
+/// [`MAX_INLINE_VALUE_BYTES`]), and `POST /v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`
+/// (JSON bodies of at most [`MAX_JSON_BODY_BYTES`]). The router has no fallback: merge
+/// it with the process's own routes and then add [`not_found`].
+pub fn kv_routes<B: KvBackend>(backend: Arc<B>) -> axum::Router {
+    let value_routes = axum::Router::new()
+        .route(
+            "/v1/kv",
+            get(read::get_root::<B>)
+                .put(write::put_root::<B>)
+                .delete(write::delete_root::<B>),
+        )
+        .route(
+            "/v1/kv/",
+            get(read::get_root::<B>)
+                .put(write::put_root::<B>)
+                .delete(write::delete_root::<B>),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(read::get::<B>)
+                .put(write::put::<B>)
+                .delete(write::delete::<B>),
+        )
+        .layer(DefaultBodyLimit::max(MAX_INLINE_VALUE_BYTES));
+    let json_routes = axum::Router::new()
+        .route("/v1/batch", post(write::batch::<B>))
+        .route("/v1/cas", post(write::cas::<B>))
+        .route("/v1/cad", post(write::cad::<B>))
+        .route("/v1/txn", post(write::txn::<B>))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES));
+    value_routes.merge(json_routes).with_state(backend)
+}
+
+/// The fallback of a whole app: 404 `not_found` naming the path and the API reference.
+pub async fn not_found(uri: axum::http::Uri) -> HttpError {
+    HttpError::new(
+        ErrorCode::NotFound,
+        format!("no such endpoint: {}; see docs/API.md", uri.path()),
+    )
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests
+/// finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Records the request through the backend and turns the result into a response.
+fn finish<B: KvBackend>(
+    backend: &B,
+    op: &'static str,
+    start: Instant,
+    result: HttpResult,
+) -> Response {
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    backend.observe(
+        op,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::client::http_client;
+    use crate::headers::{LEADER_CONTACT_HEADER, REVISION_HEADER};
+    use crate::types::{KvEntry, ScanPage, WriteOutcome};
+
+    /// A backend that answers every read with `answer` and every write with revision 7
+    /// of cluster `w`, and remembers what it observed.
+    struct Fixed {
+        answer: ReadAnswer,
+        observed: Mutex<Vec<(&'static str, u16)>>,
+    }
+
+    impl KvBackend for Fixed {
+        async fn write(&self, _command: Command) -> Result<Written, ApiError> {
+            let result = WriteResult {
+                revision: 7,
+                outcome: WriteOutcome::Applied { deleted: 1 },
+            };
+            let cluster = "w".to_string();
+            Ok(Written { result, cluster })
+        }
+
+        async fn read(&self, _: ReadRequest, _: Consistency) -> Result<ReadAnswer, ApiError> {
+            Ok(self.answer.clone())
+        }
+
+        fn observe(&self, op: &'static str, status: u16, _seconds: f64) {
+            self.observed.lock().unwrap().push((op, status));
+        }
+    }
+
+    fn entry(key: &str) -> KvEntry {
+        KvEntry {
+            key: key.into(),
+            value: b"v".to_vec(),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 1,
+        }
+    }
+
+    fn page(keys: &[&str]) -> ReadResult {
+        ReadResult::Scan(ScanPage {
+            kvs: keys.iter().map(|k| entry(k)).collect(),
+            more: true,
+        })
+    }
+
+    const FRESH: Freshness = Freshness {
+        revision: 5,
+        applied_index: 6,
+        known_commit_index: 6,
+        since_leader_contact_ms: None,
+    };
+
+    /// Serves `answer` on a free port; returns the base URL and the backend.
+    async fn start(answer: ReadAnswer) -> (String, Arc<Fixed>) {
+        let backend = Arc::new(Fixed {
+            answer,
+            observed: Mutex::new(Vec::new()),
+        });
+        let app = kv_routes(backend.clone()).fallback(not_found);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener, app, std::future::pending()));
+        (url, backend)
+    }
+
+    async fn get(url: &str) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        let response = http_client(Duration::from_secs(10))
+            .get(url)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        (status, headers, response.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_merged_scan_names_each_entrys_cluster_and_sends_no_freshness_headers() {
+        let answer = ReadAnswer {
+            result: page(&["a", "b"]),
+            clusters: AnswerClusters::PerEntry(vec!["us-1".into(), "us-2".into()]),
+            freshness: None,
+            next: None,
+        };
+        let (url, backend) = start(answer).await;
+        let (status, headers, body) = get(&format!("{url}/v1/kv/?prefix=true")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["kvs"][0]["cluster"], "us-1");
+        assert_eq!(body["kvs"][1]["cluster"], "us-2");
+        assert_eq!(body["next"], "b");
+        assert!(headers.get(REVISION_HEADER).is_none());
+        assert_eq!(*backend.observed.lock().unwrap(), vec![("scan", 200)]);
+    }
+
+    #[tokio::test]
+    async fn a_scan_continues_from_the_token_the_backend_gives() {
+        let answer = ReadAnswer {
+            result: page(&["a", "b"]),
+            clusters: AnswerClusters::One("us-1".into()),
+            freshness: Some(FRESH),
+            next: Some("bz".into()),
+        };
+        let (url, _) = start(answer).await;
+        let (status, headers, body) = get(&format!("{url}/v1/kv/?prefix=true")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["more"], true);
+        assert_eq!(body["next"], "bz");
+        assert_eq!(body["kvs"][1]["cluster"], "us-1");
+        assert_eq!(headers[REVISION_HEADER], "5");
+    }
+
+    #[tokio::test]
+    async fn a_scan_whose_cluster_names_do_not_match_its_entries_is_a_500() {
+        let answer = ReadAnswer {
+            result: page(&["a", "b"]),
+            clusters: AnswerClusters::PerEntry(vec!["us-1".into()]),
+            freshness: None,
+            next: None,
+        };
+        let (url, _) = start(answer).await;
+        let (status, _, body) = get(&format!("{url}/v1/kv/?prefix=true")).await;
+        assert_eq!(status, 500);
+        assert_eq!(body["error"]["code"], "internal");
+    }
+
+    #[tokio::test]
+    async fn an_absent_key_is_a_404_naming_the_answering_cluster_with_its_freshness() {
+        let answer = ReadAnswer {
+            result: ReadResult::Get(None),
+            clusters: AnswerClusters::One("eu-1".into()),
+            freshness: Some(FRESH),
+            next: None,
+        };
+        let (url, backend) = start(answer).await;
+        let (status, headers, body) = get(&format!("{url}/v1/kv/k")).await;
+        assert_eq!(status, 404);
+        assert_eq!(
+            body["error"]["message"],
+            "key \"k\" not found in cluster eu-1"
+        );
+        assert_eq!(headers[REVISION_HEADER], "5");
+        assert!(headers.get(LEADER_CONTACT_HEADER).is_none());
+        assert_eq!(*backend.observed.lock().unwrap(), vec![("get", 404)]);
+    }
+
+    #[tokio::test]
+    async fn a_write_names_the_cluster_the_backend_says_applied_it() {
+        let answer = ReadAnswer {
+            result: ReadResult::Get(None),
+            clusters: AnswerClusters::One("r".into()),
+            freshness: None,
+            next: None,
+        };
+        let (url, backend) = start(answer).await;
+        let response = http_client(Duration::from_secs(10))
+            .delete(format!("{url}/v1/kv/k"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"revision": 7, "cluster": "w", "deleted": true})
+        );
+        assert_eq!(*backend.observed.lock().unwrap(), vec![("delete", 200)]);
+    }
+}

@@ -1,0 +1,260 @@
+//! `GET /v1/kv/...`: point reads (`{key, value, ..., cluster}`, or `?raw` bare bytes) and
+//! prefix scans (`?prefix=true&limit=N&after=K`), with the freshness headers of the copy
+//! that served them. Query parameters are parsed by hand so each mistake gets a precise
+//! error naming the parameter.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::{finish, AnswerClusters, Freshness, HttpError, HttpResult, KvBackend, ReadAnswer};
+use crate::error::{ApiError, ErrorCode, ValidationError};
+use crate::headers::{
+    APPLIED_INDEX_HEADER, KNOWN_COMMIT_HEADER, LEADER_CONTACT_HEADER, REVISION_HEADER,
+};
+use crate::json::{JsonEntry, ScanResponse};
+use crate::limits::{DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
+use crate::types::{Consistency, ReadRequest, ReadResult, ScanPage};
+
+/// The query parameters of `GET /v1/kv/...`.
+#[derive(Default)]
+struct ReadParams {
+    /// `prefix=true`: a scan rather than a point read.
+    prefix: bool,
+    /// Scan page size; [`DEFAULT_SCAN_LIMIT`] when absent.
+    limit: Option<usize>,
+    /// Scan continuation: only keys strictly after this one.
+    after: Option<String>,
+    /// Linearizable (default) or stale.
+    consistency: Consistency,
+    /// `raw`: answer a point read with the bare value bytes.
+    raw: bool,
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, HttpError> {
+    match value {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ValidationError::field(name, format!("{value:?} is not true or false")).into()),
+    }
+}
+
+fn parse_consistency(value: &str) -> Result<Consistency, HttpError> {
+    match value {
+        "linearizable" => Ok(Consistency::Linearizable),
+        "stale" => Ok(Consistency::Stale),
+        _ => Err(ValidationError::field(
+            "consistency",
+            format!("{value:?}: use linearizable or stale"),
+        )
+        .into()),
+    }
+}
+
+fn parse_params(pairs: Vec<(String, String)>) -> Result<ReadParams, HttpError> {
+    let mut p = ReadParams::default();
+    for (name, value) in pairs {
+        match name.as_str() {
+            "prefix" => p.prefix = parse_bool("prefix", &value)?,
+            "raw" => p.raw = parse_bool("raw", &value)?,
+            "after" => p.after = Some(value),
+            "limit" => {
+                let n: usize = value.parse().map_err(|_| {
+                    ValidationError::field(
+                        "limit",
+                        format!("{value:?} is not a number from 1 to {MAX_SCAN_LIMIT}"),
+                    )
+                })?;
+                p.limit = Some(n);
+            }
+            "consistency" => p.consistency = parse_consistency(&value)?,
+            other => {
+                return Err(ValidationError::field(
+                    other,
+                    "unknown query parameter; known: prefix, limit, after, consistency, raw",
+                )
+                .into())
+            }
+        }
+    }
+    if !p.prefix && (p.limit.is_some() || p.after.is_some()) {
+        return Err(ValidationError::field(
+            "limit",
+            "`limit` and `after` apply to scans: add prefix=true",
+        )
+        .into());
+    }
+    Ok(p)
+}
+
+/// Adds the freshness headers of a read served by one cluster's copy.
+fn with_freshness(mut response: Response, freshness: Option<&Freshness>) -> Response {
+    let Some(f) = freshness else {
+        return response;
+    };
+    let headers = response.headers_mut();
+    let values = [
+        (REVISION_HEADER, Some(f.revision)),
+        (APPLIED_INDEX_HEADER, Some(f.applied_index)),
+        (KNOWN_COMMIT_HEADER, Some(f.known_commit_index)),
+        (LEADER_CONTACT_HEADER, f.since_leader_contact_ms),
+    ];
+    for (name, value) in values {
+        if let Some(value) = value {
+            headers.insert(name, HeaderValue::from(value));
+        }
+    }
+    response
+}
+
+/// A 500 for an answer that does not fit its request (a bug in the backend).
+fn mismatch(what: impl Into<String>) -> HttpError {
+    ApiError::new(ErrorCode::Internal, what).into()
+}
+
+/// The JSON page, each entry named for its cluster, continuing from `next` when given.
+fn scan_body(
+    page: &ScanPage,
+    clusters: &AnswerClusters,
+    next: Option<String>,
+) -> Result<ScanResponse, HttpError> {
+    let mut body = match clusters {
+        AnswerClusters::One(cluster) => ScanResponse::new(page, cluster),
+        AnswerClusters::PerEntry(names) if names.len() == page.kvs.len() => ScanResponse {
+            kvs: page
+                .kvs
+                .iter()
+                .zip(names)
+                .map(|(entry, cluster)| JsonEntry::new(entry, cluster))
+                .collect(),
+            more: page.more,
+            next: page.next().map(str::to_string),
+        },
+        AnswerClusters::PerEntry(names) => {
+            return Err(mismatch(format!(
+                "scan answered with {} cluster names for {} entries",
+                names.len(),
+                page.kvs.len()
+            )))
+        }
+    };
+    if next.is_some() {
+        body.next = next;
+    }
+    Ok(body)
+}
+
+async fn scan<B: KvBackend>(backend: &B, prefix: String, p: ReadParams) -> HttpResult {
+    let request = ReadRequest::Scan {
+        prefix,
+        after: p.after,
+        limit: p.limit.unwrap_or(DEFAULT_SCAN_LIMIT),
+    };
+    let ReadAnswer {
+        result,
+        clusters,
+        freshness,
+        next,
+    } = backend.read(request, p.consistency).await?;
+    let ReadResult::Scan(page) = result else {
+        return Err(mismatch("scan answered with a point read"));
+    };
+    let body = scan_body(&page, &clusters, next)?;
+    Ok(with_freshness(
+        Json(body).into_response(),
+        freshness.as_ref(),
+    ))
+}
+
+async fn point_read<B: KvBackend>(backend: &B, key: String, p: ReadParams) -> HttpResult {
+    let request = ReadRequest::Get { key: key.clone() };
+    let ReadAnswer {
+        result,
+        clusters,
+        freshness,
+        ..
+    } = backend.read(request, p.consistency).await?;
+    let ReadResult::Get(entry) = result else {
+        return Err(mismatch("point read answered with a scan"));
+    };
+    let AnswerClusters::One(cluster) = clusters else {
+        return Err(mismatch("point read answered with per-entry clusters"));
+    };
+    let response = match entry {
+        None => HttpError::new(
+            ErrorCode::NotFound,
+            format!("key {key:?} not found in cluster {cluster}"),
+        )
+        .into_response(),
+        Some(entry) if p.raw => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            entry.value,
+        )
+            .into_response(),
+        Some(entry) => Json(JsonEntry::new(&entry, &cluster)).into_response(),
+    };
+    Ok(with_freshness(response, freshness.as_ref()))
+}
+
+async fn read<B: KvBackend>(backend: &B, key: String, pairs: Vec<(String, String)>) -> HttpResult {
+    let p = parse_params(pairs)?;
+    if p.prefix {
+        scan(backend, key, p).await
+    } else {
+        point_read(backend, key, p).await
+    }
+}
+
+/// The key from the path, or a JSON error when it is not UTF-8 (keys are UTF-8).
+pub(super) fn path_key(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+    path.map(|Path(key)| key).map_err(|rejection| {
+        ValidationError::field(
+            "key",
+            format!("the key in the path must be percent-encoded UTF-8: {rejection}"),
+        )
+        .into()
+    })
+}
+
+/// The query parameters, or a JSON error when they cannot be decoded.
+fn query_pairs(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Vec<(String, String)>, HttpError> {
+    query.map(|Query(pairs)| pairs).map_err(|rejection| {
+        ValidationError::field(
+            "query",
+            format!("the query string must be percent-encoded UTF-8: {rejection}"),
+        )
+        .into()
+    })
+}
+
+/// `GET /v1/kv/{key}`: a point read, or a scan with `?prefix=true`.
+pub(super) async fn get<B: KvBackend>(
+    State(backend): State<Arc<B>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let start = Instant::now();
+    let scan = query
+        .as_ref()
+        .is_ok_and(|Query(q)| q.iter().any(|(k, v)| k == "prefix" && v != "false"));
+    let result = async { read(&*backend, path_key(path)?, query_pairs(query)?).await }.await;
+    finish(&*backend, if scan { "scan" } else { "get" }, start, result)
+}
+
+/// `GET /v1/kv/`: a scan of everything (`?prefix=true`); a point read of the empty key is
+/// refused.
+pub(super) async fn get_root<B: KvBackend>(
+    State(backend): State<Arc<B>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let start = Instant::now();
+    let result = async { read(&*backend, String::new(), query_pairs(query)?).await }.await;
+    finish(&*backend, "scan", start, result)
+}

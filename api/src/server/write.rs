@@ -1,0 +1,188 @@
+//! The write routes: `PUT`/`DELETE /v1/kv/{key}` (the body is the raw value) and the JSON
+//! commands `POST /v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`. A failed precondition is
+//! answered 409 with the key's actual state (`actual`, CAS and CAD) or the first failed
+//! precondition (`failed`, txn).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error::body_bytes;
+use super::read::path_key;
+use super::{finish, parse_json, HttpResult, KvBackend, Written};
+use crate::command::Command;
+use crate::error::ValidationError;
+use crate::json::{BatchRequest, CadRequest, CasRequest, ErrorBody, TxnRequest, WriteResponse};
+use crate::types::WriteOutcome;
+
+/// The success body of a write, without the delete counts.
+fn write_response(written: &Written) -> WriteResponse {
+    WriteResponse {
+        revision: written.result.revision,
+        cluster: written.cluster.clone(),
+        deleted: None,
+        deleted_count: None,
+    }
+}
+
+async fn put_value<B: KvBackend>(
+    backend: &B,
+    key: String,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult {
+    let value = body_bytes(body)?.to_vec();
+    let written = backend.write(Command::Set { key, value }).await?;
+    Ok(Json(write_response(&written)).into_response())
+}
+
+/// `PUT /v1/kv/{key}`: body = the raw value.
+pub(super) async fn put<B: KvBackend>(
+    State(backend): State<Arc<B>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let start = Instant::now();
+    let result = async { put_value(&*backend, path_key(path)?, body).await }.await;
+    finish(&*backend, "put", start, result)
+}
+
+/// `PUT /v1/kv/`: refused by validation, keys are not empty.
+pub(super) async fn put_root<B: KvBackend>(
+    State(backend): State<Arc<B>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let start = Instant::now();
+    let result = put_value(&*backend, String::new(), body).await;
+    finish(&*backend, "put", start, result)
+}
+
+async fn delete_key<B: KvBackend>(backend: &B, key: String) -> HttpResult {
+    let written = backend.write(Command::Delete { key }).await?;
+    let mut response = write_response(&written);
+    response.deleted =
+        Some(matches!(written.result.outcome, WriteOutcome::Applied { deleted } if deleted > 0));
+    Ok(Json(response).into_response())
+}
+
+/// `DELETE /v1/kv/{key}`.
+pub(super) async fn delete<B: KvBackend>(
+    State(backend): State<Arc<B>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let start = Instant::now();
+    let result = async { delete_key(&*backend, path_key(path)?).await }.await;
+    finish(&*backend, "delete", start, result)
+}
+
+/// `DELETE /v1/kv/`: refused by validation, keys are not empty.
+pub(super) async fn delete_root<B: KvBackend>(State(backend): State<Arc<B>>) -> Response {
+    let start = Instant::now();
+    let result = delete_key(&*backend, String::new()).await;
+    finish(&*backend, "delete", start, result)
+}
+
+/// Runs a command from a JSON body and renders its outcome.
+async fn run_json<B: KvBackend>(
+    backend: &B,
+    command: Result<Command, ValidationError>,
+    is_txn: bool,
+) -> HttpResult {
+    let command = command?;
+    let single_delete = matches!(command, Command::CompareAndDelete { .. });
+    let written = backend.write(command).await?;
+    match &written.result.outcome {
+        WriteOutcome::Applied { deleted } => {
+            let mut response = write_response(&written);
+            if single_delete {
+                response.deleted = Some(*deleted > 0);
+            } else if is_txn {
+                response.deleted_count = Some(*deleted);
+            }
+            Ok(Json(response).into_response())
+        }
+        WriteOutcome::PreconditionFailed(failure) => {
+            let body = ErrorBody::precondition_failed(failure, is_txn);
+            Ok((StatusCode::CONFLICT, Json(body)).into_response())
+        }
+    }
+}
+
+/// A JSON request body that becomes one command.
+trait JsonCommand: serde::de::DeserializeOwned {
+    /// The operation's name in metrics.
+    const OP: &'static str;
+    /// Whether a failure reports `failed` (txn-style) rather than `actual`, and success
+    /// reports `deleted_count`.
+    const MULTI: bool;
+    /// The command the body describes, validated.
+    fn into_command(self) -> Result<Command, ValidationError>;
+}
+
+macro_rules! json_command {
+    ($request:ty, $op:literal, $multi:literal) => {
+        impl JsonCommand for $request {
+            const OP: &'static str = $op;
+            const MULTI: bool = $multi;
+            fn into_command(self) -> Result<Command, ValidationError> {
+                <$request>::into_command(self)
+            }
+        }
+    };
+}
+
+json_command!(BatchRequest, "batch", true);
+json_command!(CasRequest, "cas", false);
+json_command!(CadRequest, "cad", false);
+json_command!(TxnRequest, "txn", true);
+
+/// Parses a `T` from the body, runs it, and records it in the metrics.
+async fn json<T: JsonCommand, B: KvBackend>(
+    backend: Arc<B>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let start = Instant::now();
+    let result = async {
+        let request: T = parse_json(&body_bytes(body)?)?;
+        run_json(&*backend, request.into_command(), T::MULTI).await
+    }
+    .await;
+    finish(&*backend, T::OP, start, result)
+}
+
+/// `POST /v1/batch`.
+pub(super) async fn batch<B: KvBackend>(
+    State(backend): State<Arc<B>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    json::<BatchRequest, B>(backend, body).await
+}
+
+/// `POST /v1/cas`.
+pub(super) async fn cas<B: KvBackend>(
+    State(backend): State<Arc<B>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    json::<CasRequest, B>(backend, body).await
+}
+
+/// `POST /v1/cad`.
+pub(super) async fn cad<B: KvBackend>(
+    State(backend): State<Arc<B>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    json::<CadRequest, B>(backend, body).await
+}
+
+/// `POST /v1/txn`.
+pub(super) async fn txn<B: KvBackend>(
+    State(backend): State<Arc<B>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    json::<TxnRequest, B>(backend, body).await
+}

@@ -1,0 +1,21 @@
+//! Aspen's iroh transport, shared by cluster nodes and routers: an endpoint's identity
+//! (its secret key), binding an endpoint, and request/response exchanges over QUIC, one
+//! request per bi-directional stream, with connections kept and reused per peer and
+//! protocol.
+//!
+//! It knows nothing of Raft or of the key-value API: callers bring the ALPN and the bytes.
+//! Nodes use it for `aspen/raft/1` and `aspen/kv/1`; a router uses it to reach clusters
+//! over `aspen/kv/1`. Keeping it out of `cluster-node` is what lets the router reach
+//! clusters without linking storage or consensus.
+//!
+//! # Layout
+//!
+//! - [`transport`]: [`Transport`], [`PeerAddr`], [`TransportError`], [`serve_streams`],
+//!   endpoint binding and secret keys, and fault injection ([`Transport::set_blocked`]).
+
+pub mod transport;
+
+pub use transport::{
+    bind_endpoint, load_or_create_secret_key, serve_streams, PeerAddr, Transport, TransportError,
+    CLOSE_NOT_ALLOWED, CONNECT_TIMEOUT, SECRET_KEY_FILE,
+};

@@ -1,0 +1,279 @@
+//! The node's iroh endpoint and how it sends one request to a peer.
+//!
+//! Every protocol of a node (`aspen/raft/1`, `aspen/kv/1`) is request/response, one
+//! request per QUIC bi-directional stream. [`Transport`] keeps one connection per peer
+//! and protocol and reuses it; a request that cannot be sent because the connection is
+//! gone is reported as [`TransportError::Unreachable`] (nothing was delivered), while one
+//! that broke after sending is [`TransportError::Failed`] (it may have been processed).
+//!
+//! Fault injection for tests lives here too: [`Transport::set_blocked`] cuts this node off
+//! from chosen peers in both directions, as a network partition would.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use iroh::endpoint::{presets, Connection, QuicTransportConfig};
+use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey};
+
+/// File in the data dir holding the node's iroh secret key (its identity).
+pub const SECRET_KEY_FILE: &str = "iroh.key";
+/// How long establishing a connection may take. On loopback or a LAN a handshake takes
+/// milliseconds; a peer that is down would otherwise hold a request for the QUIC timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection with no traffic for this long is considered dead.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive interval; well under [`IDLE_TIMEOUT`] so live connections never idle out.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// QUIC error code sent when closing a connection from an unknown endpoint.
+pub const CLOSE_NOT_ALLOWED: u32 = 403;
+
+/// Errors of one request.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Nothing was delivered: no connection could be made or the stream never opened.
+    #[error("peer {peer} unreachable: {reason}")]
+    Unreachable { peer: String, reason: String },
+    /// The request was (perhaps) delivered but no answer came back.
+    #[error("request to {peer} failed after sending: {reason}")]
+    Failed { peer: String, reason: String },
+}
+
+/// Loads the node's secret key from `dir`, creating and saving one on first start.
+pub fn load_or_create_secret_key(dir: &Path) -> std::io::Result<SecretKey> {
+    let path = dir.join(SECRET_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<SecretKey>().map_err(|e| {
+            std::io::Error::other(format!(
+                "{} is not a valid iroh secret key: {e}",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            let key = SecretKey::generate();
+            let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            let tmp = dir.join(format!("{SECRET_KEY_FILE}.tmp"));
+            std::fs::write(&tmp, hex)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Binds an iroh endpoint with `key` on `bind_addr`, relays on or off.
+pub async fn bind_endpoint(
+    key: SecretKey,
+    bind_addr: SocketAddr,
+    relays: bool,
+) -> Result<Endpoint, String> {
+    let transport = QuicTransportConfig::builder()
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .build();
+    let relay_mode = if relays {
+        RelayMode::Default
+    } else {
+        RelayMode::Disabled
+    };
+    Endpoint::builder(presets::Minimal)
+        .secret_key(key)
+        .relay_mode(relay_mode)
+        .transport_config(transport)
+        .clear_ip_transports()
+        .bind_addr(bind_addr)
+        .map_err(|e| format!("invalid iroh bind address {bind_addr}: {e}"))?
+        .bind()
+        .await
+        .map_err(|e| format!("binding the iroh endpoint on {bind_addr} failed: {e}"))
+}
+
+/// Where a peer is: its identity and direct addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// The peer's EndpointId.
+    pub id: EndpointId,
+    /// Its direct addresses.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Outgoing requests over the node's endpoint, with connection reuse.
+#[derive(Debug)]
+pub struct Transport {
+    endpoint: Endpoint,
+    conns: Mutex<HashMap<(EndpointId, &'static [u8]), Connection>>,
+    /// Configured addresses; they win over addresses recorded in the membership.
+    book: RwLock<HashMap<EndpointId, Vec<SocketAddr>>>,
+    /// Peers this node pretends it cannot reach (fault injection).
+    blocked: RwLock<HashSet<EndpointId>>,
+}
+
+impl Transport {
+    /// A transport over `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Arc<Transport> {
+        Arc::new(Transport {
+            endpoint,
+            conns: Mutex::new(HashMap::new()),
+            book: RwLock::new(HashMap::new()),
+            blocked: RwLock::new(HashSet::new()),
+        })
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Records configured addresses of a peer.
+    pub fn set_addresses(&self, id: EndpointId, addrs: Vec<SocketAddr>) {
+        self.book
+            .write()
+            .expect("address book lock")
+            .insert(id, addrs);
+    }
+
+    /// Resolves a peer: configured addresses when known, else `fallback`.
+    pub fn resolve(&self, id: EndpointId, fallback: &[String]) -> PeerAddr {
+        let book = self.book.read().expect("address book lock");
+        let addrs = match book.get(&id) {
+            Some(addrs) => addrs.clone(),
+            None => fallback.iter().filter_map(|a| a.parse().ok()).collect(),
+        };
+        PeerAddr { id, addrs }
+    }
+
+    /// Cuts this node off from `peers` (both directions), or heals with an empty set.
+    pub fn set_blocked(&self, peers: HashSet<EndpointId>) {
+        let mut conns = self.conns.lock().expect("connection cache lock");
+        conns.retain(|(id, _), conn| {
+            let keep = !peers.contains(id);
+            if !keep {
+                conn.close(0u32.into(), b"partitioned");
+            }
+            keep
+        });
+        *self.blocked.write().expect("blocked lock") = peers;
+    }
+
+    /// Whether traffic with `peer` is currently cut (fault injection).
+    pub fn is_blocked(&self, peer: &EndpointId) -> bool {
+        self.blocked.read().expect("blocked lock").contains(peer)
+    }
+
+    async fn connection(
+        &self,
+        peer: &PeerAddr,
+        alpn: &'static [u8],
+    ) -> Result<Connection, TransportError> {
+        let unreachable = |reason: String| TransportError::Unreachable {
+            peer: peer.id.fmt_short().to_string(),
+            reason,
+        };
+        if self.is_blocked(&peer.id) {
+            return Err(unreachable("partitioned by fault injection".into()));
+        }
+        let key = (peer.id, alpn);
+        if let Some(conn) = self.conns.lock().expect("connection cache lock").get(&key) {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let addr = EndpointAddr::new(peer.id)
+            .with_addrs(peer.addrs.iter().map(|a| iroh::TransportAddr::Ip(*a)));
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr, alpn))
+            .await
+            .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        self.conns
+            .lock()
+            .expect("connection cache lock")
+            .insert(key, conn.clone());
+        Ok(conn)
+    }
+
+    fn evict(&self, peer: &EndpointId, alpn: &'static [u8], conn: &Connection) {
+        let mut conns = self.conns.lock().expect("connection cache lock");
+        if conns
+            .get(&(*peer, alpn))
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(&(*peer, alpn));
+        }
+    }
+
+    /// Sends one request on a new stream and waits up to `timeout` for the answer.
+    pub async fn request(
+        &self,
+        peer: &PeerAddr,
+        alpn: &'static [u8],
+        payload: &[u8],
+        max_answer: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let conn = self.connection(peer, alpn).await?;
+        let short = peer.id.fmt_short().to_string();
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                self.evict(&peer.id, alpn, &conn);
+                return Err(TransportError::Unreachable {
+                    peer: short,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let exchange = async {
+            send.write_all(payload).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            recv.read_to_end(max_answer)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(reason)) => {
+                self.evict(&peer.id, alpn, &conn);
+                Err(TransportError::Failed {
+                    peer: short,
+                    reason,
+                })
+            }
+            Err(_) => {
+                self.evict(&peer.id, alpn, &conn);
+                Err(TransportError::Failed {
+                    peer: short,
+                    reason: format!("no answer within {timeout:?}"),
+                })
+            }
+        }
+    }
+}
+
+/// Serves every request stream of one accepted connection with `handle`, one task per
+/// stream, until the connection closes.
+pub async fn serve_streams<F, Fut>(conn: Connection, max_request: usize, handle: F)
+where
+    F: Fn(Vec<u8>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + Send,
+{
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let Ok(request) = recv.read_to_end(max_request).await else {
+                return;
+            };
+            let answer = handle(request).await;
+            if send.write_all(&answer).await.is_ok() {
+                let _ = send.finish();
+            }
+        });
+    }
+}

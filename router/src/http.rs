@@ -1,0 +1,146 @@
+//! The router's HTTP API: the same KV routes as a node (`aspen_api::server`, over a
+//! [`RouterBackend`]), plus `GET /v1/routes`, the router's `GET /v1/status`, `/healthz`,
+//! `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aspen_api::server::{
+    kv_routes, not_found, AnswerClusters, Freshness, HttpError, KvBackend, ReadAnswer, Written,
+};
+use aspen_api::{ApiError, Command, Consistency, ReadRequest, ReadResult, ScanPage};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+
+use crate::metrics::RouterMetrics;
+use crate::service::RouterService;
+
+/// The KV routes' backend: routes each request through the [`RouterService`].
+pub struct RouterBackend {
+    /// Routes requests.
+    pub service: Arc<RouterService>,
+    /// Counts them.
+    pub metrics: Arc<RouterMetrics>,
+}
+
+impl KvBackend for RouterBackend {
+    async fn write(&self, command: Command) -> Result<Written, ApiError> {
+        let (result, cluster) = self.service.write(command).await?;
+        Ok(Written { result, cluster })
+    }
+
+    async fn read(
+        &self,
+        request: ReadRequest,
+        consistency: Consistency,
+    ) -> Result<ReadAnswer, ApiError> {
+        match request {
+            ReadRequest::Get { key } => {
+                let read = self.service.get(key, consistency).await?;
+                Ok(ReadAnswer::from_cluster(read.response, read.cluster))
+            }
+            ReadRequest::Scan {
+                prefix,
+                after,
+                limit,
+            } => {
+                let out = self.service.scan(prefix, after, limit, consistency).await?;
+                let (kvs, clusters): (Vec<_>, Vec<_>) = out.entries.into_iter().unzip();
+                Ok(ReadAnswer {
+                    result: ReadResult::Scan(ScanPage {
+                        kvs,
+                        more: out.more,
+                    }),
+                    clusters: AnswerClusters::PerEntry(clusters),
+                    freshness: out.single.as_ref().map(Freshness::of),
+                    next: out.next,
+                })
+            }
+        }
+    }
+
+    fn observe(&self, op: &'static str, status: u16, seconds: f64) {
+        self.metrics.observe(op, status, seconds);
+    }
+}
+
+/// State of the router-only routes.
+#[derive(Clone)]
+struct Admin {
+    service: Arc<RouterService>,
+    metrics: Arc<RouterMetrics>,
+}
+
+/// The whole app of a router.
+pub fn app(service: Arc<RouterService>, metrics: Arc<RouterMetrics>) -> axum::Router {
+    let admin = Admin {
+        service: service.clone(),
+        metrics: metrics.clone(),
+    };
+    let own = axum::Router::new()
+        .route("/v1/routes", get(routes))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/metrics", get(metrics_text))
+        .with_state(admin);
+    kv_routes(Arc::new(RouterBackend { service, metrics }))
+        .merge(own)
+        .fallback(not_found)
+}
+
+/// `GET /v1/routes`, and `?key=K` for one key's owner.
+async fn routes(
+    State(admin): State<Admin>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let start = Instant::now();
+    let result = (|| {
+        let Query(pairs) = query.map_err(|e| {
+            ApiError::bad_request(format!(
+                "the query string must be percent-encoded UTF-8: {e}"
+            ))
+        })?;
+        let mut key = None;
+        for (name, value) in pairs {
+            match name.as_str() {
+                "key" => key = Some(value),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown query parameter `{other}`: /v1/routes takes only `key`"
+                    )))
+                }
+            }
+        }
+        admin.service.routes(key)
+    })();
+    let response = match result {
+        Ok(routes) => Json(routes).into_response(),
+        Err(e) => HttpError::from(e).into_response(),
+    };
+    admin.metrics.observe(
+        "routes",
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// `GET /v1/status`: every cluster's health, leader and term.
+async fn status(State(admin): State<Admin>) -> Response {
+    Json(admin.service.status().await).into_response()
+}
+
+async fn metrics_text(State(admin): State<Admin>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        admin.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,101 @@
+//! A running router: its iroh endpoint (a fresh identity each start: a router keeps no
+//! state, and nodes serve `aspen/kv/1` to any endpoint), its [`RouterService`], and its
+//! HTTP server on a listener the caller bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use aspen_config::{RelayModeConfig, RouterConfig};
+use aspen_net::{bind_endpoint, Transport};
+use iroh::SecretKey;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::http::app;
+use crate::metrics::RouterMetrics;
+use crate::service::RouterService;
+
+/// Why a router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The iroh endpoint could not be bound.
+    #[error("router iroh endpoint: {0}")]
+    Endpoint(String),
+    /// The config describes no usable route table.
+    #[error("router config: {0}")]
+    Config(String),
+    /// The HTTP listener has no local address.
+    #[error("router HTTP listener: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// A router serving HTTP until [`RunningRouter::shutdown`].
+pub struct RunningRouter {
+    service: Arc<RouterService>,
+    http_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+    endpoint: iroh::Endpoint,
+}
+
+impl RunningRouter {
+    /// Starts a router for `config`, serving HTTP on `listener`.
+    pub async fn start(
+        config: &RouterConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<RunningRouter, StartError> {
+        config
+            .validate()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let relays = config.relay == RelayModeConfig::Default;
+        let endpoint = bind_endpoint(SecretKey::generate(), config.iroh_bind_addr, relays)
+            .await
+            .map_err(StartError::Endpoint)?;
+        let transport = Transport::new(endpoint.clone());
+        let service = Arc::new(RouterService::new(config, transport).map_err(StartError::Config)?);
+        let metrics = Arc::new(RouterMetrics::default());
+        let http_addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = app(service.clone(), metrics);
+        let server = tokio::spawn(aspen_api::server::serve(listener, app, async {
+            let _ = stopped.await;
+        }));
+        Ok(RunningRouter {
+            service,
+            http_addr,
+            stop: Some(stop),
+            server,
+            endpoint,
+        })
+    }
+
+    /// The HTTP address it serves on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// `http://` URL of its API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// The request logic (for reloading and tests).
+    pub fn service(&self) -> &Arc<RouterService> {
+        &self.service
+    }
+
+    /// Replaces the route table with `config`'s; an invalid config changes nothing.
+    pub fn reload(&self, config: &RouterConfig) -> Result<(), String> {
+        config.validate().map_err(|e| e.to_string())?;
+        self.service.reload(config)
+    }
+
+    /// Stops serving (requests in flight finish) and closes the endpoint.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.server).await;
+        self.endpoint.close().await;
+    }
+}

@@ -1,0 +1,298 @@
+//! [`RouterService`]: what the router does with each request, independent of HTTP.
+//!
+//! Single-key requests go to the key's owner. A multi-key command goes to the one cluster
+//! owning all its keys (preconditions included) or is refused with 422 `cross_cluster`
+//! before anything is sent. A scan asks every cluster that may own keys under its prefix
+//! and merges their pages in key order (see [`crate::merge`]).
+//!
+//! The route table can be replaced while requests run ([`RouterService::reload`]): each
+//! request routes with the table it started with; clients of clusters whose members did
+//! not change are kept, with their connections and leader knowledge.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use aspen_api::admin::{ClusterHealth, RouteEntry, RouterStatus, RoutesResponse};
+use aspen_api::types::ReadResponse;
+use aspen_api::wire::{KvRequest, KvResponse};
+use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, WriteResult};
+use aspen_config::{ClusterConfig, RouterConfig};
+use aspen_net::Transport;
+use futures::future::join_all;
+
+use crate::client::ClusterClient;
+use crate::error::RouteError;
+use crate::merge::{merge_pages, ScanOutcome};
+use crate::table::RouteTable;
+
+/// How long `/v1/status` waits for each cluster's answer; a cluster that takes longer is
+/// reported unhealthy rather than holding the whole status page.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The table and the clients it routes to, replaced together on reload.
+struct Routing {
+    table: Arc<RouteTable>,
+    clients: HashMap<String, Arc<ClusterClient>>,
+    /// The config each client was built from, to keep unchanged ones on reload.
+    configs: HashMap<String, ClusterConfig>,
+}
+
+/// A point read's answer and who served it.
+#[derive(Debug)]
+pub struct Read {
+    /// The owning cluster.
+    pub cluster: String,
+    /// The node's answer, freshness included.
+    pub response: ReadResponse,
+}
+
+/// The router's request logic.
+pub struct RouterService {
+    region: String,
+    transport: Arc<Transport>,
+    deadline: Duration,
+    max_in_flight: usize,
+    routing: RwLock<Arc<Routing>>,
+}
+
+fn route_error(e: RouteError) -> ApiError {
+    match e {
+        RouteError::CrossCluster { .. } => {
+            ApiError::new(ErrorCode::CrossCluster, format!("{e}; nothing was applied"))
+        }
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+impl RouterService {
+    /// A service routing by `config` over `transport`.
+    pub fn new(config: &RouterConfig, transport: Arc<Transport>) -> Result<Self, String> {
+        let deadline = Duration::from_millis(config.request_deadline_ms);
+        let service = RouterService {
+            region: config.region.clone(),
+            transport,
+            deadline,
+            max_in_flight: config.max_in_flight_per_cluster,
+            routing: RwLock::new(Arc::new(Routing {
+                table: Arc::new(RouteTable::new(config).map_err(|e| e.to_string())?),
+                clients: HashMap::new(),
+                configs: HashMap::new(),
+            })),
+        };
+        service.reload(config)?;
+        Ok(service)
+    }
+
+    /// Replaces the route table and cluster clients with those of `config`. An invalid
+    /// config changes nothing. Requests in flight finish with the table they started with.
+    pub fn reload(&self, config: &RouterConfig) -> Result<(), String> {
+        let table = Arc::new(RouteTable::new(config).map_err(|e| e.to_string())?);
+        let old = self.routing();
+        let mut clients = HashMap::new();
+        let mut configs = HashMap::new();
+        for cluster in table.clusters() {
+            let kept = old
+                .configs
+                .get(&cluster.name)
+                .filter(|c| *c == cluster)
+                .and_then(|_| old.clients.get(&cluster.name).cloned());
+            let client = match kept {
+                Some(client) => client,
+                None => Arc::new(ClusterClient::new(
+                    cluster,
+                    self.transport.clone(),
+                    self.deadline,
+                    self.max_in_flight,
+                )?),
+            };
+            clients.insert(cluster.name.clone(), client);
+            configs.insert(cluster.name.clone(), cluster.clone());
+        }
+        *self.routing.write().expect("routing lock") = Arc::new(Routing {
+            table,
+            clients,
+            configs,
+        });
+        Ok(())
+    }
+
+    fn routing(&self) -> Arc<Routing> {
+        self.routing.read().expect("routing lock").clone()
+    }
+
+    /// The current route table.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.routing().table.clone()
+    }
+
+    /// Applies `command` on the one cluster owning all its keys.
+    pub async fn write(&self, command: Command) -> Result<(WriteResult, String), ApiError> {
+        command.validate()?;
+        let routing = self.routing();
+        let owner = routing
+            .table
+            .owner_of_all(command.keys())
+            .map_err(route_error)?
+            .to_string();
+        let client = client_of(&routing, &owner)?;
+        match client.call(&KvRequest::Write(command)).await? {
+            KvResponse::Write(result) => Ok((result, owner)),
+            other => Err(unexpected(&owner, other)),
+        }
+    }
+
+    /// Reads one key from its owner.
+    pub async fn get(&self, key: String, consistency: Consistency) -> Result<Read, ApiError> {
+        aspen_api::command::validate_key(&key)?;
+        let routing = self.routing();
+        let owner = routing.table.owner(&key).map_err(route_error)?.to_string();
+        let client = client_of(&routing, &owner)?;
+        let request = KvRequest::Read {
+            request: ReadRequest::Get { key },
+            consistency,
+        };
+        match client.call(&request).await? {
+            KvResponse::Read(response) => Ok(Read {
+                cluster: owner,
+                response,
+            }),
+            other => Err(unexpected(&owner, other)),
+        }
+    }
+
+    /// One page of the keys under `prefix` after `after`, merged from every cluster that
+    /// may own some of them.
+    pub async fn scan(
+        &self,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<ScanOutcome, ApiError> {
+        let routing = self.routing();
+        let plan = routing.table.scan_plan(&prefix);
+        let request = KvRequest::Read {
+            request: ReadRequest::Scan {
+                prefix,
+                after,
+                limit,
+            },
+            consistency,
+        };
+        let asks = plan.iter().map(|cluster| {
+            let request = &request;
+            let routing = &routing;
+            async move {
+                let client = client_of(routing, cluster)?;
+                match client.call(request).await? {
+                    KvResponse::Read(response) => Ok((cluster.clone(), response)),
+                    other => Err(unexpected(cluster, other)),
+                }
+            }
+        });
+        let answers = join_all(asks)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Ok(merge_pages(&routing.table, answers, limit))
+    }
+
+    /// The router's view of every cluster, asking each for its status (at most
+    /// [`STATUS_TIMEOUT`] each, all at once).
+    pub async fn status(&self) -> RouterStatus {
+        let routing = self.routing();
+        let asks = routing.table.clusters().iter().map(|cluster| {
+            let client = routing.clients.get(&cluster.name).cloned();
+            async move {
+                let mut health = ClusterHealth {
+                    name: cluster.name.clone(),
+                    region: cluster.region.clone(),
+                    healthy: false,
+                    leader: None,
+                    term: None,
+                    applied_revision: None,
+                    error: None,
+                };
+                let Some(client) = client else {
+                    health.error = Some("no client for this cluster".into());
+                    return health;
+                };
+                match tokio::time::timeout(STATUS_TIMEOUT, client.status()).await {
+                    Ok(Ok(status)) => {
+                        health.healthy = status.leader.is_some();
+                        health.leader = status.leader;
+                        health.term = Some(status.term);
+                        health.applied_revision = Some(status.applied_revision);
+                        if status.leader.is_none() {
+                            health.error = Some("no leader known (election under way?)".into());
+                        }
+                    }
+                    Ok(Err(e)) => health.error = Some(e.message),
+                    Err(_) => {
+                        health.error = Some(format!("no answer within {STATUS_TIMEOUT:?}"));
+                    }
+                }
+                health
+            }
+        });
+        let clusters = join_all(asks).await;
+        RouterStatus {
+            role: "router".into(),
+            region: self.region.clone(),
+            clusters,
+        }
+    }
+
+    /// The route table, or with `key` the route that owns it.
+    pub fn routes(&self, key: Option<String>) -> Result<RoutesResponse, ApiError> {
+        let table = self.table();
+        let Some(key) = key else {
+            return Ok(RoutesResponse {
+                routes: table
+                    .routes()
+                    .map(|(prefix, cluster)| RouteEntry {
+                        prefix: prefix.to_string(),
+                        cluster: cluster.to_string(),
+                    })
+                    .collect(),
+                key: None,
+                cluster: None,
+            });
+        };
+        aspen_api::command::validate_key(&key)?;
+        let owner = table.owner(&key).map_err(route_error)?.to_string();
+        let route = table
+            .routes()
+            .filter(|(prefix, cluster)| key.starts_with(prefix) && *cluster == owner)
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(prefix, cluster)| RouteEntry {
+                prefix: prefix.to_string(),
+                cluster: cluster.to_string(),
+            });
+        Ok(RoutesResponse {
+            routes: route.into_iter().collect(),
+            key: Some(key),
+            cluster: Some(owner),
+        })
+    }
+}
+
+fn client_of(routing: &Routing, cluster: &str) -> Result<Arc<ClusterClient>, ApiError> {
+    routing.clients.get(cluster).cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("no client for cluster {cluster}"),
+        )
+    })
+}
+
+fn unexpected(cluster: &str, answer: KvResponse) -> ApiError {
+    match answer {
+        KvResponse::Error(e) => e,
+        other => ApiError::new(
+            ErrorCode::Internal,
+            format!("cluster {cluster} answered with the wrong kind of message: {other:?}"),
+        ),
+    }
+}

@@ -1,0 +1,340 @@
+//! The router in front of two real clusters on loopback: keys land in their owner,
+//! cross-cluster commands are refused and change nothing, merged scans page across
+//! clusters, a leader killed under writes loses no acknowledged write, a stopped cluster
+//! fails alone, and the route table reloads without dropping requests.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aspen_api::json::{BatchRequest, JsonPrecondition, JsonWrite, TxnRequest};
+use aspen_api::{AspenClient, Consistency, ErrorCode};
+use aspen_config::{ClusterConfig, RouteConfig, RouterConfig};
+use aspen_router::RunningRouter;
+use support::{fast_raft, poll, start_named_cluster, TestCluster};
+
+/// us-1 owns every key but those under `svc-b/`, which us-2 owns.
+struct Setup {
+    us1: TestCluster,
+    us2: TestCluster,
+    router: RunningRouter,
+}
+
+fn router_config(us1: &TestCluster, us2: &TestCluster, deadline_ms: u64) -> RouterConfig {
+    let cluster = |name: &str, t: &TestCluster| ClusterConfig {
+        name: name.into(),
+        region: "us".into(),
+        nodes: t.cluster.members().to_vec(),
+    };
+    let route = |prefix: &str, cluster: &str| RouteConfig {
+        prefix: prefix.into(),
+        cluster: cluster.into(),
+    };
+    let mut config = RouterConfig::dev(
+        "us",
+        vec![cluster("us-1", us1), cluster("us-2", us2)],
+        vec![route("", "us-1"), route("svc-b/", "us-2")],
+    );
+    config.iroh_bind_addr = "127.0.0.1:0".parse().unwrap();
+    config.request_deadline_ms = deadline_ms;
+    config
+}
+
+async fn setup_with_deadline(deadline_ms: u64) -> Setup {
+    let us1 = start_named_cluster("us-1", 3, fast_raft()).await;
+    let us2 = start_named_cluster("us-2", 3, fast_raft()).await;
+    let config = router_config(&us1, &us2, deadline_ms);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router = RunningRouter::start(&config, listener)
+        .await
+        .expect("router starts");
+    Setup { us1, us2, router }
+}
+
+async fn setup() -> Setup {
+    setup_with_deadline(10_000).await
+}
+
+impl Setup {
+    fn client(&self) -> AspenClient {
+        AspenClient::with_timeout(&self.router.url(), Duration::from_secs(20))
+    }
+
+    async fn shutdown(self) {
+        self.router.shutdown().await;
+        self.us1.cluster.shutdown().await;
+        self.us2.cluster.shutdown().await;
+    }
+}
+
+/// Reads `key` from `cluster` directly (its leader, linearizable).
+async fn direct(t: &TestCluster, key: &str) -> Option<String> {
+    let leader = t.wait_for_leader().await;
+    t.client(leader)
+        .get(key, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .map(|e| e.value.expect("text value"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_land_in_the_cluster_that_owns_them() {
+    let s = setup().await;
+    let c = s.client();
+    let a = c.put("app/color", b"blue").await.unwrap();
+    let b = c.put("svc-b/port", b"8080").await.unwrap();
+    assert_eq!((a.cluster.as_str(), b.cluster.as_str()), ("us-1", "us-2"));
+
+    assert_eq!(direct(&s.us1, "app/color").await.as_deref(), Some("blue"));
+    assert_eq!(direct(&s.us2, "app/color").await, None);
+    assert_eq!(direct(&s.us2, "svc-b/port").await.as_deref(), Some("8080"));
+    assert_eq!(direct(&s.us1, "svc-b/port").await, None);
+
+    let entry = c
+        .get("svc-b/port", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (entry.value.as_deref(), entry.cluster.as_str()),
+        (Some("8080"), "us-2")
+    );
+
+    let http = aspen_api::client::http_client(Duration::from_secs(5));
+    let routes: serde_json::Value = http
+        .get(format!("{}/v1/routes?key=svc-b/port", s.router.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(routes["cluster"], "us-2");
+    assert_eq!(routes["routes"][0]["prefix"], "svc-b/");
+    let status: serde_json::Value = http
+        .get(format!("{}/v1/status", s.router.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["role"], "router");
+    for cluster in status["clusters"].as_array().unwrap() {
+        assert_eq!(cluster["healthy"], true, "{cluster}");
+        assert!(cluster["term"].as_u64().unwrap() >= 1);
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cross_cluster_command_is_refused_and_changes_nothing_anywhere() {
+    let s = setup().await;
+    let c = s.client();
+    let write = |k: &str| JsonWrite::new(k, b"x");
+    let batch = BatchRequest {
+        writes: vec![write("app/1"), write("svc-b/1")],
+        deletes: vec![],
+    };
+    let err = c.batch(&batch).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CrossCluster), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("us-1") && message.contains("us-2"),
+        "{message}"
+    );
+
+    // A precondition on another cluster's key counts too.
+    let txn = TxnRequest {
+        preconditions: vec![JsonPrecondition {
+            key: "svc-b/lock".into(),
+            not_exists: Some(true),
+            ..Default::default()
+        }],
+        writes: vec![write("app/2")],
+        deletes: vec![],
+    };
+    let err = c.txn(&txn).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CrossCluster), "{err}");
+
+    for key in ["app/1", "svc-b/1", "app/2"] {
+        assert_eq!(direct(&s.us1, key).await, None, "{key} in us-1");
+        assert_eq!(direct(&s.us2, key).await, None, "{key} in us-2");
+    }
+    // The same commands inside one cluster go through.
+    let batch = BatchRequest {
+        writes: vec![write("svc-b/1"), write("svc-b/2")],
+        deletes: vec![],
+    };
+    assert_eq!(c.batch(&batch).await.unwrap().cluster, "us-2");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn merged_scans_page_across_clusters_in_key_order() {
+    let s = setup().await;
+    let c = s.client();
+    let mut expect = BTreeMap::new();
+    for i in 0..5 {
+        for (prefix, cluster) in [("svc-a/", "us-1"), ("svc-b/", "us-2"), ("svc-c/", "us-1")] {
+            let key = format!("{prefix}{i}");
+            c.put(&key, b"v").await.unwrap();
+            expect.insert(key, cluster.to_string());
+        }
+    }
+    // A stray copy in a cluster that does not own the key is not shown.
+    let leader = s.us1.wait_for_leader().await;
+    s.us1.client(leader).put("svc-b/stray", b"v").await.unwrap();
+
+    for limit in [1, 3, 4, 100] {
+        let mut seen = BTreeMap::new();
+        let mut order = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = c
+                .scan(
+                    "svc-",
+                    after.as_deref(),
+                    Some(limit),
+                    Consistency::Linearizable,
+                )
+                .await
+                .unwrap();
+            assert!(page.kvs.len() <= limit);
+            for e in &page.kvs {
+                order.push(e.key.clone());
+                seen.insert(e.key.clone(), e.cluster.clone());
+            }
+            if !page.more {
+                break;
+            }
+            after = Some(page.next.expect("more comes with next"));
+        }
+        assert_eq!(seen, expect, "limit {limit}");
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "key order, each key once (limit {limit})");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_clusters_leader_during_writes_through_the_router_loses_no_acknowledged_write() {
+    let mut s = setup().await;
+    let c = s.client();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..60 {
+                    let key = format!("app/w{w}/{i}");
+                    match c.put(&key, key.as_bytes()).await {
+                        Ok(_) => acked.push(key),
+                        // An unknown outcome is allowed; a lost acknowledged write is not.
+                        Err(e) if e.code() == Some(ErrorCode::Timeout) => {}
+                        Err(e) => panic!("write {key} failed: {e}"),
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    poll(
+        "writes to be under way",
+        Duration::from_secs(10),
+        || async {
+            let page = c
+                .scan("app/", None, Some(20), Consistency::Stale)
+                .await
+                .ok()?;
+            (page.kvs.len() >= 20).then_some(())
+        },
+    )
+    .await;
+    let leader = s.us1.wait_for_leader().await;
+    s.us1.cluster.stop(leader).await;
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(
+        acked.len() > 200,
+        "most writes were acknowledged ({})",
+        acked.len()
+    );
+    for key in &acked {
+        let entry = c.get(key, Consistency::Linearizable).await.unwrap();
+        assert_eq!(
+            entry.and_then(|e| e.value).as_deref(),
+            Some(key.as_str()),
+            "acknowledged write {key} is present"
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_one_cluster_stopped_its_keys_fail_alone_and_the_other_keeps_serving() {
+    let mut s = setup_with_deadline(2_000).await;
+    let c = s.client();
+    c.put("svc-b/before", b"v").await.unwrap();
+    for id in 1..=3 {
+        s.us2.cluster.stop(id).await;
+    }
+    let stuck = {
+        let c = c.clone();
+        tokio::spawn(async move { c.put("svc-b/after", b"v").await })
+    };
+    // While a request to the dead cluster is waiting out its deadline, us-1 serves.
+    for i in 0..20 {
+        let key = format!("app/{i}");
+        c.put(&key, b"v").await.unwrap();
+        assert!(c
+            .get(&key, Consistency::Linearizable)
+            .await
+            .unwrap()
+            .is_some());
+    }
+    assert!(
+        !stuck.is_finished(),
+        "us-1 kept serving while the us-2 request waited"
+    );
+    let err = stuck.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ClusterUnavailable), "{err}");
+    assert!(err.to_string().contains("us-2"), "names the cluster: {err}");
+    let err = c
+        .get("svc-b/before", Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ClusterUnavailable), "{err}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_swaps_the_route_table_and_an_invalid_one_keeps_the_old() {
+    let s = setup().await;
+    let c = s.client();
+    let mut config = router_config(&s.us1, &s.us2, 10_000);
+    config.routes.push(RouteConfig {
+        prefix: "new/".into(),
+        cluster: "us-2".into(),
+    });
+    s.router.reload(&config).unwrap();
+    assert_eq!(c.put("new/key", b"v").await.unwrap().cluster, "us-2");
+
+    let mut bad = config.clone();
+    bad.routes.push(RouteConfig {
+        prefix: "x/".into(),
+        cluster: "nowhere".into(),
+    });
+    let err = s.router.reload(&bad).unwrap_err();
+    assert!(err.contains("nowhere"), "{err}");
+    assert_eq!(
+        c.put("new/key2", b"v").await.unwrap().cluster,
+        "us-2",
+        "old table kept"
+    );
+    s.shutdown().await;
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks Aspen against etcd on this machine with one harness (`aspen bench`), one
 # system after the other in the same run: a 3-member etcd cluster (Debian's etcd-server)
-# and `aspen dev` (3 nodes), both on loopback, both fsyncing every commit.
+# and one 3-node cluster of `aspen dev` (us-1, benchmarked at its node 1 directly, not
+# through the router), both on loopback, both fsyncing every commit.
 #
 # Usage: scripts/bench-vs-etcd.sh        (env: DURATION=10 CLIENTS="1 16 64 256"
 #                                               OPS="put get cas mixed" VALUE_SIZE=256)
@@ -14,6 +15,8 @@ CLIENTS=${CLIENTS:-"1 16 64 256"}
 OPS=${OPS:-"put get cas mixed"}
 VALUE_SIZE=${VALUE_SIZE:-256}
 ASPEN_HTTP=127.0.0.1:17070
+# Node 1 of cluster us-1: `aspen dev` puts it at the router's port + 31.
+ASPEN_NODE=127.0.0.1:17101
 
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v protoc >/dev/null; then
   echo "installing etcd-server, etcd-client and protobuf-compiler (Debian packages)..." >&2
@@ -61,17 +64,17 @@ for s in json.load(sys.stdin):
 "$BIN" dev --data-dir "$WORK/aspen" --http "$ASPEN_HTTP" >"$WORK/aspen.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 150); do
-  curl -fs "http://$ASPEN_HTTP/readyz" >/dev/null 2>&1 && break
+  curl -fs "http://$ASPEN_NODE/readyz" >/dev/null 2>&1 && break
   sleep 0.2
 done
-curl -fs "http://$ASPEN_HTTP/readyz" >/dev/null
+curl -fs "http://$ASPEN_NODE/readyz" >/dev/null
 
-echo "etcd $(etcd --version | head -1 | awk '{print $3}') leader at $ETCD_LEADER; aspen dev at http://$ASPEN_HTTP" >&2
+echo "etcd $(etcd --version | head -1 | awk '{print $3}') leader at $ETCD_LEADER; aspen us-1 node 1 at http://$ASPEN_NODE" >&2
 RESULTS="$WORK/results.json"
 for op in $OPS; do
   for clients in $CLIENTS; do
     for target in aspen etcd; do
-      endpoint="http://$ASPEN_HTTP"
+      endpoint="http://$ASPEN_NODE"
       [ "$target" = etcd ] && endpoint="$ETCD_LEADER"
       echo "  $target $op x$clients ..." >&2
       "$BIN" bench --target "$target" --endpoint "$endpoint" --op "$op" --clients "$clients" \

@@ -1,7 +1,9 @@
-//! Durability under `kill -9`: three `aspen node` processes, the leader (and then any
-//! node) killed with SIGKILL in the middle of a write load and started again from its
-//! data. Every operation is recorded and the history checker must find a linearization,
-//! so an acknowledged write that went missing would fail the run as a stale read.
+//! Faults on nodes that are separate processes: three `aspen node` processes under a
+//! recorded load through every node, with (1) the leader and then another node killed
+//! with SIGKILL mid-write and started again from its data, and (2) the leader cut off from
+//! its peers at the iroh transport (the nodes' test-only `/v1/debug/partition`) and
+//! healed. The history checker must find a linearization, so an acknowledged write that
+//! went missing, or a stale read from a deposed leader, fails the run.
 
 mod support;
 
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use aspen_api::admin::InitRequest;
+use aspen_api::admin::{InitRequest, PartitionRequest};
 use aspen_api::AspenClient;
 use aspen_checker::workload::{self, WorkloadSpec};
 use aspen_checker::{check, CheckLimits, Verdict};
@@ -19,6 +21,7 @@ use support::poll;
 /// One node process and what it needs to be started again.
 struct Proc {
     id: u64,
+    endpoint_id: String,
     config: PathBuf,
     log: PathBuf,
     http: SocketAddr,
@@ -85,7 +88,7 @@ fn write_identity(dir: &Path) -> String {
     key.public().to_string()
 }
 
-fn start_processes(root: &Path) -> Vec<Proc> {
+fn start_processes(root: &Path, fault_injection: bool) -> Vec<Proc> {
     let iroh: Vec<SocketAddr> = (0..3).map(|_| free_udp_port()).collect();
     let http: Vec<SocketAddr> = (0..3).map(|_| free_tcp_port()).collect();
     let dirs: Vec<PathBuf> = (1..=3).map(|i| root.join(format!("node-{i}"))).collect();
@@ -94,6 +97,7 @@ fn start_processes(root: &Path) -> Vec<Proc> {
     for i in 0..3 {
         let mut toml = format!(
             "node_id = {}\ncluster = \"kill9\"\ndata_dir = {:?}\nhttp_addr = \"{}\"\niroh_bind_addr = \"{}\"\n\
+             fault_injection = {fault_injection}\n\
              [raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n",
             i + 1,
             dirs[i],
@@ -112,6 +116,7 @@ fn start_processes(root: &Path) -> Vec<Proc> {
         std::fs::write(&config, toml).unwrap();
         let mut p = Proc {
             id: i as u64 + 1,
+            endpoint_id: ids[i].clone(),
             config,
             log: root.join(format!("node-{}.log", i + 1)),
             http: http[i],
@@ -152,7 +157,7 @@ async fn leader(procs: &[Proc]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_killed_with_sigkill_mid_write_lose_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let mut procs = start_processes(dir.path());
+    let mut procs = start_processes(dir.path(), false);
     for p in &procs {
         wait_healthy(p).await;
     }
@@ -190,6 +195,95 @@ async fn nodes_killed_with_sigkill_mid_write_lose_no_acknowledged_write() {
     let (history, stats) = run.await.unwrap().unwrap();
     let verdict = check(&history, &CheckLimits::default());
     println!("faults: {faults:?}\nstats: {stats:?}\nverdict: {verdict:?}");
+    assert!(
+        stats.ok >= 100,
+        "too few operations to prove anything: {stats:?}"
+    );
+    assert!(
+        matches!(verdict, Verdict::Linearizable { .. }),
+        "{verdict:?}"
+    );
+}
+
+/// Sets node `p`'s blocked peers through its fault-injection endpoint.
+async fn block(p: &Proc, blocked: Vec<String>) {
+    let http = aspen_api::client::http_client(Duration::from_secs(5));
+    let response = http
+        .post(format!("{}/v1/debug/partition", p.url()))
+        .json(&PartitionRequest { blocked })
+        .send()
+        .await
+        .expect("partition request");
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+/// Cuts node `victim` off from the others, in both directions.
+async fn cut_off(procs: &[Proc], victim: u64) {
+    let victim = &procs[victim as usize - 1];
+    let others: Vec<&Proc> = procs.iter().filter(|p| p.id != victim.id).collect();
+    block(
+        victim,
+        others.iter().map(|p| p.endpoint_id.clone()).collect(),
+    )
+    .await;
+    for p in others {
+        block(p, vec![victim.endpoint_id.clone()]).await;
+    }
+}
+
+async fn heal(procs: &[Proc]) {
+    for p in procs {
+        block(p, Vec::new()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_process_cut_off_from_its_peers_and_healed_stays_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = start_processes(dir.path(), true);
+    for p in &procs {
+        wait_healthy(p).await;
+    }
+    AspenClient::new(&procs[0].url())
+        .cluster_init(&InitRequest::default())
+        .await
+        .unwrap();
+    let first = leader(&procs).await;
+
+    let spec = WorkloadSpec {
+        endpoints: procs.iter().map(Proc::url).collect(),
+        clients: 8,
+        keys: 4,
+        duration: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(10),
+        seed: 0x17,
+    };
+    let run = tokio::spawn(async move { workload::run(&spec).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cut_off(&procs, first).await;
+    // The majority side elects a new leader while the old one is cut off.
+    let others: Vec<&Proc> = procs.iter().filter(|p| p.id != first).collect();
+    let second = poll(
+        "a new leader on the majority side",
+        Duration::from_secs(20),
+        || async {
+            for p in &others {
+                let client = AspenClient::with_timeout(&p.url(), Duration::from_secs(2));
+                if let Ok(status) = client.status().await {
+                    if status.leader.is_some_and(|l| l != first) {
+                        return status.leader;
+                    }
+                }
+            }
+            None
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    heal(&procs).await;
+    let (history, stats) = run.await.unwrap().unwrap();
+    let verdict = check(&history, &CheckLimits::default());
+    println!("leader {first} cut off, {second} took over, healed\nstats: {stats:?}\nverdict: {verdict:?}");
     assert!(
         stats.ok >= 100,
         "too few operations to prove anything: {stats:?}"

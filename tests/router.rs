@@ -338,3 +338,59 @@ async fn a_reload_swaps_the_route_table_and_an_invalid_one_keeps_the_old() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_at_its_in_flight_limit_refuses_more_at_once_and_the_others_serve() {
+    let us1 = start_named_cluster("us-1", 3, fast_raft()).await;
+    let mut us2 = start_named_cluster("us-2", 3, fast_raft()).await;
+    let mut config = router_config(&us1, &us2, 3_000);
+    config.max_in_flight_per_cluster = 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router = RunningRouter::start(&config, listener).await.unwrap();
+    let c = AspenClient::with_timeout(&router.url(), Duration::from_secs(20));
+    for id in 1..=3 {
+        us2.cluster.stop(id).await;
+    }
+    // One request runs (waiting for the dead cluster), one waits for its slot: the limit.
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.put(&format!("svc-b/held{i}"), b"v").await })
+        })
+        .collect();
+    poll(
+        "one request running and one waiting",
+        Duration::from_secs(2),
+        || async { (router.service().load("us-2") == Some((1, 1))).then_some(()) },
+    )
+    .await;
+    let refused = c.put("svc-b/third", b"v").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("max_in_flight_per_cluster"),
+        "{refused}"
+    );
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::ClusterUnavailable),
+        "{refused}"
+    );
+    assert!(
+        !held.iter().any(|h| h.is_finished()),
+        "the held requests still wait"
+    );
+    assert_eq!(
+        c.put("app/x", b"v").await.unwrap().cluster,
+        "us-1",
+        "us-1 is not limited"
+    );
+    for h in held {
+        let err = h.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::ClusterUnavailable), "{err}");
+    }
+    router.shutdown().await;
+    us1.cluster.shutdown().await;
+    for id in 1..=3 {
+        us2.cluster.restart(id).await.unwrap();
+    }
+    us2.cluster.shutdown().await;
+}

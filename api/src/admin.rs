@@ -137,3 +137,12 @@ pub struct RouteEntry {
     /// The owning cluster.
     pub cluster: String,
 }
+
+/// `POST /v1/debug/partition` (only on a node with `fault_injection = true`): cut the
+/// node off from these peers in both directions; an empty list heals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionRequest {
+    /// iroh EndpointIds (hex) of the peers to cut off.
+    pub blocked: Vec<String>,
+}

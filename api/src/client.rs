@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::admin::{AddLearnerRequest, InitRequest, MembershipResponse, NodeIdRequest, NodeStatus};
+use crate::admin::{
+    AddLearnerRequest, InitRequest, MembershipResponse, NodeIdRequest, NodeStatus, RouterStatus,
+};
 use crate::error::ErrorCode;
 use crate::json::{
     BatchRequest, CadRequest, CasRequest, ErrorBody, JsonEntry, JsonFailure, JsonKeyState,
@@ -54,6 +56,16 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// `GET /v1/status` of a node or of a router (both serve the same API).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum AnyStatus {
+    /// A cluster node's own view.
+    Node(NodeStatus),
+    /// A router's view of every cluster.
+    Router(RouterStatus),
 }
 
 /// The outcome of a compare-and-swap or compare-and-delete.
@@ -190,6 +202,12 @@ impl AspenClient {
 
     /// The node's status.
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        let url = format!("{}/v1/status", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// The status of whatever serves the endpoint: a node or a router.
+    pub async fn any_status(&self) -> Result<AnyStatus, ClientError> {
         let url = format!("{}/v1/status", self.base);
         self.send(self.http.get(&url), &url).await
     }

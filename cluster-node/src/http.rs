@@ -54,11 +54,12 @@ impl KvBackend for NodeBackend {
     }
 }
 
-/// The whole app of a node: the shared KV routes, the admin routes, and a JSON 404 for
-/// any other path.
-pub fn router(backend: NodeBackend) -> axum::Router {
+/// The whole app of a node: the shared KV routes, the admin routes (with
+/// `POST /v1/debug/partition` only when `fault_injection` is on), and a JSON 404 for any
+/// other path.
+pub fn router(backend: NodeBackend, fault_injection: bool) -> axum::Router {
     let backend = Arc::new(backend);
-    let admin = axum::Router::new()
+    let mut admin = axum::Router::new()
         .route("/v1/cluster/init", post(admin::init))
         .route("/v1/cluster/add-learner", post(admin::add_learner))
         .route("/v1/cluster/promote", post(admin::promote))
@@ -67,7 +68,10 @@ pub fn router(backend: NodeBackend) -> axum::Router {
         .route("/v1/status", get(admin::status))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
-        .route("/metrics", get(admin::metrics))
-        .with_state(backend.clone());
+        .route("/metrics", get(admin::metrics));
+    if fault_injection {
+        admin = admin.route("/v1/debug/partition", post(admin::partition));
+    }
+    let admin = admin.with_state(backend.clone());
     kv_routes(backend).merge(admin).fallback(not_found)
 }

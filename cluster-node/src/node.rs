@@ -165,7 +165,8 @@ impl Node {
             metrics: Arc::new(NodeMetrics::default()),
         };
         let (http_stop, stopped) = oneshot::channel::<()>();
-        let http_task = tokio::spawn(http::serve(listener, http::router(backend), async move {
+        let app = http::router(backend, config.fault_injection);
+        let http_task = tokio::spawn(http::serve(listener, app, async move {
             let _ = stopped.await;
         }));
         tracing::info!(node_id = config.node_id, cluster = %config.cluster, endpoint_id = %transport.endpoint().id(), %http_addr, "node started");

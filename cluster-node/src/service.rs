@@ -110,6 +110,12 @@ impl KvService {
         self.transport.endpoint().id().to_string()
     }
 
+    /// Cuts this node off from `peers` at its transport, both directions (fault injection;
+    /// an empty set heals).
+    pub fn set_partition(&self, peers: std::collections::HashSet<EndpointId>) {
+        self.transport.set_blocked(peers);
+    }
+
     /// The Raft handle.
     pub fn raft(&self) -> &AspenRaft {
         &self.raft

@@ -64,6 +64,12 @@ pub struct NodeConfig {
     /// reach them and which iroh identity to accept Raft RPCs from. Excludes this node.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Testing only: serve `POST /v1/debug/partition`, which cuts this node off from chosen
+    /// peers at its iroh transport (fault injection for tests of separate processes).
+    /// Never enable it in production: anyone who reaches the HTTP port could isolate the
+    /// node. Default false.
+    #[serde(default)]
+    pub fault_injection: bool,
 }
 
 /// Relay use of the node's iroh endpoint. Written in lowercase in TOML.
@@ -104,6 +110,7 @@ impl NodeConfig {
             relay: RelayModeConfig::default(),
             raft: RaftConfig::default(),
             peers: Vec::new(),
+            fault_injection: false,
         }
     }
 

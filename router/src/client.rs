@@ -60,7 +60,8 @@ pub struct ClusterClient {
     leader: AtomicUsize,
     running: Semaphore,
     waiting: AtomicUsize,
-    max_waiting: usize,
+    /// At most this many requests run at once, and as many again may wait.
+    limit: usize,
     health: Mutex<Health>,
 }
 
@@ -109,7 +110,7 @@ impl ClusterClient {
             leader: AtomicUsize::new(0),
             running: Semaphore::new(max_in_flight),
             waiting: AtomicUsize::new(0),
-            max_waiting: max_in_flight,
+            limit: max_in_flight,
             health: Mutex::new(Health::default()),
         })
     }
@@ -117,6 +118,12 @@ impl ClusterClient {
     /// The cluster's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Requests running and waiting for a slot right now.
+    pub fn load(&self) -> (usize, usize) {
+        let running = self.limit - self.running.available_permits();
+        (running, self.waiting.load(Ordering::Acquire))
     }
 
     /// What the router last learned about the cluster.
@@ -153,12 +160,12 @@ impl ClusterClient {
         let _running = match self.running.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limit {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
                     return Err(self.unavailable(format!(
                         "{0} requests are running and {0} more are waiting \
                          (max_in_flight_per_cluster = {0}); nothing was applied, retry later",
-                        self.max_waiting
+                        self.limit
                     )));
                 }
                 let _waiting = Waiting(&self.waiting);

@@ -121,6 +121,11 @@ impl RouterService {
         self.routing.read().expect("routing lock").clone()
     }
 
+    /// Requests running and waiting for `cluster` right now, if the table has it.
+    pub fn load(&self, cluster: &str) -> Option<(usize, usize)> {
+        self.routing().clients.get(cluster).map(|c| c.load())
+    }
+
     /// The current route table.
     pub fn table(&self) -> Arc<RouteTable> {
         self.routing().table.clone()

@@ -5,9 +5,13 @@
 //! errors and CAS retries are counted apart. The per-client latency lists are merged and
 //! sorted once at the end for the percentiles.
 //!
-//! - `put`: sets a random key `bench/{i}`, i < --keys.
-//! - `get`: preloads `bench/0..keys` (not timed), then does linearizable gets of random keys.
-//! - `cas`: each client increments its own counter `bench-cas/{client}` by read-modify-write
+//! Client `c` works under prefix `P = prefixes[c % n]` (`--prefix`, default `bench/`), so
+//! several prefixes spread the load over the clusters behind a router.
+//!
+//! - `put`: sets a random key `P{i}`, i < --keys.
+//! - `get`: preloads `P0..P{keys-1}` for every prefix (not timed), then does linearizable
+//!   gets of random keys.
+//! - `cas`: each client increments its own counter `Pcas/{client}` by read-modify-write
 //!   with compare-and-swap against the last value it knows; a mismatch is a retry.
 //! - `mixed`: preloads like `get`, then 80% linearizable gets and 20% puts of random keys.
 
@@ -36,6 +40,11 @@ const MAX_DURATION_S: u64 = 3600;
 const MAX_WARMUP_S: u64 = 600;
 /// Largest key space: the `get` preload writes every key, so keep it to minutes of work.
 const MAX_KEYS: u64 = 10_000_000;
+/// Most `--prefix` values: enough to spread load over every cluster of a large route
+/// table's test setup, few enough that the `get` preload stays short.
+const MAX_PREFIXES: usize = 64;
+/// Longest `--prefix`: the key limit minus room for the key number.
+const MAX_PREFIX_BYTES: usize = aspen_api::limits::MAX_KEY_BYTES - 24;
 /// Pause after a failed request, so a dead endpoint is not hammered in a tight loop.
 const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -90,6 +99,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=MAX_KEYS))]
     keys: u64,
+    /// Key prefixes, comma-separated: client c uses prefix c mod n. With `aspen dev`,
+    /// `--prefix bench/,svc-b/bench/` spreads the load over clusters us-1 and us-2.
+    #[arg(long = "prefix", value_name = "PREFIX[,PREFIX...]", default_value = "bench/",
+          value_delimiter = ',', value_parser = parse_prefix)]
+    prefixes: Vec<String>,
     /// Seconds of load before measuring starts (0 to 600).
     #[arg(long, value_name = "SECONDS", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(0..=MAX_WARMUP_S))]
@@ -104,6 +118,7 @@ struct Plan {
     target: Target,
     op: BenchOp,
     keys: u64,
+    prefixes: Vec<String>,
     value: Vec<u8>,
     /// Ops started before this are warmup and not recorded.
     measure_from: Instant,
@@ -140,6 +155,7 @@ struct Report {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    check_prefix_count(args.prefixes.len())?;
     let target = Target::connect(args.target, &args.endpoint, args.clients as usize).await?;
     let value = vec![b'x'; args.value_size as usize];
     if matches!(args.op, BenchOp::Get | BenchOp::Mixed) {
@@ -148,7 +164,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             args.keys,
             value.len()
         );
-        target.preload(args.keys, &value).await?;
+        for prefix in &args.prefixes {
+            target.preload(prefix, args.keys, &value).await?;
+        }
     }
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
@@ -157,6 +175,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         target,
         op: args.op,
         keys: args.keys,
+        prefixes: args.prefixes.clone(),
         value,
         measure_from,
         deadline,
@@ -203,7 +222,7 @@ enum Step {
 /// One client's loop until the deadline.
 async fn run_client(plan: Arc<Plan>, id: u32) -> ClientStats {
     let mut stats = ClientStats::default();
-    let cas_key = format!("bench-cas/{id}");
+    let cas_key = format!("{}cas/{id}", plan.prefix(id as usize));
     let mut last: Option<Vec<u8>> = None;
     if plan.op == BenchOp::Cas {
         // Learn the counter's value left by an earlier run: one CAS from "absent" does it.
@@ -246,19 +265,49 @@ async fn run_client(plan: Arc<Plan>, id: u32) -> ClientStats {
     stats
 }
 
-fn random_key(plan: &Plan) -> String {
-    format!("bench/{}", rand::random_range(0..plan.keys))
+impl Plan {
+    /// The prefix client `client` works under.
+    fn prefix(&self, client: usize) -> &str {
+        &self.prefixes[client % self.prefixes.len()]
+    }
+}
+
+fn random_key(plan: &Plan, client: usize) -> String {
+    format!(
+        "{}{}",
+        plan.prefix(client),
+        rand::random_range(0..plan.keys)
+    )
+}
+
+/// Refuses more than [`MAX_PREFIXES`] prefixes.
+fn check_prefix_count(count: usize) -> anyhow::Result<()> {
+    if count > MAX_PREFIXES {
+        anyhow::bail!("--prefix: {count} prefixes given, at most {MAX_PREFIXES} are allowed");
+    }
+    Ok(())
+}
+
+/// A `--prefix` value: at most [`MAX_PREFIX_BYTES`], so every key it makes is valid.
+fn parse_prefix(prefix: &str) -> Result<String, String> {
+    if prefix.len() > MAX_PREFIX_BYTES {
+        return Err(format!(
+            "{} bytes is longer than {MAX_PREFIX_BYTES}, the most that leaves room for key numbers",
+            prefix.len()
+        ));
+    }
+    Ok(prefix.to_string())
 }
 
 async fn put(plan: &Plan, client: usize) -> Result<Step, String> {
     plan.target
-        .put(client, &random_key(plan), &plan.value)
+        .put(client, &random_key(plan, client), &plan.value)
         .await?;
     Ok(Step::Done)
 }
 
 async fn get(plan: &Plan, client: usize) -> Result<Step, String> {
-    let key = random_key(plan);
+    let key = random_key(plan, client);
     if plan.target.get(client, &key).await? {
         Ok(Step::Done)
     } else {
@@ -350,6 +399,15 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_are_limited_in_length_and_number_at_both_edges() {
+        assert!(parse_prefix(&"p".repeat(MAX_PREFIX_BYTES)).is_ok());
+        let err = parse_prefix(&"p".repeat(MAX_PREFIX_BYTES + 1)).unwrap_err();
+        assert!(err.contains(&MAX_PREFIX_BYTES.to_string()), "{err}");
+        assert!(check_prefix_count(MAX_PREFIXES).is_ok());
+        assert!(check_prefix_count(MAX_PREFIXES + 1).is_err());
+    }
 
     #[test]
     fn percentile_uses_nearest_rank() {

@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use aspen_api::admin::{AddLearnerRequest, InitRequest, MemberStatus, NodeStatus};
+use aspen_api::admin::{AddLearnerRequest, InitRequest, MemberStatus, NodeStatus, RouterStatus};
+use aspen_api::client::AnyStatus;
 use clap::{Args, Subcommand};
 
 use super::endpoint::{explain, EndpointArgs};
@@ -32,7 +33,8 @@ pub struct ClusterArgs {
 /// The cluster operations.
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// Show the members, this node's Raft state, the leader, term and applied revision.
+    /// Show the status: from a node, the members, its Raft state, the leader, term and
+    /// applied revision; from a router, every cluster's health, leader, term and revision.
     Status,
     /// Initialize a new cluster once, from this node and its configured peers.
     Init {
@@ -72,11 +74,11 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let client = args.endpoint.client()?;
     let answer = match args.command {
         ClusterCommand::Status => {
-            let status = client.status().await.map_err(|e| explain(e, &client))?;
-            if args.json {
-                render::json(&status)?;
-            } else {
-                print_status(&status);
+            let status = client.any_status().await.map_err(|e| explain(e, &client))?;
+            match (&status, args.json) {
+                (_, true) => render::json(&status)?,
+                (AnyStatus::Node(node), false) => print_status(node),
+                (AnyStatus::Router(router), false) => print_router_status(router),
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -124,6 +126,35 @@ fn print_status(status: &NodeStatus) {
         return;
     }
     print_members(&status.members);
+}
+
+fn print_router_status(status: &RouterStatus) {
+    println!(
+        "router in region {:?}, {} cluster(s):",
+        status.region,
+        status.clusters.len()
+    );
+    println!(
+        "{:<16}  {:<8}  {:<9}  {:>6}  {:>6}  {:>9}",
+        "CLUSTER", "REGION", "HEALTH", "LEADER", "TERM", "REVISION"
+    );
+    let or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    for c in &status.clusters {
+        let health = if c.healthy { "healthy" } else { "unhealthy" };
+        println!(
+            "{:<16}  {:<8}  {:<9}  {:>6}  {:>6}  {:>9}",
+            c.name,
+            c.region,
+            health,
+            or_dash(c.leader),
+            or_dash(c.term),
+            or_dash(c.applied_revision)
+        );
+        if let Some(error) = &c.error {
+            println!("    {error}");
+        }
+    }
+    println!("(membership changes go to a node: pass --endpoint with a node's HTTP address)");
 }
 
 fn print_members(members: &[MemberStatus]) {

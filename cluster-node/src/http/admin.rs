@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use aspen_api::admin::{InitRequest, MembershipResponse, NodeIdRequest, NodeStatus};
+use aspen_api::admin::{
+    InitRequest, MembershipResponse, NodeIdRequest, NodeStatus, PartitionRequest,
+};
 use aspen_api::server::{parse_json, HttpError, HttpResult};
 use aspen_api::wire::MembershipChange;
 use aspen_api::ErrorCode;
@@ -12,7 +14,6 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use openraft::ServerState;
 
 use super::NodeBackend;
 
@@ -34,29 +35,28 @@ fn members(members: Vec<aspen_api::admin::MemberStatus>) -> Response {
 
 /// `GET /v1/status`.
 pub async fn status(State(state): State<Arc<NodeBackend>>) -> Json<NodeStatus> {
-    let service = &state.service;
-    let m = service.raft().metrics().borrow().clone();
-    let raft_state = match m.state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    };
-    Json(NodeStatus {
-        role: "node".into(),
-        cluster: service.cluster.clone(),
-        node_id: service.node_id,
-        endpoint_id: service.endpoint_id(),
-        raft_state: raft_state.into(),
-        leader: m.current_leader,
-        term: m.current_term,
-        applied_revision: service.state_machine().revision(),
-        applied_index: m.last_applied.map_or(0, |l| l.index),
-        last_log_index: m.last_log_index.unwrap_or(0),
-        initialized: m.membership_config.nodes().count() > 0,
-        members: service.members(),
-    })
+    Json(state.service.status())
+}
+
+/// `POST /v1/debug/partition` (mounted only with `fault_injection = true`): cuts this node
+/// off from the listed peers, or heals with an empty list.
+pub async fn partition(
+    State(state): State<Arc<NodeBackend>>,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult {
+    let request: PartitionRequest = read_body(body)?;
+    let mut blocked = std::collections::HashSet::new();
+    for (i, id) in request.blocked.iter().enumerate() {
+        let id = id.parse::<iroh::EndpointId>().map_err(|e| {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                format!("field `blocked[{i}]`: not an iroh endpoint id ({e})"),
+            )
+        })?;
+        blocked.insert(id);
+    }
+    state.service.set_partition(blocked);
+    Ok(Json(request).into_response())
 }
 
 /// `POST /v1/cluster/init`.

@@ -55,7 +55,7 @@ impl Target {
         match kind {
             TargetKind::Aspen => {
                 let client = endpoint.client()?;
-                client.status().await.map_err(|e| explain(e, &client))?;
+                client.any_status().await.map_err(|e| explain(e, &client))?;
                 Ok(Target::Aspen(client))
             }
             #[cfg(feature = "etcd")]
@@ -170,10 +170,10 @@ impl Target {
         }
     }
 
-    /// Writes `bench/0..keys` (not timed), several writes at a time.
-    pub async fn preload(&self, keys: u64, value: &[u8]) -> anyhow::Result<()> {
+    /// Writes `{prefix}0..keys` (not timed), several writes at a time.
+    pub async fn preload(&self, prefix: &str, keys: u64, value: &[u8]) -> anyhow::Result<()> {
         match self {
-            Target::Aspen(client) => preload_aspen(client, keys, value).await,
+            Target::Aspen(client) => preload_aspen(client, prefix, keys, value).await,
             #[cfg(feature = "etcd")]
             Target::Etcd(_) => {
                 let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
@@ -184,9 +184,10 @@ impl Target {
                         }
                     }
                     let (target, value) = (self.clone_etcd(i as usize), value.to_vec());
+                    let key = format!("{prefix}{i}");
                     tasks.spawn(async move {
                         let mut c = target;
-                        c.put(format!("bench/{i}"), value, None)
+                        c.put(key, value, None)
                             .await
                             .map(|_| ())
                             .map_err(|e| e.to_string())
@@ -209,8 +210,13 @@ impl Target {
     }
 }
 
-/// Writes `bench/0..keys` in batches, several batches at a time.
-async fn preload_aspen(client: &AspenClient, keys: u64, value: &[u8]) -> anyhow::Result<()> {
+/// Writes `{prefix}0..keys` in batches, several batches at a time.
+async fn preload_aspen(
+    client: &AspenClient,
+    prefix: &str,
+    keys: u64,
+    value: &[u8],
+) -> anyhow::Result<()> {
     let per_batch =
         (MAX_COMMAND_VALUE_BYTES / value.len().max(1)).clamp(1, MAX_KEYS_PER_COMMAND) as u64;
     let batches: Vec<(u64, u64)> = (0..keys)
@@ -226,7 +232,7 @@ async fn preload_aspen(client: &AspenClient, keys: u64, value: &[u8]) -> anyhow:
         }
         let request = BatchRequest {
             writes: (from..to)
-                .map(|i| JsonWrite::new(format!("bench/{i}"), value))
+                .map(|i| JsonWrite::new(format!("{prefix}{i}"), value))
                 .collect(),
             deletes: Vec::new(),
         };

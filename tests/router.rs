@@ -394,3 +394,47 @@ async fn a_cluster_at_its_in_flight_limit_refuses_more_at_once_and_the_others_se
     }
     us2.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_batched_to_a_cluster_each_get_their_own_answer() {
+    let s = setup().await;
+    let c = s.client();
+    let puts: Vec<_> = (0..64)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let key = format!("svc-b/many/{i}");
+                c.put(&key, format!("value-{i}").as_bytes())
+                    .await
+                    .unwrap()
+                    .revision
+            })
+        })
+        .collect();
+    let mut revisions = Vec::new();
+    for p in puts {
+        revisions.push(p.await.unwrap());
+    }
+    revisions.sort();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 64, "each write has its own revision");
+    let gets: Vec<_> = (0..64)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let key = format!("svc-b/many/{i}");
+                let entry = c
+                    .get(&key, Consistency::Linearizable)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(entry.value.as_deref(), Some(format!("value-{i}").as_str()));
+                assert_eq!(entry.cluster, "us-2");
+            })
+        })
+        .collect();
+    for g in gets {
+        g.await.unwrap();
+    }
+    s.shutdown().await;
+}

@@ -41,7 +41,17 @@ pub enum KvRequest {
     /// The receiving node's view of its cluster (any node answers; routers poll it for
     /// health, leader and term).
     Status,
+    /// Several independent writes and reads, served concurrently and answered together in
+    /// order with a [`KvResponse::Batch`]: a router sends the requests that queue up for
+    /// one cluster in one message. At most [`MAX_WIRE_BATCH`]; no nested batches, no
+    /// membership changes.
+    Batch(Vec<KvRequest>),
 }
+
+/// Most requests in one [`KvRequest::Batch`]. One stream carries them all; beyond a few
+/// hundred, the per-request cost saved is negligible and one slow request holds more
+/// answers back.
+pub const MAX_WIRE_BATCH: usize = 256;
 
 /// A membership change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +75,8 @@ pub enum KvResponse {
     Membership(Vec<MemberStatus>),
     /// The answer to [`KvRequest::Status`].
     Status(NodeStatus),
+    /// The answers to a [`KvRequest::Batch`], one per request, in order.
+    Batch(Vec<KvResponse>),
     /// This node is not the leader; `leader` is the one it knows of, if any.
     NotLeader {
         /// Raft node id of the leader, when known.

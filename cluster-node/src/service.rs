@@ -17,7 +17,7 @@ use aspen_api::command::validate_key;
 use aspen_api::limits::{MAX_CLUSTER_NODES, MAX_SCAN_LIMIT};
 use aspen_api::types::ReadResponse;
 use aspen_api::wire::{
-    self, KvRequest, KvResponse, MembershipChange, KV_ALPN, MAX_WIRE_MESSAGE_BYTES,
+    self, KvRequest, KvResponse, MembershipChange, KV_ALPN, MAX_WIRE_BATCH, MAX_WIRE_MESSAGE_BYTES,
 };
 use aspen_api::{
     ApiError, Command, Consistency, ErrorCode, ReadRequest, ReadResult, ValidationError,
@@ -299,6 +299,7 @@ impl KvService {
                 }),
             },
             KvRequest::Status => return KvResponse::Status(self.status()),
+            KvRequest::Batch(requests) => return self.serve_batch(requests).await,
             KvRequest::Membership(change) => {
                 self.membership_local(&change).await.map(|a| match a {
                     Attempt::Done(m) => KvResponse::Membership(m),
@@ -307,6 +308,36 @@ impl KvService {
             }
         };
         result.unwrap_or_else(KvResponse::Error)
+    }
+
+    /// Serves the requests of a batch concurrently (writes share proposals, reads share
+    /// ReadIndex rounds) and answers them in order.
+    async fn serve_batch(&self, requests: Vec<KvRequest>) -> KvResponse {
+        if requests.len() > MAX_WIRE_BATCH {
+            return KvResponse::Error(ApiError::bad_request(format!(
+                "a batch of {} requests is over the limit of {MAX_WIRE_BATCH}; send fewer",
+                requests.len()
+            )));
+        }
+        if let Some(i) = requests
+            .iter()
+            .position(|r| !matches!(r, KvRequest::Write(_) | KvRequest::Read { .. }))
+        {
+            return KvResponse::Error(ApiError::bad_request(format!(
+                "batch item {i}: only writes and reads may be batched"
+            )));
+        }
+        let answers =
+            futures::future::join_all(requests.into_iter().map(|r| self.serve_one(r))).await;
+        KvResponse::Batch(answers)
+    }
+
+    /// `serve_remote` for one batch item (boxed: it recurses through `serve_remote`).
+    fn serve_one(
+        &self,
+        request: KvRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = KvResponse> + Send + '_>> {
+        Box::pin(self.serve_remote(request))
     }
 
     async fn write_local(&self, command: &Command) -> Result<Attempt<WriteResult>, ApiError> {

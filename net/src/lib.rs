@@ -10,9 +10,13 @@
 //!
 //! # Layout
 //!
+//! - [`batcher`]: [`batcher::Batcher`], a queue whose task runs waiting requests in
+//!   batches (group commit for a node's proposals and reads, request batching for a
+//!   router's cluster clients).
 //! - [`transport`]: [`Transport`], [`PeerAddr`], [`TransportError`], [`serve_streams`],
 //!   endpoint binding and secret keys, and fault injection ([`Transport::set_blocked`]).
 
+pub mod batcher;
 pub mod transport;
 
 pub use transport::{

@@ -1,0 +1,253 @@
+//! One shared pattern behind a node's proposer and read-index rounds and a router's
+//! request batching: requests queue up, a single task takes the first and every other one
+//! already queued, and runs them as one batch, with a bounded number of batches running
+//! at once.
+//!
+//! A request waits for nothing when the system is idle (its batch is just itself), and
+//! under load every batch carries whatever queued while the previous batches ran. The
+//! queue is bounded: when it is full, submitters wait, so memory stays bounded however
+//! many clients there are.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Bounds of one [`Batcher`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Most requests in one batch.
+    pub max_items: usize,
+    /// Most total weight in one batch (a single heavier request still runs, alone).
+    pub max_weight: usize,
+    /// Batches running at once.
+    pub max_in_flight: usize,
+    /// Requests that may wait for a batch.
+    pub max_queued: usize,
+}
+
+struct Queued<T, R> {
+    item: T,
+    reply: oneshot::Sender<R>,
+}
+
+/// A queue of `T` requests answered with `R`, run in batches by a background task.
+pub struct Batcher<T, R> {
+    queue: mpsc::Sender<Queued<T, R>>,
+}
+
+/// The batcher's task has stopped (its runtime is shutting down), or it dropped the
+/// request without answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The request never reached a batch.
+    BeforeRunning,
+    /// The request was in a batch that did not answer.
+    WhileRunning,
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// Starts the task on the current tokio runtime. `weight` weighs one request;
+    /// `run` runs one batch and answers every request in it, in order.
+    pub fn start<F, Fut>(limits: BatchLimits, weight: fn(&T) -> usize, run: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<R>> + Send + 'static,
+    {
+        let (queue, rx) = mpsc::channel(limits.max_queued);
+        tokio::spawn(drive(limits, weight, Arc::new(run), rx));
+        Batcher { queue }
+    }
+
+    /// Queues `item` and waits for its answer.
+    pub async fn submit(&self, item: T) -> Result<R, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Queued { item, reply })
+            .await
+            .map_err(|_| Stopped::BeforeRunning)?;
+        answer.await.map_err(|_| Stopped::WhileRunning)
+    }
+}
+
+async fn drive<T, R, F, Fut>(
+    limits: BatchLimits,
+    weight: fn(&T) -> usize,
+    run: Arc<F>,
+    mut rx: mpsc::Receiver<Queued<T, R>>,
+) where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<R>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_in_flight));
+    // A request taken off the queue that did not fit the last batch: it starts the next.
+    let mut carried: Option<Queued<T, R>> = None;
+    loop {
+        // Wait for a free slot first: requests that arrive meanwhile join the next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match rx.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut total = weight(&first.item);
+        let mut batch = vec![first];
+        while batch.len() < limits.max_items {
+            let Ok(next) = rx.try_recv() else { break };
+            let next_weight = weight(&next.item);
+            if total + next_weight > limits.max_weight {
+                carried = Some(next);
+                break;
+            }
+            total += next_weight;
+            batch.push(next);
+        }
+        let run = run.clone();
+        tokio::spawn(async move {
+            let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) =
+                batch.into_iter().map(|q| (q.item, q.reply)).unzip();
+            let answers = run(items).await;
+            // A missing answer drops its sender: the submitter sees `WhileRunning`.
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+            drop(slot);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn limits(max_items: usize) -> BatchLimits {
+        BatchLimits {
+            max_items,
+            max_weight: usize::MAX,
+            max_in_flight: 1,
+            max_queued: 1024,
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_queued_behind_a_running_batch_share_the_next_one_within_the_limit() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (s, g) = (sizes.clone(), gate.clone());
+        let batcher = Arc::new(Batcher::start(
+            limits(4),
+            |_: &u32| 1,
+            move |items: Vec<u32>| {
+                let (s, g) = (s.clone(), g.clone());
+                async move {
+                    s.lock().unwrap().push(items.len());
+                    if items == [0] {
+                        g.notified().await;
+                    }
+                    items.into_iter().map(|i| i * 10).collect::<Vec<u32>>()
+                }
+            },
+        ));
+        // The first request runs alone and holds the only slot until the gate opens.
+        let first = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(0).await }
+        });
+        while sizes.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let rest: Vec<_> = (1..=6)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.submit(i).await })
+            })
+            .collect();
+        // Let all six reach the queue before the slot frees.
+        while batcher.queue.capacity() > 1024 - 6 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        assert_eq!(first.await.unwrap(), Ok(0));
+        for (i, r) in rest.into_iter().enumerate() {
+            assert_eq!(
+                r.await.unwrap(),
+                Ok((i as u32 + 1) * 10),
+                "each gets its own answer"
+            );
+        }
+        assert_eq!(
+            *sizes.lock().unwrap(),
+            vec![1, 4, 2],
+            "queued requests batch, at most 4"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_requests_up_to_its_weight_and_a_heavier_one_runs_alone() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (s, g) = (sizes.clone(), gate.clone());
+        let limits = BatchLimits {
+            max_weight: 6,
+            ..limits(100)
+        };
+        let batcher = Arc::new(Batcher::start(
+            limits,
+            |w: &usize| *w,
+            move |items: Vec<usize>| {
+                let (s, g) = (s.clone(), g.clone());
+                async move {
+                    s.lock().unwrap().push(items.clone());
+                    if items == [0] {
+                        g.notified().await;
+                    }
+                    items
+                }
+            },
+        ));
+        let first = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(0).await }
+        });
+        while sizes.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // Weights 3 + 3 fill a batch exactly; 1 would make it 7; 9 is over the limit alone.
+        let weights = [3, 3, 1, 9, 2];
+        let mut rest = Vec::new();
+        for w in weights {
+            let b = batcher.clone();
+            rest.push(tokio::spawn(async move { b.submit(w).await }));
+            while batcher.queue.capacity() > 1024 - rest.len() {
+                tokio::task::yield_now().await;
+            }
+        }
+        gate.notify_one();
+        first.await.unwrap().unwrap();
+        for r in rest {
+            r.await.unwrap().unwrap();
+        }
+        let batches = sizes.lock().unwrap().clone();
+        assert_eq!(
+            batches,
+            vec![vec![0], vec![3, 3], vec![1], vec![9], vec![2]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_answers_too_few_leaves_the_rest_told_it_stopped() {
+        let batcher = Batcher::start(
+            limits(8),
+            |_: &u32| 1,
+            |_items: Vec<u32>| async { Vec::<u32>::new() },
+        );
+        assert_eq!(batcher.submit(1).await, Err(Stopped::WhileRunning));
+    }
+}

@@ -1,0 +1,236 @@
+//! [`Link`]: how the router's requests reach one cluster's leader over `aspen/kv/1`, one
+//! at a time ([`Link::send`]) or several in one message ([`Link::send_batch`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aspen_api::wire::{self, KvRequest, KvResponse, KV_ALPN, MAX_WIRE_MESSAGE_BYTES};
+use aspen_api::{ApiError, ErrorCode};
+use aspen_net::{PeerAddr, Transport, TransportError};
+use futures::future::join_all;
+use tokio::time::Instant;
+
+use super::Health;
+
+/// Pause after every node of a cluster was tried without finding the leader (an election
+/// is under way, or the cluster is down).
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+/// One member as the router knows it.
+#[derive(Debug, Clone)]
+pub(super) struct Member {
+    pub(super) node_id: u64,
+    pub(super) peer: PeerAddr,
+}
+
+/// The path to one cluster: its members, the one believed to lead, what was last seen.
+#[derive(Debug)]
+pub(super) struct Link {
+    pub(super) name: String,
+    pub(super) members: Vec<Member>,
+    pub(super) transport: Arc<Transport>,
+    pub(super) deadline: Duration,
+    /// Index in `members` of the node believed to lead.
+    pub(super) leader: AtomicUsize,
+    pub(super) health: Mutex<Health>,
+}
+
+/// Whether a request may be sent again after it was delivered without an answer.
+fn retry_is_safe(request: &KvRequest) -> bool {
+    matches!(request, KvRequest::Read { .. } | KvRequest::Status)
+}
+
+impl Link {
+    pub(super) fn unavailable(&self, why: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            ErrorCode::ClusterUnavailable,
+            format!("cluster {} is unavailable: {why}", self.name),
+        )
+    }
+
+    pub(super) fn index_of(&self, node_id: u64) -> Option<usize> {
+        self.members.iter().position(|m| m.node_id == node_id)
+    }
+
+    fn lost_outcome(&self, e: &TransportError) -> ApiError {
+        ApiError::new(
+            ErrorCode::Timeout,
+            format!(
+                "cluster {}: {e}; the write may or may not have been applied",
+                self.name
+            ),
+        )
+    }
+
+    fn malformed(&self, node_id: u64, e: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!(
+                "node {node_id} of cluster {} sent a malformed answer: {e}",
+                self.name
+            ),
+        )
+    }
+
+    fn answered_by(&self, target: usize, request_status: bool) {
+        if !request_status {
+            self.leader.store(target, Ordering::Relaxed);
+            self.health.lock().expect("health lock").leader = Some(self.members[target].node_id);
+        }
+    }
+
+    /// Sends `request` to the leader (or, for `Status`, any node), following `NotLeader`
+    /// answers and moving past unreachable nodes until `deadline`.
+    pub(super) async fn send(
+        &self,
+        request: &KvRequest,
+        deadline: Instant,
+    ) -> Result<KvResponse, ApiError> {
+        let payload = wire::encode(request).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let count = self.members.len();
+        let mut target = self.leader.load(Ordering::Relaxed) % count;
+        let mut tried_since_pause = 0;
+        let mut last_problem;
+        loop {
+            let member = &self.members[target];
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let sent = self
+                .transport
+                .request(
+                    &member.peer,
+                    KV_ALPN,
+                    &payload,
+                    MAX_WIRE_MESSAGE_BYTES,
+                    remaining,
+                )
+                .await;
+            let mut next = (target + 1) % count;
+            match sent {
+                Ok(bytes) => match wire::decode::<KvResponse>(&bytes) {
+                    Ok(KvResponse::NotLeader { leader }) => {
+                        last_problem = format!("node {} is not the leader", member.node_id);
+                        let named = leader.and_then(|id| self.index_of(id));
+                        if let Some(i) = named.filter(|i| *i != target) {
+                            // Follow the named leader at once, without counting a miss.
+                            self.leader.store(i, Ordering::Relaxed);
+                            target = i;
+                            continue;
+                        }
+                    }
+                    Ok(answer) => {
+                        self.answered_by(target, matches!(request, KvRequest::Status));
+                        return Ok(answer);
+                    }
+                    Err(e) => return Err(self.malformed(member.node_id, e)),
+                },
+                Err(e @ TransportError::Unreachable { .. }) => {
+                    last_problem = format!("node {}: {e}", member.node_id);
+                }
+                Err(e @ TransportError::Failed { .. }) => {
+                    if !retry_is_safe(request) {
+                        return Err(self.lost_outcome(&e));
+                    }
+                    last_problem = format!("node {}: {e}", member.node_id);
+                }
+            }
+            tried_since_pause += 1;
+            if tried_since_pause >= count {
+                tried_since_pause = 0;
+                if Instant::now() + RETRY_BACKOFF >= deadline {
+                    return Err(self.unavailable(format!(
+                        "no leader answered within {:?} ({last_problem}); nothing was applied",
+                        self.deadline
+                    )));
+                }
+                tokio::time::sleep(RETRY_BACKOFF).await;
+                next = self.leader.load(Ordering::Relaxed) % count;
+            }
+            target = next;
+        }
+    }
+
+    /// Sends writes and reads that queued up together as one `Batch` message to the
+    /// believed leader, and answers each in order. Whatever the batch could not settle (a
+    /// `NotLeader` item, a node that could not be reached, a batch the node refused) goes
+    /// again on its own through [`Link::send`], before the same deadline; a write whose
+    /// batch was delivered but not answered is reported as an unknown outcome, never resent.
+    pub(super) async fn send_batch(
+        &self,
+        requests: Vec<KvRequest>,
+    ) -> Vec<Result<KvResponse, ApiError>> {
+        let deadline = Instant::now() + self.deadline;
+        if requests.len() == 1 {
+            return vec![self.send(&requests[0], deadline).await];
+        }
+        let count = requests.len();
+        let batch = KvRequest::Batch(requests);
+        let payload = wire::encode(&batch);
+        let KvRequest::Batch(requests) = batch else {
+            unreachable!("built as a batch just above")
+        };
+        let payload = match payload {
+            Ok(payload) => payload,
+            // Too large as one message: each on its own.
+            Err(_) => return self.send_each(&requests, deadline).await,
+        };
+        let target = self.leader.load(Ordering::Relaxed) % self.members.len();
+        let member = &self.members[target];
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let sent = self
+            .transport
+            .request(
+                &member.peer,
+                KV_ALPN,
+                &payload,
+                MAX_WIRE_MESSAGE_BYTES,
+                remaining,
+            )
+            .await;
+        let answers = match sent {
+            Ok(bytes) => match wire::decode::<KvResponse>(&bytes) {
+                Ok(KvResponse::Batch(answers)) if answers.len() == count => answers,
+                // Refused as a whole (or not understood): nothing in it was served.
+                Ok(_) => return self.send_each(&requests, deadline).await,
+                Err(e) => {
+                    let e = self.malformed(member.node_id, e);
+                    return vec![Err(e); count];
+                }
+            },
+            Err(TransportError::Unreachable { .. }) => {
+                return self.send_each(&requests, deadline).await
+            }
+            Err(e @ TransportError::Failed { .. }) => {
+                let again = requests.iter().map(|r| async {
+                    if retry_is_safe(r) {
+                        self.send(r, deadline).await
+                    } else {
+                        Err(self.lost_outcome(&e))
+                    }
+                });
+                return join_all(again).await;
+            }
+        };
+        if answers
+            .iter()
+            .any(|a| !matches!(a, KvResponse::NotLeader { .. }))
+        {
+            self.answered_by(target, false);
+        }
+        let settled = requests.iter().zip(answers).map(|(request, answer)| async {
+            match answer {
+                KvResponse::NotLeader { .. } => self.send(request, deadline).await,
+                answer => Ok(answer),
+            }
+        });
+        join_all(settled).await
+    }
+
+    async fn send_each(
+        &self,
+        requests: &[KvRequest],
+        deadline: Instant,
+    ) -> Vec<Result<KvResponse, ApiError>> {
+        join_all(requests.iter().map(|r| self.send(r, deadline))).await
+    }
+}

@@ -1,0 +1,157 @@
+//! `aspen/kv/1` batches, as a router sends them, against a real node: every request in a
+//! batch gets its own answer in order, a batch at the limit is served and one over it is
+//! refused whole, and only writes and reads may be batched.
+
+mod support;
+
+use std::time::Duration;
+
+use aspen_api::types::ReadResponse;
+use aspen_api::wire::{
+    self, KvRequest, KvResponse, KV_ALPN, MAX_WIRE_BATCH, MAX_WIRE_MESSAGE_BYTES,
+};
+use aspen_api::{Command, Consistency, ErrorCode, ReadRequest, ReadResult, WriteOutcome};
+use aspen_cluster_node::transport::{bind_endpoint, PeerAddr, Transport};
+
+async fn send(t: &support::TestCluster, request: &KvRequest) -> KvResponse {
+    let leader = t.wait_for_leader().await;
+    let node = t.cluster.node(leader).unwrap();
+    let endpoint = bind_endpoint(
+        iroh::SecretKey::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+    )
+    .await
+    .unwrap();
+    let transport = Transport::new(endpoint.clone());
+    let peer = PeerAddr {
+        id: node.endpoint_id(),
+        addrs: node.iroh_addrs(),
+    };
+    let bytes = transport
+        .request(
+            &peer,
+            KV_ALPN,
+            &wire::encode(request).unwrap(),
+            MAX_WIRE_MESSAGE_BYTES,
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
+    endpoint.close().await;
+    wire::decode(&bytes).unwrap()
+}
+
+fn set(key: &str, value: &str) -> KvRequest {
+    KvRequest::Write(Command::Set {
+        key: key.into(),
+        value: value.into(),
+    })
+}
+
+fn get(key: &str) -> KvRequest {
+    KvRequest::Read {
+        request: ReadRequest::Get { key: key.into() },
+        consistency: Consistency::Linearizable,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_request_in_a_batch_gets_its_own_answer_in_order() {
+    let t = support::start_cluster().await;
+    let failing_cas = KvRequest::Write(Command::CompareAndSwap {
+        key: "a".into(),
+        expected: Some(b"nope".to_vec()),
+        new_value: b"x".to_vec(),
+    });
+    let bad_key = set("", "v");
+    let answer = send(
+        &t,
+        &KvRequest::Batch(vec![set("a", "1"), failing_cas, bad_key, set("b", "2")]),
+    )
+    .await;
+    let KvResponse::Batch(answers) = answer else {
+        panic!("expected a batch answer, got {answer:?}");
+    };
+    assert_eq!(answers.len(), 4);
+    assert!(
+        matches!(&answers[0], KvResponse::Write(w) if w.outcome == WriteOutcome::Applied { deleted: 0 })
+    );
+    assert!(
+        matches!(&answers[1], KvResponse::Write(w) if matches!(w.outcome, WriteOutcome::PreconditionFailed(_))),
+        "{:?}",
+        answers[1]
+    );
+    assert!(
+        matches!(&answers[2], KvResponse::Error(e) if e.code == ErrorCode::BadRequest),
+        "an invalid item fails alone: {:?}",
+        answers[2]
+    );
+    assert!(matches!(&answers[3], KvResponse::Write(_)));
+
+    let answer = send(&t, &KvRequest::Batch(vec![get("a"), get("b"), get("zz")])).await;
+    let KvResponse::Batch(reads) = answer else {
+        panic!("expected a batch answer");
+    };
+    let values: Vec<Option<Vec<u8>>> = reads
+        .iter()
+        .map(|r| match r {
+            KvResponse::Read(ReadResponse {
+                result: ReadResult::Get(entry),
+                ..
+            }) => entry.as_ref().map(|e| e.value.clone()),
+            other => panic!("expected a read, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(values, vec![Some(b"1".to_vec()), Some(b"2".to_vec()), None]);
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_at_the_limit_is_served_and_one_over_it_is_refused_whole() {
+    let t = support::start_cluster().await;
+    let batch = |n: usize, tag: &str| {
+        KvRequest::Batch((0..n).map(|i| set(&format!("{tag}/{i}"), "v")).collect())
+    };
+    match send(&t, &batch(MAX_WIRE_BATCH, "at")).await {
+        KvResponse::Batch(answers) => {
+            assert_eq!(answers.len(), MAX_WIRE_BATCH);
+            assert!(answers.iter().all(|a| matches!(a, KvResponse::Write(_))));
+        }
+        other => panic!("a batch at the limit is served: {other:?}"),
+    }
+    match send(&t, &batch(MAX_WIRE_BATCH + 1, "over")).await {
+        KvResponse::Error(e) => {
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(
+                e.message.contains(&MAX_WIRE_BATCH.to_string()),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("over the limit is refused: {other:?}"),
+    }
+    let leader = t.wait_for_leader().await;
+    let probe = t
+        .client(leader)
+        .get("over/0", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(probe.is_none(), "nothing of a refused batch was applied");
+
+    let nested = KvRequest::Batch(vec![
+        set("n/1", "v"),
+        KvRequest::Batch(vec![set("n/2", "v")]),
+    ]);
+    match send(&t, &nested).await {
+        KvResponse::Error(e) => assert!(e.message.contains("batch item 1"), "{}", e.message),
+        other => panic!("a nested batch is refused: {other:?}"),
+    }
+    assert!(t
+        .client(leader)
+        .get("n/1", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .is_none());
+    t.cluster.shutdown().await;
+}

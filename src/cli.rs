@@ -6,7 +6,7 @@
 //!
 //! - [`node`]: `aspen node`, one cluster member from a config file.
 //! - [`router`]: `aspen router`, a router from a config file (SIGHUP reloads it).
-//! - [`dev`]: `aspen dev`, a whole local cluster in one process.
+//! - [`dev`]: `aspen dev`, two local clusters and a router in one process.
 //! - [`kv`]: `aspen kv`, reads and writes against a node's HTTP API.
 //! - [`cluster`]: `aspen cluster`, status and membership changes.
 //! - [`bench`]: `aspen bench`, a closed-loop load generator.
@@ -41,18 +41,19 @@ pub const EXIT_PRECONDITION_FAILED: u8 = 2;
 
 const EXAMPLES: &str = "\
 Examples:
-  aspen dev                                  # 3-node cluster on 127.0.0.1:7070, data in ./aspen-dev-data
+  aspen dev                                  # clusters us-1, us-2 behind a router on 127.0.0.1:7070
   aspen kv put greeting hello                # write a key
   aspen kv get greeting                      # read it back (linearizable)
   aspen kv scan gr --limit 10                # keys starting with \"gr\"
   aspen kv cas greeting --expected hello --new hi
-  aspen cluster status                       # members, leader, term
+  aspen cluster status                       # each cluster's health, leader, term (router)
   aspen bench --op put --clients 16 --duration 10
   aspen node --config node.toml              # one member of a real cluster
+  aspen router --config router.toml          # a router; SIGHUP reloads the route table
   aspen soak --duration 600                  # linearizability under faults, 10 minutes
 
-Commands that talk to a node take --endpoint URL (or ASPEN_ENDPOINT); the default is
-http://127.0.0.1:7070. Logging follows RUST_LOG (default: info for aspen, warn otherwise).";
+Commands that talk to a node or router take --endpoint URL (or ASPEN_ENDPOINT); the
+default is http://127.0.0.1:7070, the router of `aspen dev`. Logging follows RUST_LOG (default: info for aspen, warn otherwise).";
 
 /// Aspen: many strongly consistent key-value clusters run as one store.
 #[derive(Debug, Parser)]
@@ -70,7 +71,8 @@ enum Command {
     Node(node::NodeArgs),
     /// Run a router: one store in front of many clusters, by key prefix.
     Router(router::RouterArgs),
-    /// Run a whole local cluster in this process, for development.
+    /// Run region us of the design in this process, for development: clusters us-1 and
+    /// us-2 (3 nodes each) behind a router.
     Dev(dev::DevArgs),
     /// Read and write keys.
     Kv(kv::KvArgs),

@@ -32,6 +32,7 @@ use crate::leader_contact::LeaderContact;
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft_types::{AspenRaft, MemberNode, NodeId};
 use crate::read_index::{ReadIndex, ReadIndexError};
+use crate::storage::state_machine::MAX_IDLE_READERS;
 use crate::storage::StateMachine;
 use crate::transport::{Transport, TransportError};
 
@@ -65,6 +66,8 @@ pub struct KvService {
     proposer: Proposer,
     /// Shares ReadIndex rounds among concurrent linearizable reads.
     read_index: ReadIndex,
+    /// Bounds reads running on the blocking pool to the state machine's reader pool.
+    read_slots: tokio::sync::Semaphore,
     sm: StateMachine,
     transport: Arc<Transport>,
     /// This node and its configured peers: the default voters of `init`.
@@ -97,6 +100,7 @@ impl KvService {
             cluster,
             proposer: Proposer::start(raft.clone()),
             read_index: ReadIndex::start(raft.clone()),
+            read_slots: tokio::sync::Semaphore::new(MAX_IDLE_READERS),
             raft,
             sm,
             transport,
@@ -381,6 +385,11 @@ impl KvService {
         let request = request.clone();
         let storage = |e: String| ApiError::new(ErrorCode::Internal, e);
         let (known_commit, since_leader_contact_ms) = self.freshness();
+        let _slot = self
+            .read_slots
+            .acquire()
+            .await
+            .map_err(|e| storage(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
             // Read the positions before the data: the data is at least this fresh.
             let applied_index = sm.applied_index();

@@ -44,8 +44,8 @@ const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Arguments of `aspen dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Directory for every node's data (node-1, node-2, ...). Running again with the same
-    /// directory resumes the cluster with its data.
+    /// Directory for every node's data (us-1/node-1, ..., us-2/node-1, ...). Running again
+    /// with the same directory resumes both clusters with their data.
     #[arg(long, value_name = "DIR", default_value = "./aspen-dev-data")]
     data_dir: PathBuf,
     /// HTTP address of the router. Node 1 of us-1 serves on this port + 31, node 1 of

@@ -35,8 +35,10 @@ use crate::raft_types::{
     Entry, LogId, MemberNode, NodeId, ProposalResults, StorageError, TypeConfig,
 };
 
-/// Idle read connections kept open; more are opened under load and closed after.
-const MAX_IDLE_READERS: usize = 8;
+/// Read connections kept open for reuse. Readers run at most this many at once (see
+/// `KvService`), so under load no read opens a connection: opening one parses the schema
+/// and re-prepares statements, which showed in profiles of bursts of batched reads.
+pub const MAX_IDLE_READERS: usize = 16;
 
 type Membership = StoredMembership<NodeId, MemberNode>;
 

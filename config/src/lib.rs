@@ -19,6 +19,7 @@
 //! - `name` (private): the naming rule shared by cluster and region names.
 
 pub mod error;
+mod file;
 pub mod limits;
 mod name;
 pub mod node;

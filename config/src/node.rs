@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ConfigError, FieldError, INLINE_CONFIG_PATH};
+use crate::error::{ConfigError, FieldError};
+use crate::file;
 use crate::limits::MAX_CLUSTER_PEERS;
 use crate::name::check_name;
 
@@ -116,30 +117,21 @@ impl NodeConfig {
 
     /// Reads, parses and validates the config file at `path`. Errors name `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_toml_str(&text, path)
+        file::load(path)
     }
 
     /// Parses and validates TOML `text`, as [`NodeConfig::load`] does for a file's
     /// contents. `path_for_errors` is the name errors report (pass
-    /// [`INLINE_CONFIG_PATH`] for text that came from no file).
+    /// [`INLINE_CONFIG_PATH`](crate::INLINE_CONFIG_PATH) for text that came from no file).
     pub fn from_toml_str(text: &str, path_for_errors: &Path) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path_for_errors.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        config.check().map_err(|e| e.in_file(path_for_errors))?;
-        Ok(config)
+        file::parse(text, path_for_errors)
     }
 
     /// Checks every rule a loaded file is checked against. Errors report the path
-    /// [`INLINE_CONFIG_PATH`], since this config need not come from a file.
+    /// [`INLINE_CONFIG_PATH`](crate::INLINE_CONFIG_PATH), since this config need not come
+    /// from a file.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check()
-            .map_err(|e| e.in_file(Path::new(INLINE_CONFIG_PATH)))
+        file::validate(self)
     }
 
     /// All rules, first failure wins, in the order the fields appear in a file.
@@ -209,6 +201,12 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl file::Rules for NodeConfig {
+    fn check(&self) -> Result<(), FieldError> {
+        NodeConfig::check(self)
     }
 }
 

@@ -160,3 +160,34 @@ async fn a_prefix_scan_pages_in_key_order_with_continuation() {
     assert_eq!(seen, expected);
     t.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_reads_reuses_pooled_connections_instead_of_opening_more() {
+    use aspen_cluster_node::storage::state_machine::MAX_IDLE_READERS;
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    t.client(leader).put("hot", b"v").await.unwrap();
+    let reads: Vec<_> = (0..8 * MAX_IDLE_READERS)
+        .map(|_| {
+            let client = t.client(leader);
+            tokio::spawn(async move { client.get("hot", Consistency::Linearizable).await })
+        })
+        .collect();
+    for r in reads {
+        assert!(r.await.unwrap().unwrap().is_some());
+    }
+    let sm = t
+        .cluster
+        .node(leader)
+        .unwrap()
+        .service
+        .state_machine()
+        .clone();
+    let opened = sm.readers_opened();
+    assert!(
+        (1..=MAX_IDLE_READERS as u64).contains(&opened),
+        "{} concurrent reads opened {opened} connections; at most {MAX_IDLE_READERS} may be",
+        8 * MAX_IDLE_READERS
+    );
+    t.cluster.shutdown().await;
+}

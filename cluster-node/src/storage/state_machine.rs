@@ -58,6 +58,8 @@ struct Shared {
     /// The cluster revision the applied state has reached.
     revision: AtomicU64,
     snapshot_seq: AtomicU64,
+    /// Read connections opened so far (a pool miss each).
+    readers_opened: AtomicU64,
 }
 
 /// A read of the state machine failed (a storage fault).
@@ -133,6 +135,7 @@ impl StateMachine {
                 applied: Mutex::new((last, membership)),
                 revision: AtomicU64::new(revision),
                 snapshot_seq: AtomicU64::new(0),
+                readers_opened: AtomicU64::new(0),
             }),
         })
     }
@@ -140,6 +143,12 @@ impl StateMachine {
     /// Highest applied log index.
     pub fn applied_index(&self) -> u64 {
         self.shared.applied_index.load(Ordering::Acquire)
+    }
+
+    /// How many read connections have been opened since start: at most
+    /// [`MAX_IDLE_READERS`] while readers are bounded as `KvService` bounds them.
+    pub fn readers_opened(&self) -> u64 {
+        self.shared.readers_opened.load(Ordering::Relaxed)
     }
 
     /// The cluster revision this node's copy has reached.
@@ -154,7 +163,10 @@ impl StateMachine {
         let pooled = self.shared.readers.lock().expect("reader pool lock").pop();
         let conn = match pooled {
             Some(c) => c,
-            None => super::open_db(&self.shared.db_path)?,
+            None => {
+                self.shared.readers_opened.fetch_add(1, Ordering::Relaxed);
+                super::open_db(&self.shared.db_path)?
+            }
         };
         let out = f(&conn);
         let mut pool = self.shared.readers.lock().expect("reader pool lock");

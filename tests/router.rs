@@ -10,35 +10,15 @@ use std::time::Duration;
 
 use aspen_api::json::{BatchRequest, JsonPrecondition, JsonWrite, TxnRequest};
 use aspen_api::{AspenClient, Consistency, ErrorCode};
-use aspen_config::{ClusterConfig, RouteConfig, RouterConfig};
+use aspen_config::RouteConfig;
 use aspen_router::RunningRouter;
-use support::{fast_raft, poll, start_named_cluster, TestCluster};
+use support::{fast_raft, poll, router_config, start_named_cluster, TestCluster};
 
 /// us-1 owns every key but those under `svc-b/`, which us-2 owns.
 struct Setup {
     us1: TestCluster,
     us2: TestCluster,
     router: RunningRouter,
-}
-
-fn router_config(us1: &TestCluster, us2: &TestCluster, deadline_ms: u64) -> RouterConfig {
-    let cluster = |name: &str, t: &TestCluster| ClusterConfig {
-        name: name.into(),
-        region: "us".into(),
-        nodes: t.cluster.members().to_vec(),
-    };
-    let route = |prefix: &str, cluster: &str| RouteConfig {
-        prefix: prefix.into(),
-        cluster: cluster.into(),
-    };
-    let mut config = RouterConfig::dev(
-        "us",
-        vec![cluster("us-1", us1), cluster("us-2", us2)],
-        vec![route("", "us-1"), route("svc-b/", "us-2")],
-    );
-    config.iroh_bind_addr = "127.0.0.1:0".parse().unwrap();
-    config.request_deadline_ms = deadline_ms;
-    config
 }
 
 async fn setup_with_deadline(deadline_ms: u64) -> Setup {

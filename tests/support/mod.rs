@@ -85,3 +85,29 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A router config for region us: `us1` owns every key but those under `svc-b/`, which
+/// `us2` owns; requests wait at most `deadline_ms` for a cluster.
+pub fn router_config(
+    us1: &TestCluster,
+    us2: &TestCluster,
+    deadline_ms: u64,
+) -> aspen_config::RouterConfig {
+    let cluster = |name: &str, t: &TestCluster| aspen_config::ClusterConfig {
+        name: name.into(),
+        region: "us".into(),
+        nodes: t.cluster.members().to_vec(),
+    };
+    let route = |prefix: &str, cluster: &str| aspen_config::RouteConfig {
+        prefix: prefix.into(),
+        cluster: cluster.into(),
+    };
+    let mut config = aspen_config::RouterConfig::dev(
+        "us",
+        vec![cluster("us-1", us1), cluster("us-2", us2)],
+        vec![route("", "us-1"), route("svc-b/", "us-2")],
+    );
+    config.iroh_bind_addr = "127.0.0.1:0".parse().unwrap();
+    config.request_deadline_ms = deadline_ms;
+    config
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aspen_api::server::{
-    kv_routes, not_found, AnswerClusters, Freshness, HttpError, KvBackend, ReadAnswer, Written,
+    kv_routes, not_found, AnswerClusters, HttpError, KvBackend, ReadAnswer, Written,
 };
 use aspen_api::{ApiError, Command, Consistency, ReadRequest, ReadResult, ScanPage};
 use axum::extract::rejection::QueryRejection;
@@ -55,7 +55,7 @@ impl KvBackend for RouterBackend {
                         more: out.more,
                     }),
                     clusters: AnswerClusters::PerEntry(clusters),
-                    freshness: out.single.as_ref().map(Freshness::of),
+                    freshness: out.freshness,
                     next: out.next,
                 })
             }

@@ -1,8 +1,9 @@
 //! Merging one scan page from each of several clusters into one page in key order, with
 //! a continuation token that pages correctly across them.
 
+use aspen_api::server::Freshness;
 use aspen_api::types::ReadResponse;
-use aspen_api::{KvEntry, ReadResult, ScanPage};
+use aspen_api::{KvEntry, ReadResult};
 
 use crate::table::RouteTable;
 
@@ -15,8 +16,8 @@ pub struct ScanOutcome {
     pub more: bool,
     /// The continuation token (the `after` of the next page) when `more`.
     pub next: Option<String>,
-    /// The node's answer when exactly one cluster was asked (its freshness applies).
-    pub single: Option<ReadResponse>,
+    /// The serving node's freshness when exactly one cluster was asked.
+    pub freshness: Option<Freshness>,
 }
 
 /// Merges one scan page from each cluster into one page in key order.
@@ -31,7 +32,8 @@ pub fn merge_pages(
     answers: Vec<(String, ReadResponse)>,
     limit: usize,
 ) -> ScanOutcome {
-    let single = (answers.len() == 1).then(|| answers[0].1.clone());
+    // One cluster's freshness applies to the page; several clusters' revisions do not mix.
+    let freshness = (answers.len() == 1).then(|| Freshness::of(&answers[0].1));
     let mut bound: Option<String> = None;
     let mut entries = Vec::new();
     for (cluster, response) in answers {
@@ -62,19 +64,11 @@ pub fn merge_pages(
     } else {
         (bound.is_some(), bound)
     };
-    let single = single.map(|mut r| {
-        // The freshness applies; the data is what was merged above.
-        r.result = ReadResult::Scan(ScanPage {
-            kvs: Vec::new(),
-            more,
-        });
-        r
-    });
     ScanOutcome {
         entries,
         more,
         next,
-        single,
+        freshness,
     }
 }
 
@@ -86,6 +80,7 @@ mod tests {
 
     use super::*;
     use crate::table::tests::table;
+    use aspen_api::ScanPage;
 
     fn entry(key: &str) -> KvEntry {
         KvEntry {

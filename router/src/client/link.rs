@@ -80,6 +80,25 @@ impl Link {
         }
     }
 
+    /// One request/response exchange with `member`, bounded by `deadline`.
+    async fn exchange(
+        &self,
+        member: &Member,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, TransportError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.transport
+            .request(
+                &member.peer,
+                KV_ALPN,
+                payload,
+                MAX_WIRE_MESSAGE_BYTES,
+                remaining,
+            )
+            .await
+    }
+
     /// Sends `request` to the leader (or, for `Status`, any node), following `NotLeader`
     /// answers and moving past unreachable nodes until `deadline`.
     pub(super) async fn send(
@@ -94,17 +113,7 @@ impl Link {
         let mut last_problem;
         loop {
             let member = &self.members[target];
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let sent = self
-                .transport
-                .request(
-                    &member.peer,
-                    KV_ALPN,
-                    &payload,
-                    MAX_WIRE_MESSAGE_BYTES,
-                    remaining,
-                )
-                .await;
+            let sent = self.exchange(member, &payload, deadline).await;
             let mut next = (target + 1) % count;
             match sent {
                 Ok(bytes) => match wire::decode::<KvResponse>(&bytes) {
@@ -176,17 +185,7 @@ impl Link {
         };
         let target = self.leader.load(Ordering::Relaxed) % self.members.len();
         let member = &self.members[target];
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let sent = self
-            .transport
-            .request(
-                &member.peer,
-                KV_ALPN,
-                &payload,
-                MAX_WIRE_MESSAGE_BYTES,
-                remaining,
-            )
-            .await;
+        let sent = self.exchange(member, &payload, deadline).await;
         let answers = match sent {
             Ok(bytes) => match wire::decode::<KvResponse>(&bytes) {
                 Ok(KvResponse::Batch(answers)) if answers.len() == count => answers,

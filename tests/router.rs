@@ -419,3 +419,29 @@ async fn concurrent_requests_batched_to_a_cluster_each_get_their_own_answer() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scan_limit_out_of_bounds_is_refused_through_the_router_naming_the_field() {
+    use aspen_api::limits::MAX_SCAN_LIMIT;
+    let s = setup().await;
+    let c = s.client();
+    c.put("svc-a/1", b"v").await.unwrap();
+    let page = c
+        .scan("svc", None, Some(MAX_SCAN_LIMIT), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(page.kvs.len(), 1, "the largest page is served");
+    for bad in [0, MAX_SCAN_LIMIT + 1] {
+        let err = c
+            .scan("svc", None, Some(bad), Consistency::Linearizable)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::BadRequest),
+            "limit {bad}: {err}"
+        );
+        assert!(err.to_string().contains("limit"), "names the field: {err}");
+    }
+    s.shutdown().await;
+}

@@ -90,6 +90,31 @@ pub enum ReadRequest {
     },
 }
 
+impl ReadRequest {
+    /// Checks the key rules and the scan page bounds (1 to [`MAX_SCAN_LIMIT`]).
+    ///
+    /// [`MAX_SCAN_LIMIT`]: crate::limits::MAX_SCAN_LIMIT
+    pub fn validate(&self) -> Result<(), crate::ValidationError> {
+        use crate::limits::{MAX_KEY_BYTES, MAX_SCAN_LIMIT};
+        match self {
+            ReadRequest::Get { key } => crate::command::validate_key(key),
+            ReadRequest::Scan { prefix, limit, .. } => {
+                // An empty prefix scans everything; only an over-long one is refused.
+                if prefix.len() > MAX_KEY_BYTES {
+                    crate::command::validate_key(prefix)?;
+                }
+                if *limit == 0 || *limit > MAX_SCAN_LIMIT {
+                    return Err(crate::ValidationError::ScanLimit {
+                        limit: *limit,
+                        max: MAX_SCAN_LIMIT,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One page of a prefix scan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanPage {

@@ -13,16 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aspen_api::admin::{AddLearnerRequest, MemberStatus, NodeStatus};
-use aspen_api::command::validate_key;
-use aspen_api::limits::{MAX_CLUSTER_NODES, MAX_SCAN_LIMIT};
+use aspen_api::limits::MAX_CLUSTER_NODES;
 use aspen_api::types::ReadResponse;
 use aspen_api::wire::{
     self, KvRequest, KvResponse, MembershipChange, KV_ALPN, MAX_WIRE_BATCH, MAX_WIRE_MESSAGE_BYTES,
 };
-use aspen_api::{
-    ApiError, Command, Consistency, ErrorCode, ReadRequest, ReadResult, ValidationError,
-    WriteResult,
-};
+use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, ReadResult, WriteResult};
 use iroh::EndpointId;
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -615,27 +611,13 @@ fn check_member_limit(members: usize, already_member: bool) -> Result<(), ApiErr
 }
 
 fn validate_read(request: &ReadRequest) -> Result<(), ApiError> {
-    match request {
-        ReadRequest::Get { key } => validate_key(key).map_err(Into::into),
-        ReadRequest::Scan { prefix, limit, .. } => {
-            if prefix.len() > aspen_api::limits::MAX_KEY_BYTES {
-                validate_key(prefix)?;
-            }
-            if *limit == 0 || *limit > MAX_SCAN_LIMIT {
-                return Err(ValidationError::ScanLimit {
-                    limit: *limit,
-                    max: MAX_SCAN_LIMIT,
-                }
-                .into());
-            }
-            Ok(())
-        }
-    }
+    request.validate().map_err(Into::into)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aspen_api::limits::MAX_SCAN_LIMIT;
 
     #[test]
     fn a_cluster_takes_new_members_up_to_the_limit_and_no_more() {

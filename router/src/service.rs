@@ -175,14 +175,20 @@ impl RouterService {
         limit: usize,
         consistency: Consistency,
     ) -> Result<ScanOutcome, ApiError> {
+        let read = ReadRequest::Scan {
+            prefix,
+            after,
+            limit,
+        };
+        // Refused here, before any cluster is asked (and even when no route covers it).
+        read.validate()?;
         let routing = self.routing();
-        let plan = routing.table.scan_plan(&prefix);
+        let plan = match &read {
+            ReadRequest::Scan { prefix, .. } => routing.table.scan_plan(prefix),
+            ReadRequest::Get { .. } => unreachable!("built as a scan just above"),
+        };
         let request = KvRequest::Read {
-            request: ReadRequest::Scan {
-                prefix,
-                after,
-                limit,
-            },
+            request: read,
             consistency,
         };
         let asks = plan.iter().map(|cluster| {

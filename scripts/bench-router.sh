@@ -4,12 +4,12 @@
 # alternating, RUNS times each; then the aggregate put rate through the router with the
 # load on one cluster and spread over both (us-1 and us-2).
 #
-# Usage: scripts/bench-router.sh        (env: RUNS=3 DURATION=10 CLIENTS=64 VALUE_SIZE=256)
+# Usage: scripts/bench-router.sh        (env: RUNS=4 DURATION=10 CLIENTS=64 VALUE_SIZE=256)
 # Prints one table of medians, with router/direct ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-4}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-64}
 VALUE_SIZE=${VALUE_SIZE:-256}
@@ -45,13 +45,25 @@ bench() { # label endpoint op [extra args...]
     --duration "$DURATION" --value-size "$VALUE_SIZE" --json "$@" 2>/dev/null | tr -d '\n' >>"$RESULTS"
   echo >>"$RESULTS"
 }
-for _ in $(seq 1 "$RUNS"); do
+# Odd rounds run direct first and even rounds the router first, so that a machine whose
+# speed drifts during the run favours neither path.
+for round in $(seq 1 "$RUNS"); do
   for op in put get; do
-    bench direct "$NODE" "$op"
-    bench router "$ROUTER" "$op"
+    if [ $((round % 2)) = 1 ]; then
+      bench direct "$NODE" "$op"
+      bench router "$ROUTER" "$op"
+    else
+      bench router "$ROUTER" "$op"
+      bench direct "$NODE" "$op"
+    fi
   done
-  bench router-one-cluster "$ROUTER" put
-  bench router-two-clusters "$ROUTER" put --prefix bench/,svc-b/bench/
+  if [ $((round % 2)) = 1 ]; then
+    bench router-one-cluster "$ROUTER" put
+    bench router-two-clusters "$ROUTER" put --prefix bench/,svc-b/bench/
+  else
+    bench router-two-clusters "$ROUTER" put --prefix bench/,svc-b/bench/
+    bench router-one-cluster "$ROUTER" put
+  fi
 done
 
 python3 - "$RESULTS" <<'PY'

@@ -1,6 +1,7 @@
 //! `aspen/kv/1` batches, as a router sends them, against a real node: every request in a
 //! batch gets its own answer in order, a batch at the limit is served and one over it is
-//! refused whole, and only writes and reads may be batched.
+//! refused whole, only writes and reads may be batched, and a follower sends a batch's
+//! linearizable items back to the leader while serving its stale reads.
 
 mod support;
 
@@ -15,7 +16,11 @@ use aspen_cluster_node::transport::{bind_endpoint, PeerAddr, Transport};
 
 async fn send(t: &support::TestCluster, request: &KvRequest) -> KvResponse {
     let leader = t.wait_for_leader().await;
-    let node = t.cluster.node(leader).unwrap();
+    send_to(t, leader, request).await
+}
+
+async fn send_to(t: &support::TestCluster, node_id: u64, request: &KvRequest) -> KvResponse {
+    let node = t.cluster.node(node_id).unwrap();
     let endpoint = bind_endpoint(
         iroh::SecretKey::generate(),
         "127.0.0.1:0".parse().unwrap(),
@@ -104,6 +109,106 @@ async fn each_request_in_a_batch_gets_its_own_answer_in_order() {
         })
         .collect();
     assert_eq!(values, vec![Some(b"1".to_vec()), Some(b"2".to_vec()), None]);
+    t.cluster.shutdown().await;
+}
+
+fn read(request: ReadRequest, consistency: Consistency) -> KvRequest {
+    KvRequest::Read {
+        request,
+        consistency,
+    }
+}
+
+fn got(answer: &KvResponse) -> Option<Vec<u8>> {
+    match answer {
+        KvResponse::Read(ReadResponse {
+            result: ReadResult::Get(entry),
+            ..
+        }) => entry.as_ref().map(|e| e.value.clone()),
+        other => panic!("expected a get answer, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mixed_batch_answers_reads_and_writes_in_place_and_a_follower_names_the_leader() {
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    t.client(leader).put("m/old", b"0").await.unwrap();
+    let scan = |limit| ReadRequest::Scan {
+        prefix: "m/".into(),
+        after: None,
+        limit,
+    };
+    let batch = KvRequest::Batch(vec![
+        get("m/old"),
+        set("m/new", "1"),
+        read(scan(0), Consistency::Linearizable),
+        read(scan(10), Consistency::Linearizable),
+        read(
+            ReadRequest::Get {
+                key: "m/old".into(),
+            },
+            Consistency::Stale,
+        ),
+    ]);
+    let KvResponse::Batch(answers) = send(&t, &batch).await else {
+        panic!("expected a batch answer");
+    };
+    assert_eq!(answers.len(), 5);
+    assert_eq!(got(&answers[0]), Some(b"0".to_vec()));
+    assert!(
+        matches!(&answers[1], KvResponse::Write(_)),
+        "{:?}",
+        answers[1]
+    );
+    assert!(
+        matches!(&answers[2], KvResponse::Error(e) if e.code == ErrorCode::BadRequest && e.message.contains("limit")),
+        "a scan with limit 0 fails alone: {:?}",
+        answers[2]
+    );
+    match &answers[3] {
+        KvResponse::Read(ReadResponse {
+            result: ReadResult::Scan(page),
+            ..
+        }) => assert!(page.kvs.iter().any(|kv| kv.key == "m/old")),
+        other => panic!("expected a scan page, got {other:?}"),
+    }
+    assert_eq!(got(&answers[4]), Some(b"0".to_vec()));
+
+    // A follower serves nothing it cannot: linearizable reads and writes are sent back to
+    // the leader it names, and a stale read is served from its own copy.
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let stale = read(
+        ReadRequest::Get {
+            key: "m/old".into(),
+        },
+        Consistency::Stale,
+    );
+    let batch = KvRequest::Batch(vec![get("m/old"), set("m/f", "1"), stale]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answers = loop {
+        let KvResponse::Batch(answers) = send_to(&t, follower, &batch).await else {
+            panic!("expected a batch answer");
+        };
+        // The follower's copy catches up with m/old shortly after the write.
+        if got(&answers[2]).is_some() || tokio::time::Instant::now() > deadline {
+            break answers;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for answer in &answers[..2] {
+        assert!(
+            matches!(answer, KvResponse::NotLeader { leader: Some(l) } if *l == leader),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(got(&answers[2]), Some(b"0".to_vec()));
+    assert!(t
+        .client(leader)
+        .get("m/f", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .is_none());
     t.cluster.shutdown().await;
 }
 

@@ -10,7 +10,8 @@
 //! - [`transport`]: the iroh endpoint, node identity, request/response over QUIC streams,
 //!   fault injection (the `aspen-net` crate, shared with the router).
 //! - [`raft_network`]: `aspen/raft/1`, openraft's RPCs over the transport, member-only.
-//! - [`service`]: executes writes, reads and membership changes; forwards to the leader.
+//! - [`service`]: executes writes, reads and membership changes; forwards to the leader;
+//!   `service/batch.rs` serves a router's `aspen/kv/1` batches (shared proposals and reads).
 //! - [`proposer`]: group commit: concurrent writes share one log entry.
 //! - [`read_index`]: concurrent linearizable reads share one leadership confirmation.
 //! - [`batcher`]: the queue-and-batch task both of those are built on.

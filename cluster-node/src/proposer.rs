@@ -79,21 +79,36 @@ impl Proposer {
         self.batcher
             .submit(command)
             .await
-            .unwrap_or_else(|stopped| {
-                let (code, message) = match stopped {
-                Stopped::BeforeRunning => (
-                    ErrorCode::ClusterUnavailable,
-                    "this node is shutting down; nothing was applied",
-                ),
-                Stopped::WhileRunning => (
-                    ErrorCode::Timeout,
-                    "this node stopped while the write was in progress; it may or may not have \
-                     been applied",
-                ),
-            };
-                Err(ProposeError::Failed(ApiError::new(code, message)))
-            })
+            .unwrap_or_else(|stopped| Err(stopped_error(stopped)))
     }
+
+    /// Proposes each of `commands` (already validated), queued together so that they
+    /// share proposals, and waits for their results: one per command, in order. Each is
+    /// still applied, and succeeds or fails, on its own.
+    pub async fn propose_all(&self, commands: Vec<Command>) -> Vec<Answer> {
+        self.batcher
+            .submit_all(commands)
+            .await
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|stopped| Err(stopped_error(stopped))))
+            .collect()
+    }
+}
+
+/// What a write learns when the proposer stopped around it.
+fn stopped_error(stopped: Stopped) -> ProposeError {
+    let (code, message) = match stopped {
+        Stopped::BeforeRunning => (
+            ErrorCode::ClusterUnavailable,
+            "this node is shutting down; nothing was applied",
+        ),
+        Stopped::WhileRunning => (
+            ErrorCode::Timeout,
+            "this node stopped while the write was in progress; it may or may not have been \
+             applied",
+        ),
+    };
+    ProposeError::Failed(ApiError::new(code, message))
 }
 
 /// Proposes `commands` as one entry: one answer per command, in order.

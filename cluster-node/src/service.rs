@@ -16,7 +16,7 @@ use aspen_api::admin::{AddLearnerRequest, MemberStatus, NodeStatus};
 use aspen_api::limits::MAX_CLUSTER_NODES;
 use aspen_api::types::ReadResponse;
 use aspen_api::wire::{
-    self, KvRequest, KvResponse, MembershipChange, KV_ALPN, MAX_WIRE_BATCH, MAX_WIRE_MESSAGE_BYTES,
+    self, KvRequest, KvResponse, MembershipChange, KV_ALPN, MAX_WIRE_MESSAGE_BYTES,
 };
 use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, ReadResult, WriteResult};
 use iroh::EndpointId;
@@ -28,9 +28,12 @@ use crate::leader_contact::LeaderContact;
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft_types::{AspenRaft, MemberNode, NodeId};
 use crate::read_index::{ReadIndex, ReadIndexError};
+use crate::storage::state_machine::ReadError;
 use crate::storage::state_machine::MAX_IDLE_READERS;
 use crate::storage::StateMachine;
 use crate::transport::{Transport, TransportError};
+
+mod batch;
 
 /// How long one request may take end to end, leader elections and forwarding included.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
@@ -310,36 +313,6 @@ impl KvService {
         result.unwrap_or_else(KvResponse::Error)
     }
 
-    /// Serves the requests of a batch concurrently (writes share proposals, reads share
-    /// ReadIndex rounds) and answers them in order.
-    async fn serve_batch(&self, requests: Vec<KvRequest>) -> KvResponse {
-        if requests.len() > MAX_WIRE_BATCH {
-            return KvResponse::Error(ApiError::bad_request(format!(
-                "a batch of {} requests is over the limit of {MAX_WIRE_BATCH}; send fewer",
-                requests.len()
-            )));
-        }
-        if let Some(i) = requests
-            .iter()
-            .position(|r| !matches!(r, KvRequest::Write(_) | KvRequest::Read { .. }))
-        {
-            return KvResponse::Error(ApiError::bad_request(format!(
-                "batch item {i}: only writes and reads may be batched"
-            )));
-        }
-        let answers =
-            futures::future::join_all(requests.into_iter().map(|r| self.serve_one(r))).await;
-        KvResponse::Batch(answers)
-    }
-
-    /// `serve_remote` for one batch item (boxed: it recurses through `serve_remote`).
-    fn serve_one(
-        &self,
-        request: KvRequest,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = KvResponse> + Send + '_>> {
-        Box::pin(self.serve_remote(request))
-    }
-
     async fn write_local(&self, command: &Command) -> Result<Attempt<WriteResult>, ApiError> {
         match self.proposer.propose(command.clone()).await {
             Ok(result) => Ok(Attempt::Done(result)),
@@ -377,8 +350,19 @@ impl KvService {
 
     /// Reads this node's copy as it is.
     async fn read_state(&self, request: &ReadRequest) -> Result<ReadResponse, ApiError> {
+        self.read_states(vec![request.clone()])
+            .await?
+            .pop()
+            .expect("one answer per read")
+    }
+
+    /// Reads this node's copy as it is, for each of `requests` in order, all on one read
+    /// connection and one blocking task.
+    async fn read_states(
+        &self,
+        requests: Vec<ReadRequest>,
+    ) -> Result<Vec<Result<ReadResponse, ApiError>>, ApiError> {
         let sm = self.sm.clone();
-        let request = request.clone();
         let storage = |e: String| ApiError::new(ErrorCode::Internal, e);
         let (known_commit, since_leader_contact_ms) = self.freshness();
         let _slot = self
@@ -387,33 +371,36 @@ impl KvService {
             .await
             .map_err(|e| storage(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
-            // Read the positions before the data: the data is at least this fresh.
-            let applied_index = sm.applied_index();
-            let revision = sm.revision();
-            let result = match request {
-                ReadRequest::Get { key } => {
-                    ReadResult::Get(sm.get(&key).map_err(|e| e.to_string())?)
-                }
-                ReadRequest::Scan {
-                    prefix,
-                    after,
-                    limit,
-                } => ReadResult::Scan(
-                    sm.scan(&prefix, after.as_deref(), limit)
-                        .map_err(|e| e.to_string())?,
-                ),
-            };
-            Ok(ReadResponse {
-                result,
-                revision,
-                applied_index,
-                known_commit_index: known_commit.max(applied_index),
-                since_leader_contact_ms,
+            sm.read(|reader| {
+                let read_one = |request: ReadRequest| {
+                    // Read the positions before the data: the data is at least this fresh.
+                    let applied_index = sm.applied_index();
+                    let revision = sm.revision();
+                    let result = match request {
+                        ReadRequest::Get { key } => ReadResult::Get(reader.get(&key)?),
+                        ReadRequest::Scan {
+                            prefix,
+                            after,
+                            limit,
+                        } => ReadResult::Scan(reader.scan(&prefix, after.as_deref(), limit)?),
+                    };
+                    Ok(ReadResponse {
+                        result,
+                        revision,
+                        applied_index,
+                        known_commit_index: known_commit.max(applied_index),
+                        since_leader_contact_ms,
+                    })
+                };
+                requests
+                    .into_iter()
+                    .map(|r| read_one(r).map_err(|e: ReadError| storage(e.to_string())))
+                    .collect()
             })
         })
         .await
         .map_err(|e| storage(e.to_string()))?
-        .map_err(storage)
+        .map_err(|e| storage(e.to_string()))
     }
 
     async fn membership_local(

@@ -68,6 +68,25 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             .map_err(|_| Stopped::BeforeRunning)?;
         answer.await.map_err(|_| Stopped::WhileRunning)
     }
+
+    /// Queues every one of `items`, in order (so that they tend to share batches), and
+    /// waits for all their answers: one per item, in order.
+    pub async fn submit_all(&self, items: Vec<T>) -> Vec<Result<R, Stopped>> {
+        let mut pending = Vec::with_capacity(items.len());
+        for item in items {
+            let (reply, answer) = oneshot::channel();
+            let sent = self.queue.send(Queued { item, reply }).await;
+            pending.push(sent.map(|()| answer).map_err(|_| Stopped::BeforeRunning));
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for answer in pending {
+            answers.push(match answer {
+                Ok(answer) => answer.await.map_err(|_| Stopped::WhileRunning),
+                Err(stopped) => Err(stopped),
+            });
+        }
+        answers
+    }
 }
 
 async fn drive<T, R, F, Fut>(
@@ -187,6 +206,46 @@ mod tests {
             vec![1, 4, 2],
             "queued requests batch, at most 4"
         );
+    }
+
+    #[tokio::test]
+    async fn items_submitted_together_share_batches_and_each_gets_its_own_answer_in_order() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (s, g) = (sizes.clone(), gate.clone());
+        let batcher = Arc::new(Batcher::start(
+            limits(4),
+            |_: &u32| 1,
+            move |items: Vec<u32>| {
+                let (s, g) = (s.clone(), g.clone());
+                async move {
+                    s.lock().unwrap().push(items.len());
+                    if items == [0] {
+                        g.notified().await;
+                    }
+                    items.into_iter().map(|i| i * 10).collect::<Vec<u32>>()
+                }
+            },
+        ));
+        let first = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(0).await }
+        });
+        while sizes.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let all = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit_all((1..=6).collect()).await }
+        });
+        while batcher.queue.capacity() > 1024 - 6 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        assert_eq!(first.await.unwrap(), Ok(0));
+        let expected: Vec<Result<u32, Stopped>> = (1..=6).map(|i| Ok(i * 10)).collect();
+        assert_eq!(all.await.unwrap(), expected);
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 4, 2]);
     }
 
     #[tokio::test]

@@ -141,7 +141,7 @@ impl RouterService {
             .map_err(route_error)?
             .to_string();
         let client = client_of(&routing, &owner)?;
-        match client.call(&KvRequest::Write(command)).await? {
+        match client.call(KvRequest::Write(command)).await? {
             KvResponse::Write(result) => Ok((result, owner)),
             other => Err(unexpected(&owner, other)),
         }
@@ -157,7 +157,7 @@ impl RouterService {
             request: ReadRequest::Get { key },
             consistency,
         };
-        match client.call(&request).await? {
+        match client.call(request).await? {
             KvResponse::Read(response) => Ok(Read {
                 cluster: owner,
                 response,
@@ -196,7 +196,7 @@ impl RouterService {
             let routing = &routing;
             async move {
                 let client = client_of(routing, cluster)?;
-                match client.call(request).await? {
+                match client.call(request.clone()).await? {
                     KvResponse::Read(response) => Ok((cluster.clone(), response)),
                     other => Err(unexpected(cluster, other)),
                 }

@@ -156,10 +156,9 @@ impl StateMachine {
         self.shared.revision.load(Ordering::Acquire)
     }
 
-    fn with_reader<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, ReadError> {
+    /// Runs `f` with one read connection from the pool (opening one when none is idle),
+    /// so that several reads share one checkout.
+    pub fn read<T>(&self, f: impl FnOnce(&Reader<'_>) -> T) -> Result<T, ReadError> {
         let pooled = self.shared.readers.lock().expect("reader pool lock").pop();
         let conn = match pooled {
             Some(c) => c,
@@ -168,17 +167,17 @@ impl StateMachine {
                 super::open_db(&self.shared.db_path)?
             }
         };
-        let out = f(&conn);
+        let out = f(&Reader { conn: &conn });
         let mut pool = self.shared.readers.lock().expect("reader pool lock");
         if pool.len() < MAX_IDLE_READERS {
             pool.push(conn);
         }
-        Ok(out?)
+        Ok(out)
     }
 
     /// Reads one key from the local copy.
     pub fn get(&self, key: &str) -> Result<Option<KvEntry>, ReadError> {
-        self.with_reader(|c| get(c, key))
+        self.read(|r| r.get(key))?
     }
 
     /// Reads one page of keys under `prefix`, strictly after `after`, from the local copy.
@@ -188,7 +187,29 @@ impl StateMachine {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ScanPage, ReadError> {
-        self.with_reader(|c| scan(c, prefix, after, limit))
+        self.read(|r| r.scan(prefix, after, limit))?
+    }
+}
+
+/// A read connection lent by [`StateMachine::read`].
+pub struct Reader<'a> {
+    conn: &'a Connection,
+}
+
+impl Reader<'_> {
+    /// Reads one key from the local copy.
+    pub fn get(&self, key: &str) -> Result<Option<KvEntry>, ReadError> {
+        Ok(get(self.conn, key)?)
+    }
+
+    /// Reads one page of keys under `prefix`, strictly after `after`, from the local copy.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, ReadError> {
+        Ok(scan(self.conn, prefix, after, limit)?)
     }
 }
 

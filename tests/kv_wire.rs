@@ -213,6 +213,44 @@ async fn a_mixed_batch_answers_reads_and_writes_in_place_and_a_follower_names_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_whose_reads_overflow_the_answer_keeps_every_write_and_leaves_out_reads() {
+    use aspen_api::limits::MAX_INLINE_VALUE_BYTES;
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    let big = vec![b'x'; MAX_INLINE_VALUE_BYTES - 1024];
+    t.client(leader).put("big", &big).await.unwrap();
+    let readers = 2 * MAX_WIRE_MESSAGE_BYTES / big.len();
+    let mut items = vec![set("w/first", "1")];
+    items.extend((0..readers).map(|_| get("big")));
+    items.push(set("w/last", "1"));
+    let KvResponse::Batch(answers) = send(&t, &KvRequest::Batch(items)).await else {
+        panic!("an oversized answer is still a batch answer");
+    };
+    assert_eq!(answers.len(), readers + 2);
+    for i in [0, readers + 1] {
+        assert!(
+            matches!(&answers[i], KvResponse::Write(_)),
+            "{:?}",
+            answers[i]
+        );
+    }
+    let left_out = answers[1..=readers]
+        .iter()
+        .filter(|a| wire::is_read_left_out_of_batch(a))
+        .count();
+    assert!(
+        left_out > 0 && left_out < readers,
+        "{left_out} of {readers} reads left out"
+    );
+    for answer in &answers[1..=readers] {
+        if !wire::is_read_left_out_of_batch(answer) {
+            assert!(got(answer) == Some(big.clone()), "a kept read is whole");
+        }
+    }
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_at_the_limit_is_served_and_one_over_it_is_refused_whole() {
     let t = support::start_cluster().await;
     let batch = |n: usize, tag: &str| {

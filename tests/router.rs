@@ -421,6 +421,67 @@ async fn concurrent_requests_batched_to_a_cluster_each_get_their_own_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_reads_batched_with_writes_all_succeed_and_each_write_applies_once() {
+    use aspen_api::client::CasOutcome;
+    use aspen_api::json::CasRequest;
+    use aspen_api::limits::{MAX_INLINE_VALUE_BYTES, MAX_WIRE_MESSAGE_BYTES};
+    let s = setup().await;
+    let c = s.client();
+    // Together the reads' results are larger than one wire message, so a batch that
+    // carries many of them cannot answer them all at once.
+    let big = "b".repeat(MAX_INLINE_VALUE_BYTES - 1024);
+    let readers = 2 * MAX_WIRE_MESSAGE_BYTES / big.len();
+    c.put("svc-b/big", big.as_bytes()).await.unwrap();
+    let reads: Vec<_> = (0..readers)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.get("svc-b/big", Consistency::Linearizable)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .value
+                    .map_or(0, |v| v.len())
+            })
+        })
+        .collect();
+    let writes: Vec<_> = (0..8)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let created = c
+                    .cas(&CasRequest::new(format!("svc-b/once/{i}"), None, b"v"))
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(created, CasOutcome::Applied(_)),
+                    "a create-if-absent succeeds, and is not applied twice: {created:?}"
+                );
+            })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(
+            r.await.unwrap(),
+            big.len(),
+            "every read gets the whole value"
+        );
+    }
+    for w in writes {
+        w.await.unwrap();
+    }
+    for i in 0..8 {
+        let entry = c
+            .get(&format!("svc-b/once/{i}"), Consistency::Linearizable)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(entry.version, 1, "written exactly once");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scan_limit_out_of_bounds_is_refused_through_the_router_naming_the_field() {
     use aspen_api::limits::MAX_SCAN_LIMIT;
     let s = setup().await;

@@ -48,12 +48,9 @@ impl ProtocolHandler for KvProtocol {
         serve_streams(connection, MAX_WIRE_MESSAGE_BYTES, move |bytes| {
             let service = service.clone();
             async move {
-                let response = answer(&service, &bytes).await;
-                wire::encode(&response).unwrap_or_else(|e| {
-                    let error =
-                        KvResponse::Error(ApiError::new(ErrorCode::TooLarge, e.to_string()));
-                    wire::encode(&error).expect("a short error always fits")
-                })
+                // Always within the message limit: an oversized batch answer leaves out
+                // reads (the router sends them again alone), never a write's outcome.
+                wire::encode_response(answer(&service, &bytes).await)
             }
         })
         .await;

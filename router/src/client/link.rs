@@ -53,7 +53,7 @@ impl Link {
         self.members.iter().position(|m| m.node_id == node_id)
     }
 
-    fn lost_outcome(&self, e: &TransportError) -> ApiError {
+    fn lost_outcome(&self, e: impl std::fmt::Display) -> ApiError {
         ApiError::new(
             ErrorCode::Timeout,
             format!(
@@ -138,7 +138,7 @@ impl Link {
                 }
                 Err(e @ TransportError::Failed { .. }) => {
                     if !retry_is_safe(request) {
-                        return Err(self.lost_outcome(&e));
+                        return Err(self.lost_outcome(e));
                     }
                     last_problem = format!("node {}: {e}", member.node_id);
                 }
@@ -161,9 +161,10 @@ impl Link {
 
     /// Sends writes and reads that queued up together as one `Batch` message to the
     /// believed leader, and answers each in order. Whatever the batch could not settle (a
-    /// `NotLeader` item, a node that could not be reached, a batch the node refused) goes
-    /// again on its own through [`Link::send`], before the same deadline; a write whose
-    /// batch was delivered but not answered is reported as an unknown outcome, never resent.
+    /// `NotLeader` item, a read left out of an oversized answer, a node that could not be
+    /// reached, a batch the node refused) goes again on its own through [`Link::send`],
+    /// before the same deadline; a write whose batch was delivered but not answered is
+    /// reported as an unknown outcome, never resent.
     pub(super) async fn send_batch(
         &self,
         requests: Vec<KvRequest>,
@@ -189,6 +190,12 @@ impl Link {
         let answers = match sent {
             Ok(bytes) => match wire::decode::<KvResponse>(&bytes) {
                 Ok(KvResponse::Batch(answers)) if answers.len() == count => answers,
+                // Served, but the answer could not be sent (nodes leave reads out of an
+                // oversized batch answer instead, so this is only a safety net): writes
+                // may have been applied and are never sent again.
+                Ok(KvResponse::Error(e)) if e.code == ErrorCode::TooLarge => {
+                    return self.resend_reads(&requests, &e.message, deadline).await
+                }
                 // Refused as a whole (or not understood): nothing in it was served.
                 Ok(_) => return self.send_each(&requests, deadline).await,
                 Err(e) => {
@@ -200,14 +207,7 @@ impl Link {
                 return self.send_each(&requests, deadline).await
             }
             Err(e @ TransportError::Failed { .. }) => {
-                let again = requests.iter().map(|r| async {
-                    if retry_is_safe(r) {
-                        self.send(r, deadline).await
-                    } else {
-                        Err(self.lost_outcome(&e))
-                    }
-                });
-                return join_all(again).await;
+                return self.resend_reads(&requests, &e, deadline).await
             }
         };
         if answers
@@ -219,10 +219,33 @@ impl Link {
         let settled = requests.iter().zip(answers).map(|(request, answer)| async {
             match answer {
                 KvResponse::NotLeader { .. } => self.send(request, deadline).await,
+                // A read whose result did not fit in the batch's answer: alone, it fits.
+                answer if retry_is_safe(request) && wire::is_read_left_out_of_batch(&answer) => {
+                    self.send(request, deadline).await
+                }
                 answer => Ok(answer),
             }
         });
         join_all(settled).await
+    }
+
+    /// After a batch was delivered but its answer lost: each read goes again on its own,
+    /// and each write is reported as an unknown outcome (it may have been applied).
+    async fn resend_reads(
+        &self,
+        requests: &[KvRequest],
+        why: impl std::fmt::Display,
+        deadline: Instant,
+    ) -> Vec<Result<KvResponse, ApiError>> {
+        let why = why.to_string();
+        let again = requests.iter().map(|r| async {
+            if retry_is_safe(r) {
+                self.send(r, deadline).await
+            } else {
+                Err(self.lost_outcome(&why))
+            }
+        });
+        join_all(again).await
     }
 
     async fn send_each(

@@ -196,6 +196,14 @@ impl Link {
                 Ok(KvResponse::Error(e)) if e.code == ErrorCode::TooLarge => {
                     return self.resend_reads(&requests, &e.message, deadline).await
                 }
+                Ok(KvResponse::Batch(answers)) => {
+                    let why = format!(
+                        "node {} answered {} items for a batch of {count}",
+                        member.node_id,
+                        answers.len()
+                    );
+                    return self.resend_reads(&requests, why, deadline).await;
+                }
                 // Refused as a whole (or not understood): nothing in it was served.
                 Ok(_) => return self.send_each(&requests, deadline).await,
                 Err(e) => {

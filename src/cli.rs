@@ -53,7 +53,7 @@ Examples:
   aspen soak --duration 600                  # linearizability under faults, 10 minutes
 
 Commands that talk to a node or router take --endpoint URL (or ASPEN_ENDPOINT); the
-default is http://127.0.0.1:7070, the router of `aspen dev`. Logging follows RUST_LOG (default: info for aspen, warn otherwise).";
+default is http://127.0.0.1:7070, the router of `aspen dev`. Logging follows RUST_LOG (default: info for aspen, warn otherwise, error for openraft).";
 
 /// Aspen: many strongly consistent key-value clusters run as one store.
 #[derive(Debug, Parser)]
@@ -83,6 +83,14 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check linearizability for a long run under injected faults (in-process cluster).
     Soak(soak::SoakArgs),
+}
+
+impl Cli {
+    /// Whether the command is a client whose output is meant for pipes (`| head`,
+    /// `| jq`), so that it should end quietly when the reader goes away.
+    pub fn is_client(&self) -> bool {
+        matches!(self.command, Command::Kv(_) | Command::Cluster(_))
+    }
 }
 
 /// Runs the parsed command line. `Ok` carries the exit code of an expected outcome

@@ -14,9 +14,12 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// Log filter used when `RUST_LOG` is not set: our own crates at `info`, everything
-/// else (iroh, openraft, hyper) at `warn`, so a dev run stays readable.
+/// else (iroh, hyper) at `warn`, so a dev run stays readable;
+/// openraft at `error`: its warnings are protocol chatter of normal operation (a vote
+/// answered after the election ended, say), which would bury ours.
 const DEFAULT_LOG_FILTER: &str =
-    "warn,aspen=info,aspen_api=info,aspen_config=info,aspen_cluster_node=info";
+    "warn,openraft=error,aspen=info,aspen_api=info,aspen_config=info,aspen_cluster_node=info,\
+     aspen_net=info,aspen_router=info";
 
 fn main() -> ExitCode {
     let args = match cli::Cli::try_parse() {
@@ -32,6 +35,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    if args.is_client() {
+        end_quietly_on_closed_stdout();
+    }
     init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -46,6 +52,18 @@ fn main() -> ExitCode {
             eprintln!("error: {}", cli::one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets a closed stdout end the process as it ends other Unix tools (`aspen kv get k |
+/// head -c 10`), instead of a panic in `println!`: Rust starts programs with SIGPIPE
+/// ignored, and this restores the default. Only for client commands; servers keep
+/// SIGPIPE ignored, so a peer that goes away is an error on its connection alone.
+fn end_quietly_on_closed_stdout() {
+    // SAFETY: called before any other thread exists; it changes only how this process
+    // reacts to SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -6,6 +6,7 @@ mod support;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_command_whose_reader_goes_away_ends_without_a_panic() {
@@ -27,6 +28,14 @@ async fn a_client_command_whose_reader_goes_away_ends_without_a_panic() {
             .unwrap();
         // The reader goes away before the command prints anything.
         drop(child.stdout.take());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("aspen {} did not end within 30 s", args.join(" "));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let mut stderr = String::new();
         child
             .stderr
@@ -34,7 +43,6 @@ async fn a_client_command_whose_reader_goes_away_ends_without_a_panic() {
             .unwrap()
             .read_to_string(&mut stderr)
             .unwrap();
-        child.wait().unwrap();
         assert!(
             !stderr.contains("panicked"),
             "aspen {} panicked on a closed stdout: {stderr}",

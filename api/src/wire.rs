@@ -117,10 +117,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 /// The answer a batch gives a read whose result did not fit in the batch's answer (see
 /// [`encode_response`]). The read was not lost: send it again on its own, where it fits.
 pub fn read_left_out_of_batch() -> KvResponse {
-    KvResponse::Error(ApiError::new(
+    KvResponse::Error(read_left_out_error())
+}
+
+/// The error of [`read_left_out_of_batch`].
+pub fn read_left_out_error() -> ApiError {
+    ApiError::new(
         crate::ErrorCode::TooLarge,
         "this read's result did not fit in its batch's answer; send it on its own",
-    ))
+    )
 }
 
 /// Whether `answer`, given to a read inside a batch, is [`read_left_out_of_batch`].
@@ -140,8 +145,12 @@ pub fn encode_response(response: KvResponse) -> Vec<u8> {
         KvResponse::Error(ApiError::new(
             crate::ErrorCode::TooLarge,
             format!(
-                "the answer of {len} bytes exceeds the message limit of \
-                 {MAX_WIRE_MESSAGE_BYTES} bytes"
+                "the answer ({}) exceeds the message limit of {MAX_WIRE_MESSAGE_BYTES} bytes",
+                if len > 0 {
+                    format!("{len} bytes")
+                } else {
+                    "size unknown".to_string()
+                }
             ),
         ))
     };

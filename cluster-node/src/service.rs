@@ -35,6 +35,8 @@ use crate::transport::{Transport, TransportError};
 
 mod batch;
 
+pub use batch::MAX_BATCH_READ_BYTES;
+
 /// How long one request may take end to end, leader elections and forwarding included.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause between attempts while there is no leader or the leader is unreachable.
@@ -350,17 +352,20 @@ impl KvService {
 
     /// Reads this node's copy as it is.
     async fn read_state(&self, request: &ReadRequest) -> Result<ReadResponse, ApiError> {
-        self.read_states(vec![request.clone()])
+        self.read_states(vec![request.clone()], usize::MAX)
             .await?
             .pop()
             .expect("one answer per read")
     }
 
     /// Reads this node's copy as it is, for each of `requests` in order, all on one read
-    /// connection and one blocking task.
+    /// connection and one blocking task. Once the results hold `budget` key and value
+    /// bytes, the remaining requests are not read: each gets
+    /// [`wire::read_left_out_error`].
     async fn read_states(
         &self,
         requests: Vec<ReadRequest>,
+        budget: usize,
     ) -> Result<Vec<Result<ReadResponse, ApiError>>, ApiError> {
         let sm = self.sm.clone();
         let storage = |e: String| ApiError::new(ErrorCode::Internal, e);
@@ -392,9 +397,18 @@ impl KvService {
                         since_leader_contact_ms,
                     })
                 };
+                let mut used = 0usize;
                 requests
                     .into_iter()
-                    .map(|r| read_one(r).map_err(|e: ReadError| storage(e.to_string())))
+                    .map(|request| {
+                        if used >= budget {
+                            return Err(wire::read_left_out_error());
+                        }
+                        let response =
+                            read_one(request).map_err(|e: ReadError| storage(e.to_string()))?;
+                        used = used.saturating_add(result_bytes(&response.result));
+                        Ok(response)
+                    })
                     .collect()
             })
         })
@@ -595,6 +609,15 @@ fn check_member_limit(members: usize, already_member: bool) -> Result<(), ApiErr
         )));
     }
     Ok(())
+}
+
+/// The key and value bytes a read returns.
+fn result_bytes(result: &ReadResult) -> usize {
+    let entry = |e: &aspen_api::KvEntry| e.key.len() + e.value.len();
+    match result {
+        ReadResult::Get(found) => found.as_ref().map_or(0, entry),
+        ReadResult::Scan(page) => page.kvs.iter().map(entry).sum(),
+    }
 }
 
 fn validate_read(request: &ReadRequest) -> Result<(), ApiError> {

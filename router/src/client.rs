@@ -7,7 +7,7 @@
 //! Connections are kept and reused per node (the shared [`Transport`]). Writes and reads
 //! that queue up while earlier ones are on the wire go together as one `Batch` message
 //! (a [`Batcher`]): one QUIC stream and one node task carry many requests, each still
-//! answered on its own.
+//! answered on its own. Scans go alone, so a long one holds up no other request.
 //!
 //! Retries never change an outcome: a request is retried only when it certainly did not
 //! take effect (it was refused as not-leader, or never delivered) or when it is a read. A
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use aspen_api::admin::NodeStatus;
 use aspen_api::wire::{KvRequest, KvResponse, MAX_WIRE_BATCH};
-use aspen_api::{ApiError, ErrorCode};
+use aspen_api::{ApiError, ErrorCode, ReadRequest};
 use aspen_config::ClusterConfig;
 use aspen_net::batcher::{BatchLimits, Batcher};
 use aspen_net::{PeerAddr, Transport};
@@ -54,8 +54,8 @@ fn batch_weight(request: &KvRequest) -> usize {
     match request {
         KvRequest::Write(command) => command.payload_bytes(),
         KvRequest::Read { request, .. } => match request {
-            aspen_api::ReadRequest::Get { key } => key.len(),
-            aspen_api::ReadRequest::Scan { prefix, .. } => prefix.len(),
+            ReadRequest::Get { key } => key.len(),
+            ReadRequest::Scan { prefix, .. } => prefix.len(),
         },
         _ => 0,
     }
@@ -214,18 +214,22 @@ impl ClusterClient {
             }
         };
         match request {
-            KvRequest::Write(_) | KvRequest::Read { .. } => {
-                self.batcher.submit(request).await.unwrap_or_else(|_| {
-                    Err(ApiError::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "the router's client of cluster {} stopped with the request in \
+            // Scans go alone: one can take far longer and answer far more than a get, and
+            // a batch is answered only when its slowest item is done.
+            KvRequest::Write(_)
+            | KvRequest::Read {
+                request: ReadRequest::Get { .. },
+                ..
+            } => self.batcher.submit(request).await.unwrap_or_else(|_| {
+                Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the router's client of cluster {} stopped with the request in \
                              flight; a write may or may not have been applied",
-                            self.link.name
-                        ),
-                    ))
-                })
-            }
+                        self.link.name
+                    ),
+                ))
+            }),
             _ => {
                 self.link
                     .send(&request, Instant::now() + self.link.deadline)

@@ -1,14 +1,22 @@
 //! Serving an `aspen/kv/1` `Batch` (what a router sends when requests for one cluster
 //! queue up): writes are queued for the proposer together and share its proposals; reads share one
-//! ReadIndex confirmation and one pass over the state machine on one read connection.
+//! ReadIndex confirmation and one pass over the state machine on one read connection,
+//! up to [`MAX_BATCH_READ_BYTES`] of results.
 //! Every item is still answered on its own, in order, exactly as if it came alone.
 
-use aspen_api::wire::{KvRequest, KvResponse, MAX_WIRE_BATCH};
+use aspen_api::wire::{KvRequest, KvResponse, MAX_WIRE_BATCH, MAX_WIRE_MESSAGE_BYTES};
 use aspen_api::{ApiError, Command, Consistency, ReadRequest};
 
 use super::{unavailable, validate_read, KvService};
 use crate::proposer::ProposeError;
 use crate::read_index::ReadIndexError;
+
+/// Most key and value bytes a batch's reads return together. The read that reaches it is
+/// kept; the ones after it are left out (each answered with
+/// [`aspen_api::wire::read_left_out_of_batch`], and sent again alone by the router). A
+/// quarter of the message limit, so that the answer still fits when the last kept read
+/// alone is as large as a read can be (a scan page plus one entry).
+pub const MAX_BATCH_READ_BYTES: usize = MAX_WIRE_MESSAGE_BYTES / 4;
 
 /// A read item of a batch, with its place in the batch.
 struct BatchRead {
@@ -117,7 +125,7 @@ impl KvService {
         }
         let (indexes, requests): (Vec<usize>, Vec<ReadRequest>) =
             to_read.into_iter().map(|r| (r.index, r.request)).unzip();
-        match self.read_states(requests).await {
+        match self.read_states(requests, MAX_BATCH_READ_BYTES).await {
             Ok(results) => {
                 answers.extend(indexes.into_iter().zip(results).map(|(index, result)| {
                     (

@@ -206,9 +206,10 @@ impl Link {
                 }
                 // Refused as a whole (or not understood): nothing in it was served.
                 Ok(_) => return self.send_each(&requests, deadline).await,
+                // Delivered, so its writes may have been applied: never sent again.
                 Err(e) => {
                     let e = self.malformed(member.node_id, e);
-                    return vec![Err(e); count];
+                    return self.resend_reads(&requests, e.message, deadline).await;
                 }
             },
             Err(TransportError::Unreachable { .. }) => {

@@ -37,6 +37,10 @@ mod batch;
 
 pub use batch::MAX_BATCH_READ_BYTES;
 
+// The cluster-size limit is defined twice: in api (enforced on membership changes) and in
+// config (enforced on peer lists), which do not depend on each other. Keep them equal.
+const _: () = assert!(MAX_CLUSTER_NODES == aspen_config::limits::MAX_CLUSTER_NODES);
+
 /// How long one request may take end to end, leader elections and forwarding included.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause between attempts while there is no leader or the leader is unreachable.

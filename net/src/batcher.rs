@@ -155,13 +155,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn requests_queued_behind_a_running_batch_share_the_next_one_within_the_limit() {
-        let sizes = Arc::new(Mutex::new(Vec::new()));
+    type Sizes = Arc<Mutex<Vec<usize>>>;
+
+    /// A batcher answering `i` with `i * 10` that records each batch's size; a batch of
+    /// exactly `[0]` holds its slot until the gate is notified.
+    fn gated_batcher(
+        limits: BatchLimits,
+    ) -> (Arc<Batcher<u32, u32>>, Sizes, Arc<tokio::sync::Notify>) {
+        let sizes: Sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Notify::new());
         let (s, g) = (sizes.clone(), gate.clone());
         let batcher = Arc::new(Batcher::start(
-            limits(4),
+            limits,
             |_: &u32| 1,
             move |items: Vec<u32>| {
                 let (s, g) = (s.clone(), g.clone());
@@ -174,14 +179,30 @@ mod tests {
                 }
             },
         ));
+        (batcher, sizes, gate)
+    }
+
+    /// Yields until `done` holds, failing the test after 10 s instead of hanging.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "{what} within 10 s");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_queued_behind_a_running_batch_share_the_next_one_within_the_limit() {
+        let (batcher, sizes, gate) = gated_batcher(limits(4));
         // The first request runs alone and holds the only slot until the gate opens.
         let first = tokio::spawn({
             let b = batcher.clone();
             async move { b.submit(0).await }
         });
-        while sizes.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        until("the first batch starts", || {
+            !sizes.lock().unwrap().is_empty()
+        })
+        .await;
         let rest: Vec<_> = (1..=6)
             .map(|i| {
                 let b = batcher.clone();
@@ -189,9 +210,10 @@ mod tests {
             })
             .collect();
         // Let all six reach the queue before the slot frees.
-        while batcher.queue.capacity() > 1024 - 6 {
-            tokio::task::yield_now().await;
-        }
+        until("six requests queue", || {
+            batcher.queue.capacity() <= 1024 - 6
+        })
+        .await;
         gate.notify_one();
         assert_eq!(first.await.unwrap(), Ok(0));
         for (i, r) in rest.into_iter().enumerate() {
@@ -210,37 +232,23 @@ mod tests {
 
     #[tokio::test]
     async fn items_submitted_together_share_batches_and_each_gets_its_own_answer_in_order() {
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let (s, g) = (sizes.clone(), gate.clone());
-        let batcher = Arc::new(Batcher::start(
-            limits(4),
-            |_: &u32| 1,
-            move |items: Vec<u32>| {
-                let (s, g) = (s.clone(), g.clone());
-                async move {
-                    s.lock().unwrap().push(items.len());
-                    if items == [0] {
-                        g.notified().await;
-                    }
-                    items.into_iter().map(|i| i * 10).collect::<Vec<u32>>()
-                }
-            },
-        ));
+        let (batcher, sizes, gate) = gated_batcher(limits(4));
         let first = tokio::spawn({
             let b = batcher.clone();
             async move { b.submit(0).await }
         });
-        while sizes.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        until("the first batch starts", || {
+            !sizes.lock().unwrap().is_empty()
+        })
+        .await;
         let all = tokio::spawn({
             let b = batcher.clone();
             async move { b.submit_all((1..=6).collect()).await }
         });
-        while batcher.queue.capacity() > 1024 - 6 {
-            tokio::task::yield_now().await;
-        }
+        until("six requests queue", || {
+            batcher.queue.capacity() <= 1024 - 6
+        })
+        .await;
         gate.notify_one();
         assert_eq!(first.await.unwrap(), Ok(0));
         let expected: Vec<Result<u32, Stopped>> = (1..=6).map(|i| Ok(i * 10)).collect();
@@ -275,18 +283,21 @@ mod tests {
             let b = batcher.clone();
             async move { b.submit(0).await }
         });
-        while sizes.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        until("the first batch starts", || {
+            !sizes.lock().unwrap().is_empty()
+        })
+        .await;
         // Weights 3 + 3 fill a batch exactly; 1 would make it 7; 9 is over the limit alone.
         let weights = [3, 3, 1, 9, 2];
         let mut rest = Vec::new();
         for w in weights {
             let b = batcher.clone();
             rest.push(tokio::spawn(async move { b.submit(w).await }));
-            while batcher.queue.capacity() > 1024 - rest.len() {
-                tokio::task::yield_now().await;
-            }
+            let queued = rest.len();
+            until("the request queues", || {
+                batcher.queue.capacity() <= 1024 - queued
+            })
+            .await;
         }
         gate.notify_one();
         first.await.unwrap().unwrap();

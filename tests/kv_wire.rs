@@ -1,7 +1,8 @@
 //! `aspen/kv/1` batches, as a router sends them, against a real node: every request in a
 //! batch gets its own answer in order, a batch at the limit is served and one over it is
-//! refused whole, only writes and reads may be batched, and a follower sends a batch's
-//! linearizable items back to the leader while serving its stale reads.
+//! refused whole, only writes and reads may be batched, a follower sends a batch's
+//! linearizable items back to the leader while serving its stale reads, and a leader cut
+//! off from its peers answers none of a batch's linearizable reads.
 
 mod support;
 
@@ -249,6 +250,61 @@ async fn a_batch_whose_reads_overflow_the_answer_keeps_every_write_and_leaves_ou
             );
         }
     }
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_peers_never_answers_a_batched_linearizable_read() {
+    let t = support::start_cluster().await;
+    let old = t.wait_for_leader().await;
+    t.client(old).put("k", b"v1").await.unwrap();
+    t.cluster.partition(old);
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let new = support::poll(
+        "a new leader on the majority side",
+        Duration::from_secs(20),
+        || {
+            let others = others.clone();
+            let t = &t;
+            async move {
+                others.iter().find_map(|id| {
+                    let leader = t
+                        .cluster
+                        .node(*id)?
+                        .raft()
+                        .metrics()
+                        .borrow()
+                        .current_leader;
+                    leader.filter(|l| *l != old)
+                })
+            }
+        },
+    )
+    .await;
+    t.client(new).put("k", b"v2").await.unwrap();
+
+    // The old leader still holds v1. A router that still believes in it sends it a
+    // batch: the linearizable read must not be answered from that copy; the stale one may.
+    let stale = read(ReadRequest::Get { key: "k".into() }, Consistency::Stale);
+    let KvResponse::Batch(answers) =
+        send_to(&t, old, &KvRequest::Batch(vec![get("k"), stale])).await
+    else {
+        panic!("expected a batch answer");
+    };
+    assert!(
+        matches!(
+            &answers[0],
+            KvResponse::NotLeader { .. } | KvResponse::Error(_)
+        ),
+        "a deposed leader answered a linearizable read: {:?}",
+        answers[0]
+    );
+    assert_eq!(
+        got(&answers[1]),
+        Some(b"v1".to_vec()),
+        "its own copy, stale"
+    );
+    t.cluster.heal();
     t.cluster.shutdown().await;
 }
 

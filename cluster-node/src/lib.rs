@@ -11,7 +11,8 @@
 //!   fault injection (the `aspen-net` crate, shared with the router).
 //! - [`raft_network`]: `aspen/raft/1`, openraft's RPCs over the transport, member-only.
 //! - [`service`]: executes writes, reads and membership changes; forwards to the leader;
-//!   `service/batch.rs` serves a router's `aspen/kv/1` batches (shared proposals and reads).
+//!   `service/batch.rs` serves a router's `aspen/kv/1` batches (shared proposals and reads);
+//!   `service/reads.rs` reads the state machine, batching single reads that pile up.
 //! - [`proposer`]: group commit: concurrent writes share one log entry.
 //! - [`read_index`]: concurrent linearizable reads share one leadership confirmation.
 //! - [`batcher`]: the queue-and-batch task both of those are built on.

@@ -18,7 +18,7 @@ use aspen_api::types::ReadResponse;
 use aspen_api::wire::{
     self, KvRequest, KvResponse, MembershipChange, KV_ALPN, MAX_WIRE_MESSAGE_BYTES,
 };
-use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, ReadResult, WriteResult};
+use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, WriteResult};
 use iroh::EndpointId;
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -28,12 +28,13 @@ use crate::leader_contact::LeaderContact;
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft_types::{AspenRaft, MemberNode, NodeId};
 use crate::read_index::{ReadIndex, ReadIndexError};
-use crate::storage::state_machine::ReadError;
 use crate::storage::state_machine::MAX_IDLE_READERS;
 use crate::storage::StateMachine;
 use crate::transport::{Transport, TransportError};
+use reads::{ReadQueue, StateReads};
 
 mod batch;
+mod reads;
 
 pub use batch::MAX_BATCH_READ_BYTES;
 
@@ -71,14 +72,14 @@ pub struct KvService {
     proposer: Proposer,
     /// Shares ReadIndex rounds among concurrent linearizable reads.
     read_index: ReadIndex,
-    /// Bounds reads running on the blocking pool to the state machine's reader pool.
-    read_slots: tokio::sync::Semaphore,
     sm: StateMachine,
+    /// Reads the state machine (a batch's reads, together).
+    state: Arc<StateReads>,
+    /// Queues single reads to run in batches.
+    reads: ReadQueue,
     transport: Arc<Transport>,
     /// This node and its configured peers: the default voters of `init`.
     initial_members: BTreeMap<NodeId, MemberNode>,
-    /// When this node last heard from a leader, for stale reads.
-    contact: Arc<LeaderContact>,
 }
 
 fn unavailable(message: impl Into<String>) -> ApiError {
@@ -100,17 +101,24 @@ impl KvService {
         initial_members: BTreeMap<NodeId, MemberNode>,
         contact: Arc<LeaderContact>,
     ) -> Arc<KvService> {
+        let state = Arc::new(StateReads {
+            node_id,
+            raft: raft.clone(),
+            sm: sm.clone(),
+            slots: tokio::sync::Semaphore::new(MAX_IDLE_READERS),
+            contact,
+        });
         Arc::new(KvService {
             node_id,
             cluster,
             proposer: Proposer::start(raft.clone()),
             read_index: ReadIndex::start(raft.clone()),
-            read_slots: tokio::sync::Semaphore::new(MAX_IDLE_READERS),
+            reads: ReadQueue::start(state.clone()),
+            state,
             raft,
             sm,
             transport,
             initial_members,
-            contact,
         })
     }
 
@@ -339,86 +347,20 @@ impl KvService {
         }
     }
 
-    /// The highest commit log index this node knows of and how long ago it heard from a
-    /// leader (for the leader itself: since a quorum last acknowledged it).
-    fn freshness(&self) -> (u64, Option<u64>) {
-        // Read the two fields in place: every read comes through here, and cloning the
-        // whole metrics (membership, replication map) would cost more than the read.
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        if metrics.current_leader == Some(self.node_id) {
-            let applied = metrics.last_applied.map_or(0, |l| l.index);
-            (applied, metrics.millis_since_quorum_ack)
-        } else {
-            (self.contact.leader_commit(), self.contact.since_ms())
-        }
-    }
-
-    /// Reads this node's copy as it is.
+    /// Reads this node's copy as it is (queued with other single reads, to share a
+    /// blocking task and a connection).
     async fn read_state(&self, request: &ReadRequest) -> Result<ReadResponse, ApiError> {
-        self.read_states(vec![request.clone()], usize::MAX)
-            .await?
-            .pop()
-            .expect("one answer per read")
+        self.reads.read(request.clone()).await
     }
 
-    /// Reads this node's copy as it is, for each of `requests` in order, all on one read
-    /// connection and one blocking task. Once the results hold `budget` key and value
-    /// bytes, the remaining requests are not read: each gets
-    /// [`wire::read_left_out_error`].
+    /// Reads this node's copy as it is for each of `requests`, in order, together; see
+    /// [`StateReads::read`].
     async fn read_states(
         &self,
         requests: Vec<ReadRequest>,
         budget: usize,
     ) -> Result<Vec<Result<ReadResponse, ApiError>>, ApiError> {
-        let sm = self.sm.clone();
-        let storage = |e: String| ApiError::new(ErrorCode::Internal, e);
-        let (known_commit, since_leader_contact_ms) = self.freshness();
-        let _slot = self
-            .read_slots
-            .acquire()
-            .await
-            .map_err(|e| storage(e.to_string()))?;
-        tokio::task::spawn_blocking(move || {
-            sm.read(|reader| {
-                let read_one = |request: ReadRequest| {
-                    // Read the positions before the data: the data is at least this fresh.
-                    let applied_index = sm.applied_index();
-                    let revision = sm.revision();
-                    let result = match request {
-                        ReadRequest::Get { key } => ReadResult::Get(reader.get(&key)?),
-                        ReadRequest::Scan {
-                            prefix,
-                            after,
-                            limit,
-                        } => ReadResult::Scan(reader.scan(&prefix, after.as_deref(), limit)?),
-                    };
-                    Ok(ReadResponse {
-                        result,
-                        revision,
-                        applied_index,
-                        known_commit_index: known_commit.max(applied_index),
-                        since_leader_contact_ms,
-                    })
-                };
-                let mut used = 0usize;
-                requests
-                    .into_iter()
-                    .map(|request| {
-                        if used >= budget {
-                            return Err(wire::read_left_out_error());
-                        }
-                        let response =
-                            read_one(request).map_err(|e: ReadError| storage(e.to_string()))?;
-                        used = used.saturating_add(result_bytes(&response.result));
-                        Ok(response)
-                    })
-                    .collect()
-            })
-        })
-        .await
-        .map_err(|e| storage(e.to_string()))?
-        .map_err(|e| storage(e.to_string()))
+        self.state.read(requests, budget).await
     }
 
     async fn membership_local(
@@ -613,15 +555,6 @@ fn check_member_limit(members: usize, already_member: bool) -> Result<(), ApiErr
         )));
     }
     Ok(())
-}
-
-/// The key and value bytes a read returns.
-fn result_bytes(result: &ReadResult) -> usize {
-    let entry = |e: &aspen_api::KvEntry| e.key.len() + e.value.len();
-    match result {
-        ReadResult::Get(found) => found.as_ref().map_or(0, entry),
-        ReadResult::Scan(page) => page.kvs.iter().map(entry).sum(),
-    }
 }
 
 fn validate_read(request: &ReadRequest) -> Result<(), ApiError> {

@@ -8,7 +8,6 @@ mod support;
 use std::time::Duration;
 
 use aspen_checker::workload::{self, WorkloadSpec};
-use aspen_checker::{check, CheckLimits, Verdict};
 use aspen_cluster_node::faults::fault_round;
 
 /// How long each fault lasts before it is repaired.
@@ -30,24 +29,6 @@ async fn histories_under_leader_kill_partition_and_follower_kill_are_linearizabl
         .await
         .expect("the cluster recovers");
     let (history, stats) = run.await.unwrap().unwrap();
-    let verdict = check(&history, &CheckLimits::default());
-    println!("faults: {faults:?}\nstats: {stats:?}\nverdict: {verdict:?}");
-    assert!(
-        stats.ok >= 200,
-        "too few operations to prove anything: {stats:?}"
-    );
-    match verdict {
-        Verdict::Linearizable { ops_checked, .. } => assert_eq!(ops_checked, history.len()),
-        other => {
-            let path = std::env::temp_dir().join("aspen-linearizability-failure.json");
-            let json = serde_json::to_vec(&history).expect("history serializes");
-            std::fs::write(&path, json).expect("write the failing history");
-            panic!(
-                "history of {} operations is not linearizable (saved to {}): {other:?}",
-                history.len(),
-                path.display()
-            )
-        }
-    }
+    support::assert_linearizable("aspen-linearizability", &history, &stats, &faults, 200);
     t.cluster.shutdown().await;
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 use aspen_api::admin::{InitRequest, PartitionRequest};
 use aspen_api::AspenClient;
 use aspen_checker::workload::{self, WorkloadSpec};
-use aspen_checker::{check, CheckLimits, Verdict};
 use support::poll;
 
 /// One node process and what it needs to be started again.
@@ -193,16 +192,7 @@ async fn nodes_killed_with_sigkill_mid_write_lose_no_acknowledged_write() {
         faults.push(format!("restarted node {victim}"));
     }
     let (history, stats) = run.await.unwrap().unwrap();
-    let verdict = check(&history, &CheckLimits::default());
-    println!("faults: {faults:?}\nstats: {stats:?}\nverdict: {verdict:?}");
-    assert!(
-        stats.ok >= 100,
-        "too few operations to prove anything: {stats:?}"
-    );
-    assert!(
-        matches!(verdict, Verdict::Linearizable { .. }),
-        "{verdict:?}"
-    );
+    support::assert_linearizable("aspen-process-kill", &history, &stats, &faults, 100);
 }
 
 /// Sets node `p`'s blocked peers through its fault-injection endpoint.
@@ -282,14 +272,6 @@ async fn a_leader_process_cut_off_from_its_peers_and_healed_stays_linearizable()
     tokio::time::sleep(Duration::from_secs(2)).await;
     heal(&procs).await;
     let (history, stats) = run.await.unwrap().unwrap();
-    let verdict = check(&history, &CheckLimits::default());
-    println!("leader {first} cut off, {second} took over, healed\nstats: {stats:?}\nverdict: {verdict:?}");
-    assert!(
-        stats.ok >= 100,
-        "too few operations to prove anything: {stats:?}"
-    );
-    assert!(
-        matches!(verdict, Verdict::Linearizable { .. }),
-        "{verdict:?}"
-    );
+    let faults = format!("leader {first} cut off, {second} took over, healed");
+    support::assert_linearizable("aspen-process-partition", &history, &stats, &faults, 100);
 }

@@ -8,7 +8,6 @@ mod support;
 use std::time::Duration;
 
 use aspen_checker::workload::{self, WorkloadSpec};
-use aspen_checker::{check, CheckLimits, Verdict};
 use aspen_cluster_node::faults::fault_round;
 use aspen_router::RunningRouter;
 use support::{fast_raft, router_config, start_named_cluster};
@@ -35,16 +34,13 @@ async fn single_key_operations_through_the_router_stay_linearizable_under_faults
         .await
         .expect("us-1 recovers");
     let (history, stats) = run.await.unwrap().unwrap();
-    let verdict = check(&history, &CheckLimits::default());
-    println!("faults: {faults:?}\nstats: {stats:?}\nverdict: {verdict:?}");
-    assert!(
-        stats.ok >= 200,
-        "too few operations to prove anything: {stats:?}"
+    support::assert_linearizable(
+        "aspen-router-linearizability",
+        &history,
+        &stats,
+        &faults,
+        200,
     );
-    match verdict {
-        Verdict::Linearizable { ops_checked, .. } => assert_eq!(ops_checked, history.len()),
-        other => panic!("not linearizable through the router: {other:?}"),
-    }
     router.shutdown().await;
     us1.cluster.shutdown().await;
     us2.cluster.shutdown().await;

@@ -353,16 +353,6 @@ impl KvService {
         self.reads.read(request.clone()).await
     }
 
-    /// Reads this node's copy as it is for each of `requests`, in order, together; see
-    /// [`StateReads::read`].
-    async fn read_states(
-        &self,
-        requests: Vec<ReadRequest>,
-        budget: usize,
-    ) -> Result<Vec<Result<ReadResponse, ApiError>>, ApiError> {
-        self.state.read(requests, budget).await
-    }
-
     async fn membership_local(
         &self,
         change: &MembershipChange,

@@ -182,6 +182,23 @@ mod tests {
         (batcher, sizes, gate)
     }
 
+    /// Submits `[0]`, which runs alone and holds a gated batcher's only slot until the
+    /// gate is notified; returns once it runs.
+    async fn hold_the_slot(
+        batcher: &Arc<Batcher<u32, u32>>,
+        sizes: &Sizes,
+    ) -> tokio::task::JoinHandle<Result<u32, Stopped>> {
+        let first = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(0).await }
+        });
+        until("the first batch starts", || {
+            !sizes.lock().unwrap().is_empty()
+        })
+        .await;
+        first
+    }
+
     /// Yields until `done` holds, failing the test after 10 s instead of hanging.
     async fn until(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -195,14 +212,7 @@ mod tests {
     async fn requests_queued_behind_a_running_batch_share_the_next_one_within_the_limit() {
         let (batcher, sizes, gate) = gated_batcher(limits(4));
         // The first request runs alone and holds the only slot until the gate opens.
-        let first = tokio::spawn({
-            let b = batcher.clone();
-            async move { b.submit(0).await }
-        });
-        until("the first batch starts", || {
-            !sizes.lock().unwrap().is_empty()
-        })
-        .await;
+        let first = hold_the_slot(&batcher, &sizes).await;
         let rest: Vec<_> = (1..=6)
             .map(|i| {
                 let b = batcher.clone();
@@ -233,14 +243,7 @@ mod tests {
     #[tokio::test]
     async fn items_submitted_together_share_batches_and_each_gets_its_own_answer_in_order() {
         let (batcher, sizes, gate) = gated_batcher(limits(4));
-        let first = tokio::spawn({
-            let b = batcher.clone();
-            async move { b.submit(0).await }
-        });
-        until("the first batch starts", || {
-            !sizes.lock().unwrap().is_empty()
-        })
-        .await;
+        let first = hold_the_slot(&batcher, &sizes).await;
         let all = tokio::spawn({
             let b = batcher.clone();
             async move { b.submit_all((1..=6).collect()).await }

@@ -111,3 +111,35 @@ pub fn router_config(
     config.request_deadline_ms = deadline_ms;
     config
 }
+
+/// Asserts that a workload's `history` proves something (at least `min_ok` acknowledged
+/// operations) and that the checker finds every operation of it linearizable. A failing history is saved as
+/// JSON in the temp dir under `name`, for the checker's own tools.
+pub fn assert_linearizable(
+    name: &str,
+    history: &aspen_checker::History,
+    stats: &aspen_checker::workload::WorkloadStats,
+    faults: &impl std::fmt::Debug,
+    min_ok: usize,
+) {
+    use aspen_checker::{check, CheckLimits, Verdict};
+    let verdict = check(history, &CheckLimits::default());
+    println!("faults: {faults:?}\nstats: {stats:?}\nverdict: {verdict:?}");
+    assert!(
+        stats.ok >= min_ok,
+        "too few operations to prove anything: {stats:?}"
+    );
+    match verdict {
+        Verdict::Linearizable { ops_checked, .. } => assert_eq!(ops_checked, history.len()),
+        other => {
+            let path = std::env::temp_dir().join(format!("{name}-failure.json"));
+            let json = serde_json::to_vec(history).expect("history serializes");
+            std::fs::write(&path, json).expect("write the failing history");
+            panic!(
+                "history of {} operations is not linearizable (saved to {}): {other:?}",
+                history.len(),
+                path.display()
+            )
+        }
+    }
+}

@@ -125,7 +125,7 @@ impl KvService {
         }
         let (indexes, requests): (Vec<usize>, Vec<ReadRequest>) =
             to_read.into_iter().map(|r| (r.index, r.request)).unzip();
-        match self.read_states(requests, MAX_BATCH_READ_BYTES).await {
+        match self.state.read(requests, MAX_BATCH_READ_BYTES).await {
             Ok(results) => {
                 answers.extend(indexes.into_iter().zip(results).map(|(index, result)| {
                     (

@@ -179,16 +179,6 @@ impl StateMachine {
     pub fn get(&self, key: &str) -> Result<Option<KvEntry>, ReadError> {
         self.read(|r| r.get(key))?
     }
-
-    /// Reads one page of keys under `prefix`, strictly after `after`, from the local copy.
-    pub fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<ScanPage, ReadError> {
-        self.read(|r| r.scan(prefix, after, limit))?
-    }
 }
 
 /// A read connection lent by [`StateMachine::read`].

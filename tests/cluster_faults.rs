@@ -189,7 +189,7 @@ async fn a_wiped_node_re_added_catches_up_through_a_snapshot() {
         addrs: node.iroh_addrs().iter().map(|a| a.to_string()).collect(),
     };
     service
-        .change_membership(MembershipChange::AddLearner(request))
+        .change_membership(MembershipChange::AddLearner(request.into()))
         .await
         .unwrap();
     service

@@ -506,3 +506,45 @@ async fn a_scan_limit_out_of_bounds_is_refused_through_the_router_naming_the_fie
     }
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_router_listing_followers_first_reports_every_cluster_healthy_at_once() {
+    // The router asks the first listed node for status before it knows any leader. A
+    // follower knows no matched index for its peers; that once made its status answer
+    // undecodable, so /v1/status called healthy clusters broken until a write taught the
+    // router the leader.
+    let us1 = start_named_cluster("us-1", 3, fast_raft()).await;
+    let us2 = start_named_cluster("us-2", 3, fast_raft()).await;
+    let mut config = router_config(&us1, &us2, 10_000);
+    let leaders = [us1.wait_for_leader().await, us2.wait_for_leader().await];
+    for (cluster, leader) in config.clusters.iter_mut().zip(leaders) {
+        // Followers first, the leader last.
+        cluster
+            .nodes
+            .sort_by_key(|n| (n.node_id == leader, n.node_id));
+        assert_ne!(cluster.nodes[0].node_id, leader);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router = RunningRouter::start(&config, listener)
+        .await
+        .expect("router starts");
+    let http = aspen_api::client::http_client(Duration::from_secs(15));
+    let status: serde_json::Value = http
+        .get(format!("{}/v1/status", router.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let clusters = status["clusters"].as_array().unwrap();
+    assert_eq!(clusters.len(), 2);
+    for (cluster, leader) in clusters.iter().zip(leaders) {
+        assert_eq!(cluster["healthy"], true, "{cluster}");
+        assert_eq!(cluster["leader"], leader, "{cluster}");
+        assert!(cluster.get("error").is_none(), "{cluster}");
+    }
+    router.shutdown().await;
+    us1.cluster.shutdown().await;
+    us2.cluster.shutdown().await;
+}

@@ -4,8 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 /// The stable error codes of the HTTP API (`{"error": {"code": ..., "message": ...}}`).
+///
+/// A wire type (it travels in `aspen/kv/1` answers by variant index): append new codes at
+/// the end and bump the wire format version. Its JSON name is [`ErrorCode::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: the request is malformed or breaks a limit other than size.
     BadRequest,
@@ -59,13 +61,41 @@ impl ErrorCode {
     }
 }
 
+impl std::str::FromStr for ErrorCode {
+    type Err = String;
+
+    /// Parses the JSON name of a code.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == name)
+            .ok_or_else(|| format!("unknown error code {name:?}"))
+    }
+}
+
+impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::BadRequest,
+        ErrorCode::NotFound,
+        ErrorCode::PreconditionFailed,
+        ErrorCode::TooLarge,
+        ErrorCode::CrossCluster,
+        ErrorCode::ClusterUnavailable,
+        ErrorCode::NoLeader,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+    ];
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// An error as the API reports it: a code and a human message.
+/// An error as the API reports it: a code and a human message. A wire type (in
+/// `aspen/kv/1` answers); its JSON shape is `json::ErrorDetail`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {

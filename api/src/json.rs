@@ -484,10 +484,27 @@ pub struct JsonFailure {
 /// The `error` object of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    /// Stable code.
+    /// Stable code, by its JSON name (`bad_request`, ...).
+    #[serde(with = "code_name")]
     pub code: ErrorCode,
     /// Human message.
     pub message: String,
+}
+
+/// An [`ErrorCode`] in JSON: its name.
+mod code_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::error::ErrorCode;
+
+    pub fn serialize<S: Serializer>(code: &ErrorCode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(code.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Every error answer: `{"error": {...}}`, plus `actual` (CAS, CAD) or `failed` (txn)

@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //!
-//! - [`admin`]: status and cluster-membership bodies.
+//! - [`admin`]: status and cluster-membership bodies (JSON).
+//! - [`codec`]: the versioned binary encoding of every wire and disk format.
 //! - [`limits`]: every size and count limit, as named constants.
 //! - [`command`]: the write commands (`Set` … `ConditionalSetMulti`) and their validation.
 //! - [`types`]: stored entries, key states, write outcomes, reads and scan pages.
@@ -16,12 +17,14 @@
 //! - [`json`]: the JSON bodies of the HTTP API and their conversion to commands.
 //! - [`headers`]: the names of the HTTP API's response headers (read freshness).
 //! - [`wire`]: the `aspen/kv/1` request and response messages and their encoding.
+//! - `testing` (feature `testing`): proptest strategies for every wire and disk type.
 //! - [`client`]: an HTTP client for the API, used by the CLI, the benchmark and tests.
 //! - `server` (feature `server`): the HTTP KV routes over a `KvBackend`, shared by the
 //!   node and the router.
 
 pub mod admin;
 pub mod client;
+pub mod codec;
 pub mod command;
 pub mod error;
 pub mod headers;
@@ -29,6 +32,8 @@ pub mod json;
 pub mod limits;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod types;
 pub mod wire;
 

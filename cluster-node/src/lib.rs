@@ -43,4 +43,6 @@ pub mod raft_types;
 pub mod read_index;
 pub mod service;
 pub mod storage;
+#[cfg(test)]
+mod strategies;
 pub mod transport;

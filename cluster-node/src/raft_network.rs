@@ -6,8 +6,9 @@
 //!
 //! Non-goals: batching RPCs to different peers, compression.
 //!
-//! The requesting side is [`NetworkFactory`] (openraft's `RaftNetworkFactory`); the
-//! serving side is [`RaftProtocol`], an iroh `ProtocolHandler`.
+//! The messages and their versioned encoding are in `raft_network/message.rs`; the
+//! requesting side is [`NetworkFactory`] (openraft's `RaftNetworkFactory`); the serving
+//! side is [`RaftProtocol`], an iroh `ProtocolHandler`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,39 +22,17 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::leader_contact::LeaderContact;
 use crate::raft_types::{AspenRaft, MemberNode, NodeId, TypeConfig};
 use crate::transport::{serve_streams, Transport, TransportError, CLOSE_NOT_ALLOWED};
+pub use message::MAX_RAFT_MESSAGE_BYTES;
+use message::{decode, encode, RaftAnswer, RaftRequest};
+
+mod message;
 
 /// ALPN of the Raft protocol, version 1.
 pub const RAFT_ALPN: &[u8] = b"aspen/raft/1";
-
-/// Largest Raft message: a full AppendEntries batch or a snapshot chunk, with headroom.
-pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-
-#[derive(Serialize, Deserialize)]
-enum RaftRequest {
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<NodeId>),
-    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-}
-
-#[derive(Serialize, Deserialize)]
-enum RaftAnswer {
-    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
-    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(
-        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
-    ),
-    /// The request could not be decoded or was refused.
-    Refused(String),
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("encoding to a Vec cannot fail")
-}
 
 /// Builds a [`NetworkClient`] per target for openraft.
 #[derive(Clone)]
@@ -122,7 +101,7 @@ impl NetworkClient {
                 TransportError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
             })?;
         let answer: RaftAnswer =
-            postcard::from_bytes(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            decode(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if let RaftAnswer::Refused(reason) = answer {
             return Err(RPCError::Unreachable(Unreachable::new(
                 &std::io::Error::other(reason),
@@ -233,7 +212,7 @@ impl RaftProtocol {
                 "endpoint {remote} is not a member or configured peer of this cluster"
             )));
         }
-        let answer = match postcard::from_bytes::<RaftRequest>(&bytes) {
+        let answer = match decode::<RaftRequest>(&bytes) {
             Err(e) => RaftAnswer::Refused(format!("malformed Raft request: {e}")),
             Ok(RaftRequest::AppendEntries(r)) => {
                 let leader_commit = r.leader_commit.map_or(0, |l| l.index);

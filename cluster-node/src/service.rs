@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen_api::admin::{AddLearnerRequest, MemberStatus, NodeStatus};
 use aspen_api::limits::MAX_CLUSTER_NODES;
 use aspen_api::types::ReadResponse;
 use aspen_api::wire::{
-    self, KvRequest, KvResponse, MembershipChange, KV_ALPN, MAX_WIRE_MESSAGE_BYTES,
+    self, KvRequest, KvResponse, MemberReport, MembershipChange, NewLearner, StatusReport, KV_ALPN,
+    MAX_WIRE_MESSAGE_BYTES,
 };
 use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, WriteResult};
 use iroh::EndpointId;
@@ -187,7 +187,7 @@ impl KvService {
     pub async fn change_membership(
         &self,
         change: MembershipChange,
-    ) -> Result<Vec<MemberStatus>, ApiError> {
+    ) -> Result<Vec<MemberReport>, ApiError> {
         let request = KvRequest::Membership(change.clone());
         self.with_leader(
             &request,
@@ -356,7 +356,7 @@ impl KvService {
     async fn membership_local(
         &self,
         change: &MembershipChange,
-    ) -> Result<Attempt<Vec<MemberStatus>>, ApiError> {
+    ) -> Result<Attempt<Vec<MemberReport>>, ApiError> {
         let result = match change {
             MembershipChange::AddLearner(req) => {
                 let node = member_node(req)?;
@@ -425,7 +425,7 @@ impl KvService {
     }
 
     /// Initializes a new cluster with `members` (empty: this node and configured peers).
-    pub async fn init(&self, members: &[u64]) -> Result<Vec<MemberStatus>, ApiError> {
+    pub async fn init(&self, members: &[u64]) -> Result<Vec<MemberReport>, ApiError> {
         let chosen: BTreeMap<NodeId, MemberNode> = if members.is_empty() {
             self.initial_members.clone()
         } else {
@@ -463,7 +463,7 @@ impl KvService {
     }
 
     /// This node's view of its cluster, as `GET /v1/status` and `aspen/kv/1` report it.
-    pub fn status(&self) -> NodeStatus {
+    pub fn status(&self) -> StatusReport {
         let m = self.raft.metrics().borrow().clone();
         let raft_state = match m.state {
             ServerState::Leader => "leader",
@@ -472,8 +472,7 @@ impl KvService {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        NodeStatus {
-            role: "node".into(),
+        StatusReport {
             cluster: self.cluster.clone(),
             node_id: self.node_id,
             endpoint_id: self.endpoint_id(),
@@ -489,22 +488,17 @@ impl KvService {
     }
 
     /// The membership as this node knows it.
-    pub fn members(&self) -> Vec<MemberStatus> {
+    pub fn members(&self) -> Vec<MemberReport> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         membership
             .nodes()
-            .map(|(id, node)| MemberStatus {
+            .map(|(id, node)| MemberReport {
                 node_id: *id,
                 endpoint_id: node.endpoint_id.clone(),
                 addrs: node.addrs.clone(),
-                role: if voters.contains(id) {
-                    "voter"
-                } else {
-                    "learner"
-                }
-                .to_string(),
+                voter: voters.contains(id),
                 matched_index: metrics
                     .replication
                     .as_ref()
@@ -515,7 +509,7 @@ impl KvService {
     }
 }
 
-fn member_node(req: &AddLearnerRequest) -> Result<MemberNode, ApiError> {
+fn member_node(req: &NewLearner) -> Result<MemberNode, ApiError> {
     req.endpoint_id
         .parse::<EndpointId>()
         .map_err(|e| ApiError::bad_request(format!("field `endpoint_id`: not an iroh endpoint id ({e}); it is 64 hex characters, printed by the node at start")))?;

@@ -1,15 +1,19 @@
 //! Durable storage of a node, in SQLite: the Raft log and vote ([`log_store`]), the state
-//! machine with every key ([`state_machine`]), and snapshots ([`snapshot`]).
+//! machine with every key ([`state_machine`]), and snapshots ([`snapshot`]); every
+//! on-disk encoding is versioned in [`format`].
 //!
 //! The log and the state machine live in two database files (`log.db`, `state.db`) so
 //! that appends and applies never wait for each other's write lock. Both run in WAL mode
 //! with `synchronous=FULL`: a transaction is on disk when its commit returns.
 
 pub mod apply;
+pub mod format;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;
 
+#[cfg(test)]
+mod format_tests;
 #[cfg(test)]
 mod revision_tests;
 

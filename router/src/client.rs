@@ -24,8 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aspen_api::admin::NodeStatus;
-use aspen_api::wire::{KvRequest, KvResponse, MAX_WIRE_BATCH};
+use aspen_api::wire::{KvRequest, KvResponse, StatusReport, MAX_WIRE_BATCH};
 use aspen_api::{ApiError, ErrorCode, ReadRequest};
 use aspen_config::ClusterConfig;
 use aspen_net::batcher::{BatchLimits, Batcher};
@@ -239,7 +238,7 @@ impl ClusterClient {
     }
 
     /// Asks any node of the cluster for its status.
-    pub async fn status(&self) -> Result<NodeStatus, ApiError> {
+    pub async fn status(&self) -> Result<StatusReport, ApiError> {
         match self.call(KvRequest::Status).await? {
             KvResponse::Status(status) => {
                 if let Some(leader) = status.leader {

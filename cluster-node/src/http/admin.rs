@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use aspen_api::admin::{
-    InitRequest, MembershipResponse, NodeIdRequest, NodeStatus, PartitionRequest,
+    AddLearnerRequest, InitRequest, MemberStatus, MembershipResponse, NodeIdRequest, NodeStatus,
+    PartitionRequest,
 };
 use aspen_api::server::{parse_json, HttpError, HttpResult};
 use aspen_api::wire::MembershipChange;
@@ -29,13 +30,14 @@ fn read_body<T: serde::de::DeserializeOwned>(
     parse_json(&bytes)
 }
 
-fn members(members: Vec<aspen_api::admin::MemberStatus>) -> Response {
+fn members(members: Vec<aspen_api::wire::MemberReport>) -> Response {
+    let members = members.into_iter().map(MemberStatus::from).collect();
     Json(MembershipResponse { members }).into_response()
 }
 
 /// `GET /v1/status`.
 pub async fn status(State(state): State<Arc<NodeBackend>>) -> Json<NodeStatus> {
-    Json(state.service.status())
+    Json(state.service.status().into())
 }
 
 /// `POST /v1/debug/partition` (mounted only with `fault_injection = true`): cuts this node
@@ -89,7 +91,10 @@ pub async fn add_learner(
     State(state): State<Arc<NodeBackend>>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
-    change(&state, body, MembershipChange::AddLearner).await
+    change(&state, body, |r: AddLearnerRequest| {
+        MembershipChange::AddLearner(r.into())
+    })
+    .await
 }
 
 /// `POST /v1/cluster/promote`.

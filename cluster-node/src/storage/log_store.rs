@@ -21,6 +21,7 @@ use openraft::{RaftLogReader, StorageIOError, Vote};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+use super::format::{self, LOG_ENTRY, LOG_META};
 use crate::raft_types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// Most recent entries kept in memory after they are durable, for replication reads.
@@ -87,12 +88,20 @@ fn io_err(e: impl ToString) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("encoding to a Vec cannot fail")
+fn encode_meta<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    LOG_META.encode(value)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
-    postcard::from_bytes(bytes).map_err(io_err)
+fn decode_meta<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
+    format::decode(LOG_META, bytes)
+}
+
+fn encode_entry(entry: &Entry) -> Vec<u8> {
+    LOG_ENTRY.encode(entry)
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry, std::io::Error> {
+    format::decode(LOG_ENTRY, bytes)
 }
 
 impl LogStore {
@@ -100,6 +109,7 @@ impl LogStore {
     pub fn open(path: &Path) -> Result<LogStore, StorageError> {
         let read_err = |e: rusqlite::Error| StorageIOError::read_logs(&e);
         let conn = super::open_db(path).map_err(read_err)?;
+        format::check_schema(&conn, path).map_err(|e| StorageIOError::read_logs(&e))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
@@ -146,9 +156,13 @@ fn load_memory(conn: &Connection) -> Result<LogMemory, std::io::Error> {
         .map_err(io_err)
     };
     let mut memory = LogMemory {
-        vote: meta("vote")?.map(|b| decode(&b)).transpose()?,
-        last_purged: meta("last_purged")?.map(|b| decode(&b)).transpose()?,
-        committed: meta("committed")?.map(|b| decode(&b)).transpose()?,
+        vote: meta("vote")?.map(|b| decode_meta(&b)).transpose()?,
+        last_purged: meta("last_purged")?.map(|b| decode_meta(&b)).transpose()?,
+        // Saved as the `Option` openraft hands over (see `save_committed`).
+        committed: meta("committed")?
+            .map(|b| decode_meta::<Option<LogId>>(&b))
+            .transpose()?
+            .flatten(),
         ..Default::default()
     };
     let last: Option<Vec<u8>> = conn
@@ -158,7 +172,7 @@ fn load_memory(conn: &Connection) -> Result<LogMemory, std::io::Error> {
         .optional()
         .map_err(io_err)?;
     memory.last_log_id = match last {
-        Some(bytes) => Some(decode::<Entry>(&bytes)?.log_id),
+        Some(bytes) => Some(decode_entry(&bytes)?.log_id),
         None => memory.last_purged,
     };
     memory.durable_upto = memory.last_log_id.map_or(0, |l| l.index);
@@ -214,7 +228,7 @@ fn write_batch(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<()> {
                 }
                 WriteOp::Purge { upto, .. } => {
                     tx.execute("DELETE FROM log WHERE idx <= ?1", [upto.index as i64])?;
-                    put_meta.execute(params!["last_purged", encode(upto)])?;
+                    put_meta.execute(params!["last_purged", encode_meta(upto)])?;
                 }
                 WriteOp::Meta { name, value, .. } => {
                     put_meta.execute(params![name, value])?;
@@ -308,7 +322,7 @@ impl LogStore {
                 end.min(cache_first),
                 MAX_REPLICATION_BATCH_BYTES,
             )?;
-            bytes = out.iter().map(|e| encode(e).len()).sum();
+            bytes = out.iter().map(|e| encode_entry(e).len()).sum();
             if out
                 .last()
                 .is_none_or(|e| e.log_id.index + 1 < end.min(cache_first))
@@ -401,7 +415,7 @@ fn read_range_limited(
             break;
         }
         bytes += row.len();
-        out.push(decode::<Entry>(&row)?);
+        out.push(decode_entry(&row)?);
     }
     Ok(out)
 }
@@ -422,7 +436,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let value = encode(vote);
+        let value = encode_meta(vote);
         self.submit(|done| WriteOp::Meta {
             name: "vote",
             value,
@@ -439,7 +453,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let value = encode(&committed);
+        let value = encode_meta(&committed);
         self.shared.state.lock().expect("log state lock").committed = committed;
         // Saving the commit index only speeds up a restart; it need not be awaited.
         self.shared
@@ -471,7 +485,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut state = self.shared.state.lock().expect("log state lock");
             for entry in entries {
-                let bytes = encode(&entry);
+                let bytes = encode_entry(&entry);
                 let idx = entry.log_id.index;
                 state.last_log_id = Some(entry.log_id);
                 state.cache_bytes += bytes.len();
@@ -524,5 +538,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             state.last_log_id = Some(log_id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_vote_and_the_committed_log_id_survive_a_reopen_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let committed = LogId::new(CommittedLeaderId::new(7, 3), 41);
+        let vote = Vote::new(7, 3);
+        {
+            let mut store = LogStore::open(&path).unwrap();
+            store.save_committed(Some(committed)).await.unwrap();
+            // Queued after the committed id, so both are on disk once this returns.
+            store.save_vote(&vote).await.unwrap();
+        }
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(committed));
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
     }
 }

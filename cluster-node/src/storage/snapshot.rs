@@ -12,10 +12,11 @@ use aspen_api::KvEntry;
 use openraft::SnapshotMeta;
 use serde::{Deserialize, Serialize};
 
+use super::format::{self, SNAPSHOT_DATA, SNAPSHOT_FILE, SNAPSHOT_MAGIC};
 use crate::raft_types::{MemberNode, NodeId};
 
 /// File name of the current snapshot inside the data dir.
-const SNAPSHOT_FILE: &str = "snapshot.bin";
+const SNAPSHOT_FILE_NAME: &str = "snapshot.bin";
 
 /// The snapshot's data: the cluster revision and every key.
 #[derive(Debug, Serialize, Deserialize)]
@@ -26,24 +27,40 @@ pub struct SnapshotContent {
     pub entries: Vec<KvEntry>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SnapshotFile {
     meta: SnapshotMeta<NodeId, MemberNode>,
     data: Vec<u8>,
 }
 
 fn path(dir: &Path) -> PathBuf {
-    dir.join(SNAPSHOT_FILE)
+    dir.join(SNAPSHOT_FILE_NAME)
 }
 
 /// Encodes snapshot content.
 pub fn encode_content(content: &SnapshotContent) -> Vec<u8> {
-    postcard::to_stdvec(content).expect("encoding to a Vec cannot fail")
+    SNAPSHOT_DATA.encode(content)
 }
 
 /// Decodes snapshot content.
 pub fn decode_content(bytes: &[u8]) -> std::io::Result<SnapshotContent> {
-    postcard::from_bytes(bytes).map_err(std::io::Error::other)
+    format::decode(SNAPSHOT_DATA, bytes)
+}
+
+/// The bytes of `snapshot.bin`: the magic, then the file's versioned encoding.
+fn encode_file(file: &SnapshotFile) -> Vec<u8> {
+    let mut bytes = SNAPSHOT_MAGIC.to_vec();
+    bytes.extend(SNAPSHOT_FILE.encode(file));
+    bytes
+}
+
+fn decode_file(bytes: &[u8]) -> std::io::Result<SnapshotFile> {
+    let body = bytes.strip_prefix(SNAPSHOT_MAGIC).ok_or_else(|| {
+        std::io::Error::other(
+            "snapshot.bin does not start with Aspen's snapshot magic: it was written by a              different Aspen version (or is not a snapshot); move it away to start without it",
+        )
+    })?;
+    format::decode(SNAPSHOT_FILE, body)
 }
 
 /// Saves a snapshot atomically, replacing the previous one.
@@ -56,8 +73,8 @@ pub fn save(
         meta: meta.clone(),
         data: data.to_vec(),
     };
-    let bytes = postcard::to_stdvec(&file).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let bytes = encode_file(&file);
+    let tmp = dir.join(format!("{SNAPSHOT_FILE_NAME}.tmp"));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
@@ -74,7 +91,7 @@ pub type Meta = SnapshotMeta<NodeId, MemberNode>;
 pub fn load(dir: &Path) -> std::io::Result<Option<(Meta, Vec<u8>)>> {
     match std::fs::read(path(dir)) {
         Ok(bytes) => {
-            let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(std::io::Error::other)?;
+            let file = decode_file(&bytes)?;
             Ok(Some((file.meta, file.data)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -30,6 +30,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::apply::{apply_command, changed_state, get};
+use super::format::{self, STATE_META};
 use super::snapshot::{self, SnapshotContent};
 use crate::raft_types::{
     Entry, LogId, MemberNode, NodeId, ProposalResults, StorageError, TypeConfig,
@@ -72,7 +73,7 @@ fn io_err(e: impl ToString) -> std::io::Error {
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("encoding to a Vec cannot fail")
+    STATE_META.encode(value)
 }
 
 fn read_meta<T: serde::de::DeserializeOwned + Default>(
@@ -86,7 +87,7 @@ fn read_meta<T: serde::de::DeserializeOwned + Default>(
         .optional()
         .map_err(io_err)?;
     match bytes {
-        Some(b) => postcard::from_bytes(&b).map_err(io_err),
+        Some(b) => format::decode(STATE_META, &b),
         None => Ok(T::default()),
     }
 }
@@ -111,6 +112,8 @@ impl StateMachine {
         let db_path = dir.join("state.db");
         let err = |e: rusqlite::Error| StorageIOError::read_state_machine(&e);
         let conn = super::open_db(&db_path).map_err(err)?;
+        format::check_schema(&conn, &db_path)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
         // Not fsynced per apply: see the module docs for why that is safe.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;

@@ -1,0 +1,96 @@
+//! Golden bytes: the exact encoding of a few messages, so a change to any wire type's
+//! shape fails here and is made on purpose (with a version bump), never by accident.
+
+use super::{decode, encode, KvRequest, KvResponse, MemberReport, StatusReport};
+use crate::codec::hex;
+use crate::command::{Command, Precondition};
+use crate::error::{ApiError, ErrorCode};
+use crate::types::{Consistency, ReadRequest, WriteOutcome, WriteResult};
+
+fn pinned<T: super::Message + std::fmt::Debug + PartialEq>(message: T, expected_hex: &str) {
+    let bytes = encode(&message).unwrap();
+    assert_eq!(
+        hex(&bytes),
+        expected_hex,
+        "the encoding of {message:?} changed"
+    );
+    assert_eq!(decode::<T>(&bytes).unwrap(), message);
+}
+
+#[test]
+fn a_conditional_write_request_has_its_pinned_bytes() {
+    pinned(
+        KvRequest::Write(Command::ConditionalSetMulti {
+            preconditions: vec![
+                Precondition::Equals {
+                    key: "a".into(),
+                    value: vec![0, 255],
+                },
+                Precondition::ModRevision {
+                    key: "b".into(),
+                    revision: 300,
+                },
+            ],
+            writes: vec![("c".into(), vec![1])],
+            deletes: vec!["d".into()],
+        }),
+        "010006020201610200ff030162ac020101630101010164",
+    );
+}
+
+#[test]
+fn a_stale_scan_request_has_its_pinned_bytes() {
+    pinned(
+        KvRequest::Read {
+            request: ReadRequest::Scan {
+                prefix: "p/".into(),
+                after: Some("p/x".into()),
+                limit: 10,
+            },
+            consistency: Consistency::Stale,
+        },
+        "01010102702f0103702f780a01",
+    );
+}
+
+#[test]
+fn a_follower_status_has_its_pinned_bytes() {
+    // A follower knows no matched index: the field is there, as `None`.
+    pinned(
+        KvResponse::Status(StatusReport {
+            cluster: "us-1".into(),
+            node_id: 3,
+            endpoint_id: "ab".into(),
+            raft_state: "follower".into(),
+            leader: Some(1),
+            term: 2,
+            applied_revision: 5,
+            applied_index: 6,
+            last_log_index: 7,
+            initialized: true,
+            members: vec![MemberReport {
+                node_id: 1,
+                endpoint_id: "cd".into(),
+                addrs: vec!["127.0.0.1:1".into()],
+                voter: true,
+                matched_index: None,
+            }],
+        }),
+        "01030475732d310302616208666f6c6c6f776572010102050607010101026364010b3132372e302e302e313a310100",
+    );
+}
+
+#[test]
+fn a_batch_answer_has_its_pinned_bytes() {
+    pinned(
+        KvResponse::Batch(vec![
+            KvResponse::Write(WriteResult {
+                revision: 9,
+                outcome: WriteOutcome::Applied { deleted: 1 },
+            }),
+            KvResponse::NotLeader { leader: None },
+            KvResponse::Error(ApiError::new(ErrorCode::Internal, "x")),
+        ]),
+        "01040300090001050006080178",
+    );
+}

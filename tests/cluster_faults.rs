@@ -280,6 +280,7 @@ async fn raft_rpcs_from_an_endpoint_that_is_not_a_member_are_refused() {
         iroh::SecretKey::generate(),
         "127.0.0.1:0".parse().unwrap(),
         false,
+        &aspen_cluster_node::transport::Access::open(),
     )
     .await
     .unwrap();

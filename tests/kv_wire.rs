@@ -26,10 +26,14 @@ async fn send_to(t: &support::TestCluster, node_id: u64, request: &KvRequest) ->
         iroh::SecretKey::generate(),
         "127.0.0.1:0".parse().unwrap(),
         false,
+        &aspen_cluster_node::transport::Access::open(),
     )
     .await
     .unwrap();
-    let transport = Transport::new(endpoint.clone());
+    let transport = Transport::new(
+        endpoint.clone(),
+        aspen_cluster_node::transport::Access::open(),
+    );
     let peer = PeerAddr {
         id: node.endpoint_id(),
         addrs: node.iroh_addrs(),

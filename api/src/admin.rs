@@ -86,7 +86,7 @@ pub struct MembershipResponse {
 }
 
 /// `GET /v1/status` of a router.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouterStatus {
     /// Always `router`.
     pub role: String,
@@ -94,6 +94,33 @@ pub struct RouterStatus {
     pub region: String,
     /// Every cluster in the route table, by name.
     pub clusters: Vec<ClusterHealth>,
+    /// The replicas this region keeps of other regions' clusters, per source cluster.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaHealth>,
+}
+
+/// One source cluster's replica in a router's region, as `/v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaHealth {
+    /// The owner cluster.
+    pub source: String,
+    /// Its region.
+    pub region: String,
+    /// The cluster of this region whose node reported the replica.
+    pub host_cluster: String,
+    /// The owner revision the replica is exact at.
+    pub revision: u64,
+    /// The highest owner revision the replica knows of.
+    pub owner_head: u64,
+    /// Owner revisions the replica lacks.
+    pub lag_revisions: u64,
+    /// Upper bound on its staleness, in seconds (absent while unknown).
+    pub lag_seconds: Option<f64>,
+    /// `bootstrapping`, `live` or `gap`.
+    pub phase: String,
+    /// The last import error, if the last step failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One cluster as a router sees it.

@@ -59,7 +59,7 @@ impl ClientError {
 }
 
 /// `GET /v1/status` of a node or of a router (both serve the same API).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum AnyStatus {
     /// A cluster node's own view.

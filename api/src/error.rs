@@ -28,6 +28,13 @@ pub enum ErrorCode {
     Timeout,
     /// 500: a fault inside the server (storage failure); the message says which.
     Internal,
+    /// 503: a stale read of a federation replica could not meet its bound: every local
+    /// replica is further behind than `max_lag` allows, or behind a revision this router
+    /// already returned. Retry, or read with `consistency=linearizable` from the owner.
+    ReplicaBehind,
+    /// 503: no replica of the owning cluster can serve here (none imported in this region,
+    /// or still bootstrapping).
+    ReplicaUnavailable,
 }
 
 impl ErrorCode {
@@ -39,7 +46,10 @@ impl ErrorCode {
             ErrorCode::PreconditionFailed => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::CrossCluster => 422,
-            ErrorCode::ClusterUnavailable | ErrorCode::NoLeader => 503,
+            ErrorCode::ClusterUnavailable
+            | ErrorCode::NoLeader
+            | ErrorCode::ReplicaBehind
+            | ErrorCode::ReplicaUnavailable => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::Internal => 500,
         }
@@ -57,6 +67,8 @@ impl ErrorCode {
             ErrorCode::NoLeader => "no_leader",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::ReplicaBehind => "replica_behind",
+            ErrorCode::ReplicaUnavailable => "replica_unavailable",
         }
     }
 }
@@ -75,7 +87,7 @@ impl std::str::FromStr for ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::PreconditionFailed,
@@ -85,6 +97,8 @@ impl ErrorCode {
         ErrorCode::NoLeader,
         ErrorCode::Timeout,
         ErrorCode::Internal,
+        ErrorCode::ReplicaBehind,
+        ErrorCode::ReplicaUnavailable,
     ];
 }
 

@@ -16,3 +16,11 @@ pub const KNOWN_COMMIT_HEADER: &str = "aspen-known-commit-index";
 /// Response header on reads: milliseconds since the serving node last heard from a
 /// leader; absent when it never has.
 pub const LEADER_CONTACT_HEADER: &str = "aspen-leader-contact-ms";
+
+/// Response header on a read served by a federation replica: the owner revisions the
+/// replica lacked, as far as it knew.
+pub const REPLICA_LAG_REVISIONS_HEADER: &str = "aspen-replica-lag-revisions";
+
+/// Response header on a read served by a federation replica: an upper bound on how stale
+/// it was, in seconds with millisecond precision (`1.250`); absent while unknown.
+pub const REPLICA_LAG_SECONDS_HEADER: &str = "aspen-replica-lag-seconds";

@@ -13,6 +13,7 @@
 //! - [`limits`]: every size and count limit, as named constants.
 //! - [`command`]: the write commands (`Set` … `ConditionalSetMulti`) and their validation.
 //! - [`types`]: stored entries, key states, write outcomes, reads and scan pages.
+//! - [`feed`]: the change feed's records: one [`feed::ChangeSet`] per revision.
 //! - [`error`]: the error codes of the HTTP contract and the validation errors.
 //! - [`json`]: the JSON bodies of the HTTP API and their conversion to commands.
 //! - [`headers`]: the names of the HTTP API's response headers (read freshness).
@@ -27,6 +28,7 @@ pub mod client;
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod feed;
 pub mod headers;
 pub mod json;
 pub mod limits;

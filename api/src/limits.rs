@@ -39,3 +39,7 @@ pub const MAX_SCAN_PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Largest encoded `aspen/kv/1` message: the largest command or scan page above plus
 /// room for its encoding.
 pub const MAX_WIRE_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest staleness bound a stale read may ask for (`max_lag`), in ms: one day. A looser
+/// bound is no bound; leave `max_lag` out instead.
+pub const MAX_READ_LAG_BOUND_MS: u64 = 24 * 3_600 * 1_000;

@@ -44,11 +44,11 @@ pub trait KvBackend: Send + Sync + 'static {
     /// precondition is an `Ok` outcome (409 with the key's actual state), not an error.
     fn write(&self, command: Command) -> impl Future<Output = Result<Written, ApiError>> + Send;
 
-    /// Serves `request` at `consistency`, naming the cluster(s) the data came from.
+    /// Serves `request` as `options` say, naming the cluster(s) the data came from.
     fn read(
         &self,
         request: ReadRequest,
-        consistency: Consistency,
+        options: ReadOptions,
     ) -> impl Future<Output = Result<ReadAnswer, ApiError>> + Send;
 
     /// Records one finished request in the metrics: `op` is one of `get`, `scan`, `put`,
@@ -97,6 +97,27 @@ impl ReadAnswer {
     }
 }
 
+/// How a read must be served: `consistency` and, for a stale read, the most staleness it
+/// accepts (`max_lag`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Linearizable or stale.
+    pub consistency: Consistency,
+    /// For a stale read: refuse with 503 `replica_behind` rather than serve a copy that may
+    /// be staler than this many milliseconds.
+    pub max_lag_ms: Option<u64>,
+}
+
+impl ReadOptions {
+    /// `consistency` with no staleness bound.
+    pub fn new(consistency: Consistency) -> Self {
+        ReadOptions {
+            consistency,
+            max_lag_ms: None,
+        }
+    }
+}
+
 /// Which cluster each part of a read's answer came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnswerClusters {
@@ -119,6 +140,19 @@ pub struct Freshness {
     /// Milliseconds since it last heard from a leader (`aspen-leader-contact-ms`);
     /// `None` (header omitted) if it never has.
     pub since_leader_contact_ms: Option<u64>,
+    /// For a read of a federation replica: its lag (`aspen-replica-lag-revisions` and
+    /// `aspen-replica-lag-seconds`); the Raft index headers are then omitted, as the
+    /// replica is no member of the owner's Raft group.
+    pub replica: Option<ReplicaLag>,
+}
+
+/// How far behind its owner a federation replica was when it served a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaLag {
+    /// Owner revisions the replica lacked, as far as it knew.
+    pub revisions: u64,
+    /// Upper bound on its staleness, in ms; `None` when not known yet.
+    pub ms: Option<u64>,
 }
 
 impl Freshness {
@@ -129,6 +163,7 @@ impl Freshness {
             applied_index: response.applied_index,
             known_commit_index: response.known_commit_index,
             since_leader_contact_ms: response.since_leader_contact_ms,
+            replica: None,
         }
     }
 }
@@ -211,7 +246,10 @@ mod tests {
 
     use super::*;
     use crate::client::http_client;
-    use crate::headers::{LEADER_CONTACT_HEADER, REVISION_HEADER};
+    use crate::headers::{
+        APPLIED_INDEX_HEADER, LEADER_CONTACT_HEADER, REPLICA_LAG_REVISIONS_HEADER,
+        REPLICA_LAG_SECONDS_HEADER, REVISION_HEADER,
+    };
     use crate::types::{KvEntry, ScanPage, WriteOutcome};
 
     /// A backend that answers every read with `answer` and every write with revision 7
@@ -219,6 +257,7 @@ mod tests {
     struct Fixed {
         answer: ReadAnswer,
         observed: Mutex<Vec<(&'static str, u16)>>,
+        options: Mutex<Vec<ReadOptions>>,
     }
 
     impl KvBackend for Fixed {
@@ -231,7 +270,8 @@ mod tests {
             Ok(Written { result, cluster })
         }
 
-        async fn read(&self, _: ReadRequest, _: Consistency) -> Result<ReadAnswer, ApiError> {
+        async fn read(&self, _: ReadRequest, o: ReadOptions) -> Result<ReadAnswer, ApiError> {
+            self.options.lock().unwrap().push(o);
             Ok(self.answer.clone())
         }
 
@@ -262,6 +302,7 @@ mod tests {
         applied_index: 6,
         known_commit_index: 6,
         since_leader_contact_ms: None,
+        replica: None,
     };
 
     /// Serves `answer` on a free port; returns the base URL and the backend.
@@ -269,6 +310,7 @@ mod tests {
         let backend = Arc::new(Fixed {
             answer,
             observed: Mutex::new(Vec::new()),
+            options: Mutex::new(Vec::new()),
         });
         let app = kv_routes(backend.clone()).fallback(not_found);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -354,6 +396,77 @@ mod tests {
         assert_eq!(headers[REVISION_HEADER], "5");
         assert!(headers.get(LEADER_CONTACT_HEADER).is_none());
         assert_eq!(*backend.observed.lock().unwrap(), vec![("get", 404)]);
+    }
+
+    #[tokio::test]
+    async fn a_replica_read_sends_its_lag_and_no_raft_index_headers() {
+        let answer = ReadAnswer {
+            result: ReadResult::Get(Some(entry("k"))),
+            clusters: AnswerClusters::One("us-1".into()),
+            freshness: Some(Freshness {
+                replica: Some(ReplicaLag {
+                    revisions: 3,
+                    ms: Some(1_250),
+                }),
+                ..FRESH
+            }),
+            next: None,
+        };
+        let (url, backend) = start(answer).await;
+        let (status, headers, body) =
+            get(&format!("{url}/v1/kv/k?consistency=stale&max_lag=2s")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers[REVISION_HEADER], "5");
+        assert_eq!(headers[REPLICA_LAG_REVISIONS_HEADER], "3");
+        assert_eq!(headers[REPLICA_LAG_SECONDS_HEADER], "1.250");
+        assert!(headers.get(APPLIED_INDEX_HEADER).is_none());
+        assert_eq!(
+            *backend.options.lock().unwrap(),
+            vec![ReadOptions {
+                consistency: Consistency::Stale,
+                max_lag_ms: Some(2_000)
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn max_lag_is_parsed_in_its_units_bounded_and_only_for_stale_reads() {
+        let answer = ReadAnswer {
+            result: ReadResult::Get(Some(entry("k"))),
+            clusters: AnswerClusters::One("us-1".into()),
+            freshness: Some(FRESH),
+            next: None,
+        };
+        let (url, backend) = start(answer).await;
+        for (query, ms) in [("250ms", 250), ("3", 3_000), ("1m", 60_000), ("0s", 0)] {
+            let (status, _, body) =
+                get(&format!("{url}/v1/kv/k?consistency=stale&max_lag={query}")).await;
+            assert_eq!(status, 200, "{query}: {body}");
+            let last = backend.options.lock().unwrap().last().copied().unwrap();
+            assert_eq!(last.max_lag_ms, Some(ms), "{query}");
+        }
+        let max = crate::limits::MAX_READ_LAG_BOUND_MS;
+        let (status, _, _) = get(&format!("{url}/v1/kv/k?consistency=stale&max_lag={max}ms")).await;
+        assert_eq!(status, 200);
+        for bad in [
+            format!("{}ms", max + 1),
+            "fast".to_string(),
+            "2h3".to_string(),
+        ] {
+            let (status, _, body) =
+                get(&format!("{url}/v1/kv/k?consistency=stale&max_lag={bad}")).await;
+            assert_eq!(status, 400, "{bad}");
+            assert!(body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_lag"));
+        }
+        let (status, _, body) = get(&format!("{url}/v1/kv/k?max_lag=2s")).await;
+        assert_eq!(status, 400);
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("consistency=stale"));
     }
 
     #[tokio::test]

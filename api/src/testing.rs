@@ -13,7 +13,8 @@ use crate::types::{
     ScanPage, WriteOutcome, WriteResult,
 };
 use crate::wire::{
-    KvRequest, KvResponse, MemberReport, MembershipChange, NewLearner, StatusReport,
+    KvRequest, KvResponse, MemberReport, MembershipChange, NewLearner, ReplicaReadRequest,
+    ReplicaReadResponse, ReplicaReport, StatusReport,
 };
 
 /// A key: short, any Unicode (not only ASCII), sometimes with `/` and NUL.
@@ -237,7 +238,51 @@ fn single_request() -> impl Strategy<Value = KvRequest> {
         }),
         membership_change().prop_map(KvRequest::Membership),
         Just(KvRequest::Status),
+        (
+            key(),
+            read_request(),
+            any::<u64>(),
+            option::of(any::<u64>())
+        )
+            .prop_map(|(source, request, min_revision, max_lag_ms)| {
+                KvRequest::ReplicaRead(ReplicaReadRequest {
+                    source,
+                    request,
+                    min_revision,
+                    max_lag_ms,
+                })
+            }),
+        Just(KvRequest::ReplicaStatus),
     ]
+}
+
+/// Any replica report.
+pub fn replica_report() -> impl Strategy<Value = ReplicaReport> {
+    let head = (key(), key(), any::<u64>(), any::<u64>(), any::<u64>());
+    let tail = (
+        option::of(any::<u64>()),
+        "[a-z]{0,12}",
+        any::<u64>(),
+        any::<u64>(),
+        option::of("\\PC{0,12}"),
+    );
+    (head, tail).prop_map(
+        |(
+            (source, region, revision, owner_head, lag_revisions),
+            (lag_ms, phase, checkpoints_loaded, sets_applied, error),
+        )| ReplicaReport {
+            source,
+            region,
+            revision,
+            owner_head,
+            lag_revisions,
+            lag_ms,
+            phase,
+            checkpoints_loaded,
+            sets_applied,
+            error,
+        },
+    )
 }
 
 /// Any request, batches (of any other request) included.
@@ -256,6 +301,22 @@ fn single_response() -> impl Strategy<Value = KvResponse> {
         status_report().prop_map(KvResponse::Status),
         option::of(any::<u64>()).prop_map(|leader| KvResponse::NotLeader { leader }),
         api_error().prop_map(KvResponse::Error),
+        (
+            key(),
+            read_response(),
+            any::<u64>(),
+            option::of(any::<u64>())
+        )
+            .prop_map(|(source, read, lag_revisions, lag_ms)| {
+                KvResponse::ReplicaRead(ReplicaReadResponse {
+                    source,
+                    result: read.result,
+                    revision: read.revision,
+                    lag_revisions,
+                    lag_ms,
+                })
+            }),
+        vec(replica_report(), 0..3).prop_map(KvResponse::ReplicaStatus),
     ]
 }
 

@@ -124,7 +124,60 @@ pub struct ScanPage {
     pub more: bool,
 }
 
+/// The key range of one scan page: keys `>= lower` and, when there is an upper bound,
+/// `< upper` (every key starting with `prefix`, strictly after `after` when given).
+pub fn scan_bounds(prefix: &str, after: Option<&str>) -> (Vec<u8>, Option<Vec<u8>>) {
+    let lower: Vec<u8> = match after {
+        Some(a) if a.as_bytes() >= prefix.as_bytes() => {
+            let mut l = a.as_bytes().to_vec();
+            l.push(0);
+            l
+        }
+        _ => prefix.as_bytes().to_vec(),
+    };
+    (lower, prefix_end(prefix.as_bytes()))
+}
+
+/// The smallest byte string greater than every string starting with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 impl ScanPage {
+    /// Builds a page from entries in key order (read with a limit of `limit + 1`): at most
+    /// `limit` entries, ending early once it holds [`MAX_SCAN_PAGE_BYTES`] of keys and
+    /// values; `more` says whether entries were left.
+    ///
+    /// [`MAX_SCAN_PAGE_BYTES`]: crate::limits::MAX_SCAN_PAGE_BYTES
+    pub fn collect<E>(
+        entries: impl IntoIterator<Item = Result<KvEntry, E>>,
+        limit: usize,
+    ) -> Result<ScanPage, E> {
+        let mut page = ScanPage {
+            kvs: Vec::new(),
+            more: false,
+        };
+        let mut bytes = 0usize;
+        for entry in entries {
+            let full = bytes >= crate::limits::MAX_SCAN_PAGE_BYTES && !page.kvs.is_empty();
+            if page.kvs.len() == limit || full {
+                page.more = true;
+                break;
+            }
+            let entry = entry?;
+            bytes += entry.value.len() + entry.key.len();
+            page.kvs.push(entry);
+        }
+        Ok(page)
+    }
+
     /// The continuation token: pass it as `after` to get the next page.
     pub fn next(&self) -> Option<&str> {
         if self.more {

@@ -20,6 +20,7 @@
 //! - `message`: [`KvRequest`], [`KvResponse`], [`MembershipChange`].
 //! - `status`: [`StatusReport`] and [`MemberReport`], the wire shapes of a node's status
 //!   (the JSON shapes are `admin::NodeStatus` and `admin::MemberStatus`).
+//! - `replica`: stale reads of federation replicas and their status.
 //! - `fit`: [`encode_response`], which makes any answer fit in one message.
 //!
 //! Every type here is a wire type: no serde attribute may change its shape (see
@@ -30,6 +31,7 @@
 
 mod fit;
 mod message;
+mod replica;
 mod status;
 
 pub use crate::codec::CodecError as WireError;
@@ -39,6 +41,7 @@ pub use fit::{
     encode_response, is_read_left_out_of_batch, read_left_out_error, read_left_out_of_batch,
 };
 pub use message::{KvRequest, KvResponse, MembershipChange, NewLearner, MAX_WIRE_BATCH};
+pub use replica::{ReplicaReadRequest, ReplicaReadResponse, ReplicaReport};
 pub use status::{MemberReport, StatusReport};
 
 /// ALPN of the KV protocol, version 1.

@@ -11,8 +11,8 @@ mod admin;
 use std::sync::Arc;
 
 use aspen_api::limits::MAX_JSON_BODY_BYTES;
-use aspen_api::server::{kv_routes, not_found, KvBackend, ReadAnswer, Written};
-use aspen_api::{ApiError, Command, Consistency, ReadRequest};
+use aspen_api::server::{kv_routes, not_found, KvBackend, ReadAnswer, ReadOptions, Written};
+use aspen_api::{ApiError, Command, ErrorCode, ReadRequest};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
@@ -40,9 +40,22 @@ impl KvBackend for NodeBackend {
     async fn read(
         &self,
         request: ReadRequest,
-        consistency: Consistency,
+        options: ReadOptions,
     ) -> Result<ReadAnswer, ApiError> {
-        let response = self.service.read(request, consistency).await?;
+        let response = self.service.read(request, options.consistency).await?;
+        if let Some(max) = options.max_lag_ms {
+            // A node's own copy is as stale as its last word from a leader.
+            let contact = response.since_leader_contact_ms;
+            if contact.is_none_or(|ms| ms > max) {
+                return Err(ApiError::new(
+                    ErrorCode::ReplicaBehind,
+                    format!(
+                        "this node's copy may be {} stale, more than max_lag ({max} ms); retry, or read with consistency=linearizable",
+                        contact.map_or("an unknown time".to_string(), |ms| format!("{ms} ms"))
+                    ),
+                ));
+            }
+        }
         Ok(ReadAnswer::from_cluster(
             response,
             self.service.cluster.clone(),

@@ -24,6 +24,8 @@
 //! - [`node`]: wires one node together, in a fixed order; start and shutdown.
 //! - [`local_cluster`]: several nodes in one process (`aspen dev`, tests).
 //! - [`faults`]: a fault schedule over a local cluster (tests, `aspen soak`).
+//! - [`federation`]: the node's side of federation: its feed for the exporter, the setup
+//!   from config, and the access rules of the docs, gossip and blob protocols.
 
 // openraft's `StorageError` is large and its storage traits require it as the error type,
 // so results carrying it are large by design; boxing it at every call would only add noise.
@@ -31,6 +33,7 @@
 
 pub mod batcher;
 pub mod faults;
+pub mod federation;
 pub mod http;
 pub mod kv_server;
 pub mod leader_contact;

@@ -13,7 +13,7 @@ use openraft::ChangeMembers;
 
 use crate::raft_types::MemberNode;
 
-use crate::node::{bind, Node, NodeError};
+use crate::node::{bind, BoundEndpoint, Node, NodeError};
 
 /// How long a resumed cluster may take to elect a leader.
 const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -46,39 +46,35 @@ pub fn node_dir(parent: &Path, id: u64) -> PathBuf {
     parent.join(format!("node-{id}"))
 }
 
-impl LocalCluster {
-    /// Binds and starts every node; initializes the cluster on first start.
-    pub async fn start(spec: LocalClusterSpec) -> Result<LocalCluster, NodeError> {
-        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-        let mut configs = Vec::new();
-        let mut endpoints = Vec::new();
-        for id in 1..=spec.nodes as u64 {
-            let mut config =
-                NodeConfig::dev(id, spec.cluster.clone(), node_dir(&spec.data_dir, id));
-            config.iroh_bind_addr = loopback;
-            config.http_addr = if id == 1 { spec.first_http } else { loopback };
-            config.raft = spec.raft.clone();
-            let endpoint = bind(&config).await?;
-            config.iroh_bind_addr = endpoint.bound_sockets()[0];
-            configs.push(config);
-            endpoints.push(endpoint);
-        }
-        let peers: Vec<PeerConfig> = configs
-            .iter()
-            .zip(&endpoints)
-            .map(|(c, e)| PeerConfig {
-                node_id: c.node_id,
-                endpoint_id: e.id().to_string(),
-                addrs: vec![c.iroh_bind_addr],
-            })
-            .collect();
+/// A local cluster whose endpoints are bound but whose nodes have not started: its
+/// members' identities and addresses are known, so other clusters' configs (federation)
+/// can name them before anything starts.
+pub struct BoundCluster {
+    configs: Vec<NodeConfig>,
+    members: Vec<PeerConfig>,
+    endpoints: Vec<BoundEndpoint>,
+}
+
+impl BoundCluster {
+    /// Every node: id, iroh identity and address.
+    pub fn members(&self) -> &[PeerConfig] {
+        &self.members
+    }
+
+    /// The configs the nodes will start with (peers filled in), to add to before starting.
+    pub fn configs_mut(&mut self) -> &mut [NodeConfig] {
+        &mut self.configs
+    }
+
+    /// Starts every node; initializes the cluster on first start.
+    pub async fn start(self) -> Result<LocalCluster, NodeError> {
+        let BoundCluster {
+            mut configs,
+            members: peers,
+            endpoints,
+        } = self;
         let mut nodes = Vec::new();
         for (config, endpoint) in configs.iter_mut().zip(endpoints) {
-            config.peers = peers
-                .iter()
-                .filter(|p| p.node_id != config.node_id)
-                .cloned()
-                .collect();
             let listener = bind_http(config.http_addr).await?;
             config.http_addr = listener
                 .local_addr()
@@ -106,6 +102,53 @@ impl LocalCluster {
             cluster.refresh_member_addresses().await?;
         }
         Ok(cluster)
+    }
+}
+
+impl LocalCluster {
+    /// Binds every node's endpoint and writes its config (peers included), without
+    /// starting anything.
+    pub async fn bind(spec: LocalClusterSpec) -> Result<BoundCluster, NodeError> {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+        let mut configs = Vec::new();
+        let mut endpoints = Vec::new();
+        for id in 1..=spec.nodes as u64 {
+            let mut config =
+                NodeConfig::dev(id, spec.cluster.clone(), node_dir(&spec.data_dir, id));
+            config.iroh_bind_addr = loopback;
+            config.http_addr = if id == 1 { spec.first_http } else { loopback };
+            config.raft = spec.raft.clone();
+            let endpoint = bind(&config).await?;
+            config.iroh_bind_addr = endpoint.bound_sockets()[0];
+            configs.push(config);
+            endpoints.push(endpoint);
+        }
+        let members: Vec<PeerConfig> = configs
+            .iter()
+            .zip(&endpoints)
+            .map(|(c, e)| PeerConfig {
+                node_id: c.node_id,
+                endpoint_id: e.id().to_string(),
+                addrs: vec![c.iroh_bind_addr],
+            })
+            .collect();
+        for config in &mut configs {
+            config.peers = members
+                .iter()
+                .filter(|p| p.node_id != config.node_id)
+                .cloned()
+                .collect();
+        }
+        Ok(BoundCluster {
+            configs,
+            members,
+            endpoints,
+        })
+    }
+
+    /// Binds and starts every node; initializes the cluster on first start.
+    pub async fn start(spec: LocalClusterSpec) -> Result<LocalCluster, NodeError> {
+        Self::bind(spec).await?.start().await
     }
 
     /// After a restart every node listens on new ports: record them in the membership, so

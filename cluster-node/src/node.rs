@@ -16,6 +16,9 @@ use openraft::SnapshotPolicy;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use aspen_federation::{Federation, Replicas};
+
+use crate::federation::{self, NodeFeed};
 use crate::http::{self, NodeBackend};
 use crate::kv_server::KvProtocol;
 use crate::leader_contact::LeaderContact;
@@ -24,7 +27,7 @@ use crate::raft_network::{NetworkFactory, RaftProtocol, RAFT_ALPN};
 use crate::raft_types::{AspenRaft, MemberNode};
 use crate::service::KvService;
 use crate::storage;
-use crate::transport::{bind_endpoint, load_or_create_secret_key, Transport};
+use crate::transport::{bind_endpoint, load_or_create_secret_key, Access, Transport};
 
 /// Errors of starting a node.
 #[derive(Debug, thiserror::Error)]
@@ -47,18 +50,44 @@ pub enum NodeError {
     /// Raft refused to start.
     #[error("starting Raft failed: {0}")]
     Raft(String),
+    /// Federation could not start.
+    #[error("starting federation failed: {0}")]
+    Federation(#[from] aspen_federation::FederationError),
+}
+
+/// A node's iroh endpoint, bound, with the access policy every connection to it passes
+/// through (the node fills in its rules when it starts).
+pub struct BoundEndpoint {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// Its access policy.
+    pub access: Access,
+}
+
+impl BoundEndpoint {
+    /// The endpoint's id: the node's identity.
+    pub fn id(&self) -> EndpointId {
+        self.endpoint.id()
+    }
+
+    /// The local addresses the endpoint is bound to.
+    pub fn bound_sockets(&self) -> Vec<SocketAddr> {
+        self.endpoint.bound_sockets()
+    }
 }
 
 /// Binds the node's iroh endpoint: identity from the data dir, address from the config.
-pub async fn bind(config: &NodeConfig) -> Result<Endpoint, NodeError> {
+pub async fn bind(config: &NodeConfig) -> Result<BoundEndpoint, NodeError> {
     let key = load_or_create_secret_key(&config.data_dir).map_err(|source| NodeError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
     })?;
     let relays = config.relay == RelayModeConfig::Default;
-    bind_endpoint(key, config.iroh_bind_addr, relays)
+    let access = Access::open();
+    let endpoint = bind_endpoint(key, config.iroh_bind_addr, relays, &access)
         .await
-        .map_err(NodeError::Endpoint)
+        .map_err(NodeError::Endpoint)?;
+    Ok(BoundEndpoint { endpoint, access })
 }
 
 /// A running node.
@@ -67,6 +96,7 @@ pub struct Node {
     pub service: Arc<KvService>,
     raft: AspenRaft,
     transport: Arc<Transport>,
+    federation: Option<Federation>,
     protocols: ProtocolRouter,
     http_addr: SocketAddr,
     http_stop: Option<oneshot::Sender<()>>,
@@ -93,10 +123,11 @@ impl Node {
     /// Starts a node on a bound `endpoint` and HTTP `listener`.
     pub async fn start(
         config: NodeConfig,
-        endpoint: Endpoint,
+        bound: BoundEndpoint,
         listener: tokio::net::TcpListener,
     ) -> Result<Node, NodeError> {
-        let transport = Transport::new(endpoint.clone());
+        let BoundEndpoint { endpoint, access } = bound;
+        let transport = Transport::new(endpoint.clone(), access);
         let mut initial_members = BTreeMap::new();
         let own_addrs = endpoint
             .bound_sockets()
@@ -126,7 +157,8 @@ impl Node {
                 },
             );
         }
-        let (log_store, state_machine) = storage::open(&config.data_dir)?;
+        let federation_setup = federation::setup(&config)?;
+        let (log_store, state_machine) = storage::open(&config.data_dir, (&config.feed).into())?;
         let raft = AspenRaft::new(
             config.node_id,
             Arc::new(openraft_config(&config)?),
@@ -137,16 +169,37 @@ impl Node {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
         let contact = Arc::new(LeaderContact::default());
+        let replicas = match &federation_setup {
+            Some(setup) if !setup.imports.is_empty() => Some(Replicas::open(&config.data_dir)?),
+            _ => None,
+        };
         let service = KvService::new(
             config.node_id,
             config.cluster.clone(),
             raft.clone(),
-            state_machine,
+            state_machine.clone(),
             transport.clone(),
             initial_members,
             contact.clone(),
+            replicas.clone(),
         );
-        let protocols = ProtocolRouter::builder(endpoint)
+        let federation = match federation_setup {
+            Some(setup) => {
+                federation::restrict(transport.access(), &config, raft.clone())?;
+                let feed = Arc::new(NodeFeed {
+                    node_id: config.node_id,
+                    raft: raft.clone(),
+                    sm: state_machine,
+                });
+                let replicas = match replicas {
+                    Some(r) => r,
+                    None => Replicas::open(&config.data_dir)?,
+                };
+                Some(Federation::start(setup, &endpoint, feed, replicas).await?)
+            }
+            None => None,
+        };
+        let mut protocols = ProtocolRouter::builder(endpoint)
             .accept(
                 RAFT_ALPN,
                 RaftProtocol::new(raft.clone(), transport.clone(), configured, contact),
@@ -154,8 +207,11 @@ impl Node {
             .accept(
                 aspen_api::wire::KV_ALPN,
                 KvProtocol::new(service.clone(), transport.clone()),
-            )
-            .spawn();
+            );
+        for (alpn, handler) in federation.iter().flat_map(|f| f.handlers()) {
+            protocols = protocols.accept(alpn, handler);
+        }
+        let protocols = protocols.spawn();
         let http_addr = listener.local_addr().map_err(|source| NodeError::DataDir {
             path: "http listener".into(),
             source,
@@ -174,6 +230,7 @@ impl Node {
             service,
             raft,
             transport,
+            federation,
             protocols,
             http_addr,
             http_stop: Some(http_stop),
@@ -206,12 +263,20 @@ impl Node {
         &self.transport
     }
 
+    /// The node's federation, if configured.
+    pub fn federation(&self) -> Option<&Federation> {
+        self.federation.as_ref()
+    }
+
     /// Stops HTTP, Raft and the iroh endpoint, in that order.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.http_stop.take() {
             let _ = stop.send(());
         }
         let _ = self.http_task.await;
+        if let Some(federation) = self.federation.take() {
+            federation.shutdown().await;
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }

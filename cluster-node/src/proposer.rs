@@ -114,7 +114,7 @@ fn stopped_error(stopped: Stopped) -> ProposeError {
 /// Proposes `commands` as one entry: one answer per command, in order.
 async fn propose(raft: &AspenRaft, commands: Vec<Command>) -> Vec<Answer> {
     let count = commands.len();
-    let error = match raft.client_write(Proposal { commands }).await {
+    let error = match raft.client_write(Proposal::now(commands)).await {
         Ok(response) if response.data.results.len() == count => {
             return response.data.results.into_iter().map(Ok).collect();
         }

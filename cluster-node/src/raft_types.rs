@@ -35,6 +35,29 @@ impl std::fmt::Display for MemberNode {
 pub struct Proposal {
     /// The commands, in the order they are applied.
     pub commands: Vec<Command>,
+    /// When the leader proposed them, in milliseconds since the Unix epoch. The change
+    /// feed records it as each revision's time (never below the previous revision's, so
+    /// a leader whose clock is behind cannot move time backwards); feed retention and
+    /// federation lag are measured with it. Part of the replicated entry, so every node
+    /// sees the same time.
+    pub time_ms: u64,
+}
+
+impl Proposal {
+    /// A proposal of `commands`, stamped with this node's clock.
+    pub fn now(commands: Vec<Command>) -> Proposal {
+        Proposal {
+            commands,
+            time_ms: unix_time_ms(),
+        }
+    }
+}
+
+/// This node's clock, in milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What applying one [`Proposal`] came to: one result per command, in order.

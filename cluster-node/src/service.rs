@@ -15,10 +15,11 @@ use std::time::Duration;
 use aspen_api::limits::MAX_CLUSTER_NODES;
 use aspen_api::types::ReadResponse;
 use aspen_api::wire::{
-    self, KvRequest, KvResponse, MemberReport, MembershipChange, NewLearner, StatusReport, KV_ALPN,
-    MAX_WIRE_MESSAGE_BYTES,
+    self, KvRequest, KvResponse, MemberReport, MembershipChange, NewLearner, ReplicaReadRequest,
+    ReplicaReadResponse, ReplicaReport, StatusReport, KV_ALPN, MAX_WIRE_MESSAGE_BYTES,
 };
 use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, WriteResult};
+use aspen_federation::Replicas;
 use iroh::EndpointId;
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -80,6 +81,8 @@ pub struct KvService {
     transport: Arc<Transport>,
     /// This node and its configured peers: the default voters of `init`.
     initial_members: BTreeMap<NodeId, MemberNode>,
+    /// The federation replicas this node keeps, if it imports any.
+    replicas: Option<Arc<Replicas>>,
 }
 
 fn unavailable(message: impl Into<String>) -> ApiError {
@@ -100,6 +103,7 @@ impl KvService {
         transport: Arc<Transport>,
         initial_members: BTreeMap<NodeId, MemberNode>,
         contact: Arc<LeaderContact>,
+        replicas: Option<Arc<Replicas>>,
     ) -> Arc<KvService> {
         let state = Arc::new(StateReads {
             node_id,
@@ -119,6 +123,7 @@ impl KvService {
             sm,
             transport,
             initial_members,
+            replicas,
         })
     }
 
@@ -323,8 +328,40 @@ impl KvService {
                     Attempt::Forward(l) => not_leader(l),
                 })
             }
+            KvRequest::ReplicaRead(request) => self
+                .replica_read(request)
+                .await
+                .map(KvResponse::ReplicaRead),
+            KvRequest::ReplicaStatus => Ok(KvResponse::ReplicaStatus(self.replica_reports())),
         };
         result.unwrap_or_else(KvResponse::Error)
+    }
+
+    /// Serves a stale read of one of this node's federation replicas.
+    pub async fn replica_read(
+        &self,
+        request: ReplicaReadRequest,
+    ) -> Result<ReplicaReadResponse, ApiError> {
+        validate_read(&request.request)?;
+        let replicas = self.replicas.clone().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ReplicaUnavailable,
+                format!(
+                    "cluster {} keeps no federation replicas (no [federation] imports)",
+                    self.cluster
+                ),
+            )
+        })?;
+        tokio::task::spawn_blocking(move || replicas.read(&request))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("replica read failed: {e}")))?
+    }
+
+    /// The state of every federation replica this node keeps.
+    pub fn replica_reports(&self) -> Vec<ReplicaReport> {
+        self.replicas
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.reports())
     }
 
     async fn write_local(&self, command: &Command) -> Result<Attempt<WriteResult>, ApiError> {

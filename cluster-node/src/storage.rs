@@ -1,17 +1,23 @@
 //! Durable storage of a node, in SQLite: the Raft log and vote ([`log_store`]), the state
-//! machine with every key ([`state_machine`]), and snapshots ([`snapshot`]); every
-//! on-disk encoding is versioned in [`format`].
+//! machine with every key ([`state_machine`], applying commands in [`apply`]), the change
+//! feed ([`feed`]), reads of the local copy ([`read`]), and snapshots ([`snapshot`], built
+//! and installed in `snapshot_io`); every on-disk encoding is versioned in [`format`].
 //!
 //! The log and the state machine live in two database files (`log.db`, `state.db`) so
 //! that appends and applies never wait for each other's write lock. Both run in WAL mode
 //! with `synchronous=FULL`: a transaction is on disk when its commit returns.
 
 pub mod apply;
+pub mod feed;
 pub mod format;
 pub mod log_store;
+pub mod read;
 pub mod snapshot;
+mod snapshot_io;
 pub mod state_machine;
 
+#[cfg(test)]
+mod feed_tests;
 #[cfg(test)]
 mod format_tests;
 #[cfg(test)]
@@ -21,7 +27,9 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
+pub use feed::FeedRetention;
 pub use log_store::LogStore;
+pub use read::Reader;
 pub use state_machine::StateMachine;
 
 /// How long a connection waits for another's lock before failing. Writers are single
@@ -37,12 +45,16 @@ pub(crate) fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// Opens a node's log store and state machine in `dir`.
-pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), crate::raft_types::StorageError> {
+/// Opens a node's log store and state machine in `dir`, keeping the change feed as
+/// `retention` says.
+pub fn open(
+    dir: &Path,
+    retention: FeedRetention,
+) -> Result<(LogStore, StateMachine), crate::raft_types::StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| openraft::StorageIOError::write_logs(&e))?;
     Ok((
         LogStore::open(&dir.join("log.db"))?,
-        StateMachine::open(dir)?,
+        StateMachine::open(dir, retention)?,
     ))
 }
 
@@ -58,7 +70,7 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SqliteBuilder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let (log, sm) = open(dir.path())?;
+            let (log, sm) = open(dir.path(), FeedRetention::default())?;
             Ok((dir, log, sm))
         }
     }

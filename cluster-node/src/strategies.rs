@@ -42,8 +42,12 @@ pub fn membership() -> impl Strategy<Value = Membership<NodeId, MemberNode>> {
 pub fn entry() -> impl Strategy<Value = Entry> {
     let payload = prop_oneof![
         Just(EntryPayload::Blank),
-        vec(aspen_api::testing::command(), 0..3)
-            .prop_map(|commands| EntryPayload::Normal(Proposal { commands })),
+        vec(aspen_api::testing::command(), 0..3).prop_map(|commands| EntryPayload::Normal(
+            Proposal {
+                commands,
+                time_ms: 0
+            }
+        )),
         membership().prop_map(EntryPayload::Membership),
     ];
     (log_id(), payload).prop_map(|(log_id, payload)| Entry { log_id, payload })

@@ -2,3 +2,4 @@
 //! this crate (and its tests) name it as part of the node.
 
 pub use aspen_net::transport::*;
+pub use aspen_net::{Access, CLOSE_REFUSED};

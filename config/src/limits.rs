@@ -63,3 +63,30 @@ pub const MAX_REQUEST_DEADLINE_MS: u64 = 300_000;
 /// about a second of its work; a higher cap only queues latency and memory inside the
 /// router instead of pushing back on clients with a 503.
 pub const MAX_IN_FLIGHT_PER_CLUSTER_LIMIT: usize = 4096;
+
+/// Fewest revisions the change feed keeps. A watcher or an exporting leader resumes from a
+/// revision a few round trips old; under 1000 a short stall under load would already force
+/// it to resync from scratch.
+pub const MIN_FEED_RETAIN_REVISIONS: u64 = 1_000;
+
+/// Most revisions the change feed keeps. The feed holds every changed value again, and a
+/// snapshot carries the kept part of it: 10 million small changes is a few GB.
+pub const MAX_FEED_RETAIN_REVISIONS: u64 = 10_000_000;
+
+/// Shortest time the change feed keeps changes, in seconds: long enough to ride out a
+/// leader change or a restart of whoever reads it.
+pub const MIN_FEED_RETAIN_SECONDS: u64 = 60;
+
+/// Longest time the change feed keeps changes, in seconds (30 days): past that, resyncing
+/// from a checkpoint is cheaper than keeping the history.
+pub const MAX_FEED_RETAIN_SECONDS: u64 = 30 * 24 * 3_600;
+
+/// Most endpoints one `[[federation.export]]` entry may list as readers: every node of
+/// four full clusters in that region, far more than the few clusters per region that
+/// import in practice, while keeping the allow-list checked at each connection small.
+pub const MAX_FEDERATION_READERS: usize = 4 * MAX_CLUSTER_NODES;
+
+/// Most clusters one node may import. Each import is one document synced and one replica
+/// kept; a region reading the whole federation imports every other region's clusters, and
+/// 256 is the most clusters a route table names.
+pub const MAX_FEDERATION_IMPORTS: usize = MAX_ROUTER_CLUSTERS;

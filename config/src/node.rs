@@ -3,9 +3,13 @@
 //! which other members it talks to ([`PeerConfig`]). [`NodeConfig::load`] reads, parses
 //! and validates a file; `config/examples/node.toml` is a commented example.
 
+mod federation;
+mod feed;
 mod peer;
 mod raft;
 
+pub use federation::{ExportConfig, FederationConfig, ImportConfig, RemoteNodeConfig};
+pub use feed::FeedConfig;
 pub use peer::PeerConfig;
 pub use raft::RaftConfig;
 
@@ -61,6 +65,13 @@ pub struct NodeConfig {
     /// Raft timing, snapshot and replication batch settings (`[raft]`).
     #[serde(default)]
     pub raft: RaftConfig,
+    /// Change feed retention (`[feed]`).
+    #[serde(default)]
+    pub feed: FeedConfig,
+    /// Federation with other regions (`[federation]`); absent: this cluster neither
+    /// exports nor imports.
+    #[serde(default)]
+    pub federation: Option<FederationConfig>,
     /// The other members, or would-be members, of the cluster (`[[peers]]`): how to
     /// reach them and which iroh identity to accept Raft RPCs from. Excludes this node.
     #[serde(default)]
@@ -110,6 +121,8 @@ impl NodeConfig {
             iroh_bind_addr: DEFAULT_IROH_BIND_ADDR,
             relay: RelayModeConfig::default(),
             raft: RaftConfig::default(),
+            feed: FeedConfig::default(),
+            federation: None,
             peers: Vec::new(),
             fault_injection: false,
         }
@@ -150,6 +163,12 @@ impl NodeConfig {
             ));
         }
         self.raft.check().map_err(|e| e.under("raft"))?;
+        self.feed.check().map_err(|e| e.under("feed"))?;
+        if let Some(federation) = &self.federation {
+            federation
+                .check(&self.cluster)
+                .map_err(|e| e.under("federation"))?;
+        }
         self.check_peers()
     }
 

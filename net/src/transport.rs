@@ -7,7 +7,8 @@
 //! that broke after sending is [`TransportError::Failed`] (it may have been processed).
 //!
 //! Fault injection for tests lives here too: [`Transport::set_blocked`] cuts this node off
-//! from chosen peers in both directions, as a network partition would.
+//! from chosen peers in both directions, on every protocol of the endpoint (through its
+//! [`Access`] hook), as a network partition would.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -17,6 +18,8 @@ use std::time::Duration;
 
 use iroh::endpoint::{presets, Connection, QuicTransportConfig};
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey};
+
+use crate::access::Access;
 
 /// File in the data dir holding the node's iroh secret key (its identity).
 pub const SECRET_KEY_FILE: &str = "iroh.key";
@@ -69,11 +72,13 @@ pub fn load_or_create_secret_key(dir: &Path) -> std::io::Result<SecretKey> {
     }
 }
 
-/// Binds an iroh endpoint with `key` on `bind_addr`, relays on or off.
+/// Binds an iroh endpoint with `key` on `bind_addr`, relays on or off, every connection
+/// checked by `access`.
 pub async fn bind_endpoint(
     key: SecretKey,
     bind_addr: SocketAddr,
     relays: bool,
+    access: &Access,
 ) -> Result<Endpoint, String> {
     let transport = QuicTransportConfig::builder()
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
@@ -88,6 +93,7 @@ pub async fn bind_endpoint(
         .secret_key(key)
         .relay_mode(relay_mode)
         .transport_config(transport)
+        .hooks(access.clone())
         .clear_ip_transports()
         .bind_addr(bind_addr)
         .map_err(|e| format!("invalid iroh bind address {bind_addr}: {e}"))?
@@ -112,19 +118,25 @@ pub struct Transport {
     conns: Mutex<HashMap<(EndpointId, &'static [u8]), Connection>>,
     /// Configured addresses; they win over addresses recorded in the membership.
     book: RwLock<HashMap<EndpointId, Vec<SocketAddr>>>,
-    /// Peers this node pretends it cannot reach (fault injection).
-    blocked: RwLock<HashSet<EndpointId>>,
+    /// The endpoint's access policy, which also holds the peers this node pretends it
+    /// cannot reach (fault injection).
+    access: Access,
 }
 
 impl Transport {
-    /// A transport over `endpoint`.
-    pub fn new(endpoint: Endpoint) -> Arc<Transport> {
+    /// A transport over `endpoint`, bound with `access` (see [`bind_endpoint`]).
+    pub fn new(endpoint: Endpoint, access: Access) -> Arc<Transport> {
         Arc::new(Transport {
             endpoint,
             conns: Mutex::new(HashMap::new()),
             book: RwLock::new(HashMap::new()),
-            blocked: RwLock::new(HashSet::new()),
+            access,
         })
+    }
+
+    /// The endpoint's access policy.
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// The endpoint.
@@ -150,7 +162,8 @@ impl Transport {
         PeerAddr { id, addrs }
     }
 
-    /// Cuts this node off from `peers` (both directions), or heals with an empty set.
+    /// Cuts this node off from `peers` (both directions, every protocol: iroh-docs and
+    /// gossip too), or heals with an empty set.
     pub fn set_blocked(&self, peers: HashSet<EndpointId>) {
         let mut conns = self.conns.lock().expect("connection cache lock");
         conns.retain(|(id, _), conn| {
@@ -160,12 +173,12 @@ impl Transport {
             }
             keep
         });
-        *self.blocked.write().expect("blocked lock") = peers;
+        self.access.set_blocked(peers);
     }
 
     /// Whether traffic with `peer` is currently cut (fault injection).
     pub fn is_blocked(&self, peer: &EndpointId) -> bool {
-        self.blocked.read().expect("blocked lock").contains(peer)
+        self.access.is_blocked(peer)
     }
 
     async fn connection(

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aspen_api::server::{
-    kv_routes, not_found, AnswerClusters, HttpError, KvBackend, ReadAnswer, Written,
+    kv_routes, not_found, AnswerClusters, HttpError, KvBackend, ReadAnswer, ReadOptions, Written,
 };
-use aspen_api::{ApiError, Command, Consistency, ReadRequest, ReadResult, ScanPage};
+use aspen_api::{ApiError, Command, ReadRequest, ReadResult, ScanPage};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -35,19 +35,23 @@ impl KvBackend for RouterBackend {
     async fn read(
         &self,
         request: ReadRequest,
-        consistency: Consistency,
+        options: ReadOptions,
     ) -> Result<ReadAnswer, ApiError> {
         match request {
             ReadRequest::Get { key } => {
-                let read = self.service.get(key, consistency).await?;
-                Ok(ReadAnswer::from_cluster(read.response, read.cluster))
+                let read = self.service.get(key, options).await?;
+                let mut answer = ReadAnswer::from_cluster(read.response, read.cluster);
+                if let Some(freshness) = answer.freshness.as_mut() {
+                    freshness.replica = read.replica;
+                }
+                Ok(answer)
             }
             ReadRequest::Scan {
                 prefix,
                 after,
                 limit,
             } => {
-                let out = self.service.scan(prefix, after, limit, consistency).await?;
+                let out = self.service.scan(prefix, after, limit, options).await?;
                 let (kvs, clusters): (Vec<_>, Vec<_>) = out.entries.into_iter().unzip();
                 Ok(ReadAnswer {
                     result: ReadResult::Scan(ScanPage {

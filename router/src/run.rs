@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aspen_config::{RelayModeConfig, RouterConfig};
-use aspen_net::{bind_endpoint, Transport};
+use aspen_net::{bind_endpoint, Access, Transport};
 use iroh::SecretKey;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -36,6 +36,7 @@ pub struct RunningRouter {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     endpoint: iroh::Endpoint,
+    transport: Arc<Transport>,
 }
 
 impl RunningRouter {
@@ -48,11 +49,19 @@ impl RunningRouter {
             .validate()
             .map_err(|e| StartError::Config(e.to_string()))?;
         let relays = config.relay == RelayModeConfig::Default;
-        let endpoint = bind_endpoint(SecretKey::generate(), config.iroh_bind_addr, relays)
-            .await
-            .map_err(StartError::Endpoint)?;
-        let transport = Transport::new(endpoint.clone());
-        let service = Arc::new(RouterService::new(config, transport).map_err(StartError::Config)?);
+        // A router serves no iroh protocol (it only dials nodes), so nothing is restricted.
+        let access = Access::open();
+        let endpoint = bind_endpoint(
+            SecretKey::generate(),
+            config.iroh_bind_addr,
+            relays,
+            &access,
+        )
+        .await
+        .map_err(StartError::Endpoint)?;
+        let transport = Transport::new(endpoint.clone(), access);
+        let service =
+            Arc::new(RouterService::new(config, transport.clone()).map_err(StartError::Config)?);
         let metrics = Arc::new(RouterMetrics::default());
         let http_addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -66,7 +75,13 @@ impl RunningRouter {
             stop: Some(stop),
             server,
             endpoint,
+            transport,
         })
+    }
+
+    /// The router's iroh transport (fault injection in tests: cut it off from nodes).
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
     }
 
     /// The HTTP address it serves on.

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use aspen_api::admin::{ClusterHealth, RouteEntry, RouterStatus, RoutesResponse};
+use aspen_api::admin::{ClusterHealth, ReplicaHealth, RouteEntry, RouterStatus, RoutesResponse};
+use aspen_api::server::{ReadOptions, ReplicaLag};
 use aspen_api::types::ReadResponse;
 use aspen_api::wire::{KvRequest, KvResponse};
 use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, WriteResult};
@@ -23,15 +24,19 @@ use futures::future::join_all;
 
 use crate::client::ClusterClient;
 use crate::error::RouteError;
+
+mod replica;
+
 use crate::merge::{merge_pages, ScanOutcome};
 use crate::table::RouteTable;
+pub use replica::REPLICA_CATCH_UP_WAIT;
 
 /// How long `/v1/status` waits for each cluster's answer; a cluster that takes longer is
 /// reported unhealthy rather than holding the whole status page.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The table and the clients it routes to, replaced together on reload.
-struct Routing {
+pub(crate) struct Routing {
     table: Arc<RouteTable>,
     clients: HashMap<String, Arc<ClusterClient>>,
     /// The config each client was built from, to keep unchanged ones on reload.
@@ -45,6 +50,8 @@ pub struct Read {
     pub cluster: String,
     /// The node's answer, freshness included.
     pub response: ReadResponse,
+    /// When a replica in this region served it: its lag.
+    pub replica: Option<ReplicaLag>,
 }
 
 /// The router's request logic.
@@ -54,6 +61,9 @@ pub struct RouterService {
     deadline: Duration,
     max_in_flight: usize,
     routing: RwLock<Arc<Routing>>,
+    /// Per owner in another region: the highest replica revision returned, so replica
+    /// reads never go back in time.
+    floors: replica::Floors,
 }
 
 fn route_error(e: RouteError) -> ApiError {
@@ -79,6 +89,7 @@ impl RouterService {
                 clients: HashMap::new(),
                 configs: HashMap::new(),
             })),
+            floors: replica::Floors::default(),
         };
         service.reload(config)?;
         Ok(service)
@@ -147,23 +158,61 @@ impl RouterService {
         }
     }
 
-    /// Reads one key from its owner.
-    pub async fn get(&self, key: String, consistency: Consistency) -> Result<Read, ApiError> {
+    /// Reads one key from its owner, or (stale, owned in another region) from a replica
+    /// in this region.
+    pub async fn get(&self, key: String, options: ReadOptions) -> Result<Read, ApiError> {
         aspen_api::command::validate_key(&key)?;
         let routing = self.routing();
         let owner = routing.table.owner(&key).map_err(route_error)?.to_string();
-        let client = client_of(&routing, &owner)?;
-        let request = KvRequest::Read {
-            request: ReadRequest::Get { key },
-            consistency,
-        };
-        match client.call(request).await? {
-            KvResponse::Read(response) => Ok(Read {
-                cluster: owner,
-                response,
-            }),
-            other => Err(unexpected(&owner, other)),
+        let (response, replica) = self
+            .read_cluster(&routing, &owner, ReadRequest::Get { key }, options)
+            .await?;
+        Ok(Read {
+            cluster: owner,
+            response,
+            replica,
+        })
+    }
+
+    /// One cluster's answer to `request`: from a replica in this region when the read is
+    /// stale and the cluster runs in another region, else from the cluster itself.
+    async fn read_cluster(
+        &self,
+        routing: &Routing,
+        cluster: &str,
+        request: ReadRequest,
+        options: ReadOptions,
+    ) -> Result<(ReadResponse, Option<ReplicaLag>), ApiError> {
+        if options.consistency == Consistency::Stale && self.is_foreign(routing, cluster) {
+            if let Some((response, lag)) = self
+                .replica_read(routing, cluster, request.clone(), options.max_lag_ms)
+                .await?
+            {
+                return Ok((response, Some(lag)));
+            }
         }
+        let client = client_of(routing, cluster)?;
+        let call = KvRequest::Read {
+            request,
+            consistency: options.consistency,
+        };
+        let response = match client.call(call).await? {
+            KvResponse::Read(response) => response,
+            other => return Err(unexpected(cluster, other)),
+        };
+        if let Some(max) = options.max_lag_ms {
+            let contact = response.since_leader_contact_ms;
+            if contact.is_none_or(|ms| ms > max) {
+                return Err(ApiError::new(
+                    ErrorCode::ReplicaBehind,
+                    format!(
+                        "cluster {cluster}'s copy may be {} stale, more than max_lag ({max} ms)",
+                        contact.map_or("an unknown time".to_string(), |ms| format!("{ms} ms"))
+                    ),
+                ));
+            }
+        }
+        Ok((response, None))
     }
 
     /// One page of the keys under `prefix` after `after`, merged from every cluster that
@@ -173,7 +222,7 @@ impl RouterService {
         prefix: String,
         after: Option<String>,
         limit: usize,
-        consistency: Consistency,
+        options: ReadOptions,
     ) -> Result<ScanOutcome, ApiError> {
         let read = ReadRequest::Scan {
             prefix,
@@ -187,26 +236,27 @@ impl RouterService {
             ReadRequest::Scan { prefix, .. } => routing.table.scan_plan(prefix),
             ReadRequest::Get { .. } => unreachable!("built as a scan just above"),
         };
-        let request = KvRequest::Read {
-            request: read,
-            consistency,
-        };
         let asks = plan.iter().map(|cluster| {
-            let request = &request;
+            let read = &read;
             let routing = &routing;
             async move {
-                let client = client_of(routing, cluster)?;
-                match client.call(request.clone()).await? {
-                    KvResponse::Read(response) => Ok((cluster.clone(), response)),
-                    other => Err(unexpected(cluster, other)),
-                }
+                let (response, lag) = self
+                    .read_cluster(routing, cluster, read.clone(), options)
+                    .await?;
+                Ok::<_, ApiError>(((cluster.clone(), response), lag))
             }
         });
-        let answers = join_all(asks)
+        let (answers, lags): (Vec<_>, Vec<_>) = join_all(asks)
             .await
             .into_iter()
-            .collect::<Result<Vec<_>, ApiError>>()?;
-        Ok(merge_pages(&routing.table, answers, limit))
+            .collect::<Result<Vec<_>, ApiError>>()?
+            .into_iter()
+            .unzip();
+        let mut outcome = merge_pages(&routing.table, answers, limit);
+        if let (Some(freshness), [Some(lag)]) = (outcome.freshness.as_mut(), lags.as_slice()) {
+            freshness.replica = Some(*lag);
+        }
+        Ok(outcome)
     }
 
     /// The router's view of every cluster, asking each for its status (at most
@@ -248,10 +298,27 @@ impl RouterService {
             }
         });
         let clusters = join_all(asks).await;
+        let replicas = self
+            .replica_reports(&routing)
+            .await
+            .into_iter()
+            .map(|(host, r)| ReplicaHealth {
+                source: r.source,
+                region: r.region,
+                host_cluster: host,
+                revision: r.revision,
+                owner_head: r.owner_head,
+                lag_revisions: r.lag_revisions,
+                lag_seconds: r.lag_ms.map(|ms| ms as f64 / 1000.0),
+                phase: r.phase,
+                error: r.error,
+            })
+            .collect();
         RouterStatus {
             role: "router".into(),
             region: self.region.clone(),
             clusters,
+            replicas,
         }
     }
 

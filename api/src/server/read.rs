@@ -12,13 +12,16 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{finish, AnswerClusters, Freshness, HttpError, HttpResult, KvBackend, ReadAnswer};
+use super::{
+    finish, AnswerClusters, Freshness, HttpError, HttpResult, KvBackend, ReadAnswer, ReadOptions,
+};
 use crate::error::{ApiError, ErrorCode, ValidationError};
 use crate::headers::{
-    APPLIED_INDEX_HEADER, KNOWN_COMMIT_HEADER, LEADER_CONTACT_HEADER, REVISION_HEADER,
+    APPLIED_INDEX_HEADER, KNOWN_COMMIT_HEADER, LEADER_CONTACT_HEADER, REPLICA_LAG_REVISIONS_HEADER,
+    REPLICA_LAG_SECONDS_HEADER, REVISION_HEADER,
 };
 use crate::json::{JsonEntry, ScanResponse};
-use crate::limits::{DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
+use crate::limits::{DEFAULT_SCAN_LIMIT, MAX_READ_LAG_BOUND_MS, MAX_SCAN_LIMIT};
 use crate::types::{Consistency, ReadRequest, ReadResult, ScanPage};
 
 /// The query parameters of `GET /v1/kv/...`.
@@ -34,6 +37,46 @@ struct ReadParams {
     consistency: Consistency,
     /// `raw`: answer a point read with the bare value bytes.
     raw: bool,
+    /// `max_lag`: for a stale read, the most staleness accepted, in ms.
+    max_lag_ms: Option<u64>,
+}
+
+/// Parses a staleness bound: a number with a unit (`500ms`, `2s`, `1m`), or a bare number
+/// of seconds; at most [`MAX_READ_LAG_BOUND_MS`].
+fn parse_max_lag(value: &str) -> Result<u64, HttpError> {
+    let bad = || {
+        HttpError::from(ValidationError::field(
+            "max_lag",
+            format!(
+                "{value:?} is not a duration such as 500ms, 2s or 1m (at most \
+                 {MAX_READ_LAG_BOUND_MS} ms)"
+            ),
+        ))
+    };
+    let (digits, unit_ms) = if let Some(n) = value.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, 1_000)
+    } else if let Some(n) = value.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (value, 1_000)
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
+    if ms > MAX_READ_LAG_BOUND_MS {
+        return Err(bad());
+    }
+    Ok(ms)
+}
+
+impl ReadParams {
+    fn options(&self) -> ReadOptions {
+        ReadOptions {
+            consistency: self.consistency,
+            max_lag_ms: self.max_lag_ms,
+        }
+    }
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, HttpError> {
@@ -73,14 +116,23 @@ fn parse_params(pairs: Vec<(String, String)>) -> Result<ReadParams, HttpError> {
                 p.limit = Some(n);
             }
             "consistency" => p.consistency = parse_consistency(&value)?,
+            "max_lag" => p.max_lag_ms = Some(parse_max_lag(&value)?),
             other => {
                 return Err(ValidationError::field(
                     other,
-                    "unknown query parameter; known: prefix, limit, after, consistency, raw",
+                    "unknown query parameter; known: prefix, limit, after, consistency, \
+                     max_lag, raw",
                 )
                 .into())
             }
         }
+    }
+    if p.max_lag_ms.is_some() && p.consistency != Consistency::Stale {
+        return Err(ValidationError::field(
+            "max_lag",
+            "bounds how stale a copy may be: use it with consistency=stale",
+        )
+        .into());
     }
     if !p.prefix && (p.limit.is_some() || p.after.is_some()) {
         return Err(ValidationError::field(
@@ -98,8 +150,21 @@ fn with_freshness(mut response: Response, freshness: Option<&Freshness>) -> Resp
         return response;
     };
     let headers = response.headers_mut();
+    headers.insert(REVISION_HEADER, HeaderValue::from(f.revision));
+    if let Some(lag) = f.replica {
+        headers.insert(
+            REPLICA_LAG_REVISIONS_HEADER,
+            HeaderValue::from(lag.revisions),
+        );
+        if let Some(ms) = lag.ms {
+            let seconds = format!("{}.{:03}", ms / 1000, ms % 1000);
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                headers.insert(REPLICA_LAG_SECONDS_HEADER, value);
+            }
+        }
+        return response;
+    }
     let values = [
-        (REVISION_HEADER, Some(f.revision)),
         (APPLIED_INDEX_HEADER, Some(f.applied_index)),
         (KNOWN_COMMIT_HEADER, Some(f.known_commit_index)),
         (LEADER_CONTACT_HEADER, f.since_leader_contact_ms),
@@ -150,6 +215,7 @@ fn scan_body(
 }
 
 async fn scan<B: KvBackend>(backend: &B, prefix: String, p: ReadParams) -> HttpResult {
+    let options = p.options();
     let request = ReadRequest::Scan {
         prefix,
         after: p.after,
@@ -160,7 +226,7 @@ async fn scan<B: KvBackend>(backend: &B, prefix: String, p: ReadParams) -> HttpR
         clusters,
         freshness,
         next,
-    } = backend.read(request, p.consistency).await?;
+    } = backend.read(request, options).await?;
     let ReadResult::Scan(page) = result else {
         return Err(mismatch("scan answered with a point read"));
     };
@@ -178,7 +244,7 @@ async fn point_read<B: KvBackend>(backend: &B, key: String, p: ReadParams) -> Ht
         clusters,
         freshness,
         ..
-    } = backend.read(request, p.consistency).await?;
+    } = backend.read(request, p.options()).await?;
     let ReadResult::Get(entry) = result else {
         return Err(mismatch("point read answered with a scan"));
     };

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::replica::{ReplicaReadRequest, ReplicaReadResponse, ReplicaReport};
 use super::status::{MemberReport, StatusReport};
 use crate::command::Command;
 use crate::error::ApiError;
@@ -30,6 +31,10 @@ pub enum KvRequest {
     /// one cluster in one message. At most [`MAX_WIRE_BATCH`]; no nested batches, no
     /// membership changes.
     Batch(Vec<KvRequest>),
+    /// A stale read of this node's replica of another region's cluster.
+    ReplicaRead(ReplicaReadRequest),
+    /// The state of every replica this node keeps.
+    ReplicaStatus,
 }
 
 /// Most requests in one [`KvRequest::Batch`]. One stream carries them all; beyond a few
@@ -89,4 +94,8 @@ pub enum KvResponse {
     },
     /// The request failed.
     Error(ApiError),
+    /// The answer to a [`KvRequest::ReplicaRead`].
+    ReplicaRead(ReplicaReadResponse),
+    /// The answer to [`KvRequest::ReplicaStatus`].
+    ReplicaStatus(Vec<ReplicaReport>),
 }

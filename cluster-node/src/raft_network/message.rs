@@ -18,7 +18,8 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The encoding of every `aspen/raft/1` message. Appending a variant to [`RaftRequest`] or
 /// [`RaftAnswer`] is compatible; any other change (openraft's types included) bumps it.
-pub const RAFT_FORMAT: Format = Format::new("aspen/raft/1 message", 1);
+/// Version 2: entries carry the leader's time (log entry format 2).
+pub const RAFT_FORMAT: Format = Format::new("aspen/raft/1 message", 2);
 
 /// A Raft RPC.
 #[derive(Debug, Serialize, Deserialize)]

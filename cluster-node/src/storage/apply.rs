@@ -1,10 +1,13 @@
 //! How each [`Command`] changes the `kv` table. Runs inside the state machine's write
 //! transaction, so a command either applies whole or (on a failed precondition) changes
-//! nothing: preconditions are all checked before the first write.
+//! nothing: preconditions are all checked before the first write. Every key written or
+//! deleted is recorded in the change feed by the same transaction ([`FeedWriter`]).
 
 use aspen_api::types::PreconditionFailure;
 use aspen_api::{Command, KeyState, KvEntry, Precondition, WriteOutcome};
 use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::feed::FeedWriter;
 
 /// Reads one key inside `tx`.
 pub(crate) fn get(tx: &rusqlite::Connection, key: &str) -> rusqlite::Result<Option<KvEntry>> {
@@ -23,22 +26,35 @@ pub(crate) fn get(tx: &rusqlite::Connection, key: &str) -> rusqlite::Result<Opti
     .optional()
 }
 
-fn put(tx: &Transaction, key: &str, value: &[u8], revision: u64) -> rusqlite::Result<()> {
+fn put(
+    tx: &Transaction,
+    feed: &mut FeedWriter,
+    key: &str,
+    value: &[u8],
+    revision: u64,
+) -> rusqlite::Result<()> {
     let rev = revision as i64;
-    tx.prepare_cached(
-        "INSERT INTO kv (key, value, create_revision, mod_revision, version)
-         VALUES (?1, ?2, ?3, ?3, 1)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value,
-             mod_revision = excluded.mod_revision, version = version + 1",
-    )?
-    .execute(params![key.as_bytes(), value, rev])?;
-    Ok(())
+    let (create_revision, version) = tx
+        .prepare_cached(
+            "INSERT INTO kv (key, value, create_revision, mod_revision, version)
+             VALUES (?1, ?2, ?3, ?3, 1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value,
+                 mod_revision = excluded.mod_revision, version = version + 1
+             RETURNING create_revision, version",
+        )?
+        .query_row(params![key.as_bytes(), value, rev], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?;
+    feed.put(key, value, create_revision, version)
 }
 
-fn delete(tx: &Transaction, key: &str) -> rusqlite::Result<bool> {
+fn delete(tx: &Transaction, feed: &mut FeedWriter, key: &str) -> rusqlite::Result<bool> {
     let n = tx
         .prepare_cached("DELETE FROM kv WHERE key = ?1")?
         .execute([key.as_bytes()])?;
+    if n > 0 {
+        feed.delete(key)?;
+    }
     Ok(n > 0)
 }
 
@@ -74,51 +90,32 @@ fn check(
     Ok(None)
 }
 
-/// Whether `command`, having come to `outcome`, changed the key space: only then does it
-/// take a new revision (etcd's rule: a failed txn or a delete of nothing does not).
-pub(crate) fn changed_state(command: &Command, outcome: &WriteOutcome) -> bool {
-    match outcome {
-        WriteOutcome::PreconditionFailed(_) => false,
-        WriteOutcome::Applied { deleted } => {
-            *deleted > 0
-                || match command {
-                    Command::Set { .. } | Command::CompareAndSwap { .. } => true,
-                    Command::SetMulti { writes } | Command::ConditionalSetMulti { writes, .. } => {
-                        !writes.is_empty()
-                    }
-                    Command::Delete { .. }
-                    | Command::DeleteMulti { .. }
-                    | Command::CompareAndDelete { .. } => false,
-                }
-        }
-    }
-}
-
-/// Applies one command; keys it writes get `revision` as their mod_revision. The caller
-/// moves the cluster to `revision` only if [`changed_state`] says the command changed
-/// something.
+/// Applies one command; keys it writes get `revision` as their mod_revision and are
+/// recorded in `feed`. The caller moves the cluster to `revision` only if
+/// [`changed_state`] says the command changed something.
 pub(crate) fn apply_command(
     tx: &Transaction,
+    feed: &mut FeedWriter,
     revision: u64,
     command: &Command,
 ) -> rusqlite::Result<WriteOutcome> {
     let applied = |deleted: u32| Ok(WriteOutcome::Applied { deleted });
     match command {
         Command::Set { key, value } => {
-            put(tx, key, value, revision)?;
+            put(tx, feed, key, value, revision)?;
             applied(0)
         }
         Command::SetMulti { writes } => {
             for (key, value) in writes {
-                put(tx, key, value, revision)?;
+                put(tx, feed, key, value, revision)?;
             }
             applied(0)
         }
-        Command::Delete { key } => applied(delete(tx, key)? as u32),
+        Command::Delete { key } => applied(delete(tx, feed, key)? as u32),
         Command::DeleteMulti { keys } => {
             let mut n = 0;
             for key in keys {
-                n += delete(tx, key)? as u32;
+                n += delete(tx, feed, key)? as u32;
             }
             applied(n)
         }
@@ -137,7 +134,7 @@ pub(crate) fn apply_command(
             if let Some(failure) = check(tx, std::slice::from_ref(&precondition))? {
                 return Ok(WriteOutcome::PreconditionFailed(failure));
             }
-            put(tx, key, new_value, revision)?;
+            put(tx, feed, key, new_value, revision)?;
             applied(0)
         }
         Command::CompareAndDelete { key, expected } => {
@@ -148,7 +145,7 @@ pub(crate) fn apply_command(
             if let Some(failure) = check(tx, std::slice::from_ref(&precondition))? {
                 return Ok(WriteOutcome::PreconditionFailed(failure));
             }
-            applied(delete(tx, key)? as u32)
+            applied(delete(tx, feed, key)? as u32)
         }
         Command::ConditionalSetMulti {
             preconditions,
@@ -159,11 +156,11 @@ pub(crate) fn apply_command(
                 return Ok(WriteOutcome::PreconditionFailed(failure));
             }
             for (key, value) in writes {
-                put(tx, key, value, revision)?;
+                put(tx, feed, key, value, revision)?;
             }
             let mut n = 0;
             for key in deletes {
-                n += delete(tx, key)? as u32;
+                n += delete(tx, feed, key)? as u32;
             }
             applied(n)
         }

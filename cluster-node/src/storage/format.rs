@@ -10,19 +10,22 @@ use aspen_api::codec::Format;
 use rusqlite::Connection;
 
 /// A Raft log entry (`log.db`, table `log`).
-pub const LOG_ENTRY: Format = Format::new("log entry", 1);
+/// Version 2: a proposal carries the leader's time.
+pub const LOG_ENTRY: Format = Format::new("log entry", 2);
 /// The vote, the committed log id and the last purged log id (`log.db`, table `meta`).
 pub const LOG_META: Format = Format::new("log metadata", 1);
 /// The applied log id, membership and revision (`state.db`, table `sm_meta`).
 pub const STATE_META: Format = Format::new("state machine metadata", 1);
 /// The snapshot's data: what a leader sends a follower and `snapshot.bin` holds.
-pub const SNAPSHOT_DATA: Format = Format::new("snapshot data", 1);
+/// Version 2: the time, the feed's compaction point and the change feed.
+pub const SNAPSHOT_DATA: Format = Format::new("snapshot data", 2);
 /// `snapshot.bin`: the snapshot's metadata and data.
 pub const SNAPSHOT_FILE: Format = Format::new("snapshot file", 1);
 
 /// The schema version of `log.db` and `state.db`, in SQLite's `user_version`. Bump it
 /// when a table changes shape or a record format's version changes.
-pub const DB_SCHEMA_VERSION: i64 = 1;
+/// Version 2: the change feed's tables in `state.db`.
+pub const DB_SCHEMA_VERSION: i64 = 2;
 
 /// First bytes of `snapshot.bin`, before [`SNAPSHOT_FILE`]'s encoding.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"ASPNSNAP";

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aspen_api::codec::hex;
+use aspen_api::feed::{ChangeKind, ChangeSet, KeyChange};
 use aspen_api::{Command, KvEntry};
 use openraft::{
     CommittedLeaderId, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership,
@@ -46,10 +47,14 @@ fn a_log_entry_of_commands_has_its_pinned_bytes() {
                     new_value: b"v".to_vec(),
                 },
             ],
+            time_ms: 1_700_000_000_000,
         }),
     };
     let bytes = LOG_ENTRY.encode(&entry);
-    assert_eq!(hex(&bytes), "01020107010200016b0200ff040163000176");
+    assert_eq!(
+        hex(&bytes),
+        "02020107010200016b0200ff04016300017680d095ffbc31"
+    );
     let back: Entry = format::decode(LOG_ENTRY, &bytes).unwrap();
     assert_eq!(back, entry);
 }
@@ -63,7 +68,7 @@ fn a_membership_log_entry_has_its_pinned_bytes() {
     let bytes = LOG_ENTRY.encode(&entry);
     assert_eq!(
         hex(&bytes),
-        "01010101020101010101026162010b3132372e302e302e313a39"
+        "02010101020101010101026162010b3132372e302e302e313a39"
     );
     assert_eq!(format::decode::<Entry>(LOG_ENTRY, &bytes).unwrap(), entry);
 }
@@ -71,6 +76,8 @@ fn a_membership_log_entry_has_its_pinned_bytes() {
 fn content() -> SnapshotContent {
     SnapshotContent {
         revision: 5,
+        time_ms: 1_700_000_000_000,
+        feed_compacted: 3,
         entries: vec![KvEntry {
             key: "a/b".into(),
             value: b"x".to_vec(),
@@ -78,16 +85,43 @@ fn content() -> SnapshotContent {
             mod_revision: 5,
             version: 3,
         }],
+        changes: vec![
+            ChangeSet {
+                revision: 4,
+                time_ms: 1_699_999_999_000,
+                changes: vec![KeyChange {
+                    key: "gone".into(),
+                    kind: ChangeKind::Delete,
+                }],
+            },
+            ChangeSet {
+                revision: 5,
+                time_ms: 1_700_000_000_000,
+                changes: vec![KeyChange {
+                    key: "a/b".into(),
+                    kind: ChangeKind::Put {
+                        value: b"x".to_vec(),
+                        create_revision: 2,
+                        version: 3,
+                    },
+                }],
+            },
+        ],
     }
 }
 
 #[test]
 fn snapshot_data_has_its_pinned_bytes() {
     let bytes = snapshot::encode_content(&content());
-    assert_eq!(hex(&bytes), "01050103612f620178020503");
+    assert_eq!(hex(&bytes), "020580d095ffbc31030103612f620178020503020498c895ffbc310104676f6e65010580d095ffbc310103612f620001780203");
     let back = snapshot::decode_content(&bytes).unwrap();
-    assert_eq!(back.revision, 5);
-    assert_eq!(back.entries, content().entries);
+    let expected = content();
+    assert_eq!(
+        (back.revision, back.time_ms, back.feed_compacted),
+        (5, expected.time_ms, 3)
+    );
+    assert_eq!(back.entries, expected.entries);
+    assert_eq!(back.changes, expected.changes);
 }
 
 #[test]
@@ -101,7 +135,7 @@ fn the_snapshot_file_has_its_pinned_bytes_and_loads_back() {
     let data = snapshot::encode_content(&content());
     snapshot::save(dir.path(), &meta, &data).unwrap();
     let bytes = std::fs::read(dir.path().join("snapshot.bin")).unwrap();
-    assert_eq!(hex(&bytes), "4153504e534e41500101020109010101010101010101026162010b3132372e302e302e313a3905322d392d300c01050103612f620178020503");
+    assert_eq!(hex(&bytes), "4153504e534e41500101020109010101010101010101026162010b3132372e302e302e313a3905322d392d3033020580d095ffbc31030103612f620178020503020498c895ffbc310104676f6e65010580d095ffbc310103612f620001780203");
     let (back_meta, back_data) = snapshot::load(dir.path()).unwrap().unwrap();
     assert_eq!(back_meta, meta);
     assert_eq!(back_data, data);
@@ -154,7 +188,7 @@ fn a_node_refuses_a_data_dir_written_before_formats_were_versioned() {
     conn.execute_batch("CREATE TABLE log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL)")
         .unwrap();
     drop(conn);
-    let Err(err) = super::open(dir.path()) else {
+    let Err(err) = super::open(dir.path(), super::FeedRetention::default()) else {
         panic!("an unversioned log.db was opened");
     };
     assert!(err.to_string().contains("schema version 0"), "{err}");

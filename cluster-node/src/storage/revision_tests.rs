@@ -4,13 +4,16 @@ use aspen_api::{Command, WriteOutcome, WriteResult};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftSnapshotBuilder};
 
-use super::StateMachine;
+use super::{FeedRetention, StateMachine};
 use crate::raft_types::{Entry, Proposal};
 
 fn entry(index: u64, commands: Vec<Command>) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Proposal { commands }),
+        payload: EntryPayload::Normal(Proposal {
+            commands,
+            time_ms: 1_000,
+        }),
     }
 }
 
@@ -33,7 +36,7 @@ async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) -> Vec<Vec<WriteResul
 #[tokio::test]
 async fn each_command_of_an_entry_takes_its_own_revision_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let mut sm = StateMachine::open(dir.path(), FeedRetention::default()).unwrap();
     let results = apply(
         &mut sm,
         vec![
@@ -60,7 +63,7 @@ async fn each_command_of_an_entry_takes_its_own_revision_in_order() {
 #[tokio::test]
 async fn commands_that_change_nothing_take_no_revision_and_fail_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let mut sm = StateMachine::open(dir.path(), FeedRetention::default()).unwrap();
     let failing_cas = Command::CompareAndSwap {
         key: "a".into(),
         expected: Some(b"nope".to_vec()),
@@ -96,16 +99,16 @@ async fn commands_that_change_nothing_take_no_revision_and_fail_alone() {
 #[tokio::test]
 async fn the_revision_survives_a_restart_and_travels_in_snapshots() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let mut sm = StateMachine::open(dir.path(), FeedRetention::default()).unwrap();
     apply(&mut sm, vec![entry(1, vec![set("a", "1"), set("b", "1")])]).await;
     let snapshot = sm.build_snapshot().await.unwrap();
     drop(sm);
 
-    let reopened = StateMachine::open(dir.path()).unwrap();
+    let reopened = StateMachine::open(dir.path(), FeedRetention::default()).unwrap();
     assert_eq!(reopened.revision(), 2, "restart keeps the revision");
 
     let other = tempfile::tempdir().unwrap();
-    let mut fresh = StateMachine::open(other.path()).unwrap();
+    let mut fresh = StateMachine::open(other.path(), FeedRetention::default()).unwrap();
     fresh
         .install_snapshot(&snapshot.meta, snapshot.snapshot)
         .await

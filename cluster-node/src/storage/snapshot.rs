@@ -1,4 +1,4 @@
-//! Snapshots: the whole key space at one log index, as one file.
+//! Snapshots: the whole key space (and the kept change feed) at one log index, as one file.
 //!
 //! A snapshot is built from a read transaction on `state.db` (a consistent view while
 //! applies go on) and kept as `snapshot.bin` in the data dir, written to a temporary file,
@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use aspen_api::feed::ChangeSet;
 use aspen_api::KvEntry;
 use openraft::SnapshotMeta;
 use serde::{Deserialize, Serialize};
@@ -18,13 +19,19 @@ use crate::raft_types::{MemberNode, NodeId};
 /// File name of the current snapshot inside the data dir.
 const SNAPSHOT_FILE_NAME: &str = "snapshot.bin";
 
-/// The snapshot's data: the cluster revision and every key.
+/// The snapshot's data: the applied position, every key and the kept change feed.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotContent {
     /// The cluster revision the snapshot's state had reached.
     pub revision: u64,
+    /// The time of the latest applied proposal, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// The revision the change feed is compacted through.
+    pub feed_compacted: u64,
     /// All entries, in key order.
     pub entries: Vec<KvEntry>,
+    /// The change feed after `feed_compacted`, in revision order.
+    pub changes: Vec<ChangeSet>,
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]

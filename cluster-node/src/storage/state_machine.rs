@@ -1,37 +1,41 @@
-//! The state machine: every key with its revisions, in `state.db`.
+//! The state machine: every key with its revisions, and the change feed, in `state.db`.
 //!
 //! openraft applies committed entries in batches; each batch is one SQLite transaction
-//! that also records the last applied log id, the membership and the cluster revision,
-//! so after a crash the table and the applied position always agree.
+//! that also records the applied position ([`Applied`]: last applied log id, membership,
+//! cluster revision and time, feed compaction point), so after a crash the keys, the feed
+//! and the applied position always agree.
 //!
 //! The cluster revision counts changes, as etcd's does: each command that changes the key
 //! space takes the next revision, and one log entry may carry many commands (a leader
 //! batches concurrent writes into one proposal), so revisions are not log indexes. Blank
-//! and membership entries, failed preconditions and deletes of absent keys take none. Reads use a small pool of separate connections
-//! and see only committed batches (WAL snapshot isolation).
+//! and membership entries, failed preconditions and deletes of absent keys take none.
+//! Every revision is recorded in the change feed ([`super::feed`]) by the same apply.
+//! Reads use a small pool of separate connections ([`super::read::Reader`]) and see only
+//! committed batches (WAL snapshot isolation).
 //!
 //! Applies are not fsynced (`synchronous=NORMAL`): the log is the durable record, and after
 //! a power loss openraft re-applies committed entries past the recovered applied position.
 //! That is safe only while the log still holds those entries, and the log is purged up to
-//! the latest snapshot. So a snapshot is built only from state that is on disk: the
-//! builder pins its read transaction, then fsyncs `state.db` and its WAL before reading.
-//! An installed snapshot is fsynced the same way before it is recorded. Skipping the
-//! per-apply fsync measured about 30% more puts/s with 64 clients (docs/BENCHMARKS.md).
+//! the latest snapshot. So a snapshot is built only from state that is on disk (see
+//! [`super::snapshot_io`]). Skipping the per-apply fsync measured about 30% more puts/s
+//! with 64 clients (docs/BENCHMARKS.md).
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aspen_api::limits::MAX_SCAN_PAGE_BYTES;
-use aspen_api::{KvEntry, ScanPage, WriteResult};
+use aspen_api::{KvEntry, WriteResult};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership};
 use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::watch;
 
-use super::apply::{apply_command, changed_state, get};
+use super::apply::apply_command;
+use super::feed::{self, FeedRetention, FeedWriter};
 use super::format::{self, STATE_META};
-use super::snapshot::{self, SnapshotContent};
+use super::read::Reader;
+use super::{snapshot, snapshot_io};
 use crate::raft_types::{
     Entry, LogId, MemberNode, NodeId, ProposalResults, StorageError, TypeConfig,
 };
@@ -41,42 +45,63 @@ use crate::raft_types::{
 /// and re-prepares statements, which showed in profiles of bursts of batched reads.
 pub const MAX_IDLE_READERS: usize = 16;
 
-type Membership = StoredMembership<NodeId, MemberNode>;
+pub(super) type Membership = StoredMembership<NodeId, MemberNode>;
 
 /// The state machine handed to openraft; clones share it (the snapshot builder is one).
 #[derive(Clone)]
 pub struct StateMachine {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
-struct Shared {
-    dir: PathBuf,
-    db_path: PathBuf,
-    writer: Mutex<Connection>,
+/// Where the applied state stands. Written with every apply, carried by snapshots.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Applied {
+    /// The last applied log id.
+    pub last: Option<LogId>,
+    /// The membership as of the last applied membership entry.
+    pub membership: Membership,
+    /// The cluster revision.
+    pub revision: u64,
+    /// The time of the latest applied proposal (leader's clock, never decreasing), ms.
+    pub time_ms: u64,
+    /// The revision the change feed is compacted through (0: nothing compacted).
+    pub feed_compacted: u64,
+}
+
+pub(super) struct Shared {
+    pub dir: PathBuf,
+    pub db_path: PathBuf,
+    pub writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    applied: Mutex<(Option<LogId>, Membership)>,
+    pub applied: Mutex<Applied>,
     applied_index: AtomicU64,
-    /// The cluster revision the applied state has reached.
+    /// The cluster revision the applied state has reached; also sent on `revision_tx`.
     revision: AtomicU64,
-    snapshot_seq: AtomicU64,
+    /// Tells feed readers (federation, watches) that the revision moved.
+    revision_tx: watch::Sender<u64>,
+    pub retention: FeedRetention,
+    pub snapshot_seq: AtomicU64,
     /// Read connections opened so far (a pool miss each).
     readers_opened: AtomicU64,
 }
 
 /// A read of the state machine failed (a storage fault).
 #[derive(Debug, thiserror::Error)]
-#[error("reading the state machine failed: {0}")]
-pub struct ReadError(#[from] rusqlite::Error);
+pub enum ReadError {
+    /// SQLite failed.
+    #[error("reading the state machine failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored record could not be decoded.
+    #[error("the state machine holds a record that cannot be read: {0}")]
+    Corrupt(String),
+}
 
-fn io_err(e: impl ToString) -> std::io::Error {
+pub(super) fn io_err(e: impl ToString) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    STATE_META.encode(value)
-}
-
-fn read_meta<T: serde::de::DeserializeOwned + Default>(
+/// Reads one `sm_meta` value, its default when absent.
+pub(super) fn read_meta<T: serde::de::DeserializeOwned + Default>(
     conn: &Connection,
     name: &str,
 ) -> std::io::Result<T> {
@@ -92,28 +117,43 @@ fn read_meta<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-fn write_applied(
-    conn: &Connection,
-    last: &Option<LogId>,
-    membership: &Membership,
-    revision: u64,
-) -> rusqlite::Result<()> {
-    let mut stmt =
-        conn.prepare_cached("INSERT OR REPLACE INTO sm_meta (name, value) VALUES (?1, ?2)")?;
-    stmt.execute(params!["last_applied", encode(last)])?;
-    stmt.execute(params!["membership", encode(membership)])?;
-    stmt.execute(params!["revision", encode(&revision)])?;
-    Ok(())
+impl Applied {
+    /// Reads the applied position (inside a transaction, for a consistent view).
+    pub(super) fn read(conn: &Connection) -> std::io::Result<Applied> {
+        Ok(Applied {
+            last: read_meta(conn, "last_applied")?,
+            membership: read_meta(conn, "membership")?,
+            revision: read_meta(conn, "revision")?,
+            time_ms: read_meta(conn, "time_ms")?,
+            feed_compacted: read_meta(conn, "feed_compacted")?,
+        })
+    }
+
+    /// Writes the applied position.
+    pub(super) fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut stmt =
+            conn.prepare_cached("INSERT OR REPLACE INTO sm_meta (name, value) VALUES (?1, ?2)")?;
+        stmt.execute(params!["last_applied", STATE_META.encode(&self.last)])?;
+        stmt.execute(params!["membership", STATE_META.encode(&self.membership)])?;
+        stmt.execute(params!["revision", STATE_META.encode(&self.revision)])?;
+        stmt.execute(params!["time_ms", STATE_META.encode(&self.time_ms)])?;
+        stmt.execute(params![
+            "feed_compacted",
+            STATE_META.encode(&self.feed_compacted)
+        ])?;
+        Ok(())
+    }
 }
 
 impl StateMachine {
-    /// Opens the state machine in `dir` (`state.db` and `snapshot.bin`).
-    pub fn open(dir: &Path) -> Result<StateMachine, StorageError> {
+    /// Opens the state machine in `dir` (`state.db` and `snapshot.bin`), keeping the
+    /// change feed as `retention` says.
+    pub fn open(dir: &Path, retention: FeedRetention) -> Result<StateMachine, StorageError> {
         let db_path = dir.join("state.db");
         let err = |e: rusqlite::Error| StorageIOError::read_state_machine(&e);
+        let ioerr = |e: std::io::Error| StorageIOError::read_state_machine(&e);
         let conn = super::open_db(&db_path).map_err(err)?;
-        format::check_schema(&conn, &db_path)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        format::check_schema(&conn, &db_path).map_err(ioerr)?;
         // Not fsynced per apply: see the module docs for why that is safe.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
@@ -124,19 +164,19 @@ impl StateMachine {
              CREATE TABLE IF NOT EXISTS sm_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
         )
         .map_err(err)?;
-        let ioerr = |e: std::io::Error| StorageIOError::read_state_machine(&e);
-        let last: Option<LogId> = read_meta(&conn, "last_applied").map_err(ioerr)?;
-        let membership: Membership = read_meta(&conn, "membership").map_err(ioerr)?;
-        let revision: u64 = read_meta(&conn, "revision").map_err(ioerr)?;
+        conn.execute_batch(feed::SCHEMA).map_err(err)?;
+        let applied = Applied::read(&conn).map_err(ioerr)?;
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 db_path,
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
-                applied_index: AtomicU64::new(last.map_or(0, |l| l.index)),
-                applied: Mutex::new((last, membership)),
-                revision: AtomicU64::new(revision),
+                applied_index: AtomicU64::new(applied.last.map_or(0, |l| l.index)),
+                revision: AtomicU64::new(applied.revision),
+                revision_tx: watch::Sender::new(applied.revision),
+                applied: Mutex::new(applied),
+                retention,
                 snapshot_seq: AtomicU64::new(0),
                 readers_opened: AtomicU64::new(0),
             }),
@@ -157,6 +197,12 @@ impl StateMachine {
     /// The cluster revision this node's copy has reached.
     pub fn revision(&self) -> u64 {
         self.shared.revision.load(Ordering::Acquire)
+    }
+
+    /// The cluster revision, watched: changes each time an apply moves it (or a snapshot
+    /// is installed), so a feed reader can wait for new changes instead of polling.
+    pub fn watch_revision(&self) -> watch::Receiver<u64> {
+        self.shared.revision_tx.subscribe()
     }
 
     /// Runs `f` with one read connection from the pool (opening one when none is idle),
@@ -184,95 +230,23 @@ impl StateMachine {
     }
 }
 
-/// A read connection lent by [`StateMachine::read`].
-pub struct Reader<'a> {
-    conn: &'a Connection,
-}
-
-impl Reader<'_> {
-    /// Reads one key from the local copy.
-    pub fn get(&self, key: &str) -> Result<Option<KvEntry>, ReadError> {
-        Ok(get(self.conn, key)?)
-    }
-
-    /// Reads one page of keys under `prefix`, strictly after `after`, from the local copy.
-    pub fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<ScanPage, ReadError> {
-        Ok(scan(self.conn, prefix, after, limit)?)
+impl Shared {
+    /// Publishes a new applied position after its transaction committed.
+    pub(super) fn publish(&self, applied: Applied) {
+        self.revision.store(applied.revision, Ordering::Release);
+        self.applied_index
+            .store(applied.last.map_or(0, |l| l.index), Ordering::Release);
+        self.revision_tx.send_replace(applied.revision);
+        *self.applied.lock().expect("applied lock") = applied;
     }
 }
 
-/// The smallest byte string greater than every string starting with `prefix`, if any.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
-fn scan(
-    conn: &Connection,
-    prefix: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> rusqlite::Result<ScanPage> {
-    let lower: Vec<u8> = match after {
-        Some(a) if a.as_bytes() >= prefix.as_bytes() => {
-            let mut l = a.as_bytes().to_vec();
-            l.push(0);
-            l
-        }
-        _ => prefix.as_bytes().to_vec(),
-    };
-    let upper = prefix_end(prefix.as_bytes());
-    let sql = if upper.is_some() {
-        "SELECT key, value, create_revision, mod_revision, version FROM kv
-         WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3"
-    } else {
-        "SELECT key, value, create_revision, mod_revision, version FROM kv
-         WHERE key >= ?1 AND ?2 IS NULL ORDER BY key LIMIT ?3"
-    };
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params![lower, upper, (limit + 1) as i64])?;
-    let mut page = ScanPage {
-        kvs: Vec::new(),
-        more: false,
-    };
-    let mut bytes = 0usize;
-    while let Some(row) = rows.next()? {
-        if page.kvs.len() == limit || (bytes >= MAX_SCAN_PAGE_BYTES && !page.kvs.is_empty()) {
-            page.more = true;
-            break;
-        }
-        let key: Vec<u8> = row.get(0)?;
-        let entry = KvEntry {
-            key: String::from_utf8(key)
-                .map_err(|e| rusqlite::Error::Utf8Error(0, e.utf8_error()))?,
-            value: row.get(1)?,
-            create_revision: row.get::<_, i64>(2)? as u64,
-            mod_revision: row.get::<_, i64>(3)? as u64,
-            version: row.get::<_, i64>(4)? as u64,
-        };
-        bytes += entry.value.len() + entry.key.len();
-        page.kvs.push(entry);
-    }
-    Ok(page)
-}
-
-/// Applies `entries` in one transaction, moving `membership` and `revision` along.
+/// Applies `entries` in one transaction, moving `applied` along.
 fn apply_batch(
     conn: &mut Connection,
     entries: &[Entry],
-    membership: &mut Membership,
-    revision: &mut u64,
+    applied: &mut Applied,
+    retention: &FeedRetention,
 ) -> rusqlite::Result<Vec<ProposalResults>> {
     let tx = conn.transaction()?;
     let mut results = Vec::with_capacity(entries.len());
@@ -281,26 +255,35 @@ fn apply_batch(
         match &entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Normal(proposal) => {
+                applied.time_ms = applied.time_ms.max(proposal.time_ms);
                 for command in &proposal.commands {
-                    let next = *revision + 1;
-                    let outcome = apply_command(&tx, next, command)?;
-                    if changed_state(command, &outcome) {
-                        *revision = next;
+                    let next = applied.revision + 1;
+                    let mut feed = FeedWriter::new(&tx, next, applied.time_ms);
+                    let outcome = apply_command(&tx, &mut feed, next, command)?;
+                    if feed.changed() {
+                        applied.revision = next;
                     }
                     entry_results.results.push(WriteResult {
-                        revision: *revision,
+                        revision: applied.revision,
                         outcome,
                     });
                 }
+                applied.feed_compacted = feed::compact(
+                    &tx,
+                    retention,
+                    applied.revision,
+                    applied.time_ms,
+                    applied.feed_compacted,
+                )?;
             }
             EntryPayload::Membership(m) => {
-                *membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
             }
         }
         results.push(entry_results);
     }
-    let last = entries.last().map(|e| e.log_id);
-    write_applied(&tx, &last, membership, *revision)?;
+    applied.last = entries.last().map(|e| e.log_id);
+    applied.write(&tx)?;
     tx.commit()?;
     Ok(results)
 }
@@ -309,7 +292,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
-        Ok(self.shared.applied.lock().expect("applied lock").clone())
+        let applied = self.shared.applied.lock().expect("applied lock");
+        Ok((applied.last, applied.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<ProposalResults>, StorageError>
@@ -323,17 +307,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let mut membership = shared.applied.lock().expect("applied lock").1.clone();
-            let mut revision = shared.revision.load(Ordering::Acquire);
+            let mut applied = shared.applied.lock().expect("applied lock").clone();
             let mut conn = shared.writer.lock().expect("writer lock");
-            let results = apply_batch(&mut conn, &entries, &mut membership, &mut revision)
+            let results = apply_batch(&mut conn, &entries, &mut applied, &shared.retention)
                 .map_err(|e| StorageIOError::write_state_machine(&e))?;
-            shared.revision.store(revision, Ordering::Release);
-            let last = entries.last().map(|e| e.log_id);
-            *shared.applied.lock().expect("applied lock") = (last, membership);
-            shared
-                .applied_index
-                .store(last.map_or(0, |l| l.index), Ordering::Release);
+            shared.publish(applied);
             Ok(results)
         })
         .await
@@ -357,7 +335,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let meta = meta.clone();
         let sig = meta.signature();
-        tokio::task::spawn_blocking(move || install(&shared, &meta, &data))
+        tokio::task::spawn_blocking(move || snapshot_io::install(&shared, &meta, &data))
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(sig.clone()), &io_err(e)))?
             .map_err(|e| StorageIOError::write_snapshot(Some(sig), &e).into())
@@ -373,107 +351,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-fn install(
-    shared: &Shared,
-    meta: &SnapshotMeta<NodeId, MemberNode>,
-    data: &[u8],
-) -> std::io::Result<()> {
-    let content = snapshot::decode_content(data)?;
-    {
-        let mut conn = shared.writer.lock().expect("writer lock");
-        let tx = conn.transaction().map_err(io_err)?;
-        tx.execute("DELETE FROM kv", []).map_err(io_err)?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO kv (key, value, create_revision, mod_revision, version)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(io_err)?;
-            for e in &content.entries {
-                insert
-                    .execute(params![
-                        e.key.as_bytes(),
-                        e.value,
-                        e.create_revision as i64,
-                        e.mod_revision as i64,
-                        e.version as i64
-                    ])
-                    .map_err(io_err)?;
-            }
-        }
-        write_applied(
-            &tx,
-            &meta.last_log_id,
-            &meta.last_membership,
-            content.revision,
-        )
-        .map_err(io_err)?;
-        tx.commit().map_err(io_err)?;
-    }
-    sync_db_files(&shared.db_path)?;
-    snapshot::save(&shared.dir, meta, data)?;
-    *shared.applied.lock().expect("applied lock") =
-        (meta.last_log_id, meta.last_membership.clone());
-    shared.revision.store(content.revision, Ordering::Release);
-    shared
-        .applied_index
-        .store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Release);
-    Ok(())
-}
-
-/// Fsyncs the database file and its WAL, making every committed transaction durable.
-fn sync_db_files(db_path: &Path) -> std::io::Result<()> {
-    let mut wal = db_path.as_os_str().to_owned();
-    wal.push("-wal");
-    for path in [db_path.to_path_buf(), PathBuf::from(wal)] {
-        match std::fs::File::open(&path) {
-            Ok(file) => file.sync_all()?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn build(shared: &Shared) -> std::io::Result<(SnapshotMeta<NodeId, MemberNode>, Vec<u8>)> {
-    let mut conn = super::open_db(&shared.db_path).map_err(io_err)?;
-    let tx = conn.transaction().map_err(io_err)?;
-    // The first read pins the transaction's view; make that view durable before using it.
-    let last: Option<LogId> = read_meta(&tx, "last_applied")?;
-    let membership: Membership = read_meta(&tx, "membership")?;
-    let revision: u64 = read_meta(&tx, "revision")?;
-    sync_db_files(&shared.db_path)?;
-    let mut entries = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = scan(&tx, "", after.as_deref(), 10_000).map_err(io_err)?;
-        after = page.kvs.last().map(|e| e.key.clone());
-        entries.extend(page.kvs);
-        if !page.more {
-            break;
-        }
-    }
-    drop(tx);
-    let seq = shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-    let snapshot_id = match last {
-        Some(l) => format!("{}-{}-{seq}", l.leader_id.term, l.index),
-        None => format!("0-0-{seq}"),
-    };
-    let meta = SnapshotMeta {
-        last_log_id: last,
-        last_membership: membership,
-        snapshot_id,
-    };
-    let data = snapshot::encode_content(&SnapshotContent { revision, entries });
-    snapshot::save(&shared.dir, &meta, &data)?;
-    Ok((meta, data))
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let shared = self.shared.clone();
-        let (meta, data) = tokio::task::spawn_blocking(move || build(&shared))
+        let (meta, data) = tokio::task::spawn_blocking(move || snapshot_io::build(&shared))
             .await
             .map_err(|e| StorageIOError::read_state_machine(&io_err(e)))?
             .map_err(|e| StorageIOError::read_state_machine(&e))?;

@@ -38,44 +38,45 @@ impl PeerConfig {
             ));
         }
         check_endpoint_id(&self.endpoint_id)?;
-        self.check_addrs()
-    }
-
-    fn check_addrs(&self) -> Result<(), FieldError> {
-        if self.addrs.is_empty() {
-            return Err(FieldError::new(
-                "addrs",
-                "is empty; list at least one address where the peer's iroh endpoint listens, \
-                 such as [\"10.0.0.2:7401\"]",
-            ));
-        }
-        if self.addrs.len() > MAX_PEER_ADDRS {
-            return Err(FieldError::new(
-                "addrs",
-                format!(
-                    "lists {} addresses, at most {MAX_PEER_ADDRS} are allowed; keep the ones \
-                     this node can actually reach",
-                    self.addrs.len()
-                ),
-            ));
-        }
-        for (i, addr) in self.addrs.iter().enumerate() {
-            if addr.port() == 0 || addr.ip().is_unspecified() {
-                return Err(FieldError::new(
-                    format!("addrs[{i}]"),
-                    format!(
-                        "is {addr}, which cannot be dialed; use the peer's reachable IP and the \
-                         fixed port of its iroh_bind_addr"
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        check_addrs(&self.addrs)
     }
 }
 
+/// The rules of a list of a peer's direct addresses (field `addrs`).
+pub(crate) fn check_addrs(addrs: &[SocketAddr]) -> Result<(), FieldError> {
+    if addrs.is_empty() {
+        return Err(FieldError::new(
+            "addrs",
+            "is empty; list at least one address where the peer's iroh endpoint listens, \
+             such as [\"10.0.0.2:7401\"]",
+        ));
+    }
+    if addrs.len() > MAX_PEER_ADDRS {
+        return Err(FieldError::new(
+            "addrs",
+            format!(
+                "lists {} addresses, at most {MAX_PEER_ADDRS} are allowed; keep the ones \
+                 this node can actually reach",
+                addrs.len()
+            ),
+        ));
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(FieldError::new(
+                format!("addrs[{i}]"),
+                format!(
+                    "is {addr}, which cannot be dialed; use the peer's reachable IP and the \
+                     fixed port of its iroh_bind_addr"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// An endpoint id is exactly 64 characters of `[0-9a-f]`.
-fn check_endpoint_id(id: &str) -> Result<(), FieldError> {
+pub(crate) fn check_endpoint_id(id: &str) -> Result<(), FieldError> {
     const RULE: &str = "an endpoint id is the peer's iroh EndpointId as 64 lowercase hex \
                         characters [0-9a-f]; the node prints its endpoint id at start";
     let len = id.chars().count();

@@ -38,7 +38,13 @@ pub(super) struct Link {
 
 /// Whether a request may be sent again after it was delivered without an answer.
 fn retry_is_safe(request: &KvRequest) -> bool {
-    matches!(request, KvRequest::Read { .. } | KvRequest::Status)
+    matches!(
+        request,
+        KvRequest::Read { .. }
+            | KvRequest::Status
+            | KvRequest::ReplicaRead(_)
+            | KvRequest::ReplicaStatus
+    )
 }
 
 impl Link {

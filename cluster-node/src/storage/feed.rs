@@ -1,0 +1,261 @@
+//! The change feed in `state.db`: every committed change, in revision order, written in
+//! the same transaction as the change itself.
+//!
+//! Table `changes` holds one row per key a revision touched, `(revision, position)` its
+//! key; table `revisions` one row per revision with its time. Both are written by the
+//! apply transaction that changes `kv`, so a crash leaves the feed and the keys in step:
+//! after it, openraft applies the lost entries again, writing their rows again, exactly
+//! once. A snapshot carries the kept part of the feed with the keys, so a node that
+//! installs one serves the same feed as the node that built it, and a leader change only
+//! moves who reads it. Nothing is ever recorded outside an apply.
+//!
+//! Compaction is part of the apply too, decided only from replicated data (the revision
+//! and the leader-stamped time of the entry being applied), so every node that uses the
+//! same [`FeedRetention`] compacts at the same revisions. The revision the feed is
+//! compacted through is kept in `sm_meta` and moves with the rows.
+
+use aspen_api::feed::{ChangeKind, ChangeSet, Compacted, KeyChange};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+/// The tables of the feed.
+pub(crate) const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS changes (revision INTEGER NOT NULL, position INTEGER NOT NULL,
+        key BLOB NOT NULL, value BLOB, create_revision INTEGER NOT NULL,
+        version INTEGER NOT NULL, PRIMARY KEY (revision, position)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS revisions (revision INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS revisions_by_time ON revisions (time_ms);";
+
+/// How much of the feed a node keeps (the node config's `[feed]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedRetention {
+    /// Keep the latest this many revisions.
+    pub revisions: u64,
+    /// Keep changes proposed at most this long ago, in milliseconds.
+    pub max_age_ms: u64,
+}
+
+impl Default for FeedRetention {
+    fn default() -> Self {
+        let config = aspen_config::FeedConfig::default();
+        FeedRetention::from(&config)
+    }
+}
+
+impl From<&aspen_config::FeedConfig> for FeedRetention {
+    fn from(c: &aspen_config::FeedConfig) -> Self {
+        FeedRetention {
+            revisions: c.retain_revisions,
+            max_age_ms: c.retain_seconds.saturating_mul(1000),
+        }
+    }
+}
+
+/// Compaction moves in steps of at least this many revisions (or by time), so the feed is
+/// not trimmed by one row in every apply; the feed holds up to this many revisions more
+/// than its retention.
+pub(crate) const COMPACTION_STEP_REVISIONS: u64 = 256;
+
+/// Records the changes of one command under its revision, inside the apply transaction.
+pub(crate) struct FeedWriter<'t> {
+    tx: &'t Connection,
+    revision: u64,
+    time_ms: u64,
+    position: u32,
+}
+
+impl<'t> FeedWriter<'t> {
+    /// A writer for the command that would take `revision` at `time_ms`.
+    pub(crate) fn new(tx: &'t Transaction<'_>, revision: u64, time_ms: u64) -> Self {
+        FeedWriter {
+            tx,
+            revision,
+            time_ms,
+            position: 0,
+        }
+    }
+
+    /// Records that `key` now holds `value`.
+    pub(crate) fn put(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        create_revision: u64,
+        version: u64,
+    ) -> rusqlite::Result<()> {
+        self.row(key, Some(value), create_revision, version)
+    }
+
+    /// Records that `key` was deleted.
+    pub(crate) fn delete(&mut self, key: &str) -> rusqlite::Result<()> {
+        self.row(key, None, 0, 0)
+    }
+
+    fn row(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        create_revision: u64,
+        version: u64,
+    ) -> rusqlite::Result<()> {
+        if self.position == 0 {
+            self.tx
+                .prepare_cached("INSERT INTO revisions (revision, time_ms) VALUES (?1, ?2)")?
+                .execute(params![self.revision as i64, self.time_ms as i64])?;
+        }
+        self.tx
+            .prepare_cached(
+                "INSERT INTO changes (revision, position, key, value, create_revision, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                self.revision as i64,
+                self.position,
+                key.as_bytes(),
+                value,
+                create_revision as i64,
+                version as i64
+            ])?;
+        self.position += 1;
+        Ok(())
+    }
+
+    /// Whether anything was recorded: the command changed the key space.
+    pub(crate) fn changed(&self) -> bool {
+        self.position > 0
+    }
+}
+
+/// Compacts the feed as `retention` says, given the cluster's `head` revision and the
+/// time of the entry being applied. Returns the revision the feed is now compacted
+/// through (`compacted` if nothing moved).
+pub(crate) fn compact(
+    tx: &Transaction,
+    retention: &FeedRetention,
+    head: u64,
+    now_ms: u64,
+    compacted: u64,
+) -> rusqlite::Result<u64> {
+    let by_count = head.saturating_sub(retention.revisions);
+    let cutoff_ms = now_ms.saturating_sub(retention.max_age_ms);
+    let by_time: u64 = tx
+        .prepare_cached(
+            "SELECT revision FROM revisions WHERE time_ms < ?1
+             ORDER BY time_ms DESC, revision DESC LIMIT 1",
+        )?
+        .query_row([cutoff_ms as i64], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map_or(0, |r| r as u64);
+    let target = if by_count >= compacted + COMPACTION_STEP_REVISIONS {
+        by_count.max(by_time)
+    } else if by_time > compacted {
+        by_time.max(by_count)
+    } else {
+        return Ok(compacted);
+    };
+    if target <= compacted {
+        return Ok(compacted);
+    }
+    tx.prepare_cached("DELETE FROM changes WHERE revision <= ?1")?
+        .execute([target as i64])?;
+    tx.prepare_cached("DELETE FROM revisions WHERE revision <= ?1")?
+        .execute([target as i64])?;
+    Ok(target)
+}
+
+/// Reads the change sets after revision `after`, in order: at most `max_sets`, and stops
+/// after the set that reaches `max_bytes` of keys and values (at least one set is
+/// returned when one exists). `compacted` is the revision the feed is compacted through,
+/// read in the same transaction.
+pub(crate) fn read_after(
+    conn: &Connection,
+    after: u64,
+    compacted: u64,
+    max_sets: usize,
+    max_bytes: usize,
+) -> rusqlite::Result<Result<Vec<ChangeSet>, Compacted>> {
+    if after < compacted {
+        return Ok(Err(Compacted {
+            requested: after + 1,
+            oldest: compacted + 1,
+        }));
+    }
+    let mut revs = conn.prepare_cached(
+        "SELECT revision, time_ms FROM revisions WHERE revision > ?1 ORDER BY revision LIMIT ?2",
+    )?;
+    let heads: Vec<(u64, u64)> = revs
+        .query_map(params![after as i64, max_sets as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut rows = conn.prepare_cached(
+        "SELECT key, value, create_revision, version FROM changes WHERE revision = ?1
+         ORDER BY position",
+    )?;
+    let mut sets = Vec::with_capacity(heads.len());
+    let mut bytes = 0usize;
+    for (revision, time_ms) in heads {
+        let changes: Vec<KeyChange> = rows
+            .query_map([revision as i64], |r| {
+                let key: Vec<u8> = r.get(0)?;
+                let key = String::from_utf8(key)
+                    .map_err(|e| rusqlite::Error::Utf8Error(0, e.utf8_error()))?;
+                let value: Option<Vec<u8>> = r.get(1)?;
+                let kind = match value {
+                    Some(value) => ChangeKind::Put {
+                        value,
+                        create_revision: r.get::<_, i64>(2)? as u64,
+                        version: r.get::<_, i64>(3)? as u64,
+                    },
+                    None => ChangeKind::Delete,
+                };
+                Ok(KeyChange { key, kind })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let set = ChangeSet {
+            revision,
+            time_ms,
+            changes,
+        };
+        bytes += set.payload_bytes();
+        sets.push(set);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(Ok(sets))
+}
+
+/// Every kept change set, for a snapshot.
+pub(crate) fn read_all(conn: &Connection) -> rusqlite::Result<Vec<ChangeSet>> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = read_after(conn, after, 0, 1024, usize::MAX)?.expect("no compaction bound");
+        let Some(last) = page.last() else {
+            return Ok(all);
+        };
+        after = last.revision;
+        all.extend(page);
+    }
+}
+
+/// Replaces the whole feed with `sets` (installing a snapshot).
+pub(crate) fn replace_all(tx: &Transaction, sets: &[ChangeSet]) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM changes", [])?;
+    tx.execute("DELETE FROM revisions", [])?;
+    for set in sets {
+        let mut writer = FeedWriter::new(tx, set.revision, set.time_ms);
+        for change in &set.changes {
+            match &change.kind {
+                ChangeKind::Put {
+                    value,
+                    create_revision,
+                    version,
+                } => writer.put(&change.key, value, *create_revision, *version)?,
+                ChangeKind::Delete => writer.delete(&change.key)?,
+            }
+        }
+    }
+    Ok(())
+}

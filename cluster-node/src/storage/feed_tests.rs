@@ -1,0 +1,248 @@
+//! The change feed: every change recorded once, in order, with its keys together; kept
+//! across restarts and snapshots; compacted by revisions and by time with a clear error.
+
+use aspen_api::feed::{ChangeKind, ChangeSet, Compacted, KeyChange};
+use aspen_api::{Command, Precondition};
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftSnapshotBuilder};
+
+use super::{FeedRetention, StateMachine};
+use crate::raft_types::{Entry, Proposal};
+
+fn entry(index: u64, time_ms: u64, commands: Vec<Command>) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Proposal { commands, time_ms }),
+    }
+}
+
+fn set(key: &str, value: &str) -> Command {
+    Command::Set {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn put(key: &str, value: &str, create_revision: u64, version: u64) -> KeyChange {
+    KeyChange {
+        key: key.into(),
+        kind: ChangeKind::Put {
+            value: value.into(),
+            create_revision,
+            version,
+        },
+    }
+}
+
+fn delete(key: &str) -> KeyChange {
+    KeyChange {
+        key: key.into(),
+        kind: ChangeKind::Delete,
+    }
+}
+
+fn changes_after(sm: &StateMachine, after: u64) -> Result<Vec<ChangeSet>, Compacted> {
+    sm.read(|r| r.changes_after(after, usize::MAX, usize::MAX))
+        .unwrap()
+        .unwrap()
+}
+
+fn open(dir: &std::path::Path, retention: FeedRetention) -> StateMachine {
+    StateMachine::open(dir, retention).unwrap()
+}
+
+#[tokio::test]
+async fn every_change_is_recorded_once_in_order_with_a_commands_keys_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open(dir.path(), FeedRetention::default());
+    let txn = Command::ConditionalSetMulti {
+        preconditions: vec![Precondition::Exists { key: "a".into() }],
+        writes: vec![("b".into(), b"2".to_vec()), ("c".into(), b"3".to_vec())],
+        deletes: vec!["a".into(), "absent".into()],
+    };
+    let failing = Command::CompareAndSwap {
+        key: "b".into(),
+        expected: Some(b"nope".to_vec()),
+        new_value: b"x".to_vec(),
+    };
+    let commands = vec![
+        set("a", "1"),
+        txn,
+        failing,
+        Command::Delete { key: "zz".into() },
+    ];
+    sm.apply(vec![
+        entry(1, 100, commands),
+        entry(2, 90, vec![set("b", "4")]),
+    ])
+    .await
+    .unwrap();
+    let feed = changes_after(&sm, 0).unwrap();
+    assert_eq!(
+        feed,
+        vec![
+            ChangeSet {
+                revision: 1,
+                time_ms: 100,
+                changes: vec![put("a", "1", 1, 1)],
+            },
+            ChangeSet {
+                revision: 2,
+                time_ms: 100,
+                changes: vec![put("b", "2", 2, 1), put("c", "3", 2, 1), delete("a")],
+            },
+            ChangeSet {
+                revision: 3,
+                // The leader's clock said 90; time never goes back in the feed.
+                time_ms: 100,
+                changes: vec![put("b", "4", 2, 2)],
+            },
+        ],
+        "failed preconditions and deletes of nothing record nothing"
+    );
+    assert_eq!(changes_after(&sm, 2).unwrap().len(), 1);
+    assert_eq!(changes_after(&sm, 3).unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn the_feed_survives_a_restart_and_travels_in_a_snapshot_with_its_compaction_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = FeedRetention {
+        revisions: 1_000,
+        max_age_ms: u64::MAX,
+    };
+    let mut sm = open(dir.path(), retention);
+    let entries: Vec<Entry> = (1..=1_300)
+        .map(|i| entry(i, i, vec![set(&format!("k{}", i % 10), "v")]))
+        .collect();
+    sm.apply(entries).await.unwrap();
+    // Compacted by one step: through revision 256, when the head reached 1,256.
+    let step = super::feed::COMPACTION_STEP_REVISIONS;
+    let before = changes_after(&sm, step).unwrap();
+    assert_eq!(before.len() as u64, 1_300 - step);
+    let snapshot = sm.build_snapshot().await.unwrap();
+    drop(sm);
+
+    // Compared without printing: a failure would print a thousand change sets.
+    let reopened = open(dir.path(), retention);
+    assert!(
+        changes_after(&reopened, step).unwrap() == before,
+        "after a restart"
+    );
+
+    let other = tempfile::tempdir().unwrap();
+    let mut installed = open(other.path(), retention);
+    installed
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    assert!(
+        changes_after(&installed, step).unwrap() == before,
+        "after a snapshot"
+    );
+    assert_eq!(
+        changes_after(&installed, step - 1).map(|sets| sets.len()),
+        Err(Compacted {
+            requested: step,
+            oldest: step + 1
+        }),
+        "the compaction point came with it"
+    );
+    let mut watch = installed.watch_revision();
+    assert_eq!(*watch.borrow_and_update(), 1_300);
+    installed
+        .apply(vec![entry(1_301, 2_000, vec![set("new", "v")])])
+        .await
+        .unwrap();
+    assert!(watch.has_changed().unwrap(), "an apply wakes feed readers");
+    assert_eq!(changes_after(&installed, 1_300).unwrap()[0].revision, 1_301);
+}
+
+#[tokio::test]
+async fn compaction_by_revisions_keeps_the_window_and_names_the_oldest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = FeedRetention {
+        revisions: 1_000,
+        max_age_ms: u64::MAX,
+    };
+    let mut sm = open(dir.path(), retention);
+    let step = super::feed::COMPACTION_STEP_REVISIONS;
+    // One short of the first compaction step: nothing compacted yet.
+    let last = 1_000 + step - 1;
+    let entries: Vec<Entry> = (1..=last)
+        .map(|i| entry(i, i, vec![set("k", "v")]))
+        .collect();
+    sm.apply(entries).await.unwrap();
+    assert_eq!(changes_after(&sm, 0).unwrap().len() as u64, last);
+    // The next revision reaches the step: everything but the last 1,000 goes.
+    sm.apply(vec![entry(last + 1, last + 1, vec![set("k", "v")])])
+        .await
+        .unwrap();
+    let kept = changes_after(&sm, step).unwrap();
+    assert_eq!(kept.len(), 1_000);
+    assert_eq!(kept[0].revision, step + 1);
+    assert_eq!(
+        changes_after(&sm, step - 1).map(|sets| sets.len()),
+        Err(Compacted {
+            requested: step,
+            oldest: step + 1
+        })
+    );
+}
+
+#[tokio::test]
+async fn compaction_by_time_drops_changes_older_than_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = FeedRetention {
+        revisions: 1_000_000,
+        max_age_ms: 60_000,
+    };
+    let mut sm = open(dir.path(), retention);
+    sm.apply(vec![
+        entry(1, 1_000, vec![set("a", "1")]),
+        entry(2, 2_000, vec![set("b", "1")]),
+        // Exactly the window after revision 2: 2 is 60 s old, not older, so it stays.
+        entry(3, 62_000, vec![set("c", "1")]),
+    ])
+    .await
+    .unwrap();
+    let kept: Vec<u64> = changes_after(&sm, 1)
+        .unwrap()
+        .iter()
+        .map(|s| s.revision)
+        .collect();
+    assert_eq!(kept, vec![2, 3]);
+    assert!(matches!(
+        changes_after(&sm, 0),
+        Err(Compacted { oldest: 2, .. })
+    ));
+    sm.apply(vec![entry(4, 62_001, vec![set("d", "1")])])
+        .await
+        .unwrap();
+    assert!(matches!(
+        changes_after(&sm, 1),
+        Err(Compacted { oldest: 3, .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_feed_read_stops_at_its_count_and_at_the_set_that_reaches_its_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open(dir.path(), FeedRetention::default());
+    let entries: Vec<Entry> = (1..=5)
+        .map(|i| entry(i, i, vec![set(&format!("k{i}"), "0123456789")]))
+        .collect();
+    sm.apply(entries).await.unwrap();
+    let read = |max_sets, max_bytes| {
+        sm.read(|r| r.changes_after(0, max_sets, max_bytes))
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(read(3, usize::MAX), 3);
+    // Each set is 12 bytes of key and value: 24 bytes are reached by the second set.
+    assert_eq!(read(usize::MAX, 24), 2);
+    assert_eq!(read(usize::MAX, 25), 3);
+    assert_eq!(read(usize::MAX, 1), 1, "at least one set");
+}

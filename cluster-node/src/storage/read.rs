@@ -1,0 +1,108 @@
+//! Reads of the local copy through a pooled connection ([`Reader`]): one key, a page of a
+//! prefix scan, a page of the change feed. Each sees only committed applies (WAL snapshot
+//! isolation); a feed read runs in one read transaction, so the compaction bound and the
+//! rows it returns agree.
+
+use aspen_api::feed::{ChangeSet, Compacted};
+use aspen_api::types::scan_bounds;
+use aspen_api::{KvEntry, ScanPage};
+use rusqlite::{params, Connection};
+
+use super::apply::get;
+use super::feed;
+use super::state_machine::{read_meta, Applied, ReadError};
+
+/// A read connection lent by [`StateMachine::read`].
+pub struct Reader<'a> {
+    pub(super) conn: &'a Connection,
+}
+
+impl Reader<'_> {
+    /// Reads one key from the local copy.
+    pub fn get(&self, key: &str) -> Result<Option<KvEntry>, ReadError> {
+        Ok(get(self.conn, key)?)
+    }
+
+    /// Reads one page of keys under `prefix`, strictly after `after`, from the local copy.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, ReadError> {
+        Ok(scan(self.conn, prefix, after, limit)?)
+    }
+
+    /// Reads the change sets after revision `after`, in revision order: at most
+    /// `max_sets`, stopping after the set that reaches `max_bytes`. A revision that has
+    /// been compacted away is an `Err(Compacted)` naming the oldest one kept.
+    pub fn changes_after(
+        &self,
+        after: u64,
+        max_sets: usize,
+        max_bytes: usize,
+    ) -> Result<Result<Vec<ChangeSet>, Compacted>, ReadError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let compacted: u64 =
+            read_meta(&tx, "feed_compacted").map_err(|e| ReadError::Corrupt(e.to_string()))?;
+        Ok(feed::read_after(
+            &tx, after, compacted, max_sets, max_bytes,
+        )?)
+    }
+
+    /// Reads every key at one consistent revision, in key order, handing pages of at most
+    /// `page_entries` entries (and a scan page's bytes) to `page`; returns the revision and
+    /// its time. The read transaction is held throughout: applies go on (WAL), and the
+    /// pages are exactly the state at that revision. `page` may stop the scan with `Err`.
+    pub fn scan_all(
+        &self,
+        page_entries: usize,
+        page: &mut dyn FnMut(Vec<KvEntry>) -> Result<(), String>,
+    ) -> Result<Result<(u64, u64), String>, ReadError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let applied = Applied::read(&tx).map_err(|e| ReadError::Corrupt(e.to_string()))?;
+        let mut after: Option<String> = None;
+        loop {
+            let chunk = scan(&tx, "", after.as_deref(), page_entries)?;
+            after = chunk.kvs.last().map(|e| e.key.clone());
+            let more = chunk.more;
+            if !chunk.kvs.is_empty() {
+                if let Err(stop) = page(chunk.kvs) {
+                    return Ok(Err(stop));
+                }
+            }
+            if !more {
+                return Ok(Ok((applied.revision, applied.time_ms)));
+            }
+        }
+    }
+}
+
+pub(super) fn scan(
+    conn: &Connection,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<ScanPage> {
+    let (lower, upper) = scan_bounds(prefix, after);
+    let sql = if upper.is_some() {
+        "SELECT key, value, create_revision, mod_revision, version FROM kv
+         WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3"
+    } else {
+        "SELECT key, value, create_revision, mod_revision, version FROM kv
+         WHERE key >= ?1 AND ?2 IS NULL ORDER BY key LIMIT ?3"
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![lower, upper, (limit + 1) as i64], |row| {
+        let key: Vec<u8> = row.get(0)?;
+        Ok(KvEntry {
+            key: String::from_utf8(key)
+                .map_err(|e| rusqlite::Error::Utf8Error(0, e.utf8_error()))?,
+            value: row.get(1)?,
+            create_revision: row.get::<_, i64>(2)? as u64,
+            mod_revision: row.get::<_, i64>(3)? as u64,
+            version: row.get::<_, i64>(4)? as u64,
+        })
+    })?;
+    ScanPage::collect(rows, limit)
+}

@@ -1,0 +1,418 @@
+//! The owner side: the leader of a cluster writes its change feed into the cluster's
+//! document as segments, a heartbeat, and checkpoints.
+//!
+//! Every node of the owner cluster runs an [`Exporter`]; only the leader writes. Whenever
+//! a node becomes leader it rebuilds its view of the document ([`Ring`]) from its own
+//! replica of it, and resumes from what the document really holds there: the end of the
+//! contiguous run of segments after the latest checkpoint. A segment the previous leader
+//! wrote but this node's replica lacks (iroh-docs makes writes durable up to 500 ms late,
+//! and syncs in no order) is simply exported again: segments are cut from the committed,
+//! totally ordered feed, so two segments that hold the same revision hold the same change,
+//! and importers apply each revision once whichever segment brings it. Nothing is lost
+//! either: the feed itself is durable, and a revision is in the document before the
+//! exporter moves past it.
+//!
+//! The ring of segment slots is reused group by group. Before a group is reused, every
+//! revision it holds must be at or below the latest checkpoint, so that the checkpoint
+//! and the segments after it always cover every revision to the head without a gap; the
+//! exporter starts a new checkpoint well before that point, and waits for it if it must.
+//! If the feed was compacted past the document (the cluster lost leadership for longer
+//! than the feed's retention), the exporter checkpoints and continues from there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use iroh::EndpointAddr;
+use iroh_docs::api::Doc;
+use iroh_docs::AuthorId;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::checkpoint::{self, Built};
+use crate::content::{self, CHECKPOINT_DOWNLOAD_TIMEOUT};
+use crate::format::{CheckpointMeta, Heartbeat, Segment, CHECKPOINT_META, HEARTBEAT, SEGMENT};
+use crate::keys::{
+    group_of, group_prefix, SegmentKey, CHECKPOINT_BLOB_KEY, CHECKPOINT_META_KEY, GROUP_SEGMENTS,
+    HEARTBEAT_KEY, SEGMENT_SLOTS,
+};
+use crate::ring::{stack_err, Ring, Seg};
+use crate::source::FeedSource;
+use crate::stack::DocsStack;
+use crate::FederationError;
+
+/// How long the exporter waits after the first new revision for more to share its
+/// segment. Under load this is what keeps segments large (about 20 revisions each at
+/// 1,000 writes/s) and the ring's history long; it adds at most this much to the lag.
+pub const SEGMENT_LINGER: Duration = Duration::from_millis(20);
+
+/// Most revisions in one segment.
+pub const MAX_SEGMENT_SETS: usize = 1_024;
+
+/// Key and value bytes after which a segment ends (a single larger revision still goes
+/// whole, alone). Importers download a segment whole, so this bounds their memory per
+/// segment.
+pub const MAX_SEGMENT_BYTES: usize = 1024 * 1024;
+
+/// How often the leader confirms its head with a quorum and writes a heartbeat. A caught-up
+/// replica's time lag is at most about this plus the delivery time.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Segments written since the latest checkpoint after which a new one is started: eight
+/// groups before the ring would have to reuse a group the checkpoint does not cover.
+pub const CHECKPOINT_AFTER_SEGMENTS: u64 = SEGMENT_SLOTS - 8 * GROUP_SEGMENTS;
+
+/// How often a node that is not the leader checks whether it has become one.
+const LEADER_POLL: Duration = Duration::from_millis(100);
+
+/// Pause after a failed step before trying again.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// How long a new leader waits for one sync round with the other owner nodes.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// Everything an exporter needs.
+pub struct Exporter {
+    /// The cluster's name.
+    pub source: String,
+    /// The node's feed.
+    pub feed: Arc<dyn FeedSource>,
+    /// The node's docs stack.
+    pub stack: DocsStack,
+    /// The cluster's document, with write access.
+    pub doc: Doc,
+    /// The cluster's author.
+    pub author: AuthorId,
+    /// The other members of the owner cluster, synced with when this node takes over.
+    pub peers: Vec<EndpointAddr>,
+}
+
+/// What the exporter tells the node about itself, for status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportStatus {
+    /// Whether this node is exporting (it leads its cluster).
+    pub active: bool,
+    /// The last revision in the document.
+    pub exported: u64,
+    /// The latest checkpoint's revision.
+    pub checkpoint: Option<u64>,
+    /// The next segment's sequence number.
+    pub next_seq: u64,
+    /// The last error, if the last step failed.
+    pub error: Option<String>,
+}
+
+/// The leader's export position.
+struct Position {
+    ring: Ring,
+    checkpoint: CheckpointMeta,
+    /// Segments written since that checkpoint was started.
+    since_checkpoint: u64,
+    exported: u64,
+    next_seq: u64,
+}
+
+impl Exporter {
+    /// Runs until `stop` turns true, reporting on `status`.
+    pub async fn run(self, mut stop: watch::Receiver<bool>, status: watch::Sender<ExportStatus>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if self.feed.is_leader() {
+                let led = tokio::select! {
+                    r = self.lead(&status) => r,
+                    _ = stop.changed() => return,
+                };
+                status.send_modify(|s| {
+                    s.active = false;
+                    s.error = led.err().map(|e| e.to_string());
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LEADER_POLL) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Exports while this node leads. Returns `Ok` when leadership is lost.
+    async fn lead(&self, status: &watch::Sender<ExportStatus>) -> Result<(), FederationError> {
+        self.catch_up_with_peers().await?;
+        let mut at = self.resume().await?;
+        tracing::info!(source = %self.source, exported = at.exported, checkpoint = at.checkpoint.revision, next_seq = at.next_seq, "exporting");
+        let mut revisions = self.feed.watch_revision();
+        let mut next_beat = Instant::now();
+        let mut building: Option<JoinHandle<Result<Built, FederationError>>> = None;
+        loop {
+            if !self.feed.is_leader() {
+                return Ok(());
+            }
+            status.send_replace(ExportStatus {
+                active: true,
+                exported: at.exported,
+                checkpoint: Some(at.checkpoint.revision),
+                next_seq: at.next_seq,
+                error: None,
+            });
+            if building.as_ref().is_some_and(|b| b.is_finished()) {
+                let built = building.take().expect("checked just above");
+                let built = built.await.map_err(cp_join)??;
+                self.publish_checkpoint(&mut at, built).await?;
+            }
+            if Instant::now() >= next_beat {
+                self.heartbeat().await;
+                next_beat = Instant::now() + HEARTBEAT_INTERVAL;
+            }
+            let head = *revisions.borrow_and_update();
+            if head > at.exported {
+                tokio::time::sleep(SEGMENT_LINGER).await;
+                self.export_once(&mut at, &mut building).await?;
+                continue;
+            }
+            tokio::select! {
+                _ = revisions.changed() => {}
+                _ = tokio::time::sleep_until(next_beat) => {}
+            }
+        }
+    }
+
+    /// Syncs the document with the other owner nodes and waits (briefly) for one round
+    /// to finish, so a new leader starts from what the previous one wrote.
+    async fn catch_up_with_peers(&self) -> Result<(), FederationError> {
+        let mut events = self.doc.subscribe().await.map_err(stack_err)?;
+        self.doc
+            .start_sync(self.peers.clone())
+            .await
+            .map_err(stack_err)?;
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        let finished = async {
+            while let Some(event) = futures::StreamExt::next(&mut events).await {
+                if matches!(event, Ok(iroh_docs::engine::LiveEvent::SyncFinished(_))) {
+                    return;
+                }
+            }
+        };
+        // Either way the exporter goes on: a segment this node lacks is exported again.
+        let _ = tokio::time::timeout(CATCH_UP_WAIT, finished).await;
+        Ok(())
+    }
+
+    /// The export position from this node's replica of the document; a first checkpoint
+    /// if the document has none, or a new one if the feed no longer reaches it.
+    async fn resume(&self) -> Result<Position, FederationError> {
+        let ring = Ring::load(&self.doc, self.author).await?;
+        let checkpoint = match self.read_meta().await? {
+            Some(meta) if self.checkpoint_available(&meta).await => meta,
+            // None yet, or the node that built it died before anyone fetched it: importers
+            // could not bootstrap from it.
+            _ => self.checkpoint_now().await?,
+        };
+        let exported = ring.contiguous_end(checkpoint.revision);
+        let next_seq = ring.max_seq().map_or(0, |s| s + 1);
+        let mut at = Position {
+            ring,
+            checkpoint,
+            since_checkpoint: 0,
+            exported,
+            next_seq,
+        };
+        if let Ok(Err(_compacted)) = self.feed.changes_after(at.exported, 1, 1) {
+            let meta = self.checkpoint_now().await?;
+            at.checkpoint = meta;
+            at.exported = meta.revision;
+        }
+        Ok(at)
+    }
+
+    fn peer_ids(&self) -> Vec<iroh::EndpointId> {
+        self.peers.iter().map(|p| p.id).collect()
+    }
+
+    async fn checkpoint_available(&self, meta: &CheckpointMeta) -> bool {
+        let hash = iroh_blobs::Hash::from_bytes(meta.hash);
+        content::ensure(
+            &self.stack,
+            hash,
+            &self.peer_ids(),
+            CHECKPOINT_DOWNLOAD_TIMEOUT,
+        )
+        .await
+        .is_ok()
+    }
+
+    async fn read_meta(&self) -> Result<Option<CheckpointMeta>, FederationError> {
+        let Some(entry) = self
+            .doc
+            .get_exact(self.author, CHECKPOINT_META_KEY, false)
+            .await
+            .map_err(stack_err)?
+        else {
+            return Ok(None);
+        };
+        let bytes = content::fetch(&self.stack, entry.content_hash(), &self.peer_ids()).await?;
+        Ok(Some(
+            CHECKPOINT_META
+                .decode(&bytes)
+                .map_err(|e| FederationError::Checkpoint(e.to_string()))?,
+        ))
+    }
+
+    /// Builds a checkpoint and publishes it before returning.
+    async fn checkpoint_now(&self) -> Result<CheckpointMeta, FederationError> {
+        let built = checkpoint::build(&self.source, self.feed.clone(), &self.stack.blobs).await?;
+        self.write_checkpoint(&built).await?;
+        Ok(built.meta)
+    }
+
+    async fn write_checkpoint(&self, built: &Built) -> Result<(), FederationError> {
+        let hash = built.tag.hash();
+        // The blob entry first: once it references the blob, garbage collection keeps it
+        // and the other owner nodes fetch it. Then the metadata importers read.
+        self.doc
+            .set_hash(self.author, CHECKPOINT_BLOB_KEY, hash, built.meta.size)
+            .await
+            .map_err(stack_err)?;
+        self.doc
+            .set_bytes(
+                self.author,
+                CHECKPOINT_META_KEY,
+                CHECKPOINT_META.encode(&built.meta),
+            )
+            .await
+            .map_err(stack_err)?;
+        tracing::info!(source = %self.source, revision = built.meta.revision, keys = built.meta.keys, bytes = built.meta.size, "checkpoint published");
+        Ok(())
+    }
+
+    async fn publish_checkpoint(
+        &self,
+        at: &mut Position,
+        built: Built,
+    ) -> Result<(), FederationError> {
+        self.write_checkpoint(&built).await?;
+        at.checkpoint = built.meta;
+        Ok(())
+    }
+
+    /// Writes one segment of the revisions after `at.exported`.
+    async fn export_once(
+        &self,
+        at: &mut Position,
+        building: &mut Option<JoinHandle<Result<Built, FederationError>>>,
+    ) -> Result<(), FederationError> {
+        let sets = match self
+            .feed
+            .changes_after(at.exported, MAX_SEGMENT_SETS, MAX_SEGMENT_BYTES)
+            .map_err(FederationError::Feed)?
+        {
+            Ok(sets) => sets,
+            Err(compacted) => {
+                tracing::warn!(source = %self.source, %compacted, "the change feed no longer reaches the document; checkpointing");
+                let meta = self.checkpoint_now().await?;
+                at.checkpoint = meta;
+                at.exported = meta.revision;
+                return Ok(());
+            }
+        };
+        let (Some(first), Some(last)) = (sets.first(), sets.last()) else {
+            return Ok(());
+        };
+        let key = SegmentKey {
+            seq: at.next_seq,
+            first: first.revision,
+            last: last.revision,
+            first_time_ms: first.time_ms,
+        };
+        if key.seq.is_multiple_of(GROUP_SEGMENTS) {
+            self.reuse_group(at, group_of(key.seq), building).await?;
+        }
+        let segment = Segment {
+            source: self.source.clone(),
+            seq: key.seq,
+            sets,
+        };
+        let hash = self
+            .doc
+            .set_bytes(self.author, key.encode(), SEGMENT.encode(&segment))
+            .await
+            .map_err(|e| {
+                // Most likely a clock behind the previous writer's; the next try will
+                // succeed once the clock passes it.
+                FederationError::Stack(format!("writing segment {}: {e}", key.seq))
+            })?;
+        at.ring.insert(Seg { key, hash });
+        at.exported = key.last;
+        at.next_seq += 1;
+        at.since_checkpoint += 1;
+        if at.since_checkpoint >= CHECKPOINT_AFTER_SEGMENTS && building.is_none() {
+            at.since_checkpoint = 0;
+            let (source, feed, blobs) = (
+                self.source.clone(),
+                self.feed.clone(),
+                (*self.stack.blobs).clone(),
+            );
+            *building = Some(tokio::spawn(async move {
+                checkpoint::build(&source, feed, &blobs).await
+            }));
+        }
+        Ok(())
+    }
+
+    /// Deletes `group` so its slots can be reused, once the checkpoint covers everything
+    /// it holds (waiting for, or building, a newer checkpoint if not).
+    async fn reuse_group(
+        &self,
+        at: &mut Position,
+        group: u16,
+        building: &mut Option<JoinHandle<Result<Built, FederationError>>>,
+    ) -> Result<(), FederationError> {
+        let held = at.ring.max_last_in_group(group);
+        if held.is_some_and(|last| last > at.checkpoint.revision) {
+            let built = match building.take() {
+                Some(b) => b.await.map_err(cp_join)??,
+                None => {
+                    checkpoint::build(&self.source, self.feed.clone(), &self.stack.blobs).await?
+                }
+            };
+            at.since_checkpoint = 0;
+            self.publish_checkpoint(at, built).await?;
+        }
+        if held.is_some_and(|last| last > at.checkpoint.revision) {
+            return Err(FederationError::Checkpoint(format!(
+                "group {group} still holds revisions after checkpoint {}",
+                at.checkpoint.revision
+            )));
+        }
+        self.doc
+            .del(self.author, group_prefix(group))
+            .await
+            .map_err(stack_err)?;
+        at.ring.remove_group(group);
+        Ok(())
+    }
+
+    /// Confirms the head with a quorum and writes the heartbeat. A failure (not leader any
+    /// more, no quorum) writes nothing: a heartbeat is a promise of freshness.
+    async fn heartbeat(&self) {
+        let time_ms = crate::node::unix_time_ms();
+        let head = match self.feed.confirm_head().await {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::debug!(source = %self.source, "no heartbeat: {e}");
+                return;
+            }
+        };
+        let beat = HEARTBEAT.encode(&Heartbeat { head, time_ms });
+        if let Err(e) = self.doc.set_bytes(self.author, HEARTBEAT_KEY, beat).await {
+            tracing::warn!(source = %self.source, "writing the heartbeat failed: {e}");
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+}
+
+fn cp_join(e: tokio::task::JoinError) -> FederationError {
+    FederationError::Checkpoint(format!("the checkpoint task failed: {e}"))
+}

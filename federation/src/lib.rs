@@ -1,0 +1,88 @@
+//! Federation: each cluster replicates what it owns to other regions through iroh-docs,
+//! and each region keeps durable, read-only replicas of the clusters it imports, exact at
+//! a revision of their owner and never going back in time.
+//!
+//! # How it works
+//!
+//! The owner cluster's leader ([`export`]) reads the cluster's change feed in revision
+//! order and writes it into the cluster's iroh-docs document as *segments*: runs of
+//! consecutive revisions, each one entry whose key says which revisions it holds
+//! ([`keys`]). The document holds a bounded ring of segments, plus a *checkpoint* (every
+//! key at one revision, as one iroh-blob, built from a consistent read) and a heartbeat
+//! (the owner's revision at a time it confirmed with a quorum). The document therefore
+//! never grows with history, and a new or far-behind region bootstraps from the
+//! checkpoint and the segments after it, never replaying all history.
+//!
+//! iroh-docs delivers entries in no order, twice, or late, so an importer ([`import`])
+//! does not apply entries as they come: it keeps an index of the segments it knows of and
+//! applies the one that continues its revision, a change set per revision, in order
+//! ([`replica`]). It knows when it has a gap (no known segment holds its next revision),
+//! asks for a new sync while the gap lasts, and falls back to the checkpoint when the
+//! owner's ring has moved past it. The replica is exact at its revision, and its lag is
+//! known in revisions and in seconds ([`lag`]).
+//!
+//! Only the owner can write its document: the write key derives from a secret its nodes
+//! share ([`secret`]); other regions hold the document id (read access) and the author id
+//! to check entries against. iroh-docs, gossip and blobs serve any peer that asks, so the
+//! node's endpoint refuses those protocols to every endpoint its configuration does not
+//! name (`aspen_net::Access`).
+//!
+//! # Layout
+//!
+//! - [`keys`]: the document's keys, prefix-free, and the segment ring.
+//! - [`format`]: segment, checkpoint and heartbeat encodings.
+//! - [`secret`]: the cluster's federation secret and the ids derived from it.
+//! - [`stack`]: a node's iroh-docs, gossip and blobs on its endpoint.
+//! - [`source`]: [`FeedSource`], what the exporter needs from the node.
+//! - [`export`]: the owner side: segments, heartbeats, checkpoints.
+//! - [`checkpoint`]: building and loading checkpoints as streams.
+//! - [`content`]: fetching an entry's content, locally or from peers.
+//! - [`import`]: the replica side: in-order apply, gaps, bootstrap.
+//! - [`replica`]: the durable replica store and its reads.
+//! - [`ring`]: the segments a document holds, as one node sees them.
+//! - [`lag`]: how far behind a replica is.
+//! - [`node`]: [`Federation`], one node's exporter and importers, wired from config.
+
+pub mod checkpoint;
+pub mod content;
+pub mod export;
+pub mod format;
+pub mod import;
+pub mod keys;
+pub mod lag;
+pub mod node;
+pub mod replica;
+pub mod ring;
+pub mod secret;
+pub mod source;
+pub mod stack;
+
+pub use node::{Federation, FederationSetup, ImportSetup, Replicas};
+pub use source::FeedSource;
+
+/// Errors of federation.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    /// The docs, gossip or blob stack failed.
+    #[error("iroh-docs: {0}")]
+    Stack(String),
+    /// The replica store failed.
+    #[error("replica store: {0}")]
+    Replica(String),
+    /// A change set does not follow the replica's revision.
+    #[error("replica of {source_cluster} is at revision {have}; got revision {got}, which does not follow it")]
+    Gap {
+        source_cluster: String,
+        have: u64,
+        got: u64,
+    },
+    /// A checkpoint could not be built or read.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// The owner's feed could not be read.
+    #[error("change feed: {0}")]
+    Feed(String),
+    /// The configuration cannot be used.
+    #[error("federation config: {0}")]
+    Config(String),
+}

@@ -1,0 +1,107 @@
+//! One node's iroh-docs stack: a persistent iroh-blobs store, gossip and docs, on the
+//! node's own endpoint, with the blob garbage collector protecting every blob a document
+//! references (iroh-docs hands its hashes to the collector before each run).
+//!
+//! Layout under the node's data dir: `federation/blobs/` (the blob store) and
+//! `federation/docs/` (`docs.redb`). The protocol handlers it returns must be registered on
+//! the node's one iroh `Router` together with Raft and KV: iroh sets an endpoint's ALPNs to
+//! exactly those of its router.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use iroh::protocol::DynProtocolHandler;
+use iroh::Endpoint;
+use iroh_blobs::store::fs::options::Options;
+use iroh_blobs::store::fs::FsStore;
+use iroh_blobs::store::GcConfig;
+use iroh_blobs::BlobsProtocol;
+use iroh_docs::engine::ProtectCallbackHandler;
+use iroh_docs::protocol::Docs;
+use iroh_gossip::net::Gossip;
+
+use crate::FederationError;
+
+/// How often unreferenced blobs (segments and heartbeats that were replaced, old
+/// checkpoints) are collected. Each run walks every document's entries, which are bounded
+/// by design (see `keys`), so once a minute costs little.
+pub const GC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The ALPNs the stack serves, which the endpoint's access policy restricts.
+pub const ALPNS: [&[u8]; 3] = [iroh_docs::ALPN, iroh_gossip::ALPN, iroh_blobs::ALPN];
+
+/// A node's docs, gossip and blobs.
+#[derive(Debug, Clone)]
+pub struct DocsStack {
+    /// The blob store (segment contents, checkpoints).
+    pub blobs: FsStore,
+    /// Gossip, which iroh-docs uses for live updates.
+    pub gossip: Gossip,
+    /// The documents.
+    pub docs: Docs,
+    /// Fetches blobs from peers by hash.
+    pub downloader: iroh_blobs::api::downloader::Downloader,
+    endpoint: Endpoint,
+}
+
+/// The directory of the stack under a node's data dir.
+pub fn stack_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("federation")
+}
+
+fn err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> FederationError + '_ {
+    move |e| FederationError::Stack(format!("{what}: {e}"))
+}
+
+impl DocsStack {
+    /// Opens (creating if needed) the stack under `dir` on `endpoint`.
+    pub async fn spawn(endpoint: &Endpoint, dir: &Path) -> Result<DocsStack, FederationError> {
+        let blobs_dir = dir.join("blobs");
+        let docs_dir = dir.join("docs");
+        for d in [&blobs_dir, &docs_dir] {
+            std::fs::create_dir_all(d).map_err(|e| {
+                err("creating the federation dirs")(&format!("{}: {e}", d.display()))
+            })?;
+        }
+        let (protect, protect_cb) = ProtectCallbackHandler::new();
+        let mut options = Options::new(&blobs_dir);
+        options.gc = Some(GcConfig {
+            interval: GC_INTERVAL,
+            add_protected: Some(protect_cb),
+        });
+        let blobs = FsStore::load_with_opts(blobs_dir.join("blobs.db"), options)
+            .await
+            .map_err(|e| err("opening the blob store")(&e))?;
+        let gossip = Gossip::builder().spawn(endpoint.clone());
+        let docs = Docs::persistent(docs_dir)
+            .protect_handler(protect)
+            .spawn(endpoint.clone(), (*blobs).clone(), gossip.clone())
+            .await
+            .map_err(|e| err("starting iroh-docs")(&e))?;
+        let downloader = blobs.downloader(endpoint);
+        Ok(DocsStack {
+            blobs,
+            gossip,
+            docs,
+            downloader,
+            endpoint: endpoint.clone(),
+        })
+    }
+
+    /// The protocol handlers to register on the node's iroh router, by ALPN.
+    pub fn handlers(&self) -> Vec<(&'static [u8], Box<dyn DynProtocolHandler>)> {
+        vec![
+            (iroh_docs::ALPN, Box::new(self.docs.clone())),
+            (iroh_gossip::ALPN, Box::new(self.gossip.clone())),
+            (
+                iroh_blobs::ALPN,
+                Box::new(BlobsProtocol::new(&self.blobs, None)),
+            ),
+        ]
+    }
+
+    /// The endpoint the stack runs on.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}

@@ -1,0 +1,160 @@
+//! Who may hold a connection with this endpoint, decided once per connection, for every
+//! protocol at once, by an iroh endpoint hook ([`Access`]).
+//!
+//! iroh-docs, iroh-gossip and iroh-blobs serve any authenticated endpoint that asks (a
+//! peer that knows a document's id may read it), so a node restricts those protocols to
+//! the endpoints its configuration names. The hook runs after the TLS handshake, when the
+//! remote's identity and the connection's ALPN are known, for incoming and outgoing
+//! connections alike, so neither side of a refused pair exchanges a byte of the protocol.
+//! Each ALPN either is open (its own handler checks, as `aspen/raft/1` does) or has a rule:
+//! a predicate over the remote's endpoint id, read at every connection, so membership
+//! changes take effect for the next connection.
+//!
+//! Fault injection lives here too: [`Access::set_blocked`] refuses every connection with
+//! chosen peers on every ALPN and closes the ones already open, which is what a network
+//! partition does to a node.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use iroh::endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, WeakConnectionHandle};
+use iroh::EndpointId;
+
+/// QUIC error code of a connection refused by [`Access`] (an endpoint that is not allowed,
+/// or one cut off by fault injection).
+pub const CLOSE_REFUSED: u32 = 403;
+
+/// A predicate deciding which endpoints may use one ALPN.
+pub type Rule = Arc<dyn Fn(&EndpointId) -> bool + Send + Sync>;
+
+/// The access policy of one endpoint; clones share it. Install it with
+/// [`crate::bind_endpoint`].
+#[derive(Clone, Default)]
+pub struct Access {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    rules: RwLock<HashMap<Vec<u8>, Rule>>,
+    blocked: RwLock<HashSet<EndpointId>>,
+    /// Open connections by remote, so that blocking a peer can close them.
+    live: Mutex<HashMap<EndpointId, Vec<WeakConnectionHandle>>>,
+    /// Connections refused by a rule, per ALPN.
+    refused: Mutex<HashMap<Vec<u8>, u64>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let alpns: Vec<String> = self
+            .inner
+            .rules
+            .read()
+            .expect("rules lock")
+            .keys()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        f.debug_struct("Access")
+            .field("restricted_alpns", &alpns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Access {
+    /// A policy with every ALPN open and nobody blocked.
+    pub fn open() -> Access {
+        Access::default()
+    }
+
+    /// Restricts `alpn` to the endpoints `allowed` accepts, replacing an earlier rule.
+    pub fn restrict(&self, alpn: &[u8], allowed: Rule) {
+        self.inner
+            .rules
+            .write()
+            .expect("rules lock")
+            .insert(alpn.to_vec(), allowed);
+    }
+
+    /// Whether `remote` may hold a connection on `alpn` right now.
+    pub fn allows(&self, remote: &EndpointId, alpn: &[u8]) -> bool {
+        if self.is_blocked(remote) {
+            return false;
+        }
+        let rules = self.inner.rules.read().expect("rules lock");
+        rules.get(alpn).is_none_or(|rule| rule(remote))
+    }
+
+    /// Cuts this endpoint off from `peers` on every ALPN, both directions, closing the
+    /// connections already open with them; an empty set heals (fault injection).
+    pub fn set_blocked(&self, peers: HashSet<EndpointId>) {
+        let mut live = self.inner.live.lock().expect("live connections lock");
+        for peer in &peers {
+            for handle in live.remove(peer).unwrap_or_default() {
+                if let Some(conn) = handle.upgrade() {
+                    conn.close(CLOSE_REFUSED.into(), b"partitioned");
+                }
+            }
+        }
+        *self.inner.blocked.write().expect("blocked lock") = peers;
+    }
+
+    /// Whether traffic with `peer` is cut by fault injection.
+    pub fn is_blocked(&self, peer: &EndpointId) -> bool {
+        self.inner
+            .blocked
+            .read()
+            .expect("blocked lock")
+            .contains(peer)
+    }
+
+    /// Connections refused by a rule so far, per ALPN (for metrics).
+    pub fn refused_counts(&self) -> Vec<(String, u64)> {
+        let refused = self.inner.refused.lock().expect("refused lock");
+        let mut counts: Vec<(String, u64)> = refused
+            .iter()
+            .map(|(alpn, n)| (String::from_utf8_lossy(alpn).into_owned(), *n))
+            .collect();
+        counts.sort();
+        counts
+    }
+
+    fn track(&self, conn: &Connection) {
+        let mut live = self.inner.live.lock().expect("live connections lock");
+        let handles = live.entry(conn.remote_id()).or_default();
+        handles.retain(|h| h.upgrade().is_some_and(|c| c.close_reason().is_none()));
+        handles.push(conn.weak_handle());
+    }
+
+    fn decide(&self, conn: &Connection) -> AfterHandshakeOutcome {
+        let remote = conn.remote_id();
+        let alpn = conn.alpn();
+        if self.is_blocked(&remote) {
+            return AfterHandshakeOutcome::Reject {
+                error_code: CLOSE_REFUSED.into(),
+                reason: b"partitioned".to_vec(),
+            };
+        }
+        if !self.allows(&remote, alpn) {
+            *self
+                .inner
+                .refused
+                .lock()
+                .expect("refused lock")
+                .entry(alpn.to_vec())
+                .or_default() += 1;
+            tracing::warn!(%remote, alpn = %String::from_utf8_lossy(alpn), "refused a connection from an endpoint this node's configuration does not allow");
+            return AfterHandshakeOutcome::Reject {
+                error_code: CLOSE_REFUSED.into(),
+                reason: b"this endpoint is not allowed on this protocol".to_vec(),
+            };
+        }
+        self.track(conn);
+        AfterHandshakeOutcome::Accept
+    }
+}
+
+impl EndpointHooks for Access {
+    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        self.decide(conn)
+    }
+}

@@ -1,0 +1,162 @@
+//! Stale reads of keys another region owns, served from a federation replica in this
+//! router's region (DESIGN.md, "Federation rules").
+//!
+//! A router sends such a read to a cluster of its own region, whose nodes keep replicas of
+//! the owner (`KvRequest::ReplicaRead`), trying its region's clusters in table order. The
+//! router remembers, per owner, the highest replica revision it has returned, and asks
+//! every later read for at least that revision: a replica behind it answers
+//! `replica_behind`, so the router moves to another node or waits briefly for it to catch
+//! up. A client reading through one router therefore never sees a key go back to an older
+//! revision, whichever node serves it. (The memory is the router's own: a restarted router
+//! starts from what its replicas hold.) A region without clusters has no replicas; its
+//! routers serve stale reads from the owner, as within one region.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aspen_api::server::ReplicaLag;
+use aspen_api::types::ReadResponse;
+use aspen_api::wire::{KvRequest, KvResponse, ReplicaReadRequest, ReplicaReport};
+use aspen_api::{ApiError, ErrorCode, ReadRequest};
+use tokio::time::Instant;
+
+use super::{client_of, unexpected, RouterService, Routing};
+
+/// How long a replica read waits for this region's replicas to reach the revision this
+/// router already returned (or to meet `max_lag`) before it answers `replica_behind`.
+/// Replicas apply within milliseconds of each other when healthy; waiting longer would
+/// only hide a partitioned region behind slow answers.
+pub const REPLICA_CATCH_UP_WAIT: Duration = Duration::from_millis(500);
+
+/// Pause between tries while waiting for a replica to catch up.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// The highest replica revision returned per owner cluster.
+#[derive(Debug, Default)]
+pub(crate) struct Floors(Mutex<HashMap<String, u64>>);
+
+impl Floors {
+    fn get(&self, source: &str) -> u64 {
+        *self
+            .0
+            .lock()
+            .expect("floors lock")
+            .get(source)
+            .unwrap_or(&0)
+    }
+
+    fn raise(&self, source: &str, revision: u64) {
+        let mut floors = self.0.lock().expect("floors lock");
+        let floor = floors.entry(source.to_string()).or_default();
+        *floor = (*floor).max(revision);
+    }
+}
+
+impl RouterService {
+    /// Whether `cluster` runs in another region than this router.
+    pub(crate) fn is_foreign(&self, routing: &Routing, cluster: &str) -> bool {
+        routing
+            .table
+            .clusters()
+            .iter()
+            .any(|c| c.name == cluster && c.region != self.region)
+    }
+
+    /// This router's region's clusters, which keep the replicas.
+    fn replica_hosts<'a>(&self, routing: &'a Routing) -> Vec<&'a str> {
+        routing
+            .table
+            .clusters()
+            .iter()
+            .filter(|c| c.region == self.region)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    /// A stale read of `source`'s replica in this region, as a node's read answer plus the
+    /// replica's lag; `None` when this region has no cluster to keep replicas.
+    pub(crate) async fn replica_read(
+        &self,
+        routing: &Routing,
+        source: &str,
+        request: ReadRequest,
+        max_lag_ms: Option<u64>,
+    ) -> Result<Option<(ReadResponse, ReplicaLag)>, ApiError> {
+        let hosts = self.replica_hosts(routing);
+        if hosts.is_empty() {
+            return Ok(None);
+        }
+        let give_up = Instant::now() + REPLICA_CATCH_UP_WAIT;
+        loop {
+            let ask = ReplicaReadRequest {
+                source: source.to_string(),
+                request: request.clone(),
+                min_revision: self.floors.get(source),
+                max_lag_ms,
+            };
+            let mut last: Option<ApiError> = None;
+            for host in &hosts {
+                let client = client_of(routing, host)?;
+                match client.call(KvRequest::ReplicaRead(ask.clone())).await {
+                    Ok(KvResponse::ReplicaRead(r)) => {
+                        self.floors.raise(source, r.revision);
+                        let lag = ReplicaLag {
+                            revisions: r.lag_revisions,
+                            ms: r.lag_ms,
+                        };
+                        let response = ReadResponse {
+                            result: r.result,
+                            revision: r.revision,
+                            applied_index: 0,
+                            known_commit_index: 0,
+                            since_leader_contact_ms: None,
+                        };
+                        return Ok(Some((response, lag)));
+                    }
+                    Ok(other) => last = Some(unexpected(host, other)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            let last = last.unwrap_or_else(|| {
+                ApiError::new(ErrorCode::ReplicaUnavailable, "no replica answered")
+            });
+            let worth_waiting = last.code == ErrorCode::ReplicaBehind;
+            if !worth_waiting || Instant::now() + RETRY_PAUSE >= give_up {
+                return Err(ApiError::new(
+                    last.code,
+                    format!(
+                        "no replica of {source} in region {} could serve: {}",
+                        self.region, last.message
+                    ),
+                ));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// The replicas of every foreign cluster as the first answering host of this region
+    /// reports them.
+    pub(crate) async fn replica_reports(&self, routing: &Routing) -> Vec<(String, ReplicaReport)> {
+        let mut out = Vec::new();
+        for host in self.replica_hosts(routing) {
+            let Ok(client) = client_of(routing, host) else {
+                continue;
+            };
+            if let Ok(Ok(KvResponse::ReplicaStatus(reports))) =
+                tokio::time::timeout(super::STATUS_TIMEOUT, client.call(KvRequest::ReplicaStatus))
+                    .await
+            {
+                for report in reports {
+                    if !out
+                        .iter()
+                        .any(|(_, r): &(String, ReplicaReport)| r.source == report.source)
+                    {
+                        out.push((host.to_string(), report));
+                    }
+                }
+            }
+        }
+        out
+    }
+}

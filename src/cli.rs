@@ -6,7 +6,9 @@
 //!
 //! - [`node`]: `aspen node`, one cluster member from a config file.
 //! - [`router`]: `aspen router`, a router from a config file (SIGHUP reloads it).
-//! - [`dev`]: `aspen dev`, two local clusters and a router in one process.
+//! - [`dev`]: `aspen dev`, DESIGN's federated topology (two regions, three clusters, two
+//!   routers) in one process.
+//! - [`federation`]: `aspen federation keygen` and `info`, the values regions exchange.
 //! - [`kv`]: `aspen kv`, reads and writes against a node's HTTP API.
 //! - [`cluster`]: `aspen cluster`, status and membership changes.
 //! - [`bench`]: `aspen bench`, a closed-loop load generator.
@@ -20,6 +22,7 @@ mod bench;
 mod cluster;
 mod dev;
 mod endpoint;
+mod federation;
 mod kv;
 mod node;
 mod parse;
@@ -41,7 +44,7 @@ pub const EXIT_PRECONDITION_FAILED: u8 = 2;
 
 const EXAMPLES: &str = "\
 Examples:
-  aspen dev                                  # clusters us-1, us-2 behind a router on 127.0.0.1:7070
+  aspen dev                                  # regions us (us-1, us-2) and eu (eu-1), routers on :7070 and :7071
   aspen kv put greeting hello                # write a key
   aspen kv get greeting                      # read it back (linearizable)
   aspen kv scan gr --limit 10                # keys starting with \"gr\"
@@ -50,6 +53,8 @@ Examples:
   aspen bench --op put --clients 16 --duration 10
   aspen node --config node.toml              # one member of a real cluster
   aspen router --config router.toml          # a router; SIGHUP reloads the route table
+  aspen federation keygen --out us-1.key     # a cluster's federation secret
+  aspen federation info --config node.toml   # what other regions paste to import it
   aspen soak --duration 600                  # linearizability under faults, 10 minutes
 
 Commands that talk to a node or router take --endpoint URL (or ASPEN_ENDPOINT); the
@@ -71,9 +76,12 @@ enum Command {
     Node(node::NodeArgs),
     /// Run a router: one store in front of many clusters, by key prefix.
     Router(router::RouterArgs),
-    /// Run region us of the design in this process, for development: clusters us-1 and
-    /// us-2 (3 nodes each) behind a router.
+    /// Run the whole design in this process, for development: regions us (clusters us-1,
+    /// us-2) and eu (eu-1), 3 nodes each, a router per region, federation both ways.
     Dev(dev::DevArgs),
+    /// Exchange federation values between regions: make a cluster's secret, print what
+    /// another region pastes into its config.
+    Federation(federation::FederationArgs),
     /// Read and write keys.
     Kv(kv::KvArgs),
     /// Show cluster status and change membership.
@@ -100,6 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(args) => node::run(args).await,
         Command::Router(args) => router::run(args).await,
         Command::Dev(args) => dev::run(args).await,
+        Command::Federation(args) => federation::run(args).await,
         Command::Kv(args) => kv::run(args).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::Bench(args) => bench::run(args).await,

@@ -16,9 +16,13 @@ use tracing_subscriber::EnvFilter;
 /// Log filter used when `RUST_LOG` is not set: our own crates at `info`, everything
 /// else (iroh, hyper) at `warn`, so a dev run stays readable;
 /// openraft at `error`: its warnings are protocol chatter of normal operation (a vote
-/// answered after the election ended, say), which would bury ours.
+/// answered after the election ended, say), which would bury ours. iroh-docs and gossip
+/// at `error` too: they warn of every sync round a peer ends first and every peer that
+/// refuses them (a node refuses all but its configured peers), while the exporter and
+/// importers report what matters; so does iroh's connection acceptor.
 const DEFAULT_LOG_FILTER: &str =
-    "warn,openraft=error,aspen=info,aspen_api=info,aspen_config=info,aspen_cluster_node=info,\
+    "warn,openraft=error,iroh_docs=error,iroh_gossip=error,iroh::protocol=error,aspen=info,\
+     aspen_api=info,aspen_config=info,aspen_cluster_node=info,aspen_federation=info,\
      aspen_net=info,aspen_router=info";
 
 fn main() -> ExitCode {

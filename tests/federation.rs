@@ -1,67 +1,462 @@
 //! Federation across regions, with real nodes, real iroh-docs stores on disk and real
-//! routers: DESIGN's topology (us: us-1, us-2; eu: eu-1) in one process.
+//! routers: DESIGN's topology (us: us-1, us-2; eu: eu-1) in one process. Replicas must
+//! equal their owners exactly (keys, values, revisions, deletes), show a batch's keys
+//! together, converge after a partition with their lag rising and falling, never go back
+//! in time through a router, refuse what they cannot bound, and never take a foreign write.
 
 mod support;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aspen::topology::{Topology, TopologySpec};
-use aspen_api::{AspenClient, Consistency};
+use aspen_api::json::{BatchRequest, JsonWrite};
+use aspen_api::{AspenClient, Consistency, ErrorCode, KvEntry};
+use aspen_cluster_node::local_cluster::LocalCluster;
 use support::{fast_raft, poll};
 
-async fn start(nodes: usize) -> (tempfile::TempDir, Topology) {
+async fn start(nodes: usize, deadline_ms: u64) -> (tempfile::TempDir, Topology) {
+    support::init_test_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut spec = TopologySpec::design(dir.path(), "127.0.0.1:0".parse().unwrap(), nodes);
     spec.raft = fast_raft();
+    spec.request_deadline_ms = deadline_ms;
     let topology = Topology::start(spec).await.expect("topology starts");
+    for (_, name, cluster) in topology.clusters() {
+        cluster
+            .wait_for_leader(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{name} elects a leader"));
+    }
     (dir, topology)
 }
 
+fn client(t: &Topology, region: &str) -> AspenClient {
+    AspenClient::with_timeout(&t.router(region).url(), Duration::from_secs(30))
+}
+
+/// Every key of `cluster`, read from its leader's state machine.
+fn owner_entries(cluster: &LocalCluster) -> (u64, Vec<KvEntry>) {
+    let leader = cluster.leader().expect("a leader");
+    let sm = cluster
+        .node(leader)
+        .unwrap()
+        .service
+        .state_machine()
+        .clone();
+    let mut entries = Vec::new();
+    let (revision, _) = sm
+        .read(|r| {
+            r.scan_all(1_000, &mut |page| {
+                entries.extend(page);
+                Ok(())
+            })
+        })
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    (revision, entries)
+}
+
+/// The replica of `source` kept by node `id` of `cluster`: its revision and entries.
+fn replica(cluster: &LocalCluster, id: u64, source: &str) -> (u64, Vec<KvEntry>) {
+    let node = cluster.node(id).expect("running");
+    let store = node
+        .federation()
+        .expect("federated")
+        .replicas()
+        .store()
+        .clone();
+    let revision = store.state(source).unwrap().map_or(0, |s| s.revision);
+    (revision, store.entries(source).unwrap())
+}
+
+/// Waits until every running node of `importer` holds `source`'s replica exactly equal to
+/// the owner's state (same revision, same entries).
+async fn wait_converged(t: &Topology, source: &str, importer: &str, within: Duration) {
+    let owner = t.cluster(source);
+    poll(
+        &format!("{importer}'s replicas of {source} to equal it"),
+        within,
+        || async {
+            let (head, expected) = owner_entries(owner);
+            let cluster = t.cluster(importer);
+            for id in cluster.running() {
+                let (revision, entries) = replica(cluster, id, source);
+                if revision != head {
+                    return None;
+                }
+                // Compared without printing: a failure would print thousands of entries.
+                assert!(
+                    entries == expected,
+                    "{importer} node {id} is at {source}'s revision {head} but holds other data"
+                );
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_key_written_in_us_is_read_from_the_replica_in_eu() {
-    let (_dir, t) = start(1).await;
-    for (_, _, cluster) in t.clusters() {
-        cluster
-            .wait_for_leader(Duration::from_secs(20))
-            .await
-            .unwrap();
+async fn five_thousand_keys_written_in_us_appear_in_eu_exactly_with_each_batch_whole() {
+    let (_dir, t) = start(3, 20_000).await;
+    let us = client(&t, "us");
+    let eu = client(&t, "eu");
+    let done = Arc::new(AtomicBool::new(false));
+    // A reader in eu checks, while the writes go on, that a batch's keys are seen together.
+    let checker = {
+        let (eu, done) = (eu.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut checked = 0;
+            while !done.load(Ordering::Relaxed) {
+                let page = match eu
+                    .scan("batch/", None, Some(10_000), Consistency::Stale)
+                    .await
+                {
+                    Ok(page) => page,
+                    // Before the replica has caught up once.
+                    Err(e) if e.code() == Some(ErrorCode::ReplicaUnavailable) => continue,
+                    Err(e) => panic!("stale scan failed: {e}"),
+                };
+                let mut batches: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+                for e in &page.kvs {
+                    let batch = e.key.rsplit_once('/').unwrap().0.to_string();
+                    let value = e.value.clone().unwrap();
+                    batches
+                        .entry(batch)
+                        .or_default()
+                        .push((value, e.mod_revision));
+                }
+                for (batch, keys) in &batches {
+                    assert_eq!(keys.len(), 4, "{batch} is seen in part: {keys:?}");
+                    assert!(keys.windows(2).all(|w| w[0] == w[1]), "{batch}: {keys:?}");
+                }
+                checked += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            checked
+        })
+    };
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let us = us.clone();
+            tokio::spawn(async move {
+                for i in 0..600 {
+                    let key = format!("keys/{w}/{i:04}");
+                    us.put(&key, format!("v{i}").as_bytes()).await.unwrap();
+                    if i % 7 == 0 {
+                        us.put(&key, b"rewritten").await.unwrap();
+                    }
+                    if i % 11 == 0 {
+                        us.delete(&key).await.unwrap();
+                    }
+                    if i % 20 == 0 {
+                        let n = format!("batch/{w}-{i}");
+                        let writes = ["a", "b", "c", "d"]
+                            .iter()
+                            .map(|k| JsonWrite::new(format!("{n}/{k}"), format!("{i}").as_bytes()))
+                            .collect();
+                        us.batch(&BatchRequest {
+                            writes,
+                            deletes: vec![],
+                        })
+                        .await
+                        .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
     }
-    let us = AspenClient::with_timeout(&t.router("us").url(), Duration::from_secs(20));
-    let eu = AspenClient::with_timeout(&t.router("eu").url(), Duration::from_secs(20));
-    us.put("config/color", b"blue").await.unwrap();
-    let entry = poll(
-        "the key in eu's replica",
+    let (_, entries) = owner_entries(t.cluster("us-1"));
+    assert!(entries.len() >= 5_000, "{} keys", entries.len());
+    wait_converged(&t, "us-1", "eu-1", Duration::from_secs(120)).await;
+    done.store(true, Ordering::Relaxed);
+    let checked = checker.await.unwrap();
+    assert!(checked > 5, "the batch checker ran {checked} times");
+    wait_converged(&t, "us-2", "eu-1", Duration::from_secs(30)).await;
+    t.shutdown().await;
+}
+
+/// `/v1/status` of `region`'s router: the replica of `source` (revision, lag seconds).
+async fn replica_status(t: &Topology, region: &str, source: &str) -> Option<(u64, Option<f64>)> {
+    let http = aspen_api::client::http_client(Duration::from_secs(10));
+    let status: serde_json::Value = http
+        .get(format!("{}/v1/status", t.router(region).url()))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let r = status["replicas"]
+        .as_array()?
+        .iter()
+        .find(|r| r["source"] == source)?;
+    Some((r["revision"].as_u64()?, r["lag_seconds"].as_f64()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn regions_cut_apart_while_both_write_converge_once_healed_and_lag_rises_then_falls() {
+    let (_dir, t) = start(1, 2_000).await;
+    let (us, eu) = (client(&t, "us"), client(&t, "eu"));
+    us.put("before/us", b"1").await.unwrap();
+    eu.put("eu/before", b"1").await.unwrap();
+    wait_converged(&t, "us-1", "eu-1", Duration::from_secs(30)).await;
+    wait_converged(&t, "eu-1", "us-1", Duration::from_secs(30)).await;
+
+    t.partition_regions("us", "eu");
+    for i in 0..200 {
+        us.put(&format!("cut/us/{i}"), b"x").await.unwrap();
+        eu.put(&format!("eu/cut/{i}"), b"y").await.unwrap();
+    }
+    us.delete("before/us").await.unwrap();
+    // Heartbeats no longer arrive: each side's replica of the other grows stale.
+    poll(
+        "eu's replica of us-1 to be seen stale",
         Duration::from_secs(30),
         || async {
-            eu.get("config/color", Consistency::Stale)
+            let (_, lag) = replica_status(&t, "eu", "us-1").await?;
+            (lag? > 2.0).then_some(())
+        },
+    )
+    .await;
+    poll(
+        "us's replica of eu-1 to be seen stale",
+        Duration::from_secs(30),
+        || async {
+            let (_, lag) = replica_status(&t, "us", "eu-1").await?;
+            (lag? > 2.0).then_some(())
+        },
+    )
+    .await;
+    // A bounded stale read refuses rather than serve the stale copy.
+    let err = eu
+        .get_with_max_lag("cut/us/0", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ReplicaBehind), "{err}");
+
+    t.heal();
+    wait_converged(&t, "us-1", "eu-1", Duration::from_secs(60)).await;
+    wait_converged(&t, "eu-1", "us-1", Duration::from_secs(60)).await;
+    poll(
+        "the lag figures to come back down",
+        Duration::from_secs(30),
+        || async {
+            let (_, eu_lag) = replica_status(&t, "eu", "us-1").await?;
+            let (_, us_lag) = replica_status(&t, "us", "eu-1").await?;
+            (eu_lag? < 1.5 && us_lag? < 1.5).then_some(())
+        },
+    )
+    .await;
+    let entry = eu
+        .get_with_max_lag("cut/us/199", Duration::from_secs(2))
+        .await
+        .unwrap()
+        .expect("written during the cut");
+    assert_eq!(entry.value.as_deref(), Some("x"));
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_foreign_write_lands_at_the_owner_and_fails_without_trace_when_the_owner_is_cut_off() {
+    let (_dir, t) = start(1, 2_000).await;
+    let (us, eu) = (client(&t, "us"), client(&t, "eu"));
+    let written = eu.put("config/from-eu", b"1").await.unwrap();
+    assert_eq!(written.cluster, "us-1", "the owner applied it");
+    let at_owner = us
+        .get("config/from-eu", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(at_owner.value.as_deref(), Some("1"));
+    let linearizable_from_eu = eu
+        .get("config/from-eu", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(linearizable_from_eu.cluster, "us-1");
+    poll(
+        "the write in eu's replica",
+        Duration::from_secs(30),
+        || async {
+            eu.get("config/from-eu", Consistency::Stale)
                 .await
                 .ok()
                 .flatten()
         },
     )
     .await;
-    assert_eq!(entry.value.as_deref(), Some("blue"));
-    assert_eq!(entry.cluster, "us-1");
-    let http = aspen_api::client::http_client(Duration::from_secs(10));
-    let response = http
-        .get(format!(
-            "{}/v1/kv/config/color?consistency=stale",
-            t.router("eu").url()
-        ))
-        .send()
+
+    t.partition_regions("us", "eu");
+    let err = eu.put("config/cut-off", b"2").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ClusterUnavailable), "{err}");
+    let err = eu
+        .get("config/from-eu", Consistency::Linearizable)
         .await
-        .unwrap();
-    let headers = response.headers().clone();
-    println!("{headers:?}");
-    assert!(headers.get("aspen-replica-lag-revisions").is_some());
-    let status: serde_json::Value = http
-        .get(format!("{}/v1/status", t.router("eu").url()))
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ClusterUnavailable), "{err}");
+    // The local replica still serves stale reads while cut off.
+    let stale = eu.get("config/from-eu", Consistency::Stale).await.unwrap();
+    assert!(stale.is_some());
+
+    t.heal();
+    us.put("config/after", b"3").await.unwrap();
+    wait_converged(&t, "us-1", "eu-1", Duration::from_secs(30)).await;
+    assert_eq!(
+        us.get("config/cut-off", Consistency::Linearizable)
+            .await
+            .unwrap(),
+        None,
+        "the refused write was applied nowhere"
+    );
+    let (_, replica_entries) = replica(t.cluster("eu-1"), 1, "us-1");
+    assert!(replica_entries.iter().all(|e| e.key != "config/cut-off"));
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_reads_through_a_router_never_go_back_even_when_it_switches_nodes() {
+    let (_dir, mut t) = start(3, 10_000).await;
+    let (us, eu) = (client(&t, "us"), client(&t, "eu"));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (us, done) = (us.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                us.put(&format!("mono/{}", n % 10), n.to_string().as_bytes())
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    // The recorded history: every stale read's key, mod_revision and replica revision.
+    let reader = {
+        let (eu, done) = (eu.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut history: Vec<(String, u64)> = Vec::new();
+            let mut i = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let key = format!("mono/{}", i % 10);
+                i += 1;
+                match eu.get(&key, Consistency::Stale).await {
+                    Ok(Some(e)) => history.push((key, e.mod_revision)),
+                    Ok(None) => history.push((key, 0)),
+                    // Refusals are fine (a replica behind what was read, eu-1 without a
+                    // leader for a moment); answers must never go back.
+                    Err(e) if e.code().is_some() => {}
+                    Err(e) => panic!("replica read failed: {e}"),
+                }
+            }
+            history
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The router reads eu's replica through eu-1's leader: stop it, so the router moves to
+    // another node (whose replica may be behind what was already read).
+    let leader = t
+        .cluster("eu-1")
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("eu-1 has a leader");
+    let eu1 = t.cluster_mut("eu-1");
+    eu1.stop(leader).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    eu1.restart(leader).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    done.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    let history = reader.await.unwrap();
+    assert!(
+        writes > 50 && history.len() > 50,
+        "{writes} writes, {} reads",
+        history.len()
+    );
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for (i, (key, revision)) in history.iter().enumerate() {
+        let seen = last.entry(key).or_default();
+        assert!(
+            revision >= seen,
+            "read {i} of {key} went back from revision {seen} to {revision}"
+        );
+        *seen = *revision;
+    }
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_endpoint_is_refused_on_every_federation_protocol() {
+    let (_dir, t) = start(1, 10_000).await;
+    let node = t.cluster("us-1").node(1).unwrap();
+    let addr = iroh::EndpointAddr::new(node.endpoint_id())
+        .with_addrs(node.iroh_addrs().into_iter().map(iroh::TransportAddr::Ip));
+    let stranger = aspen_cluster_node::transport::bind_endpoint(
+        iroh::SecretKey::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        &aspen_cluster_node::transport::Access::open(),
+    )
+    .await
+    .unwrap();
+    let alpns: [&[u8]; 3] = [b"/iroh-sync/1", b"/iroh-gossip/1", b"/iroh-bytes/4"];
+    for alpn in alpns {
+        let refused = async {
+            let conn = match stranger.connect(addr.clone(), alpn).await {
+                Ok(conn) => conn,
+                Err(_) => return true,
+            };
+            // The node closes the connection right after the handshake: nothing of the
+            // protocol gets through.
+            let opened = async {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|_| ())?;
+                send.write_all(b"hello").await.map_err(|_| ())?;
+                send.finish().map_err(|_| ())?;
+                recv.read_to_end(1024).await.map_err(|_| ())
+            };
+            opened.await.is_err()
+        };
+        let refused = tokio::time::timeout(Duration::from_secs(10), refused)
+            .await
+            .expect("the refusal comes at once");
+        assert!(refused, "{} was served", String::from_utf8_lossy(alpn));
+    }
+    let http = aspen_api::client::http_client(Duration::from_secs(10));
+    let metrics = http
+        .get(format!("{}/metrics", t.cluster("us-1").url(1)))
         .send()
         .await
         .unwrap()
-        .json()
+        .text()
         .await
         .unwrap();
-    println!("{status:#}");
+    for alpn in alpns {
+        let line = format!(
+            "aspen_connections_refused{{alpn=\"{}\"}}",
+            String::from_utf8_lossy(alpn)
+        );
+        let count: u64 = metrics
+            .lines()
+            .find(|l| l.starts_with(&line))
+            .unwrap_or_else(|| panic!("{line} in\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{line} {count}");
+    }
+    // The configured peers still replicate: federation itself is not refused.
+    client(&t, "us").put("still/works", b"1").await.unwrap();
+    wait_converged(&t, "us-1", "eu-1", Duration::from_secs(30)).await;
+    stranger.close().await;
     t.shutdown().await;
 }

@@ -7,85 +7,15 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use aspen_api::admin::{InitRequest, PartitionRequest};
 use aspen_api::AspenClient;
 use aspen_checker::workload::{self, WorkloadSpec};
 use support::poll;
-
-/// One node process and what it needs to be started again.
-struct Proc {
-    id: u64,
-    endpoint_id: String,
-    config: PathBuf,
-    log: PathBuf,
-    http: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_aspen"))
-            .args(["node", "--config"])
-            .arg(&self.config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start aspen node");
-        self.child = Some(child);
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.http)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn free_tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// Writes the node's identity key so its endpoint id is known before it starts.
-fn write_identity(dir: &Path) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let key = iroh::SecretKey::generate();
-    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(dir.join("iroh.key"), hex).unwrap();
-    key.public().to_string()
-}
+use support::process::{free_tcp_port, free_udp_port, leader, wait_healthy, write_identity, Proc};
 
 fn start_processes(root: &Path, fault_injection: bool) -> Vec<Proc> {
     let iroh: Vec<SocketAddr> = (0..3).map(|_| free_udp_port()).collect();
@@ -125,32 +55,6 @@ fn start_processes(root: &Path, fault_injection: bool) -> Vec<Proc> {
         procs.push(p);
     }
     procs
-}
-
-async fn wait_healthy(p: &Proc) {
-    let client = AspenClient::with_timeout(&p.url(), Duration::from_secs(2));
-    poll(
-        &format!("node {} to serve HTTP", p.id),
-        Duration::from_secs(30),
-        || async { client.status().await.ok().map(|_| ()) },
-    )
-    .await;
-}
-
-/// The leader's id as node `via` sees it, once there is one.
-async fn leader(procs: &[Proc]) -> u64 {
-    poll("a leader", Duration::from_secs(30), || async {
-        for p in procs.iter().filter(|p| p.child.is_some()) {
-            let client = AspenClient::with_timeout(&p.url(), Duration::from_secs(2));
-            if let Ok(status) = client.status().await {
-                if let Some(leader) = status.leader {
-                    return Some(leader);
-                }
-            }
-        }
-        None
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

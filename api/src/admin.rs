@@ -20,7 +20,7 @@ pub struct MemberStatus {
 }
 
 /// `GET /v1/status` of a cluster node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Always `node` for a cluster node.
     pub role: String,
@@ -46,6 +46,9 @@ pub struct NodeStatus {
     pub initialized: bool,
     /// Members of the cluster.
     pub members: Vec<MemberStatus>,
+    /// The federation replicas this node keeps of other regions' clusters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaHealth>,
 }
 
 /// `POST /v1/cluster/init`: start a new cluster.
@@ -85,6 +88,25 @@ pub struct MembershipResponse {
     pub members: Vec<MemberStatus>,
 }
 
+impl ReplicaHealth {
+    /// The JSON shape of a replica `host` (a cluster of this region) reported.
+    pub fn reported_by(r: crate::wire::ReplicaReport, host: &str) -> Self {
+        ReplicaHealth {
+            source: r.source,
+            region: r.region,
+            host_cluster: host.to_string(),
+            revision: r.revision,
+            owner_head: r.owner_head,
+            lag_revisions: r.lag_revisions,
+            lag_seconds: r.lag_ms.map(|ms| ms as f64 / 1000.0),
+            phase: r.phase,
+            checkpoints_loaded: r.checkpoints_loaded,
+            sets_applied: r.sets_applied,
+            error: r.error,
+        }
+    }
+}
+
 /// `GET /v1/status` of a router.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouterStatus {
@@ -118,6 +140,10 @@ pub struct ReplicaHealth {
     pub lag_seconds: Option<f64>,
     /// `bootstrapping`, `live` or `gap`.
     pub phase: String,
+    /// Checkpoints the reporting node loaded since it started.
+    pub checkpoints_loaded: u64,
+    /// Change sets it applied since it started.
+    pub sets_applied: u64,
     /// The last import error, if the last step failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

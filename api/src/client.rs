@@ -134,6 +134,25 @@ impl AspenClient {
         }
     }
 
+    /// Reads one key from a local copy (a stale read) that may be at most `max_lag` stale;
+    /// a copy that cannot promise that answers 503 `replica_behind`.
+    pub async fn get_with_max_lag(
+        &self,
+        key: &str,
+        max_lag: Duration,
+    ) -> Result<Option<JsonEntry>, ClientError> {
+        let url = format!(
+            "{}?consistency=stale&max_lag={}ms",
+            self.kv_url(key),
+            max_lag.as_millis()
+        );
+        match self.send(self.http.get(&url), &url).await {
+            Ok(entry) => Ok(Some(entry)),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sets one key.
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<WriteResponse, ClientError> {
         let url = self.kv_url(key);

@@ -15,6 +15,9 @@ use crate::raft_types::MemberNode;
 
 use crate::node::{bind, BoundEndpoint, Node, NodeError};
 
+/// How long a restarted node tries its old iroh port before it moves to a new one.
+const REBIND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a resumed cluster may take to elect a leader.
 const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -253,14 +256,54 @@ impl LocalCluster {
         }
     }
 
-    /// Starts a stopped node again on its old addresses and data.
+    /// Starts a stopped node again on its data, on its old addresses when it can.
+    ///
+    /// A federated node's iroh port may stay bound in this process after it stopped: the
+    /// blob downloader of iroh-blobs 0.103 (its connection pool) never lets go of the
+    /// endpoint, so its UDP socket lives until the process exits. A new process (a real
+    /// restart) binds the port again at once; here the node moves to a new port and every
+    /// other running member is told where it went.
     pub async fn restart(&mut self, id: u64) -> Result<(), NodeError> {
         self.stop(id).await;
-        let config = self.config(id).clone();
-        let endpoint = bind(&config).await?;
+        let mut config = self.config(id).clone();
+        let give_up = tokio::time::Instant::now() + REBIND_TIMEOUT;
+        let endpoint = loop {
+            match bind(&config).await {
+                Ok(endpoint) => break endpoint,
+                Err(_) if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(_) => {
+                    config.iroh_bind_addr = SocketAddr::new(config.iroh_bind_addr.ip(), 0);
+                    let endpoint = bind(&config).await?;
+                    self.moved(id, endpoint.id(), endpoint.bound_sockets()[0]);
+                    config = self.config(id).clone();
+                    break endpoint;
+                }
+            }
+        };
         let listener = bind_http(config.http_addr).await?;
         self.nodes[id as usize - 1] = Some(Node::start(config, endpoint, listener).await?);
         Ok(())
+    }
+
+    /// Records that node `id` now listens on `addr`, in its config, the member list and
+    /// the address books and configs of the other members.
+    fn moved(&mut self, id: u64, endpoint_id: iroh::EndpointId, addr: SocketAddr) {
+        self.configs[id as usize - 1].iroh_bind_addr = addr;
+        for member in self.members.iter_mut().filter(|m| m.node_id == id) {
+            member.addrs = vec![addr];
+        }
+        for config in &mut self.configs {
+            for peer in config.peers.iter_mut().filter(|p| p.node_id == id) {
+                peer.addrs = vec![addr];
+            }
+        }
+        for other in self.running() {
+            if let Some(node) = self.node(other) {
+                node.transport().set_addresses(endpoint_id, vec![addr]);
+            }
+        }
     }
 
     /// Stops node `id` and deletes its data dir, identity included.

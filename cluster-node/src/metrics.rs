@@ -7,6 +7,9 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
+use aspen_api::wire::ReplicaReport;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -29,6 +32,18 @@ pub struct OpLabels {
     pub op: &'static str,
 }
 
+/// Labels of the per-protocol refusal count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlpnLabels {
+    alpn: String,
+}
+
+/// Labels of the per-source replica gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
 /// All metrics of one node.
 pub struct NodeMetrics {
     registry: Registry,
@@ -40,6 +55,10 @@ pub struct NodeMetrics {
     applied_index: Gauge,
     last_log: Gauge,
     members: Gauge,
+    refused: Family<AlpnLabels, Gauge>,
+    replica_revision: Family<SourceLabels, Gauge>,
+    replica_lag_revisions: Family<SourceLabels, Gauge>,
+    replica_lag_seconds: Family<SourceLabels, Gauge<f64, AtomicU64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -98,6 +117,30 @@ impl Default for NodeMetrics {
             "Members in the current membership",
             members.clone(),
         );
+        let refused = Family::<AlpnLabels, Gauge>::default();
+        registry.register(
+            "connections_refused",
+            "iroh connections refused by this node's access policy since start, by protocol",
+            refused.clone(),
+        );
+        let replica_revision = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "replica_revision",
+            "The owner revision this node's replica of a source cluster is exact at",
+            replica_revision.clone(),
+        );
+        let replica_lag_revisions = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "replica_lag_revisions",
+            "Owner revisions this node's replica of a source cluster lacks",
+            replica_lag_revisions.clone(),
+        );
+        let replica_lag_seconds = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "replica_lag_seconds",
+            "Upper bound on how stale this node's replica of a source cluster is (absent while unknown)",
+            replica_lag_seconds.clone(),
+        );
         NodeMetrics {
             registry,
             requests,
@@ -108,6 +151,10 @@ impl Default for NodeMetrics {
             applied_index,
             last_log,
             members,
+            refused,
+            replica_revision,
+            replica_lag_revisions,
+            replica_lag_seconds,
         }
     }
 }
@@ -128,9 +175,42 @@ impl NodeMetrics {
             .observe(seconds);
     }
 
-    /// Renders every metric, refreshing the Raft gauges from `raft` and the applied
-    /// revision from `revision` first.
-    pub fn render(&self, raft: &AspenRaft, revision: u64) -> String {
+    /// Renders every metric, refreshing the Raft gauges from `raft`, the applied revision
+    /// from `revision`, the refusal counts from `refused` and the replica gauges from
+    /// `replicas` first.
+    pub fn render(
+        &self,
+        raft: &AspenRaft,
+        revision: u64,
+        refused: &[(String, u64)],
+        replicas: &[ReplicaReport],
+    ) -> String {
+        for (alpn, n) in refused {
+            self.refused
+                .get_or_create(&AlpnLabels { alpn: alpn.clone() })
+                .set(*n as i64);
+        }
+        for r in replicas {
+            let labels = SourceLabels {
+                source: r.source.clone(),
+            };
+            self.replica_revision
+                .get_or_create(&labels)
+                .set(r.revision as i64);
+            self.replica_lag_revisions
+                .get_or_create(&labels)
+                .set(r.lag_revisions as i64);
+            match r.lag_ms {
+                Some(ms) => {
+                    self.replica_lag_seconds
+                        .get_or_create(&labels)
+                        .set(ms as f64 / 1000.0);
+                }
+                None => {
+                    self.replica_lag_seconds.remove(&labels);
+                }
+            }
+        }
         let m = raft.metrics().borrow().clone();
         self.term.set(m.current_term as i64);
         self.is_leader.set((m.current_leader == Some(m.id)) as i64);

@@ -274,7 +274,7 @@ impl Node {
             let _ = stop.send(());
         }
         let _ = self.http_task.await;
-        if let Some(federation) = self.federation.take() {
+        if let Some(federation) = self.federation.as_mut() {
             federation.shutdown().await;
         }
         if let Err(e) = self.raft.shutdown().await {
@@ -282,6 +282,9 @@ impl Node {
         }
         if let Err(e) = self.protocols.shutdown().await {
             tracing::warn!("iroh shutdown: {e}");
+        }
+        if let Some(federation) = self.federation.take() {
+            federation.close_store().await;
         }
     }
 }

@@ -357,6 +357,11 @@ impl KvService {
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("replica read failed: {e}")))?
     }
 
+    /// iroh connections refused by this node's access policy, per ALPN.
+    pub fn refused_connections(&self) -> Vec<(String, u64)> {
+        self.transport.access().refused_counts()
+    }
+
     /// The state of every federation replica this node keeps.
     pub fn replica_reports(&self) -> Vec<ReplicaReport> {
         self.replicas

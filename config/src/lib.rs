@@ -37,8 +37,8 @@ pub use node::{
     DEFAULT_IROH_BIND_ADDR,
 };
 pub use router::{
-    ClusterConfig, RouteConfig, RouterConfig, DEFAULT_MAX_IN_FLIGHT_PER_CLUSTER,
-    DEFAULT_REQUEST_DEADLINE_MS,
+    ClusterConfig, RouteConfig, RouterConfig, RouterFederationConfig,
+    DEFAULT_MAX_IN_FLIGHT_PER_CLUSTER, DEFAULT_REQUEST_DEADLINE_MS,
 };
 
 #[cfg(test)]

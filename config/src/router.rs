@@ -78,6 +78,19 @@ pub struct RouterConfig {
     /// longest prefix of a key wins; `prefix = ""` is the catch-all.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Federation reads (`[federation]`). Absent: every cluster of this router's region
+    /// may serve stale reads of other regions' clusters from its replicas.
+    #[serde(default)]
+    pub federation: Option<RouterFederationConfig>,
+}
+
+/// Which clusters of the router's region keep replicas of other regions' clusters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterFederationConfig {
+    /// Clusters of this router's region asked, in this order, for stale reads of keys
+    /// other regions own (those whose nodes import them). 1 or more.
+    pub replica_clusters: Vec<String>,
 }
 
 fn default_http_addr() -> SocketAddr {
@@ -115,6 +128,7 @@ impl RouterConfig {
             allow_unrouted_keys: false,
             clusters,
             routes,
+            federation: None,
         }
     }
 
@@ -143,7 +157,51 @@ impl RouterConfig {
         self.check_request_deadline()?;
         self.check_max_in_flight()?;
         cluster::check_clusters(&self.clusters)?;
-        route::check_routes(&self.routes, &self.clusters, self.allow_unrouted_keys)
+        route::check_routes(&self.routes, &self.clusters, self.allow_unrouted_keys)?;
+        if let Some(federation) = &self.federation {
+            self.check_federation(federation)
+                .map_err(|e| e.under("federation"))?;
+        }
+        Ok(())
+    }
+
+    fn check_federation(&self, federation: &RouterFederationConfig) -> Result<(), FieldError> {
+        if federation.replica_clusters.is_empty() {
+            return Err(FieldError::new(
+                "replica_clusters",
+                "is empty; name the clusters of this region whose nodes import other \
+                 regions, or leave out [federation] to ask every cluster of the region",
+            ));
+        }
+        for (i, name) in federation.replica_clusters.iter().enumerate() {
+            let field = format!("replica_clusters[{i}]");
+            match self.clusters.iter().find(|c| &c.name == name) {
+                None => {
+                    return Err(FieldError::new(
+                        field,
+                        format!("\"{name}\" is not in [[clusters]]; list it there first"),
+                    ))
+                }
+                Some(c) if c.region != self.region => {
+                    return Err(FieldError::new(
+                        field,
+                        format!(
+                            "\"{name}\" runs in region \"{}\", not this router's \"{}\": \
+                             replicas are read in the router's own region",
+                            c.region, self.region
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+            if federation.replica_clusters[..i].contains(name) {
+                return Err(FieldError::new(
+                    field,
+                    format!("\"{name}\" is listed twice"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_request_deadline(&self) -> Result<(), FieldError> {
@@ -257,6 +315,27 @@ pub(crate) mod tests {
 
     fn parse(text: &str) -> Result<RouterConfig, ConfigError> {
         RouterConfig::from_toml_str(text, Path::new("router-test.toml"))
+    }
+
+    #[test]
+    fn replica_clusters_must_be_known_clusters_of_the_routers_region() {
+        let mut config = us_config();
+        config.clusters.push(cluster("eu-1", "eu", &[7]));
+        config.routes.push(route("eu/", "eu-1"));
+        let with = |names: &[&str]| {
+            let mut c = config.clone();
+            c.federation = Some(RouterFederationConfig {
+                replica_clusters: names.iter().map(|n| n.to_string()).collect(),
+            });
+            c.validate()
+        };
+        assert!(with(&["us-1"]).is_ok());
+        assert!(with(&["us-2", "us-1"]).is_ok());
+        let field = |names: &[&str]| invalid(with(names)).0;
+        assert_eq!(field(&[]), "federation.replica_clusters");
+        assert_eq!(field(&["nowhere"]), "federation.replica_clusters[0]");
+        assert_eq!(field(&["us-1", "eu-1"]), "federation.replica_clusters[1]");
+        assert_eq!(field(&["us-1", "us-1"]), "federation.replica_clusters[1]");
     }
 
     fn parse_message(text: &str) -> String {

@@ -219,7 +219,7 @@ impl Exporter {
             exported,
             next_seq,
         };
-        if let Ok(Err(_compacted)) = self.feed.changes_after(at.exported, 1, 1) {
+        if let Ok(Err(_compacted)) = self.read_feed(at.exported, 1, 1).await {
             let meta = self.checkpoint_now().await?;
             at.checkpoint = meta;
             at.exported = meta.revision;
@@ -297,6 +297,21 @@ impl Exporter {
         Ok(())
     }
 
+    /// Reads the feed after `after` on a blocking thread (it is a SQLite read).
+    async fn read_feed(
+        &self,
+        after: u64,
+        max_sets: usize,
+        max_bytes: usize,
+    ) -> Result<Result<Vec<aspen_api::feed::ChangeSet>, aspen_api::feed::Compacted>, FederationError>
+    {
+        let feed = self.feed.clone();
+        tokio::task::spawn_blocking(move || feed.changes_after(after, max_sets, max_bytes))
+            .await
+            .map_err(|e| FederationError::Feed(e.to_string()))?
+            .map_err(FederationError::Feed)
+    }
+
     /// Writes one segment of the revisions after `at.exported`.
     async fn export_once(
         &self,
@@ -304,9 +319,8 @@ impl Exporter {
         building: &mut Option<JoinHandle<Result<Built, FederationError>>>,
     ) -> Result<(), FederationError> {
         let sets = match self
-            .feed
-            .changes_after(at.exported, MAX_SEGMENT_SETS, MAX_SEGMENT_BYTES)
-            .map_err(FederationError::Feed)?
+            .read_feed(at.exported, MAX_SEGMENT_SETS, MAX_SEGMENT_BYTES)
+            .await?
         {
             Ok(sets) => sets,
             Err(compacted) => {

@@ -14,23 +14,25 @@
 //! importer drains its subscription into a wake-up signal at once and does the work from
 //! its own view of the document.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iroh::{EndpointAddr, EndpointId};
 use iroh_blobs::Hash;
 use iroh_docs::api::Doc;
+use iroh_docs::engine::LiveEvent;
 use iroh_docs::AuthorId;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::checkpoint;
 use crate::content::{self, CHECKPOINT_DOWNLOAD_TIMEOUT};
 use crate::format::{CheckpointMeta, Heartbeat, Segment, CHECKPOINT_META, HEARTBEAT, SEGMENT};
-use crate::keys::{CHECKPOINT_META_KEY, HEARTBEAT_KEY};
+use crate::keys::{SegmentKey, CHECKPOINT_META_KEY, HEARTBEAT_KEY};
 use crate::lag::{Lag, LagInputs};
 use crate::replica::ReplicaStore;
-use crate::ring::{stack_err, Ring};
+use crate::ring::{stack_err, Ring, Seg};
 use crate::stack::DocsStack;
 use crate::FederationError;
 
@@ -86,30 +88,61 @@ pub struct Importer {
     pub state: Arc<Mutex<ImportState>>,
 }
 
-/// The importer's working knowledge, rebuilt from the document on each wake-up.
+/// The importer's working knowledge of the document: loaded whole at start (and now and
+/// then), kept up to date from the subscription's arrivals in between.
 struct View {
     ring: Ring,
     checkpoint: Option<CheckpointMeta>,
     heartbeat: Option<Heartbeat>,
+    /// When it was last loaded whole.
+    loaded: Instant,
+    /// Load it whole at the next step.
+    reload: bool,
 }
+
+/// An entry the subscription reported, passed from the drain task to the importer.
+struct Arrival {
+    key: bytes::Bytes,
+    hash: Hash,
+    len: u64,
+}
+
+/// Entries that may wait between two import steps; past it the importer reloads its view
+/// from the document instead (nothing is lost: the document holds them).
+const MAX_PENDING_ARRIVALS: usize = 16_384;
+
+/// How often the importer rebuilds its view from the document even without a reason, in
+/// case an event was missed (a resubscription, an entry replaced in between).
+const FULL_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Importer {
     /// Runs until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let wake = Arc::new(Notify::new());
-        let drain = self.spawn_drain(wake.clone());
+        let overflow = Arc::new(AtomicBool::new(false));
+        let (arrivals_tx, mut arrivals) = mpsc::channel(MAX_PENDING_ARRIVALS);
+        let drain = self.spawn_drain(wake.clone(), arrivals_tx, overflow.clone());
         let mut last_sync = Instant::now();
         if let Err(e) = self.doc.start_sync(self.owners.clone()).await {
             self.note_error(&stack_err(e));
         }
         let mut gap_since: Option<Instant> = None;
         let mut confirmed: Option<u64> = None;
+        let mut view: Option<View> = None;
         loop {
-            match self.step(&mut gap_since, &mut confirmed).await {
+            let refreshed = self.refresh(&mut view, &mut arrivals, &overflow).await;
+            let stepped = match (refreshed, view.as_ref()) {
+                (Ok(()), Some(v)) => self.step(v, &mut gap_since, &mut confirmed).await,
+                (Err(e), _) => Err(e),
+                (Ok(()), None) => Ok(()),
+            };
+            match stepped {
                 Ok(()) => self.state.lock().expect("import state").error = None,
                 Err(e) => {
                     tracing::debug!(source = %self.source, "import step: {e}");
                     self.note_error(&e);
+                    // Look at the whole document again next time.
+                    view = None;
                 }
             }
             let gap = gap_since.is_some();
@@ -134,17 +167,40 @@ impl Importer {
         self.state.lock().expect("import state").error = Some(e.to_string());
     }
 
-    /// Drains the document's events into `wake` (one coalesced signal), resubscribing if
-    /// the stream ends.
-    fn spawn_drain(&self, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
-        let doc = self.doc.clone();
+    /// Drains the document's events at once: entries by the source's author go to
+    /// `arrivals` (or, when it is full, `overflow` asks for a reload), and every event
+    /// wakes the importer. Resubscribes if the stream ends.
+    fn spawn_drain(
+        &self,
+        wake: Arc<Notify>,
+        arrivals: mpsc::Sender<Arrival>,
+        overflow: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (doc, author) = (self.doc.clone(), self.author);
         tokio::spawn(async move {
             loop {
                 if let Ok(mut events) = doc.subscribe().await {
-                    while futures::StreamExt::next(&mut events).await.is_some() {
+                    while let Some(event) = futures::StreamExt::next(&mut events).await {
+                        let entry = match event {
+                            Ok(LiveEvent::InsertRemote { entry, .. })
+                            | Ok(LiveEvent::InsertLocal { entry }) => Some(entry),
+                            _ => None,
+                        };
+                        if let Some(entry) = entry.filter(|e| e.author() == author) {
+                            let arrival = Arrival {
+                                key: entry.key().to_vec().into(),
+                                hash: entry.content_hash(),
+                                len: entry.content_len(),
+                            };
+                            if arrivals.try_send(arrival).is_err() {
+                                overflow.store(true, Ordering::Relaxed);
+                            }
+                        }
                         wake.notify_one();
                     }
                 }
+                // The subscription ended (the document was reopened): look again.
+                overflow.store(true, Ordering::Relaxed);
                 tokio::time::sleep(RESYNC_INTERVAL).await;
             }
         })
@@ -154,7 +210,68 @@ impl Importer {
         self.owners.iter().map(|o| o.id).collect()
     }
 
-    async fn view(&self) -> Result<View, FederationError> {
+    /// Brings the view up to date: the arrivals since the last step, or the whole document
+    /// when there is no view yet, arrivals were dropped, a group was deleted, or the last
+    /// full look is old.
+    async fn refresh(
+        &self,
+        view: &mut Option<View>,
+        arrivals: &mut mpsc::Receiver<Arrival>,
+        overflow: &AtomicBool,
+    ) -> Result<(), FederationError> {
+        let reload = overflow.swap(false, Ordering::Relaxed)
+            || view
+                .as_ref()
+                .is_none_or(|v| v.reload || v.loaded.elapsed() >= FULL_RELOAD_INTERVAL);
+        if reload {
+            // What is pending is in the document too, and the load below sees it.
+            while arrivals.try_recv().is_ok() {}
+            *view = Some(self.load_view().await?);
+            return Ok(());
+        }
+        let v = view.as_mut().expect("reload covers a missing view");
+        while let Ok(arrival) = arrivals.try_recv() {
+            if arrival.len == 0 {
+                // A group's tombstone: which of its segments it removed depends on their
+                // times, which the ring does not keep. Look at the document again.
+                v.reload = true;
+                continue;
+            }
+            match &arrival.key[..] {
+                CHECKPOINT_META_KEY => {
+                    let bytes =
+                        content::fetch(&self.stack, arrival.hash, &self.owner_ids()).await?;
+                    v.checkpoint = Some(
+                        CHECKPOINT_META
+                            .decode(&bytes)
+                            .map_err(|e| FederationError::Checkpoint(e.to_string()))?,
+                    );
+                }
+                HEARTBEAT_KEY => {
+                    let bytes =
+                        content::fetch(&self.stack, arrival.hash, &self.owner_ids()).await?;
+                    let beat: Heartbeat = HEARTBEAT
+                        .decode(&bytes)
+                        .map_err(|e| FederationError::Stack(e.to_string()))?;
+                    // Entries may arrive out of order: keep the newest.
+                    if v.heartbeat.is_none_or(|h| beat.time_ms > h.time_ms) {
+                        v.heartbeat = Some(beat);
+                    }
+                }
+                key => {
+                    if let Some(key) = SegmentKey::decode(key) {
+                        v.ring.insert(Seg {
+                            key,
+                            hash: arrival.hash,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_view(&self) -> Result<View, FederationError> {
         let ring = Ring::load(&self.doc, self.author).await?;
         let checkpoint = self
             .small(CHECKPOINT_META_KEY)
@@ -172,6 +289,8 @@ impl Importer {
             ring,
             checkpoint,
             heartbeat,
+            loaded: Instant::now(),
+            reload: false,
         })
     }
 
@@ -194,11 +313,11 @@ impl Importer {
     /// the replica fell behind the ring, update the lag figures.
     async fn step(
         &self,
+        view: &View,
         gap_since: &mut Option<Instant>,
         confirmed: &mut Option<u64>,
     ) -> Result<(), FederationError> {
-        let view = self.view().await?;
-        let mut revision = self.revision()?;
+        let mut revision = self.revision().await?;
         let result = self.apply_ring(&view.ring, &mut revision).await;
         let behind_ring = view.checkpoint.is_some_and(|c| c.revision > revision)
             && view.ring.covering(revision + 1).is_none();
@@ -255,8 +374,14 @@ impl Importer {
         self.state.lock().expect("import state").phase = phase;
     }
 
-    fn revision(&self) -> Result<u64, FederationError> {
-        Ok(self.replicas.state(&self.source)?.map_or(0, |s| s.revision))
+    /// The replica's revision, read from the store on a blocking thread (the store's
+    /// writer may be busy applying or loading a checkpoint).
+    async fn revision(&self) -> Result<u64, FederationError> {
+        let (replicas, source) = (self.replicas.clone(), self.source.clone());
+        tokio::task::spawn_blocking(move || replicas.state(&source))
+            .await
+            .map_err(|e| FederationError::Replica(e.to_string()))?
+            .map(|s| s.map_or(0, |s| s.revision))
     }
 
     /// Applies segments from the ring while one continues the replica.

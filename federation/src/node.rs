@@ -296,11 +296,17 @@ impl Federation {
         &self.replicas
     }
 
-    /// Stops the exporter and importers. (The stack itself stops with the iroh router.)
-    pub async fn shutdown(self) {
+    /// Stops the exporter and importers. (Docs and gossip stop with the iroh router; call
+    /// [`Federation::close_store`] after it.)
+    pub async fn shutdown(&mut self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
+        for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+    }
+
+    /// Closes the blob store, once the iroh router is down.
+    pub async fn close_store(&self) {
+        self.stack.shutdown_blobs().await;
     }
 }

@@ -30,6 +30,19 @@ pub const GC_INTERVAL: Duration = Duration::from_secs(60);
 /// The ALPNs the stack serves, which the endpoint's access policy restricts.
 pub const ALPNS: [&[u8]; 3] = [iroh_docs::ALPN, iroh_gossip::ALPN, iroh_blobs::ALPN];
 
+/// iroh-blobs' protocol handler without its shutdown (see [`DocsStack::handlers`]).
+#[derive(Debug, Clone)]
+struct BlobsHandler(BlobsProtocol);
+
+impl iroh::protocol::ProtocolHandler for BlobsHandler {
+    async fn accept(
+        &self,
+        connection: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        iroh::protocol::ProtocolHandler::accept(&self.0, connection).await
+    }
+}
+
 /// A node's docs, gossip and blobs.
 #[derive(Debug, Clone)]
 pub struct DocsStack {
@@ -89,19 +102,76 @@ impl DocsStack {
     }
 
     /// The protocol handlers to register on the node's iroh router, by ALPN.
+    ///
+    /// The iroh router shuts all handlers down at once, and iroh-blobs' handler shuts the
+    /// blob store down with it, while iroh-docs may still be using the store (a panic in
+    /// the store's threads was seen here). So the blobs handler registered here leaves the
+    /// store alone, and [`DocsStack::shutdown_blobs`] closes it after the router is down.
     pub fn handlers(&self) -> Vec<(&'static [u8], Box<dyn DynProtocolHandler>)> {
         vec![
             (iroh_docs::ALPN, Box::new(self.docs.clone())),
             (iroh_gossip::ALPN, Box::new(self.gossip.clone())),
             (
                 iroh_blobs::ALPN,
-                Box::new(BlobsProtocol::new(&self.blobs, None)),
+                Box::new(BlobsHandler(BlobsProtocol::new(&self.blobs, None))),
             ),
         ]
+    }
+
+    /// Closes the blob store; call once the iroh router (and with it iroh-docs) is down.
+    pub async fn shutdown_blobs(&self) {
+        if let Err(e) = self.blobs.shutdown().await {
+            tracing::warn!("closing the blob store: {e}");
+        }
     }
 
     /// The endpoint the stack runs on.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn bind(addr: std::net::SocketAddr) -> Result<Endpoint, String> {
+        Endpoint::builder(iroh::endpoint::presets::Minimal)
+            .relay_mode(iroh::RelayMode::Disabled)
+            .clear_ip_transports()
+            .bind_addr(addr)
+            .map_err(|e| e.to_string())?
+            .bind()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// iroh-blobs 0.103's downloader keeps its endpoint (and so its UDP socket) until the
+    /// process exits: its connection pool holds a sender to its own actor. This test
+    /// documents that upstream behaviour, which `LocalCluster::restart` works around by
+    /// moving a restarted node to a new port; it fails once upstream fixes the leak,
+    /// which is the signal to drop the workaround.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upstream_a_stopped_stack_keeps_its_endpoints_port_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = endpoint.bound_sockets()[0];
+        let stack = DocsStack::spawn(&endpoint, dir.path()).await.unwrap();
+        let mut router = iroh::protocol::Router::builder(endpoint.clone());
+        for (alpn, handler) in stack.handlers() {
+            router = router.accept(alpn, handler);
+        }
+        let router = router.spawn();
+        router.shutdown().await.unwrap();
+        stack.shutdown_blobs().await;
+        drop(stack);
+        drop(router);
+        drop(endpoint);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(
+            bind(addr).await.is_err(),
+            "{addr} is free again: iroh-blobs released the endpoint; remove the port move \
+             from LocalCluster::restart"
+        );
     }
 }

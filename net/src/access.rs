@@ -42,7 +42,13 @@ struct Inner {
     live: Mutex<HashMap<EndpointId, Vec<WeakConnectionHandle>>>,
     /// Connections refused by a rule, per ALPN.
     refused: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Remotes whose refusal was logged at warn level already (later ones log at debug).
+    warned: Mutex<HashSet<EndpointId>>,
 }
+
+/// Most distinct refused endpoints remembered for logging; past it every refusal logs at
+/// debug level, so a flood of strangers cannot grow memory or flood the log.
+const MAX_WARNED_REMOTES: usize = 1024;
 
 impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,7 +148,16 @@ impl Access {
                 .expect("refused lock")
                 .entry(alpn.to_vec())
                 .or_default() += 1;
-            tracing::warn!(%remote, alpn = %String::from_utf8_lossy(alpn), "refused a connection from an endpoint this node's configuration does not allow");
+            let first = {
+                let mut warned = self.inner.warned.lock().expect("warned lock");
+                warned.len() < MAX_WARNED_REMOTES && warned.insert(remote)
+            };
+            let alpn_text = String::from_utf8_lossy(alpn);
+            if first {
+                tracing::warn!(%remote, alpn = %alpn_text, "refused a connection from an endpoint this node's configuration does not allow (further refusals of it are counted in /metrics)");
+            } else {
+                tracing::debug!(%remote, alpn = %alpn_text, "refused a connection");
+            }
             return AfterHandshakeOutcome::Reject {
                 error_code: CLOSE_REFUSED.into(),
                 reason: b"this endpoint is not allowed on this protocol".to_vec(),

@@ -139,12 +139,13 @@ async fn status(State(admin): State<Admin>) -> Response {
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> Response {
+    let replicas = admin.service.replica_health().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        admin.metrics.render(),
+        admin.metrics.render(&replicas),
     )
         .into_response()
 }

@@ -1,9 +1,14 @@
 //! Prometheus metrics of a router, rendered in the text format at `GET /metrics`:
-//! requests by operation and status class, and their latency.
+//! requests by operation and status class, their latency, and the lag of this region's
+//! replicas of other regions' clusters.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::AtomicU64;
+
+use aspen_api::admin::ReplicaHealth;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -20,11 +25,20 @@ struct OpLabels {
     op: &'static str,
 }
 
+/// Labels of the per-source replica gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
 /// All metrics of one router.
 pub struct RouterMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<OpLabels, Histogram>,
+    replica_revision: Family<SourceLabels, Gauge>,
+    replica_lag_revisions: Family<SourceLabels, Gauge>,
+    replica_lag_seconds: Family<SourceLabels, Gauge<f64, AtomicU64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -49,10 +63,31 @@ impl Default for RouterMetrics {
             "HTTP request latency, by operation",
             latency.clone(),
         );
+        let replica_revision = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "replica_revision",
+            "The owner revision this region's replica of a source cluster is exact at",
+            replica_revision.clone(),
+        );
+        let replica_lag_revisions = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "replica_lag_revisions",
+            "Owner revisions this region's replica of a source cluster lacks",
+            replica_lag_revisions.clone(),
+        );
+        let replica_lag_seconds = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "replica_lag_seconds",
+            "Upper bound on how stale this region's replica of a source cluster is",
+            replica_lag_seconds.clone(),
+        );
         RouterMetrics {
             registry,
             requests,
             latency,
+            replica_revision,
+            replica_lag_revisions,
+            replica_lag_seconds,
         }
     }
 }
@@ -73,8 +108,28 @@ impl RouterMetrics {
             .observe(seconds);
     }
 
-    /// Renders every metric in the Prometheus text format.
-    pub fn render(&self) -> String {
+    /// Renders every metric in the Prometheus text format, with the replica gauges set from
+    /// `replicas` (as `/v1/status` reports them).
+    pub fn render(&self, replicas: &[ReplicaHealth]) -> String {
+        for r in replicas {
+            let labels = SourceLabels {
+                source: r.source.clone(),
+            };
+            self.replica_revision
+                .get_or_create(&labels)
+                .set(r.revision as i64);
+            self.replica_lag_revisions
+                .get_or_create(&labels)
+                .set(r.lag_revisions as i64);
+            match r.lag_seconds {
+                Some(s) => {
+                    self.replica_lag_seconds.get_or_create(&labels).set(s);
+                }
+                None => {
+                    self.replica_lag_seconds.remove(&labels);
+                }
+            }
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -41,6 +41,8 @@ pub(crate) struct Routing {
     clients: HashMap<String, Arc<ClusterClient>>,
     /// The config each client was built from, to keep unchanged ones on reload.
     configs: HashMap<String, ClusterConfig>,
+    /// `[federation] replica_clusters`, if the config names them.
+    replica_clusters: Option<Vec<String>>,
 }
 
 /// A point read's answer and who served it.
@@ -88,6 +90,7 @@ impl RouterService {
                 table: Arc::new(RouteTable::new(config).map_err(|e| e.to_string())?),
                 clients: HashMap::new(),
                 configs: HashMap::new(),
+                replica_clusters: None,
             })),
             floors: replica::Floors::default(),
         };
@@ -124,6 +127,10 @@ impl RouterService {
             table,
             clients,
             configs,
+            replica_clusters: config
+                .federation
+                .as_ref()
+                .map(|f| f.replica_clusters.clone()),
         });
         Ok(())
     }
@@ -298,28 +305,23 @@ impl RouterService {
             }
         });
         let clusters = join_all(asks).await;
-        let replicas = self
-            .replica_reports(&routing)
-            .await
-            .into_iter()
-            .map(|(host, r)| ReplicaHealth {
-                source: r.source,
-                region: r.region,
-                host_cluster: host,
-                revision: r.revision,
-                owner_head: r.owner_head,
-                lag_revisions: r.lag_revisions,
-                lag_seconds: r.lag_ms.map(|ms| ms as f64 / 1000.0),
-                phase: r.phase,
-                error: r.error,
-            })
-            .collect();
+        let replicas = self.replica_health().await;
         RouterStatus {
             role: "router".into(),
             region: self.region.clone(),
             clusters,
             replicas,
         }
+    }
+
+    /// This region's replicas of other regions' clusters, per source.
+    pub async fn replica_health(&self) -> Vec<ReplicaHealth> {
+        let routing = self.routing();
+        self.replica_reports(&routing)
+            .await
+            .into_iter()
+            .map(|(host, r)| ReplicaHealth::reported_by(r, &host))
+            .collect()
     }
 
     /// The route table, or with `key` the route that owns it.

@@ -1,9 +1,10 @@
-//! `aspen dev`: region `us` of the DESIGN topology in this process, for development: two
-//! [`LocalCluster`]s, `us-1` (every key not routed elsewhere) and `us-2` (keys under
-//! `svc-b/`), with their data under `--data-dir` (resuming when the directory already
-//! holds them), and a router in front of both on `--http`. It waits a bounded time for
-//! leaders, prints the topology and a few ready-to-paste curl lines, and runs until
-//! Ctrl-C or SIGTERM.
+//! `aspen dev`: DESIGN's whole topology in this process, for development: region `us`
+//! (clusters `us-1`, every key no other route owns, and `us-2`, keys under `svc-b/`) with
+//! its router on `--http`, region `eu` (cluster `eu-1`, keys under `eu/`) with its router
+//! on the next port, and federation both ways: `us-1` and `us-2` replicate to `eu`, `eu-1`
+//! to `us` (see [`aspen::topology`]). Data lives under `--data-dir` and is resumed when the
+//! directory already holds it. It waits a bounded time for leaders, prints what it started
+//! and a few ready-to-paste curl lines, and runs until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,27 +12,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use aspen_cluster_node::local_cluster::{node_dir, LocalCluster, LocalClusterSpec};
-use aspen_config::{ClusterConfig, RaftConfig, RouteConfig, RouterConfig};
-use aspen_router::RunningRouter;
+use aspen::topology::{Topology, TopologySpec};
+use aspen_cluster_node::local_cluster::{node_dir, LocalCluster};
 use clap::Args;
 use tokio::time::Instant;
 
 use super::render::short;
 use super::signal::shutdown_requested;
 
-/// The dev clusters and the route each owns, in DESIGN's region `us`.
-const DEV_CLUSTERS: [(&str, &str); 2] = [("us-1", ""), ("us-2", "svc-b/")];
-
-/// Region of the dev router and clusters.
-const DEV_REGION: &str = "us";
-
-/// Node 1 of dev cluster `i` serves HTTP on the router's port plus this plus `100 * i`
-/// (7101 and 7201 by default), so the clusters can be reached directly at known ports.
-const NODE_HTTP_PORT_OFFSET: u16 = 31;
-
-/// Most nodes `aspen dev` starts: 7 voters tolerate 3 failures, and more nodes in one
-/// process only slow a laptop down without teaching anything new.
+/// Most nodes `aspen dev` starts per cluster: 7 voters tolerate 3 failures, and more nodes
+/// in one process only slow a laptop down without teaching anything new.
 const MAX_DEV_NODES: u8 = 7;
 
 /// How long to wait for the first leader before printing the nodes anyway. An election
@@ -44,12 +34,13 @@ const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Arguments of `aspen dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Directory for every node's data (us-1/node-1, ..., us-2/node-1, ...). Running again
-    /// with the same directory resumes both clusters with their data.
+    /// Directory for every node's data (us-1/node-1, ..., eu-1/node-3) and each cluster's
+    /// federation secret. Running again with the same directory resumes everything.
     #[arg(long, value_name = "DIR", default_value = "./aspen-dev-data")]
     data_dir: PathBuf,
-    /// HTTP address of the router. Node 1 of us-1 serves on this port + 31, node 1 of
-    /// us-2 on this port + 131; the other nodes take free ports on loopback.
+    /// HTTP address of region us's router; region eu's router takes the next port. Node 1
+    /// of us-1, us-2 and eu-1 serves on this port + 31, + 131 and + 231; the other nodes
+    /// take free ports on loopback.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
     http: SocketAddr,
     /// Number of nodes in each cluster (1 to 7).
@@ -58,102 +49,48 @@ pub struct DevArgs {
     nodes: u8,
 }
 
-/// Runs the dev clusters and router until a signal asks it to stop.
+/// Runs the dev topology until a signal asks it to stop.
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if node_dir(&args.data_dir, 1).is_dir() {
         anyhow::bail!(
             "{} holds a single-cluster dev setup from an earlier version of aspen dev; pick \
-             another --data-dir (or remove it) to start the two-cluster setup",
+             another --data-dir (or remove it) to start the federated setup",
             args.data_dir.display()
         );
     }
+    let spec = TopologySpec::design(&args.data_dir, args.http, usize::from(args.nodes));
     let mut resumed = false;
-    for (name, _) in DEV_CLUSTERS {
-        let existing = existing_nodes(&args.data_dir.join(name));
-        if existing > 0 && existing != usize::from(args.nodes) {
-            anyhow::bail!(
-                "{} holds the data of a {existing}-node cluster {name}; run with --nodes \
-                 {existing}, or pick another --data-dir to start anew",
-                args.data_dir.display()
-            );
+    for region in &spec.regions {
+        check_port_free(region.router_http).await?;
+        for cluster in &region.clusters {
+            check_port_free(cluster.first_http).await?;
+            let existing = existing_nodes(&args.data_dir.join(&cluster.name));
+            if existing > 0 && existing != usize::from(args.nodes) {
+                anyhow::bail!(
+                    "{} holds the data of a {existing}-node cluster {}; run with --nodes \
+                     {existing}, or pick another --data-dir to start anew",
+                    args.data_dir.display(),
+                    cluster.name
+                );
+            }
+            resumed |= existing > 0;
         }
-        resumed |= existing > 0;
     }
-    check_port_free(args.http).await?;
-    let mut clusters = Vec::new();
-    for (i, (name, _)) in DEV_CLUSTERS.iter().enumerate() {
-        let http = node_http(args.http, i)?;
-        check_port_free(http).await?;
-        let spec = LocalClusterSpec {
-            cluster: name.to_string(),
-            data_dir: args.data_dir.join(name),
-            nodes: usize::from(args.nodes),
-            first_http: http,
-            raft: RaftConfig::default(),
-        };
-        let cluster = LocalCluster::start(spec)
-            .await
-            .with_context(|| format!("cannot start dev cluster {name}"))?;
-        clusters.push(cluster);
-    }
+    let topology = Topology::start(spec)
+        .await
+        .context("cannot start the dev topology")?;
     let mut leaders = Vec::new();
-    for cluster in &clusters {
+    for (_, _, cluster) in topology.clusters() {
         leaders.push(wait_for_leader(cluster).await);
     }
-    let config = router_config(&args, &clusters);
-    let listener = tokio::net::TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", args.http))?;
-    let router = RunningRouter::start(&config, listener)
-        .await
-        .context("cannot start the dev router")?;
-    print_summary(&router, &clusters, &leaders, &args, resumed);
+    print_summary(&topology, &leaders, &args, resumed);
     let signal = shutdown_requested().await;
     match &signal {
-        Ok(name) => println!("{name} received; stopping the router and clusters"),
+        Ok(name) => println!("{name} received; stopping the routers and clusters"),
         Err(e) => tracing::warn!("cannot wait for signals ({e}); stopping"),
     }
-    router.shutdown().await;
-    for cluster in clusters {
-        cluster.shutdown().await;
-    }
+    topology.shutdown().await;
     signal.map(|_| ExitCode::SUCCESS)
-}
-
-/// The HTTP address of node 1 of dev cluster `index`.
-fn node_http(router: SocketAddr, index: usize) -> anyhow::Result<SocketAddr> {
-    let offset = NODE_HTTP_PORT_OFFSET + 100 * index as u16;
-    let port = router.port().checked_add(offset).with_context(|| {
-        format!(
-            "--http port {} leaves no room for the nodes' ports (+{offset})",
-            router.port()
-        )
-    })?;
-    Ok(SocketAddr::new(router.ip(), port))
-}
-
-/// The router config of the dev topology: both clusters, their routes.
-fn router_config(args: &DevArgs, clusters: &[LocalCluster]) -> RouterConfig {
-    let cluster_configs = DEV_CLUSTERS
-        .iter()
-        .zip(clusters)
-        .map(|((name, _), cluster)| ClusterConfig {
-            name: name.to_string(),
-            region: DEV_REGION.to_string(),
-            nodes: cluster.members().to_vec(),
-        })
-        .collect();
-    let routes = DEV_CLUSTERS
-        .iter()
-        .map(|(name, prefix)| RouteConfig {
-            prefix: prefix.to_string(),
-            cluster: name.to_string(),
-        })
-        .collect();
-    let mut config = RouterConfig::dev(DEV_REGION, cluster_configs, routes);
-    config.http_addr = args.http;
-    config.iroh_bind_addr = SocketAddr::new(args.http.ip(), 0);
-    config
 }
 
 /// How many nodes' data `dir` holds (0 for a new or missing directory).
@@ -171,7 +108,7 @@ async fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
     match tokio::net::TcpListener::bind(addr).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let suggestion = SocketAddr::new(addr.ip(), addr.port().wrapping_add(100));
+            let suggestion = SocketAddr::new(addr.ip(), addr.port().wrapping_add(1000));
             anyhow::bail!(
                 "HTTP address {addr} is already in use (another `aspen dev` or node?); pick \
                  another with --http, e.g. --http {suggestion}"
@@ -195,75 +132,102 @@ async fn wait_for_leader(cluster: &LocalCluster) -> Option<u64> {
     }
 }
 
-fn print_summary(
-    router: &RunningRouter,
-    clusters: &[LocalCluster],
-    leaders: &[Option<u64>],
-    args: &DevArgs,
-    resumed: bool,
-) {
+fn print_summary(topology: &Topology, leaders: &[Option<u64>], args: &DevArgs, resumed: bool) {
     let how = if resumed {
         "resumed from"
     } else {
         "new, data in"
     };
+    let spec = topology.spec();
     println!(
-        "aspen dev: region {DEV_REGION:?}, {} clusters of {} node(s) behind one router ({how} {})",
-        clusters.len(),
+        "aspen dev: {} regions, {} clusters of {} node(s), federated both ways ({how} {})",
+        spec.regions.len(),
+        topology.clusters().len(),
         args.nodes,
         args.data_dir.display()
     );
-    println!("  router  {}", router.url());
-    for (((name, prefix), cluster), leader) in DEV_CLUSTERS.iter().zip(clusters).zip(leaders) {
-        println!(
-            "  cluster {name} owns keys under {prefix:?}{}",
-            if prefix.is_empty() {
-                " (every key no other route owns)"
-            } else {
-                ""
-            }
-        );
-        for id in cluster.running() {
-            let Some(node) = cluster.node(id) else {
-                continue;
-            };
-            let addrs: Vec<String> = node.iroh_addrs().iter().map(|a| a.to_string()).collect();
-            let endpoint_id = node.endpoint_id().to_string();
-            let mark = if *leader == Some(id) {
-                "  (leader)"
-            } else {
-                ""
-            };
+    let mut leaders = leaders.iter();
+    for region in &spec.regions {
+        let router = topology.router(&region.name);
+        println!("\nregion {}  router {}", region.name, router.url());
+        for cluster_spec in &region.clusters {
+            let cluster = topology.cluster(&cluster_spec.name);
+            let leader = leaders.next().copied().flatten();
+            let prefixes: Vec<String> = cluster_spec
+                .routes
+                .iter()
+                .map(|p| {
+                    if p.is_empty() {
+                        "\"\" (every key no other route owns)".to_string()
+                    } else {
+                        format!("{p:?}")
+                    }
+                })
+                .collect();
             println!(
-                "    node {id}  {:<24} iroh {} at {}{mark}",
-                cluster.url(id),
-                short(&endpoint_id, 10),
-                addrs.join(",")
+                "  cluster {} owns {}",
+                cluster_spec.name,
+                prefixes.join(", ")
             );
-        }
-        if leader.is_none() {
-            println!(
-                "    no leader yet after {} s; writes will wait for one (see the logs)",
-                LEADER_WAIT.as_secs()
-            );
+            print_nodes(cluster, leader);
         }
     }
-    print_curl_lines(&router.url());
+    println!(
+        "\nfederation: each region keeps a read-only replica of every other region's clusters"
+    );
+    for region in &spec.regions {
+        let names: Vec<&str> = region.clusters.iter().map(|c| c.name.as_str()).collect();
+        let others: Vec<&str> = spec
+            .regions
+            .iter()
+            .filter(|r| r.name != region.name)
+            .map(|r| r.name.as_str())
+            .collect();
+        println!("  {} replicate to {}", names.join(", "), others.join(", "));
+    }
+    let us = topology.router("us").url();
+    let eu = topology.router("eu").url();
+    print_curl_lines(&us, &eu);
     println!("\nPress Ctrl-C to stop.");
 }
 
-fn print_curl_lines(url: &str) {
-    println!("\nTry it (or use `aspen kv ... --endpoint {url}`):");
-    println!("  curl -X PUT --data-binary hello {url}/v1/kv/greeting");
-    println!("  curl {url}/v1/kv/greeting");
-    println!("  curl '{url}/v1/kv/gr?prefix=true&limit=10'");
+fn print_nodes(cluster: &LocalCluster, leader: Option<u64>) {
+    for id in cluster.running() {
+        let Some(node) = cluster.node(id) else {
+            continue;
+        };
+        let addrs: Vec<String> = node.iroh_addrs().iter().map(|a| a.to_string()).collect();
+        let endpoint_id = node.endpoint_id().to_string();
+        let mark = if leader == Some(id) { "  (leader)" } else { "" };
+        println!(
+            "    node {id}  {:<24} iroh {} at {}{mark}",
+            cluster.url(id),
+            short(&endpoint_id, 10),
+            addrs.join(",")
+        );
+    }
+    if leader.is_none() {
+        println!(
+            "    no leader yet after {} s; writes will wait for one (see the logs)",
+            LEADER_WAIT.as_secs()
+        );
+    }
+}
+
+fn print_curl_lines(us: &str, eu: &str) {
+    println!("\nTry it (or use `aspen kv ... --endpoint {us}`):");
+    println!("  curl -X PUT --data-binary hello {us}/v1/kv/greeting");
+    println!("  curl {us}/v1/kv/greeting");
+    println!("  curl '{us}/v1/kv/gr?prefix=true&limit=10'");
     println!(
-        "  curl -X POST {url}/v1/cas -d '{{\"key\":\"greeting\",\"expected\":\"hello\",\"new_value\":\"hi\"}}'"
+        "  curl -X POST {us}/v1/cas -d '{{\"key\":\"greeting\",\"expected\":\"hello\",\"new_value\":\"hi\"}}'"
     );
-    println!(
-        "  curl -X POST {url}/v1/txn -d '{{\"preconditions\":[{{\"key\":\"greeting\",\"equals\":\"hi\"}}],\"writes\":[{{\"key\":\"owner\",\"value\":\"me\"}}]}}'"
-    );
-    println!("  curl -X PUT --data-binary 8080 {url}/v1/kv/svc-b/port   # lands in us-2");
-    println!("  curl '{url}/v1/routes?key=svc-b/port'");
-    println!("  curl {url}/v1/status");
+    println!("  curl -X PUT --data-binary 8080 {us}/v1/kv/svc-b/port   # lands in us-2");
+    println!("  curl '{us}/v1/routes?key=svc-b/port'");
+    println!("Across regions:");
+    println!("  curl -i '{eu}/v1/kv/greeting?consistency=stale'        # eu's replica of us-1, with its lag");
+    println!("  curl '{eu}/v1/kv/greeting?consistency=stale&max_lag=2s'");
+    println!("  curl -X PUT --data-binary bonjour {eu}/v1/kv/eu/greeting  # eu-1 owns eu/");
+    println!("  curl -X PUT --data-binary hola {eu}/v1/kv/greeting     # goes to the owner, us-1");
+    println!("  curl {us}/v1/status                                    # leaders and replica lag");
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -10,6 +12,17 @@ use aspen_api::AspenClient;
 use aspen_cluster_node::local_cluster::{LocalCluster, LocalClusterSpec};
 use aspen_config::RaftConfig;
 use tempfile::TempDir;
+
+/// Logs to stderr with the filter in `ASPEN_TEST_LOG` (unset: no logs), for debugging a
+/// test run: `ASPEN_TEST_LOG=aspen_federation=debug cargo test --test it -- --nocapture`.
+pub fn init_test_logs() {
+    if let Ok(filter) = std::env::var("ASPEN_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
 
 /// Raft timing for tests: fast elections so fault tests finish quickly.
 pub fn fast_raft() -> RaftConfig {

@@ -77,6 +77,7 @@ impl From<StatusReport> for NodeStatus {
             last_log_index: s.last_log_index,
             initialized: s.initialized,
             members: s.members.into_iter().map(MemberStatus::from).collect(),
+            replicas: Vec::new(),
         }
     }
 }

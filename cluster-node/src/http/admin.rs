@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use aspen_api::admin::{
     AddLearnerRequest, InitRequest, MemberStatus, MembershipResponse, NodeIdRequest, NodeStatus,
-    PartitionRequest,
+    PartitionRequest, ReplicaHealth,
 };
 use aspen_api::server::{parse_json, HttpError, HttpResult};
 use aspen_api::wire::MembershipChange;
@@ -37,7 +37,14 @@ fn members(members: Vec<aspen_api::wire::MemberReport>) -> Response {
 
 /// `GET /v1/status`.
 pub async fn status(State(state): State<Arc<NodeBackend>>) -> Json<NodeStatus> {
-    Json(state.service.status().into())
+    let mut status: NodeStatus = state.service.status().into();
+    status.replicas = state
+        .service
+        .replica_reports()
+        .into_iter()
+        .map(|r| ReplicaHealth::reported_by(r, &state.service.cluster))
+        .collect();
+    Json(status)
 }
 
 /// `POST /v1/debug/partition` (mounted only with `fault_injection = true`): cuts this node
@@ -142,6 +149,8 @@ pub async fn metrics(State(state): State<Arc<NodeBackend>>) -> Response {
     let text = state.metrics.render(
         state.service.raft(),
         state.service.state_machine().revision(),
+        &state.service.refused_connections(),
+        &state.service.replica_reports(),
     );
     (
         [(

@@ -63,15 +63,19 @@ impl RouterService {
             .any(|c| c.name == cluster && c.region != self.region)
     }
 
-    /// This router's region's clusters, which keep the replicas.
+    /// The clusters of this router's region that keep the replicas: those the config's
+    /// `[federation] replica_clusters` names, in its order, else every one in table order.
     fn replica_hosts<'a>(&self, routing: &'a Routing) -> Vec<&'a str> {
-        routing
-            .table
-            .clusters()
-            .iter()
-            .filter(|c| c.region == self.region)
-            .map(|c| c.name.as_str())
-            .collect()
+        match &routing.replica_clusters {
+            Some(names) => names.iter().map(String::as_str).collect(),
+            None => routing
+                .table
+                .clusters()
+                .iter()
+                .filter(|c| c.region == self.region)
+                .map(|c| c.name.as_str())
+                .collect(),
+        }
     }
 
     /// A stale read of `source`'s replica in this region, as a node's read answer plus the

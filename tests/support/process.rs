@@ -1,0 +1,107 @@
+//! Nodes as separate `aspen node` processes: start, SIGKILL, restart, and the ports and
+//! identities a config needs before the process starts.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aspen_api::AspenClient;
+
+use super::poll;
+
+/// One node process and what it needs to be started again.
+pub struct Proc {
+    pub id: u64,
+    pub endpoint_id: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub http: SocketAddr,
+    pub child: Option<Child>,
+}
+
+impl Proc {
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_aspen"))
+            .args(["node", "--config"])
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start aspen node");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn free_udp_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn free_tcp_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Writes the node's identity key so its endpoint id is known before it starts.
+pub fn write_identity(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = iroh::SecretKey::generate();
+    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(dir.join("iroh.key"), hex).unwrap();
+    key.public().to_string()
+}
+
+pub async fn wait_healthy(p: &Proc) {
+    let client = AspenClient::with_timeout(&p.url(), Duration::from_secs(2));
+    poll(
+        &format!("node {} to serve HTTP", p.id),
+        Duration::from_secs(30),
+        || async { client.status().await.ok().map(|_| ()) },
+    )
+    .await;
+}
+
+/// The leader's id as node `via` sees it, once there is one.
+pub async fn leader(procs: &[Proc]) -> u64 {
+    poll("a leader", Duration::from_secs(30), || async {
+        for p in procs.iter().filter(|p| p.child.is_some()) {
+            let client = AspenClient::with_timeout(&p.url(), Duration::from_secs(2));
+            if let Ok(status) = client.status().await {
+                if let Some(leader) = status.leader {
+                    return Some(leader);
+                }
+            }
+        }
+        None
+    })
+    .await
+}

@@ -9,6 +9,7 @@
 //! - [`dev`]: `aspen dev`, DESIGN's federated topology (two regions, three clusters, two
 //!   routers) in one process.
 //! - [`federation`]: `aspen federation keygen` and `info`, the values regions exchange.
+//! - [`fedbench`]: `aspen bench-federation`, replication lag, catch-up and bootstrap.
 //! - [`kv`]: `aspen kv`, reads and writes against a node's HTTP API.
 //! - [`cluster`]: `aspen cluster`, status and membership changes.
 //! - [`bench`]: `aspen bench`, a closed-loop load generator.
@@ -22,6 +23,7 @@ mod bench;
 mod cluster;
 mod dev;
 mod endpoint;
+mod fedbench;
 mod federation;
 mod kv;
 mod node;
@@ -51,6 +53,7 @@ Examples:
   aspen kv cas greeting --expected hello --new hi
   aspen cluster status                       # each cluster's health, leader, term (router)
   aspen bench --op put --clients 16 --duration 10
+  aspen bench-federation --phase lag --rate 1000  # replication lag between regions
   aspen node --config node.toml              # one member of a real cluster
   aspen router --config router.toml          # a router; SIGHUP reloads the route table
   aspen federation keygen --out us-1.key     # a cluster's federation secret
@@ -89,6 +92,9 @@ enum Command {
     /// Measure throughput and latency of puts, gets, compare-and-swaps or a mixed load,
     /// against Aspen or (built with `--features etcd`) etcd.
     Bench(bench::BenchArgs),
+    /// Measure federation on an in-process topology: replication lag under a write rate,
+    /// catch-up after a partition, and a new region bootstrapping a large cluster.
+    BenchFederation(fedbench::FedBenchArgs),
     /// Check linearizability for a long run under injected faults (in-process cluster).
     Soak(soak::SoakArgs),
 }
@@ -112,6 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kv(args) => kv::run(args).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchFederation(args) => fedbench::run(args).await,
         Command::Soak(args) => soak::run(args).await,
     }
 }

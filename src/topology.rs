@@ -70,6 +70,12 @@ pub struct TopologySpec {
     pub raft: RaftConfig,
     /// Every router's request deadline, in ms.
     pub request_deadline_ms: u64,
+    /// Endpoints outside the topology allowed to import its clusters: `(region, endpoint
+    /// id)`, added to the readers of every cluster not in that region (a new region's node
+    /// joining, as the federation benchmark's bootstrap does).
+    pub extra_readers: Vec<(String, String)>,
+    /// Every exporter's `[federation] checkpoint_replay_bytes`.
+    pub checkpoint_replay_bytes: u64,
 }
 
 impl TopologySpec {
@@ -107,6 +113,8 @@ impl TopologySpec {
             nodes,
             raft: RaftConfig::default(),
             request_deadline_ms: aspen_config::DEFAULT_REQUEST_DEADLINE_MS,
+            extra_readers: Vec::new(),
+            checkpoint_replay_bytes: aspen_config::limits::DEFAULT_CHECKPOINT_REPLAY_BYTES,
         }
     }
 
@@ -162,7 +170,7 @@ impl Topology {
             secrets.push(load_or_make_secret(&secret_path(&spec.data_dir, name))?);
         }
         let federations: Vec<FederationConfig> = (0..bound.len())
-            .map(|i| federation_config(&spec.data_dir, &bound, &secrets, i))
+            .map(|i| federation_config(&spec, &bound, &secrets, i))
             .collect();
         let mut clusters = Vec::new();
         for ((_, name, mut b), federation) in bound.into_iter().zip(federations) {
@@ -337,11 +345,12 @@ impl Topology {
 /// The federation config of the nodes of cluster `i`: export to every other region (its
 /// nodes are the readers), import every cluster of every other region.
 fn federation_config(
-    data_dir: &Path,
+    spec: &TopologySpec,
     bound: &[(String, String, BoundCluster)],
     secrets: &[FederationSecret],
     i: usize,
 ) -> FederationConfig {
+    let data_dir = &spec.data_dir;
     let (region, cluster, _) = &bound[i];
     let mut export: Vec<ExportConfig> = Vec::new();
     let mut import = Vec::new();
@@ -372,10 +381,20 @@ fn federation_config(
                 .collect(),
         });
     }
+    for (other_region, id) in spec.extra_readers.iter().filter(|(r, _)| r != region) {
+        match export.iter_mut().find(|e| &e.region == other_region) {
+            Some(e) => e.readers.push(id.clone()),
+            None => export.push(ExportConfig {
+                region: other_region.clone(),
+                readers: vec![id.clone()],
+            }),
+        }
+    }
     FederationConfig {
         region: region.clone(),
         secret_file: (!export.is_empty()).then(|| secret_path(data_dir, cluster)),
         export,
         import,
+        checkpoint_replay_bytes: spec.checkpoint_replay_bytes,
     }
 }

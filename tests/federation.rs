@@ -460,3 +460,66 @@ async fn an_unknown_endpoint_is_refused_on_every_federation_protocol() {
     stranger.close().await;
     t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_lost_with_its_federation_data_comes_back_from_a_checkpoint_not_from_history() {
+    support::init_test_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = TopologySpec::design(dir.path(), "127.0.0.1:0".parse().unwrap(), 3);
+    spec.raft = fast_raft();
+    // Checkpoints follow the data closely, so a fresh replica has little to replay.
+    spec.checkpoint_replay_bytes = aspen_config::limits::MIN_CHECKPOINT_REPLAY_BYTES;
+    let mut t = Topology::start(spec).await.expect("topology starts");
+    for (_, name, cluster) in t.clusters() {
+        cluster
+            .wait_for_leader(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{name} elects a leader"));
+    }
+    let us = client(&t, "us");
+    let value = vec![b'v'; 1_000];
+    for b in 0..100 {
+        let writes = (0..10)
+            .map(|k| JsonWrite::new(format!("load/{b:03}/{k}"), &value))
+            .collect();
+        us.batch(&BatchRequest {
+            writes,
+            deletes: vec![],
+        })
+        .await
+        .unwrap();
+    }
+    us.delete("load/000/0").await.unwrap();
+    wait_converged(&t, "us-1", "eu-1", Duration::from_secs(60)).await;
+
+    // Node 2 of eu-1 loses its document store and replicas, and starts again.
+    let eu = t.cluster_mut("eu-1");
+    eu.stop(2).await;
+    std::fs::remove_dir_all(eu.config(2).data_dir.join("federation")).unwrap();
+    eu.restart(2).await.unwrap();
+    wait_converged(&t, "us-1", "eu-1", Duration::from_secs(60)).await;
+
+    let (head, _) = owner_entries(t.cluster("us-1"));
+    let report = t
+        .cluster("eu-1")
+        .node(2)
+        .unwrap()
+        .federation()
+        .unwrap()
+        .replicas()
+        .reports()
+        .into_iter()
+        .find(|r| r.source == "us-1")
+        .unwrap();
+    println!(
+        "us-1 at revision {head}; the new replica loaded {} checkpoints and applied {} change sets",
+        report.checkpoints_loaded, report.sets_applied
+    );
+    assert_eq!(report.checkpoints_loaded, 1, "it started from a checkpoint");
+    assert!(
+        report.sets_applied < head / 2,
+        "it replayed {} of {head} revisions: history, not what followed the checkpoint",
+        report.sets_applied
+    );
+    t.shutdown().await;
+}

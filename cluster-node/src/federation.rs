@@ -139,6 +139,7 @@ pub fn setup(config: &NodeConfig) -> Result<Option<FederationSetup>, NodeError> 
         secret,
         cluster_peers,
         imports,
+        checkpoint_replay_bytes: federation.checkpoint_replay_bytes,
     }))
 }
 

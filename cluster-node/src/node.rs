@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aspen_config::{NodeConfig, RelayModeConfig};
 use iroh::protocol::Router as ProtocolRouter;
@@ -90,10 +91,16 @@ pub async fn bind(config: &NodeConfig) -> Result<BoundEndpoint, NodeError> {
     Ok(BoundEndpoint { endpoint, access })
 }
 
+/// How long each step of [`Node::shutdown`] (draining HTTP requests, stopping federation,
+/// Raft, the iroh router) may take before it is cut off with a warning: a stuck part must
+/// not keep a node from stopping.
+pub const SHUTDOWN_STEP_GRACE: Duration = Duration::from_secs(10);
+
 /// A running node.
 pub struct Node {
     /// The KV service (also reachable over HTTP and `aspen/kv/1`).
     pub service: Arc<KvService>,
+    node_id: u64,
     raft: AspenRaft,
     transport: Arc<Transport>,
     federation: Option<Federation>,
@@ -235,6 +242,7 @@ impl Node {
             http_addr,
             http_stop: Some(http_stop),
             http_task,
+            node_id: config.node_id,
         })
     }
 
@@ -273,15 +281,35 @@ impl Node {
         if let Some(stop) = self.http_stop.take() {
             let _ = stop.send(());
         }
-        let _ = self.http_task.await;
+        if tokio::time::timeout(SHUTDOWN_STEP_GRACE, &mut self.http_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                node_id = self.node_id,
+                "HTTP requests still running {SHUTDOWN_STEP_GRACE:?} after shutdown began; \
+                 cutting them off"
+            );
+            self.http_task.abort();
+        }
         if let Some(federation) = self.federation.as_mut() {
             federation.shutdown().await;
         }
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!("raft shutdown: {e}");
+        match tokio::time::timeout(SHUTDOWN_STEP_GRACE, self.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("raft shutdown: {e}"),
+            Err(_) => tracing::warn!(
+                node_id = self.node_id,
+                "raft did not stop within {SHUTDOWN_STEP_GRACE:?}; going on without it"
+            ),
         }
-        if let Err(e) = self.protocols.shutdown().await {
-            tracing::warn!("iroh shutdown: {e}");
+        match tokio::time::timeout(SHUTDOWN_STEP_GRACE, self.protocols.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("iroh shutdown: {e}"),
+            Err(_) => tracing::warn!(
+                node_id = self.node_id,
+                "the iroh router did not stop within {SHUTDOWN_STEP_GRACE:?}; going on without it"
+            ),
         }
         if let Some(federation) = self.federation.take() {
             federation.close_store().await;

@@ -90,3 +90,15 @@ pub const MAX_FEDERATION_READERS: usize = 4 * MAX_CLUSTER_NODES;
 /// kept; a region reading the whole federation imports every other region's clusters, and
 /// 256 is the most clusters a route table names.
 pub const MAX_FEDERATION_IMPORTS: usize = MAX_ROUTER_CLUSTERS;
+
+/// Fewest segment bytes after a checkpoint that may trigger the next one
+/// (`[federation] checkpoint_replay_bytes`): below this a cluster under writes would
+/// rebuild its checkpoint about every segment.
+pub const MIN_CHECKPOINT_REPLAY_BYTES: u64 = 64 * 1024;
+
+/// Most segment bytes after a checkpoint before the next one: a new region replays up to
+/// this much (and at most as much as the checkpoint holds) after loading the checkpoint.
+pub const MAX_CHECKPOINT_REPLAY_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+
+/// The default of `checkpoint_replay_bytes`: replaying 64 MiB takes a few seconds.
+pub const DEFAULT_CHECKPOINT_REPLAY_BYTES: u64 = 64 * 1024 * 1024;

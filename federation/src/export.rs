@@ -85,6 +85,9 @@ pub struct Exporter {
     pub author: AuthorId,
     /// The other members of the owner cluster, synced with when this node takes over.
     pub peers: Vec<EndpointAddr>,
+    /// A new checkpoint is built once the segments since the last hold more bytes than
+    /// this and than the checkpoint (a new region then replays at most about that much).
+    pub checkpoint_replay_bytes: u64,
 }
 
 /// What the exporter tells the node about itself, for status.
@@ -108,6 +111,8 @@ struct Position {
     checkpoint: CheckpointMeta,
     /// Segments written since that checkpoint was started.
     since_checkpoint: u64,
+    /// Bytes of those segments.
+    bytes_since_checkpoint: u64,
     exported: u64,
     next_seq: u64,
 }
@@ -210,12 +215,13 @@ impl Exporter {
             // could not bootstrap from it.
             _ => self.checkpoint_now().await?,
         };
-        let exported = ring.contiguous_end(checkpoint.revision);
+        let exported = self.held_end(&ring, checkpoint.revision).await?;
         let next_seq = ring.max_seq().map_or(0, |s| s + 1);
         let mut at = Position {
             ring,
             checkpoint,
             since_checkpoint: 0,
+            bytes_since_checkpoint: 0,
             exported,
             next_seq,
         };
@@ -260,14 +266,31 @@ impl Exporter {
         ))
     }
 
+    /// The end of the contiguous run of segments after `from` whose contents this node
+    /// holds. A segment whose blob is gone here (not yet fetched from the previous leader,
+    /// or lost) is written again from the feed rather than left for importers to find
+    /// missing: covering a revision twice is harmless, a hole is not.
+    async fn held_end(&self, ring: &Ring, from: u64) -> Result<u64, FederationError> {
+        let mut end = from;
+        while let Some(seg) = ring.covering(end + 1) {
+            if !self.stack.blobs.has(seg.hash).await.map_err(stack_err)? {
+                tracing::info!(source = %self.source, seq = seg.key.seq, first = seg.key.first, "a segment's content is missing here; exporting from its first revision again");
+                break;
+            }
+            end = seg.key.last;
+        }
+        Ok(end)
+    }
+
     /// Builds a checkpoint and publishes it before returning.
     async fn checkpoint_now(&self) -> Result<CheckpointMeta, FederationError> {
         let built = checkpoint::build(&self.source, self.feed.clone(), &self.stack.blobs).await?;
-        self.write_checkpoint(&built).await?;
-        Ok(built.meta)
+        let meta = built.meta;
+        self.write_checkpoint(built).await?;
+        Ok(meta)
     }
 
-    async fn write_checkpoint(&self, built: &Built) -> Result<(), FederationError> {
+    async fn write_checkpoint(&self, built: Built) -> Result<(), FederationError> {
         let hash = built.tag.hash();
         // The blob entry first: once it references the blob, garbage collection keeps it
         // and the other owner nodes fetch it. Then the metadata importers read.
@@ -275,15 +298,16 @@ impl Exporter {
             .set_hash(self.author, CHECKPOINT_BLOB_KEY, hash, built.meta.size)
             .await
             .map_err(stack_err)?;
-        self.doc
-            .set_bytes(
+        self.stack
+            .put(
+                &self.doc,
                 self.author,
                 CHECKPOINT_META_KEY,
                 CHECKPOINT_META.encode(&built.meta),
             )
-            .await
-            .map_err(stack_err)?;
+            .await?;
         tracing::info!(source = %self.source, revision = built.meta.revision, keys = built.meta.keys, bytes = built.meta.size, "checkpoint published");
+        self.stack.hold(built.tag);
         Ok(())
     }
 
@@ -292,8 +316,9 @@ impl Exporter {
         at: &mut Position,
         built: Built,
     ) -> Result<(), FederationError> {
-        self.write_checkpoint(&built).await?;
-        at.checkpoint = built.meta;
+        let meta = built.meta;
+        self.write_checkpoint(built).await?;
+        at.checkpoint = meta;
         Ok(())
     }
 
@@ -348,9 +373,11 @@ impl Exporter {
             seq: key.seq,
             sets,
         };
+        let encoded = SEGMENT.encode(&segment);
+        let segment_bytes = encoded.len() as u64;
         let hash = self
-            .doc
-            .set_bytes(self.author, key.encode(), SEGMENT.encode(&segment))
+            .stack
+            .put(&self.doc, self.author, key.encode(), encoded)
             .await
             .map_err(|e| {
                 // Most likely a clock behind the previous writer's; the next try will
@@ -361,8 +388,15 @@ impl Exporter {
         at.exported = key.last;
         at.next_seq += 1;
         at.since_checkpoint += 1;
-        if at.since_checkpoint >= CHECKPOINT_AFTER_SEGMENTS && building.is_none() {
+        at.bytes_since_checkpoint += segment_bytes;
+        let by_ring = at.since_checkpoint >= CHECKPOINT_AFTER_SEGMENTS;
+        // A new region loads the checkpoint and then every segment after it: keep that
+        // within about twice the data's size.
+        let by_bytes =
+            at.bytes_since_checkpoint > at.checkpoint.size.max(self.checkpoint_replay_bytes);
+        if (by_ring || by_bytes) && building.is_none() {
             at.since_checkpoint = 0;
+            at.bytes_since_checkpoint = 0;
             let (source, feed, blobs) = (
                 self.source.clone(),
                 self.feed.clone(),
@@ -392,6 +426,7 @@ impl Exporter {
                 }
             };
             at.since_checkpoint = 0;
+            at.bytes_since_checkpoint = 0;
             self.publish_checkpoint(at, built).await?;
         }
         if held.is_some_and(|last| last > at.checkpoint.revision) {
@@ -420,7 +455,11 @@ impl Exporter {
             }
         };
         let beat = HEARTBEAT.encode(&Heartbeat { head, time_ms });
-        if let Err(e) = self.doc.set_bytes(self.author, HEARTBEAT_KEY, beat).await {
+        if let Err(e) = self
+            .stack
+            .put(&self.doc, self.author, HEARTBEAT_KEY, beat)
+            .await
+        {
             tracing::warn!(source = %self.source, "writing the heartbeat failed: {e}");
             tokio::time::sleep(RETRY_PAUSE).await;
         }

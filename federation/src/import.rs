@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aspen_api::feed::ChangeSet;
 use iroh::{EndpointAddr, EndpointId};
 use iroh_blobs::Hash;
 use iroh_docs::api::Doc;
@@ -42,7 +43,15 @@ use crate::FederationError;
 pub const GAP_GRACE: Duration = Duration::from_secs(3);
 
 /// How often the importer asks for a new sync round while it has a gap or hears nothing.
-pub const RESYNC_INTERVAL: Duration = Duration::from_secs(2);
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long without a new heartbeat (the owner writes one every 500 ms) before the
+/// importer counts as hearing nothing.
+pub const QUIET_AFTER: Duration = Duration::from_secs(2);
+
+/// How often the importer asks for a sync round even when all looks well (gossip may have
+/// dropped an entry that nothing else would bring).
+const IDLE_RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How often the importer looks at its document even without news (heartbeats arrive
 /// every half second; this bounds how stale its lag figures can get).
@@ -53,7 +62,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 pub struct ImportState {
     /// What lag is computed from.
     pub inputs: LagInputs,
-    /// `bootstrapping`, `live` or `gap`.
+    /// `bootstrapping`, `resuming`, `live` or `gap`.
     pub phase: &'static str,
     /// Checkpoints loaded since start.
     pub checkpoints_loaded: u64,
@@ -107,6 +116,13 @@ struct Arrival {
     len: u64,
 }
 
+/// Most segments applied in one replica transaction (each is at most
+/// [`crate::export::MAX_SEGMENT_BYTES`], so this bounds what one run holds in memory).
+pub const APPLY_RUN_SEGMENTS: usize = 64;
+
+/// Segment contents fetched at once while applying a run.
+const FETCHES_IN_FLIGHT: usize = 16;
+
 /// Entries that may wait between two import steps; past it the importer reloads its view
 /// from the document instead (nothing is lost: the document holds them).
 const MAX_PENDING_ARRIVALS: usize = 16_384;
@@ -129,8 +145,15 @@ impl Importer {
         let mut gap_since: Option<Instant> = None;
         let mut confirmed: Option<u64> = None;
         let mut view: Option<View> = None;
+        let mut newest_beat = None;
+        let mut last_news = Instant::now();
         loop {
             let refreshed = self.refresh(&mut view, &mut arrivals, &overflow).await;
+            let beat = view.as_ref().and_then(|v| v.heartbeat).map(|h| h.time_ms);
+            if beat > newest_beat {
+                newest_beat = beat;
+                last_news = Instant::now();
+            }
             let stepped = match (refreshed, view.as_ref()) {
                 (Ok(()), Some(v)) => self.step(v, &mut gap_since, &mut confirmed).await,
                 (Err(e), _) => Err(e),
@@ -145,8 +168,10 @@ impl Importer {
                     view = None;
                 }
             }
-            let gap = gap_since.is_some();
-            if (gap || last_sync.elapsed() >= RESYNC_INTERVAL * 5)
+            // A gap, or no heartbeat for a while (the link to the owner broke and healed,
+            // or gossip dropped messages): ask for the document again.
+            let stuck = gap_since.is_some() || last_news.elapsed() >= QUIET_AFTER;
+            if (stuck || last_sync.elapsed() >= IDLE_RESYNC_INTERVAL)
                 && last_sync.elapsed() >= RESYNC_INTERVAL
             {
                 last_sync = Instant::now();
@@ -318,11 +343,24 @@ impl Importer {
         confirmed: &mut Option<u64>,
     ) -> Result<(), FederationError> {
         let mut revision = self.revision().await?;
-        let result = self.apply_ring(&view.ring, &mut revision).await;
+        // A new replica starts from the checkpoint, never replaying the history it covers
+        // (the exporter keeps the segments after it no larger than it). The exporter writes
+        // a checkpoint before any segment, so until one has arrived a new replica waits.
+        let waiting = revision == 0 && view.checkpoint.is_none();
+        let fresh = revision == 0 && view.checkpoint.is_some_and(|c| c.revision > 0);
+        let result = if waiting || fresh {
+            Ok(())
+        } else {
+            self.apply_ring(&view.ring, &mut revision).await
+        };
+        // One that fell behind the ring has no other way.
         let behind_ring = view.checkpoint.is_some_and(|c| c.revision > revision)
-            && view.ring.covering(revision + 1).is_none();
+            && (fresh || view.ring.covering(revision + 1).is_none());
         let mut phase = "live";
-        if behind_ring {
+        if waiting {
+            gap_since.get_or_insert_with(Instant::now);
+            phase = "bootstrapping";
+        } else if behind_ring {
             let since = *gap_since.get_or_insert_with(Instant::now);
             phase = "gap";
             if revision == 0 || since.elapsed() >= GAP_GRACE {
@@ -384,28 +422,62 @@ impl Importer {
             .map(|s| s.map_or(0, |s| s.revision))
     }
 
-    /// Applies segments from the ring while one continues the replica.
+    /// Applies segments from the ring while one continues the replica: the next run of up
+    /// to [`APPLY_RUN_SEGMENTS`] consecutive segments is fetched [`FETCHES_IN_FLIGHT`] at a
+    /// time and applied in one replica transaction, so a backlog costs neither a round
+    /// trip nor a commit per segment.
     async fn apply_ring(&self, ring: &Ring, revision: &mut u64) -> Result<(), FederationError> {
-        while let Some(seg) = ring.covering(*revision + 1) {
-            let bytes = content::fetch(&self.stack, seg.hash, &self.owner_ids()).await?;
-            let segment: Segment = SEGMENT
-                .decode(&bytes)
-                .map_err(|e| FederationError::Stack(e.to_string()))?;
-            segment
-                .check(&self.source, &seg.key)
-                .map_err(FederationError::Stack)?;
-            let replicas = self.replicas.clone();
-            let source = self.source.clone();
-            let new = tokio::task::spawn_blocking(move || replicas.apply(&source, &segment.sets))
-                .await
-                .map_err(|e| FederationError::Replica(e.to_string()))??;
-            let applied = new - *revision;
-            *revision = new;
-            let mut state = self.state.lock().expect("import state");
-            state.sets_applied += applied;
-            state.inputs.revision = new;
+        loop {
+            let mut run = Vec::new();
+            let mut end = *revision;
+            while run.len() < APPLY_RUN_SEGMENTS {
+                let Some(seg) = ring.covering(end + 1) else {
+                    break;
+                };
+                end = seg.key.last;
+                run.push(seg.clone());
+            }
+            if run.is_empty() {
+                return Ok(());
+            }
+            let owners = self.owner_ids();
+            let fetches: Vec<_> = run
+                .into_iter()
+                .map(|seg| {
+                    fetch_segment(self.stack.clone(), self.source.clone(), seg, owners.clone())
+                })
+                .collect();
+            let mut fetched =
+                futures::StreamExt::buffered(futures::stream::iter(fetches), FETCHES_IN_FLIGHT);
+            // What arrived in order before a failed fetch is still applied.
+            let mut sets = Vec::new();
+            let mut failed = None;
+            while let Some(result) = futures::StreamExt::next(&mut fetched).await {
+                match result {
+                    Ok(more) => sets.extend(more),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            drop(fetched);
+            if !sets.is_empty() {
+                let replicas = self.replicas.clone();
+                let source = self.source.clone();
+                let new = tokio::task::spawn_blocking(move || replicas.apply(&source, &sets))
+                    .await
+                    .map_err(|e| FederationError::Replica(e.to_string()))??;
+                let applied = new - *revision;
+                *revision = new;
+                let mut state = self.state.lock().expect("import state");
+                state.sets_applied += applied;
+                state.inputs.revision = new;
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
-        Ok(())
     }
 
     /// Loads the owner's checkpoint into the replica.
@@ -434,4 +506,22 @@ impl Importer {
         tracing::info!(source = %self.source, revision = meta.revision, keys, "checkpoint loaded");
         Ok(())
     }
+}
+
+/// The change sets of segment `seg` of `source`, fetched from the local store or `owners`
+/// and checked against its key.
+async fn fetch_segment(
+    stack: DocsStack,
+    source: String,
+    seg: Seg,
+    owners: Vec<EndpointId>,
+) -> Result<Vec<ChangeSet>, FederationError> {
+    let bytes = content::fetch(&stack, seg.hash, &owners).await?;
+    let segment: Segment = SEGMENT
+        .decode(&bytes)
+        .map_err(|e| FederationError::Stack(e.to_string()))?;
+    segment
+        .check(&source, &seg.key)
+        .map_err(FederationError::Stack)?;
+    Ok(segment.sets)
 }

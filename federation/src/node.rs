@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use aspen_api::wire::{ReplicaReadRequest, ReplicaReadResponse, ReplicaReport};
 use aspen_api::{ApiError, ErrorCode};
@@ -46,6 +47,8 @@ pub struct FederationSetup {
     pub cluster_peers: Vec<EndpointAddr>,
     /// The clusters of other regions this node keeps replicas of.
     pub imports: Vec<ImportSetup>,
+    /// See [`Exporter::checkpoint_replay_bytes`].
+    pub checkpoint_replay_bytes: u64,
 }
 
 /// One source cluster to import.
@@ -90,16 +93,26 @@ impl Replicas {
         &self.store
     }
 
-    fn add(&self, source: &str, region: &str) -> Arc<Mutex<ImportState>> {
-        let state = Arc::new(Mutex::new(ImportState {
-            phase: "bootstrapping",
+    /// Registers `source`, reporting the revision its replica already holds (a restarted
+    /// node must not report 0 until its importer's first round).
+    fn add(&self, source: &str, region: &str) -> Result<Arc<Mutex<ImportState>>, FederationError> {
+        let revision = self.store.state(source)?.map_or(0, |s| s.revision);
+        let mut state = ImportState {
+            phase: if revision == 0 {
+                "bootstrapping"
+            } else {
+                "resuming"
+            },
             ..ImportState::default()
-        }));
+        };
+        state.inputs.revision = revision;
+        state.inputs.owner_head = revision;
+        let state = Arc::new(Mutex::new(state));
         self.sources
             .write()
             .expect("replica sources lock")
             .insert(source.to_string(), (region.to_string(), state.clone()));
-        state
+        Ok(state)
     }
 
     /// Serves a stale read of the replica of `request.source`, refusing one that is behind
@@ -193,6 +206,10 @@ impl Replicas {
     }
 }
 
+/// How long an exporter or importer may take to stop once asked (it finishes the step it
+/// is in: a download, a replica transaction) before it is aborted.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// One node's running federation.
 pub struct Federation {
     stack: DocsStack,
@@ -242,6 +259,7 @@ impl Federation {
                 doc,
                 author: secret.author_id(),
                 peers: setup.cluster_peers.clone(),
+                checkpoint_replay_bytes: setup.checkpoint_replay_bytes,
             };
             tasks.push(tokio::spawn(exporter.run(stopped.clone(), status_tx)));
             export = Some(status_rx);
@@ -268,7 +286,7 @@ impl Federation {
                 author: import.author,
                 owners: import.nodes.clone(),
                 replicas: replicas.store.clone(),
-                state: replicas.add(&import.cluster, &import.region),
+                state: replicas.add(&import.cluster, &import.region)?,
             };
             tasks.push(tokio::spawn(importer.run(stopped.clone())));
         }
@@ -300,8 +318,15 @@ impl Federation {
     /// [`Federation::close_store`] after it.)
     pub async fn shutdown(&mut self) {
         let _ = self.stop.send(true);
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
+        for mut task in self.tasks.drain(..) {
+            if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+                tracing::warn!(
+                    "a federation task did not stop within {STOP_GRACE:?} of being asked; \
+                     aborting it"
+                );
+                task.abort();
+                let _ = task.await;
+            }
         }
     }
 

@@ -2,13 +2,30 @@
 //! node's own endpoint, with the blob garbage collector protecting every blob a document
 //! references (iroh-docs hands its hashes to the collector before each run).
 //!
+//! That protection has a window: iroh-docs lists the referenced hashes *before* the
+//! collector clears the store's record of blobs added since the last run, so a blob added
+//! while the list is being made, whose entry lands after its part of the list was read and
+//! whose temporary tag is dropped before the collector looks at tags, is collected while its
+//! entry references it (seen here: a segment lost on every owner node, its importers stuck
+//! at the gap). Every document write of this crate therefore goes through
+//! [`DocsStack::put`], which keeps the blob's temporary tag for [`WRITE_HOLD`], past any
+//! collection that began before the entry existed.
+//!
 //! Layout under the node's data dir: `federation/blobs/` (the blob store) and
 //! `federation/docs/` (`docs.redb`). The protocol handlers it returns must be registered on
 //! the node's one iroh `Router` together with Raft and KV: iroh sets an endpoint's ALPNs to
 //! exactly those of its router.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use iroh_blobs::api::TempTag;
+use iroh_blobs::Hash;
+use iroh_docs::api::Doc;
+use iroh_docs::AuthorId;
 
 use iroh::protocol::DynProtocolHandler;
 use iroh::Endpoint;
@@ -26,6 +43,11 @@ use crate::FederationError;
 /// checkpoints) are collected. Each run walks every document's entries, which are bounded
 /// by design (see `keys`), so once a minute costs little.
 pub const GC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long a blob this node wrote to a document stays protected by its own temporary
+/// tag: longer than two collection intervals, so the next collection that starts after
+/// the entry landed (and sees it in the document) has begun before the tag goes.
+pub const WRITE_HOLD: Duration = Duration::from_secs(3 * GC_INTERVAL.as_secs());
 
 /// The ALPNs the stack serves, which the endpoint's access policy restricts.
 pub const ALPNS: [&[u8]; 3] = [iroh_docs::ALPN, iroh_gossip::ALPN, iroh_blobs::ALPN];
@@ -55,6 +77,7 @@ pub struct DocsStack {
     /// Fetches blobs from peers by hash.
     pub downloader: iroh_blobs::api::downloader::Downloader,
     endpoint: Endpoint,
+    holds: Arc<Mutex<VecDeque<(Instant, TempTag)>>>,
 }
 
 /// The directory of the stack under a node's data dir.
@@ -98,7 +121,46 @@ impl DocsStack {
             docs,
             downloader,
             endpoint: endpoint.clone(),
+            holds: Arc::default(),
         })
+    }
+
+    /// Writes `bytes` as the entry `key` of `doc` by `author`, keeping the blob protected
+    /// for [`WRITE_HOLD`] (see the module docs). Returns the blob's hash.
+    pub async fn put(
+        &self,
+        doc: &Doc,
+        author: AuthorId,
+        key: impl Into<Bytes>,
+        bytes: impl Into<Bytes>,
+    ) -> Result<Hash, FederationError> {
+        let bytes = bytes.into();
+        let len = bytes.len() as u64;
+        let tag = self
+            .blobs
+            .add_bytes(bytes)
+            .temp_tag()
+            .await
+            .map_err(|e| err("adding a blob")(&e))?;
+        let hash = tag.hash();
+        doc.set_hash(author, key, hash, len)
+            .await
+            .map_err(|e| err("writing an entry")(&e))?;
+        self.hold(tag);
+        Ok(hash)
+    }
+
+    /// Keeps `tag` (a blob just referenced by a document entry) for [`WRITE_HOLD`].
+    pub fn hold(&self, tag: TempTag) {
+        let now = Instant::now();
+        let mut holds = self.holds.lock().expect("blob holds lock");
+        while holds
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= WRITE_HOLD)
+        {
+            holds.pop_front();
+        }
+        holds.push_back((now, tag));
     }
 
     /// The protocol handlers to register on the node's iroh router, by ALPN.

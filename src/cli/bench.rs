@@ -388,7 +388,7 @@ fn print_report(r: &Report) {
 
 /// The `p`-th percentile (0 < p <= 100) of `sorted` by the nearest-rank method: the
 /// smallest sample with at least p% of the samples at or below it. 0 when empty.
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::peer::{check_addrs, check_endpoint_id};
 use crate::error::FieldError;
-use crate::limits::{MAX_CLUSTER_NODES, MAX_FEDERATION_IMPORTS, MAX_FEDERATION_READERS};
+use crate::limits::{
+    DEFAULT_CHECKPOINT_REPLAY_BYTES, MAX_CHECKPOINT_REPLAY_BYTES, MAX_CLUSTER_NODES,
+    MAX_FEDERATION_IMPORTS, MAX_FEDERATION_READERS, MIN_CHECKPOINT_REPLAY_BYTES,
+};
 use crate::name::check_name;
 
 /// A node's federation settings. Every node of a cluster uses the same secret, exports and
@@ -32,6 +35,15 @@ pub struct FederationConfig {
     /// Clusters of other regions this node keeps a read-only replica of.
     #[serde(default)]
     pub import: Vec<ImportConfig>,
+    /// When exporting: a new checkpoint is built once the segments written since the last
+    /// one hold more bytes than this and more than the checkpoint itself, so a new region
+    /// replays at most about that much after loading the checkpoint.
+    #[serde(default = "default_checkpoint_replay_bytes")]
+    pub checkpoint_replay_bytes: u64,
+}
+
+fn default_checkpoint_replay_bytes() -> u64 {
+    DEFAULT_CHECKPOINT_REPLAY_BYTES
 }
 
 /// One region this cluster exports to.
@@ -121,6 +133,17 @@ impl FederationConfig {
                     ),
                 ));
             }
+        }
+        let replay = MIN_CHECKPOINT_REPLAY_BYTES..=MAX_CHECKPOINT_REPLAY_BYTES;
+        if !replay.contains(&self.checkpoint_replay_bytes) {
+            return Err(FieldError::new(
+                "checkpoint_replay_bytes",
+                format!(
+                    "is {}; use {MIN_CHECKPOINT_REPLAY_BYTES} to {MAX_CHECKPOINT_REPLAY_BYTES} \
+                     bytes (default {DEFAULT_CHECKPOINT_REPLAY_BYTES})",
+                    self.checkpoint_replay_bytes
+                ),
+            ));
         }
         if self.import.len() > MAX_FEDERATION_IMPORTS {
             return Err(FieldError::new(
@@ -235,7 +258,26 @@ mod tests {
                     addrs: vec!["10.0.0.1:7501".parse().unwrap()],
                 }],
             }],
+            checkpoint_replay_bytes: DEFAULT_CHECKPOINT_REPLAY_BYTES,
         }
+    }
+
+    #[test]
+    fn checkpoint_replay_bytes_is_bounded_both_ways() {
+        let with = |bytes| FederationConfig {
+            checkpoint_replay_bytes: bytes,
+            ..config()
+        };
+        with(MIN_CHECKPOINT_REPLAY_BYTES).check("us-1").unwrap();
+        with(MAX_CHECKPOINT_REPLAY_BYTES).check("us-1").unwrap();
+        assert_eq!(
+            field(&with(MIN_CHECKPOINT_REPLAY_BYTES - 1)),
+            "checkpoint_replay_bytes"
+        );
+        assert_eq!(
+            field(&with(MAX_CHECKPOINT_REPLAY_BYTES + 1)),
+            "checkpoint_replay_bytes"
+        );
     }
 
     fn field(c: &FederationConfig) -> String {

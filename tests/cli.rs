@@ -51,3 +51,32 @@ async fn a_client_command_whose_reader_goes_away_ends_without_a_panic() {
     }
     t.cluster.shutdown().await;
 }
+
+/// `aspen bench-federation --rate` is bounded at both ends: out of range is a usage error
+/// naming the flag and the range, in range gets past the check (here to the next error,
+/// an --etcd-source without its --etcd-mirror, so nothing starts).
+#[test]
+fn bench_federation_rate_is_checked_at_both_bounds() {
+    let run = |rate: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_aspen"))
+            .args(["bench-federation", "--rate", rate, "--etcd-source", "x"])
+            .output()
+            .expect("aspen runs");
+        assert_eq!(out.status.code(), Some(1), "usage errors exit with 1");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for bad in ["0", "100001"] {
+        let err = run(bad);
+        assert!(
+            err.contains("--rate") && err.contains("1..=100000"),
+            "{err}"
+        );
+    }
+    for good in ["1", "100000"] {
+        let err = run(good);
+        assert!(
+            !err.contains("1..=100000") && err.contains("--etcd-mirror"),
+            "{err}"
+        );
+    }
+}

@@ -96,6 +96,23 @@ pub async fn bind(config: &NodeConfig) -> Result<BoundEndpoint, NodeError> {
 /// not keep a node from stopping.
 pub const SHUTDOWN_STEP_GRACE: Duration = Duration::from_secs(10);
 
+/// Runs one shutdown step for at most [`SHUTDOWN_STEP_GRACE`], logging an error or an
+/// overrun (the node goes on stopping either way).
+async fn bounded_step<E: std::fmt::Display>(
+    node_id: u64,
+    what: &str,
+    step: impl std::future::Future<Output = Result<(), E>>,
+) {
+    match tokio::time::timeout(SHUTDOWN_STEP_GRACE, step).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(node_id, "{what} shutdown: {e}"),
+        Err(_) => tracing::warn!(
+            node_id,
+            "{what} did not stop within {SHUTDOWN_STEP_GRACE:?}; going on without it"
+        ),
+    }
+}
+
 /// A running node.
 pub struct Node {
     /// The KV service (also reachable over HTTP and `aspen/kv/1`).
@@ -295,22 +312,9 @@ impl Node {
         if let Some(federation) = self.federation.as_mut() {
             federation.shutdown().await;
         }
-        match tokio::time::timeout(SHUTDOWN_STEP_GRACE, self.raft.shutdown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("raft shutdown: {e}"),
-            Err(_) => tracing::warn!(
-                node_id = self.node_id,
-                "raft did not stop within {SHUTDOWN_STEP_GRACE:?}; going on without it"
-            ),
-        }
-        match tokio::time::timeout(SHUTDOWN_STEP_GRACE, self.protocols.shutdown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("iroh shutdown: {e}"),
-            Err(_) => tracing::warn!(
-                node_id = self.node_id,
-                "the iroh router did not stop within {SHUTDOWN_STEP_GRACE:?}; going on without it"
-            ),
-        }
+        let node_id = self.node_id;
+        bounded_step(node_id, "raft", self.raft.shutdown()).await;
+        bounded_step(node_id, "the iroh router", self.protocols.shutdown()).await;
         if let Some(federation) = self.federation.take() {
             federation.close_store().await;
         }

@@ -35,6 +35,12 @@ mod etcd;
 /// pacer wait rather than pile up unbounded.
 const MAX_WRITES_IN_FLIGHT: usize = 64;
 
+/// Highest `--rate`: pacing finer than 10 µs is not pacing on this machine.
+const MAX_RATE: u32 = 100_000;
+
+/// Most `--nodes` per cluster: three clusters of them run in this one process.
+const MAX_NODES: usize = 9;
+
 /// Keys per write of the bootstrap load (the most one command may carry).
 const LOAD_BATCH_KEYS: usize = 100;
 
@@ -67,19 +73,22 @@ pub struct FedBenchArgs {
     #[arg(long, value_enum, default_value = "all")]
     phase: Phase,
     /// Writes per second during lag and partition.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_RATE as i64))]
     rate: u32,
     /// Seconds of the paced write load of the lag phase.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     duration: u64,
     /// Seconds the regions stay cut apart in the catch-up phase.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     partition: u64,
     /// Keys loaded before the bootstrap.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     keys: usize,
     /// Nodes per cluster.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_NODES as u64))]
     nodes: usize,
     /// Measure etcd's make-mirror instead of Aspen (lag only; needs a build with
     /// `--features etcd`): the source cluster's client URLs, comma-separated. Mirroring

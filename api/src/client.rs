@@ -14,6 +14,7 @@ use crate::json::{
     ScanResponse, TxnRequest, WriteResponse,
 };
 use crate::types::Consistency;
+use crate::watch::WatchMessage;
 
 /// How long one request may take before the client gives up on it.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -296,6 +297,118 @@ impl AspenClient {
         Err(ClientError::Api {
             status,
             body: Box::new(body),
+        })
+    }
+}
+
+/// Where a watch starts and what it covers (`GET /v1/watch/{key}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Watch every key under the key, not only the key.
+    pub prefix: bool,
+    /// First revision to deliver (every cluster); `None`: changes from now.
+    pub start_revision: Option<u64>,
+    /// A resume token from an earlier stream of the same watch; wins over
+    /// `start_revision` for the clusters it names.
+    pub resume: Option<String>,
+}
+
+/// An open watch stream: its messages in order, as the server sends them.
+#[derive(Debug)]
+pub struct WatchStream {
+    url: String,
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl WatchStream {
+    /// The next message; `None` when the server closed the stream.
+    pub async fn next(&mut self) -> Result<Option<WatchMessage>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                let line = &line[..line.len() - 1];
+                if line.is_empty() {
+                    continue;
+                }
+                return serde_json::from_slice(line)
+                    .map(Some)
+                    .map_err(|e| ClientError::Decode {
+                        url: self.url.clone(),
+                        reason: format!("watch message is not valid: {e}"),
+                    });
+            }
+            let chunk = self
+                .response
+                .chunk()
+                .await
+                .map_err(|source| ClientError::Transport {
+                    url: self.url.clone(),
+                    source,
+                })?;
+            match chunk {
+                Some(bytes) => self.buffer.extend_from_slice(&bytes),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+impl AspenClient {
+    /// Opens a watch of `key` (or of every key under it, with `options.prefix`), as
+    /// newline-delimited JSON. The stream has no overall timeout; a server silent for
+    /// three progress intervals is taken as gone (a transport error from `next`).
+    pub async fn watch(
+        &self,
+        key: &str,
+        options: &WatchOptions,
+    ) -> Result<WatchStream, ClientError> {
+        let mut url = format!("{}/v1/watch/{}?", self.base, encode_path(key));
+        if options.prefix {
+            url.push_str("prefix=true&");
+        }
+        if let Some(r) = options.start_revision {
+            url.push_str(&format!("start_revision={r}&"));
+        }
+        if let Some(token) = &options.resume {
+            url.push_str(&format!("resume={}&", encode_query(token)));
+        }
+        let url = url.trim_end_matches(['&', '?']).to_string();
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(plain_tls_config())
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_millis(
+                3 * crate::watch::PROGRESS_INTERVAL_MS,
+            ))
+            .build()
+            .map_err(transport)?;
+        let response = http
+            .get(&url)
+            .header("accept", "application/x-ndjson")
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.map_err(transport)?;
+            let body: ErrorBody =
+                serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+                    url: url.clone(),
+                    reason: format!("status {status} with a body that is not an Aspen error: {e}"),
+                })?;
+            return Err(ClientError::Api {
+                status,
+                body: Box::new(body),
+            });
+        }
+        Ok(WatchStream {
+            url,
+            response,
+            buffer: Vec::new(),
         })
     }
 }

@@ -35,6 +35,15 @@ pub enum ErrorCode {
     /// 503: no replica of the owning cluster can serve here (none imported in this region,
     /// or still bootstrapping).
     ReplicaUnavailable,
+    /// 410: a watch asked for revisions the change feed no longer keeps; the message
+    /// names the oldest one still kept. Start again from a read of the current state.
+    Compacted,
+    /// A watch was closed because its client did not read the events fast enough (its
+    /// buffer filled); resume from the last revision it received.
+    SlowWatcher,
+    /// 503: the server is at a limit of concurrent work (such as watchers); retry later
+    /// or elsewhere.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -49,7 +58,10 @@ impl ErrorCode {
             ErrorCode::ClusterUnavailable
             | ErrorCode::NoLeader
             | ErrorCode::ReplicaBehind
-            | ErrorCode::ReplicaUnavailable => 503,
+            | ErrorCode::ReplicaUnavailable
+            | ErrorCode::Overloaded => 503,
+            ErrorCode::Compacted => 410,
+            ErrorCode::SlowWatcher => 429,
             ErrorCode::Timeout => 504,
             ErrorCode::Internal => 500,
         }
@@ -69,6 +81,9 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::ReplicaBehind => "replica_behind",
             ErrorCode::ReplicaUnavailable => "replica_unavailable",
+            ErrorCode::Compacted => "compacted",
+            ErrorCode::SlowWatcher => "slow_watcher",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 }
@@ -87,7 +102,7 @@ impl std::str::FromStr for ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::PreconditionFailed,
@@ -99,6 +114,9 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::ReplicaBehind,
         ErrorCode::ReplicaUnavailable,
+        ErrorCode::Compacted,
+        ErrorCode::SlowWatcher,
+        ErrorCode::Overloaded,
     ];
 }
 

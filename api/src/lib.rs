@@ -18,6 +18,7 @@
 //! - [`json`]: the JSON bodies of the HTTP API and their conversion to commands.
 //! - [`headers`]: the names of the HTTP API's response headers (read freshness).
 //! - [`wire`]: the `aspen/kv/1` request and response messages and their encoding.
+//! - [`watch`]: watch requests, resume tokens and the JSON messages of a watch stream.
 //! - `testing` (feature `testing`): proptest strategies for every wire and disk type.
 //! - [`client`]: an HTTP client for the API, used by the CLI, the benchmark and tests.
 //! - `server` (feature `server`): the HTTP KV routes over a `KvBackend`, shared by the
@@ -37,6 +38,7 @@ pub mod server;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod types;
+pub mod watch;
 pub mod wire;
 
 pub use client::{AspenClient, ClientError};

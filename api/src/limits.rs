@@ -43,3 +43,27 @@ pub const MAX_WIRE_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Largest staleness bound a stale read may ask for (`max_lag`), in ms: one day. A looser
 /// bound is no bound; leave `max_lag` out instead.
 pub const MAX_READ_LAG_BOUND_MS: u64 = 24 * 3_600 * 1_000;
+
+/// Most watches (streams and blocking reads) one process serves at once. Each holds a
+/// task, a connection and a buffer; beyond this a new one is refused with 503
+/// `overloaded` and those already open keep their speed.
+pub const MAX_WATCHERS: usize = 4_096;
+
+/// Most revisions buffered for one watcher whose client has not read them yet. A client
+/// that falls this far behind is sent `slow_watcher` and closed, so it can never hold up
+/// writes or grow the server's memory; it resumes from the last revision it received.
+pub const WATCH_BUFFER_REVISIONS: usize = 1_024;
+
+/// Most key and value bytes buffered for one watcher's unread revisions (the same rule
+/// as [`WATCH_BUFFER_REVISIONS`], by size).
+pub const WATCH_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a blocking read (`GET /v1/kv/{key}?index=R`) waits when it names no `wait`:
+/// five minutes, as Consul's blocking queries.
+pub const DEFAULT_BLOCKING_WAIT_MS: u64 = 5 * 60 * 1_000;
+
+/// Longest `wait` a blocking read may ask for: ten minutes.
+pub const MAX_BLOCKING_WAIT_MS: u64 = 10 * 60 * 1_000;
+
+/// Longest a node holds an `aspen/kv/1` feed read open waiting for a new revision.
+pub const MAX_FEED_WAIT_MS: u64 = 10_000;

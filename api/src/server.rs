@@ -10,12 +10,15 @@
 //! - [`error`]: [`HttpError`], the JSON error answer, and JSON body parsing.
 //! - `read`: `GET /v1/kv/...`: point reads and scans, with freshness headers.
 //! - `write`: `PUT`/`DELETE /v1/kv/...`, `/v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`.
+//! - [`watch`]: `GET /v1/watch/...` as Server-Sent Events or NDJSON, the watch buffer
+//!   between a backend and its client, and blocking reads (`?index=R&wait=30s`).
 //!
 //! A process builds its app as [`kv_routes`] merged with its own routes (status, health,
 //! metrics), adds [`not_found`] as the fallback, and runs it with [`serve`].
 
 pub mod error;
 mod read;
+pub mod watch;
 mod write;
 
 use std::future::Future;
@@ -32,6 +35,7 @@ use crate::limits::{MAX_INLINE_VALUE_BYTES, MAX_JSON_BODY_BYTES};
 use crate::types::{Consistency, ReadRequest, ReadResponse, ReadResult, WriteResult};
 
 pub use error::{parse_json, HttpError, HttpResult};
+pub use watch::{Refused, WatchFrame, WatchItem, WatchSender, WatchSlots, WatchStream};
 
 /// What executes the requests the KV routes receive: a node's KV service, or a router
 /// that sends each request to the cluster owning its keys.
@@ -51,8 +55,17 @@ pub trait KvBackend: Send + Sync + 'static {
         options: ReadOptions,
     ) -> impl Future<Output = Result<ReadAnswer, ApiError>> + Send;
 
+    /// Opens a watch: the stream of the watched keys' changes from where `request` says,
+    /// in revision order per cluster. Refuses at once (before any event) a start revision
+    /// that has been compacted (410 `compacted`) and a watch beyond the process's limit
+    /// (503 `overloaded`).
+    fn watch(
+        &self,
+        request: crate::watch::WatchRequest,
+    ) -> impl Future<Output = Result<WatchStream, ApiError>> + Send;
+
     /// Records one finished request in the metrics: `op` is one of `get`, `scan`, `put`,
-    /// `delete`, `batch`, `cas`, `cad`, `txn`; `status` is the HTTP status answered;
+    /// `delete`, `batch`, `cas`, `cad`, `txn`, `watch` (its opening); `status` is the HTTP status answered;
     /// `seconds` is the time from the request's arrival to its answer.
     fn observe(&self, op: &'static str, status: u16, seconds: f64);
 }
@@ -200,7 +213,14 @@ pub fn kv_routes<B: KvBackend>(backend: Arc<B>) -> axum::Router {
         .route("/v1/cad", post(write::cad::<B>))
         .route("/v1/txn", post(write::txn::<B>))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES));
-    value_routes.merge(json_routes).with_state(backend)
+    let watch_routes = axum::Router::new()
+        .route("/v1/watch", get(watch::watch_root::<B>))
+        .route("/v1/watch/", get(watch::watch_root::<B>))
+        .route("/v1/watch/{*key}", get(watch::watch::<B>));
+    value_routes
+        .merge(json_routes)
+        .merge(watch_routes)
+        .with_state(backend)
 }
 
 /// The fallback of a whole app: 404 `not_found` naming the path and the API reference.
@@ -273,6 +293,10 @@ mod tests {
         async fn read(&self, _: ReadRequest, o: ReadOptions) -> Result<ReadAnswer, ApiError> {
             self.options.lock().unwrap().push(o);
             Ok(self.answer.clone())
+        }
+
+        async fn watch(&self, _: crate::watch::WatchRequest) -> Result<WatchStream, ApiError> {
+            Err(ApiError::new(ErrorCode::Compacted, "nothing kept"))
         }
 
         fn observe(&self, op: &'static str, status: u16, _seconds: f64) {

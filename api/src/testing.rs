@@ -8,13 +8,15 @@ use proptest::prelude::*;
 
 use crate::command::{Command, Precondition};
 use crate::error::{ApiError, ErrorCode};
+use crate::feed::{ChangeKind, ChangeSet, KeyChange};
 use crate::types::{
     Consistency, KeyState, KvEntry, PreconditionFailure, ReadRequest, ReadResponse, ReadResult,
     ScanPage, WriteOutcome, WriteResult,
 };
 use crate::wire::{
-    KvRequest, KvResponse, MemberReport, MembershipChange, NewLearner, ReplicaReadRequest,
-    ReplicaReadResponse, ReplicaReport, StatusReport,
+    FeedReadRequest, FeedReadResponse, KeyFilter, KvRequest, KvResponse, MemberReport,
+    MembershipChange, NewLearner, ReplicaReadRequest, ReplicaReadResponse, ReplicaReport,
+    StatusReport,
 };
 
 /// A key: short, any Unicode (not only ASCII), sometimes with `/` and NUL.
@@ -253,6 +255,51 @@ fn single_request() -> impl Strategy<Value = KvRequest> {
                 })
             }),
         Just(KvRequest::ReplicaStatus),
+        (key_filter(), option::of(any::<u64>()), any::<u64>()).prop_map(
+            |(filter, after, wait_ms)| KvRequest::FeedRead(FeedReadRequest {
+                filter,
+                after,
+                wait_ms
+            })
+        ),
+    ]
+}
+
+/// Any key filter of a feed read.
+pub fn key_filter() -> impl Strategy<Value = KeyFilter> {
+    (key(), any::<bool>()).prop_map(|(key, prefix)| KeyFilter { key, prefix })
+}
+
+/// Any change set of the feed.
+pub fn change_set() -> impl Strategy<Value = ChangeSet> {
+    let change =
+        (key(), option::of((value(), any::<u64>(), any::<u64>()))).prop_map(|(key, put)| {
+            KeyChange {
+                key,
+                kind: match put {
+                    Some((value, create_revision, version)) => ChangeKind::Put {
+                        value,
+                        create_revision,
+                        version,
+                    },
+                    None => ChangeKind::Delete,
+                },
+            }
+        });
+    (any::<u64>(), any::<u64>(), vec(change, 0..4)).prop_map(|(revision, time_ms, changes)| {
+        ChangeSet {
+            revision,
+            time_ms,
+            changes,
+        }
+    })
+}
+
+fn feed_read_response() -> impl Strategy<Value = FeedReadResponse> {
+    prop_oneof![
+        (vec(change_set(), 0..3), any::<u64>())
+            .prop_map(|(sets, through)| FeedReadResponse::Page { sets, through }),
+        any::<u64>().prop_map(|oldest| FeedReadResponse::Compacted { oldest }),
     ]
 }
 
@@ -317,6 +364,7 @@ fn single_response() -> impl Strategy<Value = KvResponse> {
                 })
             }),
         vec(replica_report(), 0..3).prop_map(KvResponse::ReplicaStatus),
+        feed_read_response().prop_map(KvResponse::FeedRead),
     ]
 }
 

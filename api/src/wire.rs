@@ -21,6 +21,7 @@
 //! - `status`: [`StatusReport`] and [`MemberReport`], the wire shapes of a node's status
 //!   (the JSON shapes are `admin::NodeStatus` and `admin::MemberStatus`).
 //! - `replica`: stale reads of federation replicas and their status.
+//! - `feed`: reads of a cluster's change feed (what a router's watches follow).
 //! - `fit`: [`encode_response`], which makes any answer fit in one message.
 //!
 //! Every type here is a wire type: no serde attribute may change its shape (see
@@ -29,6 +30,7 @@
 //! misreads it); any other change to these types, or to the types they carry, bumps
 //! [`KV_FORMAT`]'s version. The golden-byte tests (`wire/golden.rs`) fail on either.
 
+mod feed;
 mod fit;
 mod message;
 mod replica;
@@ -37,6 +39,7 @@ mod status;
 pub use crate::codec::CodecError as WireError;
 use crate::codec::Format;
 pub use crate::limits::MAX_WIRE_MESSAGE_BYTES;
+pub use feed::{FeedReadRequest, FeedReadResponse, KeyFilter};
 pub use fit::{
     encode_response, is_read_left_out_of_batch, read_left_out_error, read_left_out_of_batch,
 };

@@ -11,13 +11,17 @@ mod admin;
 use std::sync::Arc;
 
 use aspen_api::limits::MAX_JSON_BODY_BYTES;
-use aspen_api::server::{kv_routes, not_found, KvBackend, ReadAnswer, ReadOptions, Written};
+use aspen_api::server::{
+    kv_routes, not_found, KvBackend, ReadAnswer, ReadOptions, WatchStream, Written,
+};
+use aspen_api::watch::WatchRequest;
 use aspen_api::{ApiError, Command, ErrorCode, ReadRequest};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::metrics::NodeMetrics;
 use crate::service::KvService;
+use crate::watch::FeedHub;
 
 pub use aspen_api::server::serve;
 
@@ -28,6 +32,8 @@ pub struct NodeBackend {
     pub service: Arc<KvService>,
     /// Counts them.
     pub metrics: Arc<NodeMetrics>,
+    /// Serves watches.
+    pub hub: Arc<FeedHub>,
 }
 
 impl KvBackend for NodeBackend {
@@ -60,6 +66,10 @@ impl KvBackend for NodeBackend {
             response,
             self.service.cluster.clone(),
         ))
+    }
+
+    async fn watch(&self, request: WatchRequest) -> Result<WatchStream, ApiError> {
+        self.hub.watch(request).await
     }
 
     fn observe(&self, op: &'static str, status: u16, seconds: f64) {

@@ -24,6 +24,8 @@
 //! - [`node`]: wires one node together, in a fixed order; start and shutdown.
 //! - [`local_cluster`]: several nodes in one process (`aspen dev`, tests).
 //! - [`faults`]: a fault schedule over a local cluster (tests, `aspen soak`).
+//! - [`watch`]: watches served from the node's own feed (one shared reader, a bounded
+//!   buffer per watcher), and the feed reads a router's watches make.
 //! - [`federation`]: the node's side of federation: its feed for the exporter, the setup
 //!   from config, and the access rules of the docs, gossip and blob protocols.
 
@@ -49,3 +51,4 @@ pub mod storage;
 #[cfg(test)]
 mod strategies;
 pub mod transport;
+pub mod watch;

@@ -29,6 +29,7 @@ use crate::raft_types::{AspenRaft, MemberNode};
 use crate::service::KvService;
 use crate::storage;
 use crate::transport::{bind_endpoint, load_or_create_secret_key, Access, Transport};
+use crate::watch::FeedHub;
 
 /// Errors of starting a node.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,8 @@ async fn bounded_step<E: std::fmt::Display>(
 pub struct Node {
     /// The KV service (also reachable over HTTP and `aspen/kv/1`).
     pub service: Arc<KvService>,
+    /// The node's watches.
+    pub hub: Arc<FeedHub>,
     node_id: u64,
     raft: AspenRaft,
     transport: Arc<Transport>,
@@ -207,6 +210,7 @@ impl Node {
             contact.clone(),
             replicas.clone(),
         );
+        let state_machine_for_watch = state_machine.clone();
         let federation = match federation_setup {
             Some(setup) => {
                 federation::restrict(transport.access(), &config, raft.clone())?;
@@ -240,9 +244,11 @@ impl Node {
             path: "http listener".into(),
             source,
         })?;
+        let hub = FeedHub::start(state_machine_for_watch, config.cluster.clone());
         let backend = NodeBackend {
             service: service.clone(),
             metrics: Arc::new(NodeMetrics::default()),
+            hub: hub.clone(),
         };
         let (http_stop, stopped) = oneshot::channel::<()>();
         let app = http::router(backend, config.fault_injection);
@@ -251,6 +257,7 @@ impl Node {
         }));
         tracing::info!(node_id = config.node_id, cluster = %config.cluster, endpoint_id = %transport.endpoint().id(), %http_addr, "node started");
         Ok(Node {
+            hub,
             service,
             raft,
             transport,
@@ -295,6 +302,8 @@ impl Node {
 
     /// Stops HTTP, Raft and the iroh endpoint, in that order.
     pub async fn shutdown(mut self) {
+        // Watches are open requests: end them, or the HTTP server waits for them.
+        self.hub.stop();
         if let Some(stop) = self.http_stop.take() {
             let _ = stop.send(());
         }

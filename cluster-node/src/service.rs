@@ -333,6 +333,9 @@ impl KvService {
                 .await
                 .map(KvResponse::ReplicaRead),
             KvRequest::ReplicaStatus => Ok(KvResponse::ReplicaStatus(self.replica_reports())),
+            KvRequest::FeedRead(request) => crate::watch::feed_read(&self.sm, request)
+                .await
+                .map(KvResponse::FeedRead),
         };
         result.unwrap_or_else(KvResponse::Error)
     }

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aspen_api::wire::{KvRequest, KvResponse, StatusReport, MAX_WIRE_BATCH};
+use aspen_api::wire::{
+    FeedReadRequest, FeedReadResponse, KvRequest, KvResponse, StatusReport, MAX_WIRE_BATCH,
+};
 use aspen_api::{ApiError, ErrorCode, ReadRequest};
 use aspen_config::ClusterConfig;
 use aspen_net::batcher::{BatchLimits, Batcher};
@@ -234,6 +236,29 @@ impl ClusterClient {
                     .send(&request, Instant::now() + self.link.deadline)
                     .await
             }
+        }
+    }
+
+    /// Reads the cluster's change feed for a watch. It bypasses admission: a feed read
+    /// may wait at the node for up to its `wait_ms`, and must not hold a slot that writes
+    /// and reads need. Any member answers; one that cannot be reached is passed over.
+    pub async fn feed_read(&self, request: FeedReadRequest) -> Result<FeedReadResponse, ApiError> {
+        let wait = Duration::from_millis(request.wait_ms);
+        let deadline = Instant::now() + wait + self.link.deadline;
+        match self
+            .link
+            .send(&KvRequest::FeedRead(request), deadline)
+            .await?
+        {
+            KvResponse::FeedRead(page) => Ok(page),
+            KvResponse::Error(e) => Err(e),
+            other => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "cluster {} answered a feed read with {other:?}",
+                    self.link.name
+                ),
+            )),
         }
     }
 

@@ -66,6 +66,13 @@ impl KvBackend for RouterBackend {
         }
     }
 
+    async fn watch(
+        &self,
+        request: aspen_api::watch::WatchRequest,
+    ) -> Result<aspen_api::server::WatchStream, ApiError> {
+        self.service.watch(request).await
+    }
+
     fn observe(&self, op: &'static str, status: u16, seconds: f64) {
         self.metrics.observe(op, status, seconds);
     }

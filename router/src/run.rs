@@ -107,6 +107,7 @@ impl RunningRouter {
 
     /// Stops serving (requests in flight finish) and closes the endpoint.
     pub async fn shutdown(mut self) {
+        self.service.stop_watches();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -3,7 +3,8 @@
 //! Single-key requests go to the key's owner. A multi-key command goes to the one cluster
 //! owning all its keys (preconditions included) or is refused with 422 `cross_cluster`
 //! before anything is sent. A scan asks every cluster that may own keys under its prefix
-//! and merges their pages in key order (see [`crate::merge`]).
+//! and merges their pages in key order (see [`crate::merge`]). A watch follows the same
+//! clusters' change feeds and merges their revisions (`service/watch.rs`).
 //!
 //! The route table can be replaced while requests run ([`RouterService::reload`]): each
 //! request routes with the table it started with; clients of clusters whose members did
@@ -26,10 +27,12 @@ use crate::client::ClusterClient;
 use crate::error::RouteError;
 
 mod replica;
+mod watch;
 
 use crate::merge::{merge_pages, ScanOutcome};
 use crate::table::RouteTable;
 pub use replica::REPLICA_CATCH_UP_WAIT;
+pub use watch::{CATCH_UP_STALL, FEED_POLL_WAIT_MS, FEED_RETRY_BACKOFF};
 
 /// How long `/v1/status` waits for each cluster's answer; a cluster that takes longer is
 /// reported unhealthy rather than holding the whole status page.
@@ -66,6 +69,10 @@ pub struct RouterService {
     /// Per owner in another region: the highest replica revision returned, so replica
     /// reads never go back in time.
     floors: replica::Floors,
+    /// The watches open through this router.
+    watch_slots: aspen_api::server::WatchSlots,
+    /// Set when the router stops: every watch ends.
+    watch_stop: tokio::sync::watch::Sender<bool>,
 }
 
 fn route_error(e: RouteError) -> ApiError {
@@ -93,6 +100,8 @@ impl RouterService {
                 replica_clusters: None,
             })),
             floors: replica::Floors::default(),
+            watch_slots: Default::default(),
+            watch_stop: tokio::sync::watch::Sender::new(false),
         };
         service.reload(config)?;
         Ok(service)

@@ -4,6 +4,7 @@
 //! [`conditional`] holds cas, cad and txn, whose failed preconditions exit with 2.
 
 mod conditional;
+mod watch;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -108,6 +109,12 @@ enum KvCommand {
     /// --require-equals, --require-mod-revision. When one fails nothing is changed; the
     /// command names it (index and condition), prints the key's actual state and exits 2.
     Txn(conditional::TxnArgs),
+    /// Follow changes under a prefix (or to one key) as they commit, in order.
+    ///
+    /// Prints each changed key (with --json, every message of the stream, progress and
+    /// resume tokens included). Reconnects and resumes without loss when the connection
+    /// drops; exits with an error when the start revision has been compacted.
+    Watch(watch::WatchArgs),
 }
 
 /// Runs one kv command.
@@ -176,6 +183,7 @@ pub async fn run(args: KvArgs) -> anyhow::Result<ExitCode> {
         KvCommand::Cas(cas) => conditional::cas(&client, cas, json).await,
         KvCommand::Cad(cad) => conditional::cad(&client, cad, json).await,
         KvCommand::Txn(txn) => conditional::txn(&client, txn, json).await,
+        KvCommand::Watch(args) => watch::watch(&client, args, json).await,
     }
 }
 

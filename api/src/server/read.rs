@@ -21,8 +21,11 @@ use crate::headers::{
     REPLICA_LAG_SECONDS_HEADER, REVISION_HEADER,
 };
 use crate::json::{JsonEntry, ScanResponse};
-use crate::limits::{DEFAULT_SCAN_LIMIT, MAX_READ_LAG_BOUND_MS, MAX_SCAN_LIMIT};
+use crate::limits::{
+    DEFAULT_BLOCKING_WAIT_MS, DEFAULT_SCAN_LIMIT, MAX_READ_LAG_BOUND_MS, MAX_SCAN_LIMIT,
+};
 use crate::types::{Consistency, ReadRequest, ReadResult, ScanPage};
+use crate::wire::KeyFilter;
 
 /// The query parameters of `GET /v1/kv/...`.
 #[derive(Default)]
@@ -39,18 +42,19 @@ struct ReadParams {
     raw: bool,
     /// `max_lag`: for a stale read, the most staleness accepted, in ms.
     max_lag_ms: Option<u64>,
+    /// `index`: a blocking read, answered once a read key changes after this revision.
+    index: Option<u64>,
+    /// `wait`: how long a blocking read waits, in ms.
+    wait_ms: Option<u64>,
 }
 
-/// Parses a staleness bound: a number with a unit (`500ms`, `2s`, `1m`), or a bare number
-/// of seconds; at most [`MAX_READ_LAG_BOUND_MS`].
-fn parse_max_lag(value: &str) -> Result<u64, HttpError> {
+/// Parses a duration query parameter `field`: a number with a unit (`500ms`, `2s`, `1m`),
+/// or a bare number of seconds; at most `max_ms`.
+pub(super) fn parse_duration_ms(field: &str, value: &str, max_ms: u64) -> Result<u64, HttpError> {
     let bad = || {
         HttpError::from(ValidationError::field(
-            "max_lag",
-            format!(
-                "{value:?} is not a duration such as 500ms, 2s or 1m (at most \
-                 {MAX_READ_LAG_BOUND_MS} ms)"
-            ),
+            field,
+            format!("{value:?} is not a duration such as 500ms, 2s or 1m (at most {max_ms} ms)"),
         ))
     };
     let (digits, unit_ms) = if let Some(n) = value.strip_suffix("ms") {
@@ -64,7 +68,7 @@ fn parse_max_lag(value: &str) -> Result<u64, HttpError> {
     };
     let n: u64 = digits.parse().map_err(|_| bad())?;
     let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
-    if ms > MAX_READ_LAG_BOUND_MS {
+    if ms > max_ms {
         return Err(bad());
     }
     Ok(ms)
@@ -79,7 +83,7 @@ impl ReadParams {
     }
 }
 
-fn parse_bool(name: &str, value: &str) -> Result<bool, HttpError> {
+pub(super) fn parse_bool(name: &str, value: &str) -> Result<bool, HttpError> {
     match value {
         "" | "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
@@ -116,12 +120,21 @@ fn parse_params(pairs: Vec<(String, String)>) -> Result<ReadParams, HttpError> {
                 p.limit = Some(n);
             }
             "consistency" => p.consistency = parse_consistency(&value)?,
-            "max_lag" => p.max_lag_ms = Some(parse_max_lag(&value)?),
+            "max_lag" => {
+                p.max_lag_ms = Some(parse_duration_ms("max_lag", &value, MAX_READ_LAG_BOUND_MS)?)
+            }
+            "index" => {
+                let r: u64 = value.parse().map_err(|_| {
+                    ValidationError::field("index", format!("{value:?} is not a revision"))
+                })?;
+                p.index = Some(r);
+            }
+            "wait" => p.wait_ms = Some(super::watch::parse_wait(&value)?),
             other => {
                 return Err(ValidationError::field(
                     other,
                     "unknown query parameter; known: prefix, limit, after, consistency, \
-                     max_lag, raw",
+                     max_lag, raw, index, wait",
                 )
                 .into())
             }
@@ -131,6 +144,13 @@ fn parse_params(pairs: Vec<(String, String)>) -> Result<ReadParams, HttpError> {
         return Err(ValidationError::field(
             "max_lag",
             "bounds how stale a copy may be: use it with consistency=stale",
+        )
+        .into());
+    }
+    if p.wait_ms.is_some() && p.index.is_none() {
+        return Err(ValidationError::field(
+            "wait",
+            "`wait` makes a blocking read: give the revision to wait past as `index`",
         )
         .into());
     }
@@ -269,6 +289,14 @@ async fn point_read<B: KvBackend>(backend: &B, key: String, p: ReadParams) -> Ht
 
 async fn read<B: KvBackend>(backend: &B, key: String, pairs: Vec<(String, String)>) -> HttpResult {
     let p = parse_params(pairs)?;
+    if let Some(index) = p.index.filter(|&i| i > 0) {
+        let filter = KeyFilter {
+            key: key.clone(),
+            prefix: p.prefix,
+        };
+        let wait = p.wait_ms.unwrap_or(DEFAULT_BLOCKING_WAIT_MS);
+        super::watch::wait_for_change(backend, filter, index, wait).await?;
+    }
     if p.prefix {
         scan(backend, key, p).await
     } else {
@@ -288,7 +316,7 @@ pub(super) fn path_key(path: Result<Path<String>, PathRejection>) -> Result<Stri
 }
 
 /// The query parameters, or a JSON error when they cannot be decoded.
-fn query_pairs(
+pub(super) fn query_pairs(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Vec<(String, String)>, HttpError> {
     query.map(|Query(pairs)| pairs).map_err(|rejection| {

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::feed::{FeedReadRequest, FeedReadResponse};
 use super::replica::{ReplicaReadRequest, ReplicaReadResponse, ReplicaReport};
 use super::status::{MemberReport, StatusReport};
 use crate::command::Command;
@@ -35,6 +36,8 @@ pub enum KvRequest {
     ReplicaRead(ReplicaReadRequest),
     /// The state of every replica this node keeps.
     ReplicaStatus,
+    /// A read of this node's change feed (any member answers from its own copy).
+    FeedRead(FeedReadRequest),
 }
 
 /// Most requests in one [`KvRequest::Batch`]. One stream carries them all; beyond a few
@@ -98,4 +101,6 @@ pub enum KvResponse {
     ReplicaRead(ReplicaReadResponse),
     /// The answer to [`KvRequest::ReplicaStatus`].
     ReplicaStatus(Vec<ReplicaReport>),
+    /// The answer to [`KvRequest::FeedRead`].
+    FeedRead(FeedReadResponse),
 }

@@ -44,6 +44,7 @@ fn retry_is_safe(request: &KvRequest) -> bool {
             | KvRequest::Status
             | KvRequest::ReplicaRead(_)
             | KvRequest::ReplicaStatus
+            | KvRequest::FeedRead(_)
     )
 }
 

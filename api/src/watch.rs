@@ -1,0 +1,276 @@
+//! Watches as a client sees them: `GET /v1/watch/{key}?prefix=true&start_revision=R`
+//! streams the change feed of the cluster(s) owning the keys, one [`WatchMessage`] per
+//! revision (a batch's or a transaction's keys arrive together), in order, with no gap
+//! and no duplicate, plus a `progress` message every [`PROGRESS_INTERVAL_MS`] carrying
+//! each cluster's current revision.
+//!
+//! Every message carries a [`ResumeToken`]: the next revision wanted from each cluster.
+//! A client that lost its stream passes the last token it received as `resume` (or, with
+//! Server-Sent Events, as `Last-Event-ID`) and gets exactly the revisions after it.
+//! Revisions are per cluster; through a router a watch of a prefix that spans clusters
+//! merges their streams and each message names its cluster.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::feed::{ChangeKind, ChangeSet};
+use crate::json::encode_value;
+use crate::wire::KeyFilter;
+
+/// How often a watch stream says where each of its clusters is, when nothing it watches
+/// changed: it keeps idle connections alive and lets a client resume from a recent
+/// revision rather than from its last event.
+pub const PROGRESS_INTERVAL_MS: u64 = 5_000;
+
+/// What a watch wants: its keys, and where each cluster starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchRequest {
+    /// The keys watched.
+    pub filter: KeyFilter,
+    /// The first revision to deliver from every cluster the token does not name; `None`
+    /// (or `start_revision=0`) starts after each cluster's current revision.
+    pub start_revision: Option<u64>,
+    /// Where to resume, per cluster.
+    pub resume: ResumeToken,
+}
+
+impl WatchRequest {
+    /// The revision to deliver after, for `cluster`: `None` means "from now".
+    pub fn after(&self, cluster: &str) -> Option<u64> {
+        match self.resume.0.get(cluster) {
+            Some(next) => Some(next.saturating_sub(1)),
+            None => self.start_revision.map(|r| r.saturating_sub(1)),
+        }
+    }
+}
+
+/// The next revision wanted from each cluster of a watch, written `us-1=17,us-2=4`.
+/// Clients treat it as opaque: they keep the last one received and send it back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeToken(pub BTreeMap<String, u64>);
+
+impl std::fmt::Display for ResumeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (cluster, next)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{cluster}={next}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for ResumeToken {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut map = BTreeMap::new();
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let (cluster, next) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not CLUSTER=REVISION"))?;
+            let next: u64 = next
+                .parse()
+                .map_err(|_| format!("{next:?} in {part:?} is not a revision"))?;
+            if cluster.is_empty() || map.insert(cluster.to_string(), next).is_some() {
+                return Err(format!("{part:?}: cluster name empty or repeated"));
+            }
+        }
+        Ok(ResumeToken(map))
+    }
+}
+
+/// One message of a watch stream, as JSON (`kind` tells which).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WatchMessage {
+    /// What one revision of one cluster changed among the watched keys.
+    Changes {
+        /// The cluster.
+        cluster: String,
+        /// Its revision: every event's `mod_revision`.
+        revision: u64,
+        /// The watched keys it wrote or deleted, in the order the command did.
+        events: Vec<WatchEvent>,
+        /// Where to resume after this message.
+        resume: String,
+    },
+    /// `cluster` has been read through `revision`: nothing watched changed up to it.
+    Progress {
+        /// The cluster.
+        cluster: String,
+        /// Its revision.
+        revision: u64,
+        /// Where to resume after this message.
+        resume: String,
+    },
+    /// The last message of a stream that the server ended: `compacted` (with `oldest`),
+    /// `slow_watcher`, or an error of the cluster.
+    Error {
+        /// What ended it.
+        error: WatchError,
+        /// Where to resume (what was delivered before the error).
+        resume: String,
+    },
+}
+
+/// A put or a delete of one key, in a [`WatchMessage::Changes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// `put` or `delete`.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// The key.
+    pub key: String,
+    /// A put's value, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// A put's value as base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+    /// A put's create revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_revision: Option<u64>,
+    /// The revision of the change.
+    pub mod_revision: u64,
+    /// A put's version (writes since creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// The type of a [`WatchEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The key now holds the event's value.
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// Why a watch stream ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchError {
+    /// `compacted`, `slow_watcher`, or another error code.
+    pub code: String,
+    /// What happened and what to do.
+    pub message: String,
+    /// The cluster it concerns, if one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// For `compacted`: the oldest revision the cluster still keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest: Option<u64>,
+}
+
+impl WatchError {
+    /// An error with `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WatchError {
+            code: code.as_str().to_string(),
+            message: message.into(),
+            cluster: None,
+            oldest: None,
+        }
+    }
+}
+
+/// The events of one change set, as JSON.
+pub fn events_of(set: &ChangeSet) -> Vec<WatchEvent> {
+    set.changes
+        .iter()
+        .map(|c| match &c.kind {
+            ChangeKind::Put {
+                value,
+                create_revision,
+                version,
+            } => {
+                let (value, value_base64) = encode_value(value);
+                WatchEvent {
+                    kind: EventKind::Put,
+                    key: c.key.clone(),
+                    value,
+                    value_base64,
+                    create_revision: Some(*create_revision),
+                    mod_revision: set.revision,
+                    version: Some(*version),
+                }
+            }
+            ChangeKind::Delete => WatchEvent {
+                kind: EventKind::Delete,
+                key: c.key.clone(),
+                value: None,
+                value_base64: None,
+                create_revision: None,
+                mod_revision: set.revision,
+                version: None,
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::KeyChange;
+
+    #[test]
+    fn a_resume_token_round_trips_and_bad_ones_are_refused_by_part() {
+        let token: ResumeToken = "us-1=17,us-2=4".parse().unwrap();
+        assert_eq!(token.0["us-1"], 17);
+        assert_eq!(token.to_string(), "us-1=17,us-2=4");
+        assert_eq!("".parse::<ResumeToken>().unwrap(), ResumeToken::default());
+        for bad in ["us-1", "us-1=x", "=3", "a=1,a=2"] {
+            let err = bad.parse::<ResumeToken>().unwrap_err();
+            assert!(!err.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_token_wins_over_start_revision_and_zero_means_now() {
+        let request = WatchRequest {
+            filter: KeyFilter {
+                key: "a".into(),
+                prefix: true,
+            },
+            start_revision: Some(10),
+            resume: "us-1=4".parse().unwrap(),
+        };
+        assert_eq!(request.after("us-1"), Some(3));
+        assert_eq!(request.after("us-2"), Some(9));
+    }
+
+    #[test]
+    fn events_carry_text_or_base64_and_deletes_carry_no_value() {
+        let set = ChangeSet {
+            revision: 9,
+            time_ms: 1,
+            changes: vec![
+                KeyChange {
+                    key: "a".into(),
+                    kind: ChangeKind::Put {
+                        value: vec![0xff],
+                        create_revision: 3,
+                        version: 2,
+                    },
+                },
+                KeyChange {
+                    key: "b".into(),
+                    kind: ChangeKind::Delete,
+                },
+            ],
+        };
+        let json = serde_json::to_value(events_of(&set)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"type": "put", "key": "a", "value_base64": "/w==", "create_revision": 3,
+                 "mod_revision": 9, "version": 2},
+                {"type": "delete", "key": "b", "mod_revision": 9},
+            ])
+        );
+    }
+}

@@ -35,7 +35,7 @@ use crate::limits::{MAX_INLINE_VALUE_BYTES, MAX_JSON_BODY_BYTES};
 use crate::types::{Consistency, ReadRequest, ReadResponse, ReadResult, WriteResult};
 
 pub use error::{parse_json, HttpError, HttpResult};
-pub use watch::{Refused, WatchFrame, WatchItem, WatchSender, WatchSlots, WatchStream};
+pub use watch::{Refused, WatchEnd, WatchFrame, WatchItem, WatchSender, WatchSlots, WatchStream};
 
 /// What executes the requests the KV routes receive: a node's KV service, or a router
 /// that sends each request to the cluster owning its keys.

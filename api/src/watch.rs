@@ -178,6 +178,27 @@ impl WatchError {
     }
 }
 
+impl WatchError {
+    /// `compacted` for `cluster`: `requested` is gone, `oldest` is the oldest kept.
+    pub fn compacted(cluster: &str, requested: u64, oldest: u64) -> Self {
+        WatchError {
+            code: ErrorCode::Compacted.as_str().to_string(),
+            message: compacted_message(cluster, requested, oldest),
+            cluster: Some(cluster.to_string()),
+            oldest: Some(oldest),
+        }
+    }
+}
+
+/// What a `compacted` error says, in a stream and as a 410 answer alike.
+pub fn compacted_message(cluster: &str, requested: u64, oldest: u64) -> String {
+    format!(
+        "cluster {cluster}: revision {requested} has been compacted: the oldest revision \
+         still in the change feed is {oldest}; read the current state and watch from its \
+         revision"
+    )
+}
+
 /// The events of one change set, as JSON.
 pub fn events_of(set: &ChangeSet) -> Vec<WatchEvent> {
     set.changes

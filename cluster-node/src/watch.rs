@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use aspen_api::feed::{ChangeSet, Compacted};
 use aspen_api::limits::MAX_FEED_WAIT_MS;
-use aspen_api::server::{Refused, WatchFrame, WatchSender, WatchSlots, WatchStream};
-use aspen_api::watch::{WatchError, WatchRequest, PROGRESS_INTERVAL_MS};
+use aspen_api::server::{WatchEnd as Stop, WatchFrame, WatchSender, WatchSlots, WatchStream};
+use aspen_api::watch::{compacted_message, WatchError, WatchRequest, PROGRESS_INTERVAL_MS};
 use aspen_api::wire::{FeedReadRequest, FeedReadResponse, KeyFilter};
 use aspen_api::{ApiError, ErrorCode};
 use tokio::sync::watch;
@@ -76,7 +76,7 @@ async fn read_feed(
 fn compacted_error(cluster: &str, c: &Compacted) -> ApiError {
     ApiError::new(
         ErrorCode::Compacted,
-        format!("cluster {cluster}: {c}; read the current state and watch from its revision"),
+        compacted_message(cluster, c.requested, c.oldest),
     )
 }
 
@@ -192,25 +192,6 @@ struct Watcher {
     sender: WatchSender,
 }
 
-/// How a watcher's step ended.
-enum Stop {
-    /// The client left, or the node stops: just end.
-    Quietly,
-    /// End with this error for the client.
-    With(WatchError),
-    /// The client is too slow.
-    Slow,
-}
-
-impl From<Refused> for Stop {
-    fn from(r: Refused) -> Self {
-        match r {
-            Refused::Full => Stop::Slow,
-            Refused::Gone => Stop::Quietly,
-        }
-    }
-}
-
 impl Watcher {
     fn progress(&self) -> WatchFrame {
         WatchFrame::Progress {
@@ -224,11 +205,7 @@ impl Watcher {
             Ok(()) => Stop::Quietly,
             Err(stop) => stop,
         };
-        match stop {
-            Stop::Quietly => {}
-            Stop::Slow => self.sender.slow(),
-            Stop::With(error) => self.sender.end(error),
-        }
+        self.sender.close(stop);
     }
 
     async fn follow(&mut self, mut pages: watch::Receiver<Arc<Page>>) -> Result<(), Stop> {
@@ -274,10 +251,7 @@ impl Watcher {
             let sets = match read_feed(&self.hub.sm, self.pos).await {
                 Ok(Ok(sets)) => sets,
                 Ok(Err(c)) => {
-                    let e = compacted_error(&self.hub.cluster, &c);
-                    let mut error = WatchError::new(e.code, e.message);
-                    error.cluster = Some(self.hub.cluster.clone());
-                    error.oldest = Some(c.oldest);
+                    let error = WatchError::compacted(&self.hub.cluster, c.requested, c.oldest);
                     return Err(Stop::With(error));
                 }
                 Err(e) => return Err(Stop::With(WatchError::new(e.code, e.message))),

@@ -120,6 +120,26 @@ pub enum Refused {
     Gone,
 }
 
+/// How a backend's watch task ended, for [`WatchSender::close`].
+#[derive(Debug)]
+pub enum WatchEnd {
+    /// The client left or the server stops: end without a message.
+    Quietly,
+    /// The client fell behind its buffer: end with `slow_watcher`.
+    Slow,
+    /// End with this error.
+    With(WatchError),
+}
+
+impl From<Refused> for WatchEnd {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Full => WatchEnd::Slow,
+            Refused::Gone => WatchEnd::Quietly,
+        }
+    }
+}
+
 /// The backend's end of a watch.
 #[derive(Debug)]
 pub struct WatchSender {
@@ -176,6 +196,15 @@ impl WatchSender {
     /// Resolves when the client has gone away.
     pub async fn closed(&self) {
         self.tx.closed().await
+    }
+
+    /// Ends the watch as `end` says.
+    pub fn close(self, end: WatchEnd) {
+        match end {
+            WatchEnd::Quietly => {}
+            WatchEnd::Slow => self.slow(),
+            WatchEnd::With(error) => self.end(error),
+        }
     }
 
     /// Ends the watch: the client receives what is buffered, then `error`.
@@ -271,6 +300,13 @@ fn parse_watch(
                 .into())
             }
         }
+    }
+    if request.filter.key.len() > crate::limits::MAX_KEY_BYTES {
+        return Err(ValidationError::KeyTooLarge {
+            len: request.filter.key.len(),
+            max: crate::limits::MAX_KEY_BYTES,
+        }
+        .into());
     }
     if request.filter.key.is_empty() && !request.filter.prefix {
         return Err(ValidationError::field(

@@ -13,11 +13,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen_api::limits::MAX_KEY_BYTES;
-use aspen_api::server::{Refused, WatchFrame, WatchSender, WatchStream};
-use aspen_api::watch::{WatchError, WatchRequest, PROGRESS_INTERVAL_MS};
+use aspen_api::server::{WatchEnd as Stop, WatchFrame, WatchSender, WatchStream};
+use aspen_api::watch::{compacted_message, WatchError, WatchRequest, PROGRESS_INTERVAL_MS};
 use aspen_api::wire::{FeedReadRequest, FeedReadResponse, KeyFilter};
-use aspen_api::{ApiError, ErrorCode, ValidationError};
+use aspen_api::{ApiError, ErrorCode};
 use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -46,11 +45,7 @@ struct Follow {
 fn compacted(cluster: &str, oldest: u64, requested: u64) -> ApiError {
     ApiError::new(
         ErrorCode::Compacted,
-        format!(
-            "cluster {cluster}: revision {requested} has been compacted: the oldest revision \
-             still in the change feed is {oldest}; read the current state and watch from \
-             its revision"
-        ),
+        compacted_message(cluster, requested, oldest),
     )
 }
 
@@ -58,13 +53,6 @@ impl RouterService {
     /// Opens a watch of the clusters owning `request`'s keys.
     pub async fn watch(&self, request: WatchRequest) -> Result<WatchStream, ApiError> {
         let filter = request.filter.clone();
-        if filter.key.len() > MAX_KEY_BYTES {
-            return Err(ValidationError::KeyTooLarge {
-                len: filter.key.len(),
-                max: MAX_KEY_BYTES,
-            }
-            .into());
-        }
         let routing = self.routing();
         let clusters = if filter.prefix {
             routing.table.scan_plan(&filter.key)
@@ -139,22 +127,6 @@ impl RouterService {
     }
 }
 
-/// How a watch ended.
-enum Stop {
-    Quietly,
-    Slow,
-    With(WatchError),
-}
-
-impl From<Refused> for Stop {
-    fn from(r: Refused) -> Self {
-        match r {
-            Refused::Full => Stop::Slow,
-            Refused::Gone => Stop::Quietly,
-        }
-    }
-}
-
 /// Sends the sets of one page of `follow`'s cluster, keeping only owned, watched keys.
 async fn deliver(
     sender: &WatchSender,
@@ -189,11 +161,7 @@ async fn run(
         stop = follow_all(starts, &sender, &table, &filter) => stop,
         _ = async { let _ = stopping.wait_for(|s| *s).await; } => Stop::Quietly,
     };
-    match stop {
-        Stop::Quietly => {}
-        Stop::Slow => sender.slow(),
-        Stop::With(error) => sender.end(error),
-    }
+    sender.close(stop);
 }
 
 async fn follow_all(
@@ -248,10 +216,7 @@ async fn follow_all(
                         Duration::ZERO
                     }
                     Ok(FeedReadResponse::Compacted { oldest }) => {
-                        let e = compacted(&follow.cluster, oldest, follow.pos + 1);
-                        let mut error = WatchError::new(e.code, e.message);
-                        error.cluster = Some(follow.cluster.clone());
-                        error.oldest = Some(oldest);
+                        let error = WatchError::compacted(&follow.cluster, follow.pos + 1, oldest);
                         return Stop::With(error);
                     }
                     // Unreachable for a whole request deadline: ask again (its progress

@@ -11,8 +11,12 @@
 //! - [`federation`]: `aspen federation keygen` and `info`, the values regions exchange.
 //! - [`fedbench`]: `aspen bench-federation`, replication lag, catch-up and bootstrap.
 //! - [`kv`]: `aspen kv`, reads and writes against a node's HTTP API.
+//! - [`lease`]: `aspen lease`, grant, keep alive, inspect and revoke leases.
+//! - [`lock`]: `aspen lock`, run a command while holding a lock.
 //! - [`cluster`]: `aspen cluster`, status and membership changes.
 //! - [`bench`]: `aspen bench`, a closed-loop load generator.
+//! - [`watchbench`]: `aspen bench-watch`, watch delivery latency and what watchers cost
+//!   writers, against Aspen or etcd.
 //! - [`soak`]: `aspen soak`, a long linearizability check under injected faults.
 //! - [`endpoint`]: the shared `--endpoint` argument and client construction.
 //! - [`parse`]: parsers for `KEY=VALUE` style arguments.
@@ -26,12 +30,15 @@ mod endpoint;
 mod fedbench;
 mod federation;
 mod kv;
+mod lease;
+mod lock;
 mod node;
 mod parse;
 mod render;
 mod router;
 mod signal;
 mod soak;
+mod watchbench;
 
 use std::process::ExitCode;
 
@@ -51,6 +58,9 @@ Examples:
   aspen kv get greeting                      # read it back (linearizable)
   aspen kv scan gr --limit 10                # keys starting with \"gr\"
   aspen kv cas greeting --expected hello --new hi
+  aspen kv put svc/api-1 10.0.0.7 --ttl 10s  # a key that vanishes unless its lease is kept alive
+  aspen kv watch svc/                        # follow changes under a prefix
+  aspen lock nightly -- ./backup.sh          # run a command while holding a lock
   aspen cluster status                       # each cluster's health, leader, term (router)
   aspen bench --op put --clients 16 --duration 10
   aspen bench-federation --phase lag --rate 1000  # replication lag between regions
@@ -87,6 +97,12 @@ enum Command {
     Federation(federation::FederationArgs),
     /// Read and write keys.
     Kv(kv::KvArgs),
+    /// Grant, keep alive, inspect and revoke leases (keys that vanish when their owner
+    /// stops renewing them).
+    Lease(lease::LeaseArgs),
+    /// Run a command while holding a lock; it is released when the command exits, or,
+    /// if this process dies, when its lease expires.
+    Lock(lock::LockArgs),
     /// Show cluster status and change membership.
     Cluster(cluster::ClusterArgs),
     /// Measure throughput and latency of puts, gets, compare-and-swaps or a mixed load,
@@ -95,6 +111,10 @@ enum Command {
     /// Measure federation on an in-process topology: replication lag under a write rate,
     /// catch-up after a partition, and a new region bootstrapping a large cluster.
     BenchFederation(fedbench::FedBenchArgs),
+    /// Measure watches: delivery latency from a write's acknowledgement to its watchers at
+    /// a paced write rate, and put throughput with and without idle and stalled watchers,
+    /// against Aspen or (built with `--features etcd`) etcd.
+    BenchWatch(watchbench::WatchBenchArgs),
     /// Check linearizability for a long run under injected faults (in-process cluster).
     Soak(soak::SoakArgs),
 }
@@ -103,7 +123,10 @@ impl Cli {
     /// Whether the command is a client whose output is meant for pipes (`| head`,
     /// `| jq`), so that it should end quietly when the reader goes away.
     pub fn is_client(&self) -> bool {
-        matches!(self.command, Command::Kv(_) | Command::Cluster(_))
+        matches!(
+            self.command,
+            Command::Kv(_) | Command::Cluster(_) | Command::Lease(_)
+        )
     }
 }
 
@@ -116,9 +139,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => dev::run(args).await,
         Command::Federation(args) => federation::run(args).await,
         Command::Kv(args) => kv::run(args).await,
+        Command::Lease(args) => lease::run(args).await,
+        Command::Lock(args) => lock::run(args).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchFederation(args) => fedbench::run(args).await,
+        Command::BenchWatch(args) => watchbench::run(args).await,
         Command::Soak(args) => soak::run(args).await,
     }
 }

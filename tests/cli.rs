@@ -1,6 +1,7 @@
 //! The `aspen` client commands as a user runs them, as real processes against a real
 //! cluster: output piped into a reader that goes away (`aspen kv get k | head -c 10`)
-//! ends the command quietly instead of with a panic.
+//! ends the command quietly instead of with a panic; `aspen lock` gives mutual exclusion
+//! to processes and frees a killed holder's lock after its TTL.
 
 mod support;
 
@@ -79,4 +80,210 @@ fn bench_federation_rate_is_checked_at_both_bounds() {
             "{err}"
         );
     }
+}
+
+/// `aspen lock` gives mutual exclusion: processes that each read a counter and write it
+/// back plus one, with no compare-and-swap, under the lock, lose no increment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aspen_lock_gives_mutual_exclusion_to_read_modify_write() {
+    const PROCESSES: usize = 4;
+    const INCREMENTS: usize = 5;
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    t.client(leader).put("counter", b"0").await.unwrap();
+    let aspen = env!("CARGO_BIN_EXE_aspen");
+    let script = format!(
+        "for i in $(seq {INCREMENTS}); do \
+           {aspen} lock counter --ttl 2s -- sh -c \
+             'v=$({aspen} kv get counter --raw) && {aspen} kv put counter $((v+1)) >/dev/null' \
+           || exit 1; \
+         done"
+    );
+    let children: Vec<std::process::Child> = (0..PROCESSES)
+        .map(|p| {
+            // Each process talks to its own node, so the lock holds across nodes.
+            let node = (p % 3) as u64 + 1;
+            Command::new("sh")
+                .args(["-c", &script])
+                .env("ASPEN_ENDPOINT", t.cluster.url(node))
+                .stdin(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "a locking process failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let counter = t
+        .client(leader)
+        .get("counter", aspen_api::Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        counter.into_entry().unwrap().value,
+        (PROCESSES * INCREMENTS).to_string().into_bytes()
+    );
+    t.cluster.shutdown().await;
+}
+
+/// A lock whose holder is killed (no release, no more keep-alives) frees itself when its
+/// lease expires: not before the keep-alives it had sent run out, and soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_lock_holder_frees_the_lock_after_its_ttl() {
+    const TTL: Duration = Duration::from_secs(3);
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    let client = t.client(leader);
+    let endpoint = t.cluster.url(leader);
+    let aspen = env!("CARGO_BIN_EXE_aspen");
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let mut holder = Command::new(aspen)
+        .args(["lock", "held", "--ttl", "3s", "--endpoint", &endpoint, "--"])
+        .args([
+            "sh",
+            "-c",
+            &format!("echo $$ > {}; exec sleep 60", pid_file.display()),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    support::poll(
+        "the holder to take the lock",
+        Duration::from_secs(20),
+        || async {
+            let held = client
+                .get("locks/held", aspen_api::Consistency::Linearizable)
+                .await;
+            (matches!(held, Ok(Some(_))) && pid_file.exists()).then_some(())
+        },
+    )
+    .await;
+    // Let a keep-alive or two go by, so the lease lives by them, not by its grant.
+    tokio::time::sleep(TTL).await;
+    holder.kill().unwrap();
+    let killed = Instant::now();
+    holder.wait().unwrap();
+    let waiter = Command::new(aspen)
+        .args([
+            "lock",
+            "held",
+            "--ttl",
+            "3s",
+            "--endpoint",
+            &endpoint,
+            "--",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let status = tokio::task::spawn_blocking(move || waiter.unwrap())
+        .await
+        .unwrap();
+    let waited = killed.elapsed();
+    assert!(status.success());
+    // Keep-alives go every TTL/3, so the last one left at least 2/3 of a TTL.
+    assert!(
+        waited >= TTL * 2 / 3 - Duration::from_millis(100),
+        "freed after {waited:?}"
+    );
+    assert!(
+        waited <= TTL + Duration::from_secs(5),
+        "freed only after {waited:?}"
+    );
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+    t.cluster.shutdown().await;
+}
+
+/// `aspen kv put --ttl` grants a lease and attaches the key, which vanishes after the TTL;
+/// `aspen kv watch --json` prints the put and the expiry delete as they commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kv_put_with_a_ttl_vanishes_and_kv_watch_prints_the_put_and_the_delete() {
+    use std::io::{BufRead, BufReader};
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    let endpoint = t.cluster.url(leader);
+    let aspen = env!("CARGO_BIN_EXE_aspen");
+    let mut watch = Command::new(aspen)
+        .args(["kv", "watch", "svc/", "--json", "--endpoint", &endpoint])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let lines = std::thread::spawn(move || {
+        let mut changes = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let message: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            // The first message (a progress) means the watch is open.
+            let _ = opened_tx.send(());
+            if message["kind"] == "changes" {
+                for event in message["events"].as_array().unwrap() {
+                    changes.push((event["type"].to_string(), event["key"].to_string()));
+                }
+            }
+            if changes.len() == 2 {
+                break;
+            }
+        }
+        changes
+    });
+    tokio::task::spawn_blocking(move || opened.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the watch opens within 20 s");
+    let out = Command::new(aspen)
+        .args([
+            "kv",
+            "put",
+            "svc/a",
+            "up",
+            "--ttl",
+            "1s",
+            "--endpoint",
+            &endpoint,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(printed.contains("with lease test:"), "{printed}");
+    let client = t.client(leader);
+    support::poll("svc/a to expire", Duration::from_secs(15), || async {
+        let read = client
+            .get("svc/a", aspen_api::Consistency::Linearizable)
+            .await;
+        matches!(read, Ok(None)).then_some(())
+    })
+    .await;
+    let changes = tokio::task::spawn_blocking(move || lines.join().unwrap())
+        .await
+        .unwrap();
+    watch.kill().unwrap();
+    let _ = watch.wait();
+    assert_eq!(
+        changes,
+        vec![
+            ("\"put\"".to_string(), "\"svc/a\"".to_string()),
+            ("\"delete\"".to_string(), "\"svc/a\"".to_string())
+        ]
+    );
+    t.cluster.shutdown().await;
 }

@@ -2,8 +2,11 @@
 //! start revision, in order, across a leader kill and a node restart; a router merges the
 //! streams of two clusters and resumes from its token; a compacted start is refused with
 //! `compacted`; a watcher that never reads is closed as `slow_watcher` while writes and
-//! other watchers go on; a blocking read answers when its key changes.
+//! other watchers go on; a blocking read answers when its key changes. `leases` holds the
+//! lease tests, which watch their expiry deletes.
 
+#[path = "watch/leases.rs"]
+mod leases;
 mod support;
 
 use std::collections::BTreeMap;
@@ -449,5 +452,23 @@ async fn a_blocking_read_answers_when_its_key_changes_past_index_or_when_wait_en
         )),
         "{text}"
     );
+
+    // A watched key is a key: up to MAX_KEY_BYTES, and not one byte more.
+    let longest = "k".repeat(aspen_api::limits::MAX_KEY_BYTES);
+    let ok = http
+        .get(format!("{url}/v1/watch/{longest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let over = http
+        .get(format!("{url}/v1/watch/{longest}k"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 400);
+    let body: serde_json::Value = over.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("1024"), "{message}");
     t.cluster.shutdown().await;
 }

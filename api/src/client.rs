@@ -13,6 +13,7 @@ use crate::json::{
     BatchRequest, CadRequest, CasRequest, ErrorBody, JsonEntry, JsonFailure, JsonKeyState,
     ScanResponse, TxnRequest, WriteResponse,
 };
+use crate::lease::{GrantRequest, LeaseId, LeaseResponse};
 use crate::types::Consistency;
 use crate::watch::WatchMessage;
 
@@ -159,6 +160,53 @@ impl AspenClient {
         let url = self.kv_url(key);
         self.send(self.http.put(&url).body(value.to_vec()), &url)
             .await
+    }
+
+    /// Sets one key, attached to `lease`: it is deleted when the lease ends.
+    pub async fn put_with_lease(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: &LeaseId,
+    ) -> Result<WriteResponse, ClientError> {
+        let url = format!(
+            "{}?lease={}",
+            self.kv_url(key),
+            encode_query(&lease.to_string())
+        );
+        self.send(self.http.put(&url).body(value.to_vec()), &url)
+            .await
+    }
+
+    /// Grants a lease of `ttl_secs`; through a router, on the cluster owning `key`.
+    pub async fn lease_grant(
+        &self,
+        ttl_secs: u64,
+        key: Option<&str>,
+    ) -> Result<LeaseResponse, ClientError> {
+        let request = GrantRequest {
+            ttl: ttl_secs,
+            key: key.map(str::to_string),
+        };
+        self.post("/v1/lease", &request).await
+    }
+
+    /// Restarts a lease's TTL.
+    pub async fn lease_keepalive(&self, lease: &LeaseId) -> Result<LeaseResponse, ClientError> {
+        let url = format!("{}/v1/lease/{}/keepalive", self.base, lease);
+        self.send(self.http.post(&url), &url).await
+    }
+
+    /// A lease's TTL, time left and keys.
+    pub async fn lease_get(&self, lease: &LeaseId) -> Result<LeaseResponse, ClientError> {
+        let url = format!("{}/v1/lease/{}", self.base, lease);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// Ends a lease now, deleting its keys.
+    pub async fn lease_revoke(&self, lease: &LeaseId) -> Result<LeaseResponse, ClientError> {
+        let url = format!("{}/v1/lease/{}", self.base, lease);
+        self.send(self.http.delete(&url), &url).await
     }
 
     /// Deletes one key.

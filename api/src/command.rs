@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ValidationError;
 use crate::limits::{
     MAX_COMMAND_VALUE_BYTES, MAX_INLINE_VALUE_BYTES, MAX_KEYS_PER_COMMAND, MAX_KEY_BYTES,
+    MAX_LEASE_TTL_SECS,
 };
 
 /// A condition on one key, checked inside the state machine when the command applies.
@@ -90,6 +91,20 @@ pub enum Command {
         writes: Vec<(String, Vec<u8>)>,
         deletes: Vec<String>,
     },
+    /// Grant lease `lease` (a number the proposing node picked) for `ttl_ms`. Uses no
+    /// revision: it changes no key.
+    LeaseGrant { lease: u64, ttl_ms: u64 },
+    /// End lease `lease`: delete every key attached to it, all in one revision. The
+    /// leader proposes it when the lease expires; a client's revoke is the same command.
+    LeaseRevoke { lease: u64 },
+    /// Apply `command`, attaching each key of `attach` to its lease, which must be one of
+    /// `cluster`'s (the applying cluster checks the name before proposing). A key the
+    /// command writes without a lease loses any lease it had, as in etcd.
+    Leased {
+        cluster: String,
+        attach: Vec<(String, u64)>,
+        command: Box<Command>,
+    },
 }
 
 /// Encodes `(key, value)` lists with values as byte strings, so binary encodings copy
@@ -113,6 +128,8 @@ impl Command {
     /// Every key the command names, preconditions included, in order of appearance.
     pub fn keys(&self) -> Vec<&str> {
         match self {
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => vec![],
+            Command::Leased { command, .. } => command.keys(),
             Command::Set { key, .. }
             | Command::Delete { key }
             | Command::CompareAndSwap { key, .. }
@@ -142,11 +159,54 @@ impl Command {
             Command::CompareAndSwap { .. } => "compare_and_swap",
             Command::CompareAndDelete { .. } => "compare_and_delete",
             Command::ConditionalSetMulti { .. } => "conditional_set_multi",
+            Command::LeaseGrant { .. } => "lease_grant",
+            Command::LeaseRevoke { .. } => "lease_revoke",
+            Command::Leased { command, .. } => command.name(),
+        }
+    }
+
+    /// Whether the command is about a lease itself (grant, revoke) rather than keys: such
+    /// a command is routed by its lease, not by keys.
+    pub fn is_lease_command(&self) -> bool {
+        matches!(
+            self,
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. }
+        )
+    }
+
+    /// The keys the command sets (puts), not those it only deletes or checks.
+    pub fn put_keys(&self) -> Vec<&str> {
+        match self {
+            Command::Set { key, .. } | Command::CompareAndSwap { key, .. } => vec![key],
+            Command::SetMulti { writes } | Command::ConditionalSetMulti { writes, .. } => {
+                writes.iter().map(|(k, _)| k.as_str()).collect()
+            }
+            Command::Leased { command, .. } => command.put_keys(),
+            _ => vec![],
         }
     }
 
     /// Checks every limit: key sizes, value sizes, key counts, duplicate written keys.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Command::LeaseGrant { lease, ttl_ms } => {
+                check_lease_number(*lease)?;
+                if *ttl_ms == 0 || *ttl_ms > MAX_LEASE_TTL_SECS * 1_000 {
+                    return Err(ValidationError::field(
+                        "ttl",
+                        format!("{ttl_ms} ms is out of range: at most {MAX_LEASE_TTL_SECS} s"),
+                    ));
+                }
+                return Ok(());
+            }
+            Command::LeaseRevoke { lease } => return check_lease_number(*lease),
+            Command::Leased {
+                cluster,
+                attach,
+                command,
+            } => return validate_leased(cluster, attach, command),
+            _ => {}
+        }
         let keys = self.keys();
         if keys.len() > MAX_KEYS_PER_COMMAND {
             return Err(ValidationError::TooManyKeys {
@@ -183,6 +243,8 @@ impl Command {
 
     fn values(&self) -> Vec<&[u8]> {
         match self {
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => vec![],
+            Command::Leased { command, .. } => command.values(),
             Command::Set { value, .. } => vec![value],
             Command::SetMulti { writes } => writes.iter().map(|(_, v)| v.as_slice()).collect(),
             Command::Delete { .. } | Command::DeleteMulti { .. } => vec![],
@@ -235,6 +297,49 @@ impl Command {
         }
         Ok(())
     }
+}
+
+fn check_lease_number(lease: u64) -> Result<(), ValidationError> {
+    if lease == 0 {
+        return Err(ValidationError::field("lease", "lease numbers are never 0"));
+    }
+    Ok(())
+}
+
+/// A leased command: a key command inside, each attached key one it sets, at most once.
+fn validate_leased(
+    cluster: &str,
+    attach: &[(String, u64)],
+    command: &Command,
+) -> Result<(), ValidationError> {
+    if matches!(command, Command::Leased { .. }) || command.is_lease_command() {
+        return Err(ValidationError::field(
+            "lease",
+            "only key writes take a lease",
+        ));
+    }
+    command.validate()?;
+    if cluster.is_empty() || attach.is_empty() {
+        return Err(ValidationError::field(
+            "lease",
+            "a leased write names its lease's cluster and at least one key",
+        ));
+    }
+    let puts: BTreeSet<&str> = command.put_keys().into_iter().collect();
+    let mut seen = BTreeSet::new();
+    for (key, lease) in attach {
+        check_lease_number(*lease)?;
+        if !puts.contains(key.as_str()) {
+            return Err(ValidationError::field(
+                "lease",
+                format!("key {key:?} takes a lease but is not written by the command"),
+            ));
+        }
+        if !seen.insert(key.as_str()) {
+            return Err(ValidationError::DuplicateKey { key: key.clone() });
+        }
+    }
+    Ok(())
 }
 
 /// Checks one key against the key rules: 1 to [`MAX_KEY_BYTES`] bytes.

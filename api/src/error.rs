@@ -44,6 +44,9 @@ pub enum ErrorCode {
     /// 503: the server is at a limit of concurrent work (such as watchers); retry later
     /// or elsewhere.
     Overloaded,
+    /// 404: the lease does not exist: never granted, revoked, or expired. Its keys are
+    /// gone (or going); grant a new lease.
+    LeaseNotFound,
 }
 
 impl ErrorCode {
@@ -51,7 +54,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
-            ErrorCode::NotFound => 404,
+            ErrorCode::NotFound | ErrorCode::LeaseNotFound => 404,
             ErrorCode::PreconditionFailed => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::CrossCluster => 422,
@@ -84,6 +87,7 @@ impl ErrorCode {
             ErrorCode::Compacted => "compacted",
             ErrorCode::SlowWatcher => "slow_watcher",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::LeaseNotFound => "lease_not_found",
         }
     }
 }
@@ -102,7 +106,7 @@ impl std::str::FromStr for ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::PreconditionFailed,
@@ -117,6 +121,7 @@ impl ErrorCode {
         ErrorCode::Compacted,
         ErrorCode::SlowWatcher,
         ErrorCode::Overloaded,
+        ErrorCode::LeaseNotFound,
     ];
 }
 

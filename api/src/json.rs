@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::command::{Command, Precondition};
 use crate::error::{ErrorCode, ValidationError};
+use crate::lease::LeaseId;
 use crate::types::{KeyState, KvEntry, PreconditionFailure, ScanPage};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -65,6 +66,10 @@ pub struct JsonWrite {
     /// The value as base64, for bytes that are not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_base64: Option<String>,
+    /// The lease the key is attached to (`cluster:hex`); the key is deleted when the lease
+    /// ends. Without it, the key keeps no lease it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 impl JsonWrite {
@@ -75,21 +80,62 @@ impl JsonWrite {
             key: key.into(),
             value,
             value_base64,
+            lease: None,
         }
     }
 
-    fn into_pair(self, at: &str) -> Result<(String, Vec<u8>), ValidationError> {
-        let value = decode_value(&format!("{at}.value"), self.value, self.value_base64)?;
-        Ok((self.key, value))
+    /// This write, attached to `lease`.
+    pub fn with_lease(mut self, lease: &LeaseId) -> Self {
+        self.lease = Some(lease.to_string());
+        self
     }
 }
 
-fn decode_writes(writes: Vec<JsonWrite>) -> Result<Vec<(String, Vec<u8>)>, ValidationError> {
-    writes
-        .into_iter()
-        .enumerate()
-        .map(|(i, w)| w.into_pair(&format!("writes[{i}]")))
-        .collect()
+/// Decoded writes and the leases some of them take.
+type Writes = (Vec<(String, Vec<u8>)>, Vec<(String, LeaseId)>);
+
+fn decode_writes(writes: Vec<JsonWrite>) -> Result<Writes, ValidationError> {
+    let mut pairs = Vec::with_capacity(writes.len());
+    let mut leases = Vec::new();
+    for (i, w) in writes.into_iter().enumerate() {
+        let at = format!("writes[{i}]");
+        let value = decode_value(&format!("{at}.value"), w.value, w.value_base64)?;
+        if let Some(lease) = w.lease {
+            leases.push((
+                w.key.clone(),
+                LeaseId::parse_field(&format!("{at}.lease"), &lease)?,
+            ));
+        }
+        pairs.push((w.key, value));
+    }
+    Ok((pairs, leases))
+}
+
+/// `command` with `leases` attached (as [`Command::Leased`]), or as it is when none is.
+/// All of one command's leases are of one cluster, as all its keys are.
+pub fn with_leases(
+    command: Command,
+    leases: Vec<(String, LeaseId)>,
+) -> Result<Command, ValidationError> {
+    let Some((_, first)) = leases.first() else {
+        return Ok(command);
+    };
+    let cluster = first.cluster.clone();
+    if let Some((key, other)) = leases.iter().find(|(_, l)| l.cluster != cluster) {
+        return Err(ValidationError::field(
+            "lease",
+            format!(
+                "key {key:?} takes a lease of cluster {}, another key one of {cluster}: \
+                 one command's leases and keys all belong to one cluster",
+                other.cluster
+            ),
+        ));
+    }
+    Ok(Command::Leased {
+        cluster,
+        attach: leases.into_iter().map(|(k, l)| (k, l.id)).collect(),
+        command: Box::new(command),
+    })
 }
 
 /// `POST /v1/batch`: set and delete several keys atomically.
@@ -107,7 +153,7 @@ pub struct BatchRequest {
 impl BatchRequest {
     /// The command: SetMulti, DeleteMulti, or both in one conditional-free entry.
     pub fn into_command(self) -> Result<Command, ValidationError> {
-        let writes = decode_writes(self.writes)?;
+        let (writes, leases) = decode_writes(self.writes)?;
         let command = match (writes.is_empty(), self.deletes.is_empty()) {
             (false, true) => Command::SetMulti { writes },
             (true, false) => Command::DeleteMulti { keys: self.deletes },
@@ -117,6 +163,7 @@ impl BatchRequest {
                 deletes: self.deletes,
             },
         };
+        let command = with_leases(command, leases)?;
         command.validate()?;
         Ok(command)
     }
@@ -144,6 +191,10 @@ pub struct CasRequest {
     /// The new value as base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_value_base64: Option<String>,
+    /// The lease the key takes when the swap succeeds (`cluster:hex`): with
+    /// `expected: null`, the usual way to take a lock or win an election.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 impl CasRequest {
@@ -163,6 +214,7 @@ impl CasRequest {
             expected_base64,
             new_value,
             new_value_base64,
+            lease: None,
         }
     }
 
@@ -179,11 +231,16 @@ impl CasRequest {
             (text, b64) => Some(decode_value("expected", text.flatten(), b64)?),
         };
         let new_value = decode_value("new_value", self.new_value, self.new_value_base64)?;
+        let leases = match &self.lease {
+            Some(lease) => vec![(self.key.clone(), LeaseId::parse_field("lease", lease)?)],
+            None => vec![],
+        };
         let command = Command::CompareAndSwap {
             key: self.key,
             expected,
             new_value,
         };
+        let command = with_leases(command, leases)?;
         command.validate()?;
         Ok(command)
     }
@@ -324,11 +381,13 @@ impl TxnRequest {
             .enumerate()
             .map(|(i, p)| p.into_precondition(&format!("preconditions[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let (writes, leases) = decode_writes(self.writes)?;
         let command = Command::ConditionalSetMulti {
             preconditions,
-            writes: decode_writes(self.writes)?,
+            writes,
             deletes: self.deletes,
         };
+        let command = with_leases(command, leases)?;
         command.validate()?;
         Ok(command)
     }

@@ -15,6 +15,7 @@
 //! - [`types`]: stored entries, key states, write outcomes, reads and scan pages.
 //! - [`feed`]: the change feed's records: one [`feed::ChangeSet`] per revision.
 //! - [`error`]: the error codes of the HTTP contract and the validation errors.
+//! - [`lease`]: lease ids, lease operations and their JSON bodies.
 //! - [`json`]: the JSON bodies of the HTTP API and their conversion to commands.
 //! - [`headers`]: the names of the HTTP API's response headers (read freshness).
 //! - [`wire`]: the `aspen/kv/1` request and response messages and their encoding.
@@ -32,6 +33,7 @@ pub mod error;
 pub mod feed;
 pub mod headers;
 pub mod json;
+pub mod lease;
 pub mod limits;
 #[cfg(feature = "server")]
 pub mod server;

@@ -67,3 +67,21 @@ pub const MAX_BLOCKING_WAIT_MS: u64 = 10 * 60 * 1_000;
 
 /// Longest a node holds an `aspen/kv/1` feed read open waiting for a new revision.
 pub const MAX_FEED_WAIT_MS: u64 = 10_000;
+
+/// The floor of the shortest lease TTL, in seconds; a cluster's own minimum is 1.5 of
+/// its longest election timeout when that is longer (`lease::min_lease_ttl_secs`).
+pub const MIN_LEASE_TTL_FLOOR_SECS: u64 = 1;
+
+/// Longest lease TTL, in seconds: one day. A lease is for liveness; a longer-lived key
+/// needs no lease.
+pub const MAX_LEASE_TTL_SECS: u64 = 24 * 3_600;
+
+/// Most leases one cluster holds at once. Every lease is tracked in the leader's memory
+/// (its deadline) and reloaded at each leader change; a grant beyond this is refused with
+/// 503 `overloaded` until leases end.
+pub const MAX_LEASES: usize = 100_000;
+
+/// Most keys attached to one lease. A lease's end deletes all its keys in one revision,
+/// so the bound is the one every command has ([`MAX_KEYS_PER_COMMAND`]): each reader of
+/// the change feed (watchers, federation) handles that revision like any other.
+pub const MAX_KEYS_PER_LEASE: usize = MAX_KEYS_PER_COMMAND;

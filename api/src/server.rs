@@ -10,6 +10,8 @@
 //! - [`error`]: [`HttpError`], the JSON error answer, and JSON body parsing.
 //! - `read`: `GET /v1/kv/...`: point reads and scans, with freshness headers.
 //! - `write`: `PUT`/`DELETE /v1/kv/...`, `/v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`.
+//! - `lease`: `POST /v1/lease`, `POST /v1/lease/{id}/keepalive`, `GET` and `DELETE
+//!   /v1/lease/{id}`.
 //! - [`watch`]: `GET /v1/watch/...` as Server-Sent Events or NDJSON, the watch buffer
 //!   between a backend and its client, and blocking reads (`?index=R&wait=30s`).
 //!
@@ -17,6 +19,7 @@
 //! metrics), adds [`not_found`] as the fallback, and runs it with [`serve`].
 
 pub mod error;
+mod lease;
 mod read;
 pub mod watch;
 mod write;
@@ -64,8 +67,17 @@ pub trait KvBackend: Send + Sync + 'static {
         request: crate::watch::WatchRequest,
     ) -> impl Future<Output = Result<WatchStream, ApiError>> + Send;
 
+    /// Serves a lease operation: grant on the cluster owning the grant's key (or the only
+    /// one), keep-alive, get and revoke on the lease's own cluster. A lease id of a
+    /// cluster this backend does not serve is 422 `cross_cluster`.
+    fn lease(
+        &self,
+        op: crate::lease::LeaseOp,
+    ) -> impl Future<Output = Result<LeaseReply, ApiError>> + Send;
+
     /// Records one finished request in the metrics: `op` is one of `get`, `scan`, `put`,
-    /// `delete`, `batch`, `cas`, `cad`, `txn`, `watch` (its opening); `status` is the HTTP status answered;
+    /// `delete`, `batch`, `cas`, `cad`, `txn`, `watch` (its opening), `lease_grant`,
+    /// `lease_keepalive`, `lease_get`, `lease_revoke`; `status` is the HTTP status answered;
     /// `seconds` is the time from the request's arrival to its answer.
     fn observe(&self, op: &'static str, status: u16, seconds: f64);
 }
@@ -76,6 +88,15 @@ pub struct Written {
     /// Revision and outcome (applied, or refused by a precondition).
     pub result: WriteResult,
     /// The cluster that applied (or refused) the command; shown as `cluster` in the body.
+    pub cluster: String,
+}
+
+/// The answer to a lease operation and the cluster that holds the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseReply {
+    /// The node's answer.
+    pub answer: crate::lease::LeaseAnswer,
+    /// The lease's cluster.
     pub cluster: String,
 }
 
@@ -217,9 +238,18 @@ pub fn kv_routes<B: KvBackend>(backend: Arc<B>) -> axum::Router {
         .route("/v1/watch", get(watch::watch_root::<B>))
         .route("/v1/watch/", get(watch::watch_root::<B>))
         .route("/v1/watch/{*key}", get(watch::watch::<B>));
+    let lease_routes = axum::Router::new()
+        .route("/v1/lease", post(lease::grant::<B>))
+        .route(
+            "/v1/lease/{id}",
+            get(lease::get::<B>).delete(lease::revoke::<B>),
+        )
+        .route("/v1/lease/{id}/keepalive", post(lease::keepalive::<B>))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES));
     value_routes
         .merge(json_routes)
         .merge(watch_routes)
+        .merge(lease_routes)
         .with_state(backend)
 }
 
@@ -297,6 +327,10 @@ mod tests {
 
         async fn watch(&self, _: crate::watch::WatchRequest) -> Result<WatchStream, ApiError> {
             Err(ApiError::new(ErrorCode::Compacted, "nothing kept"))
+        }
+
+        async fn lease(&self, _: crate::lease::LeaseOp) -> Result<LeaseReply, ApiError> {
+            Err(ApiError::new(ErrorCode::LeaseNotFound, "no leases here"))
         }
 
         fn observe(&self, op: &'static str, status: u16, _seconds: f64) {

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use crate::command::{Command, Precondition};
 use crate::error::{ApiError, ErrorCode};
 use crate::feed::{ChangeKind, ChangeSet, KeyChange};
+use crate::lease::{LeaseAnswer, LeaseFailure, LeaseRequest};
 use crate::types::{
     Consistency, KeyState, KvEntry, PreconditionFailure, ReadRequest, ReadResponse, ReadResult,
     ScanPage, WriteOutcome, WriteResult,
@@ -46,6 +47,67 @@ fn pairs() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
 
 /// Any command (not necessarily valid: encodings must carry invalid ones too).
 pub fn command() -> impl Strategy<Value = Command> {
+    let leased = (key(), vec((key(), any::<u64>()), 0..3), key_command()).prop_map(
+        |(cluster, attach, command)| Command::Leased {
+            cluster,
+            attach,
+            command: Box::new(command),
+        },
+    );
+    prop_oneof![
+        6 => key_command(),
+        1 => (any::<u64>(), any::<u64>())
+            .prop_map(|(lease, ttl_ms)| Command::LeaseGrant { lease, ttl_ms }),
+        1 => any::<u64>().prop_map(|lease| Command::LeaseRevoke { lease }),
+        1 => leased,
+    ]
+}
+
+/// Any lease failure.
+pub fn lease_failure() -> impl Strategy<Value = LeaseFailure> {
+    prop_oneof![
+        any::<u64>().prop_map(|lease| LeaseFailure::NotFound { lease }),
+        any::<u64>().prop_map(|lease| LeaseFailure::Exists { lease }),
+        any::<usize>().prop_map(|max| LeaseFailure::TooManyLeases { max }),
+        (any::<u64>(), any::<usize>())
+            .prop_map(|(lease, max)| LeaseFailure::TooManyKeys { lease, max }),
+    ]
+}
+
+/// Any lease request.
+pub fn lease_request() -> impl Strategy<Value = LeaseRequest> {
+    prop_oneof![
+        any::<u64>().prop_map(|ttl_secs| LeaseRequest::Grant { ttl_secs }),
+        any::<u64>().prop_map(|lease| LeaseRequest::KeepAlive { lease }),
+        any::<u64>().prop_map(|lease| LeaseRequest::Get { lease }),
+        any::<u64>().prop_map(|lease| LeaseRequest::Revoke { lease }),
+    ]
+}
+
+/// Any lease answer.
+pub fn lease_answer() -> impl Strategy<Value = LeaseAnswer> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        vec(key(), 0..3),
+        any::<u64>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(lease, granted_ttl_ms, remaining_ms, keys, revision, deleted)| LeaseAnswer {
+                lease,
+                granted_ttl_ms,
+                remaining_ms,
+                keys,
+                revision,
+                deleted,
+            },
+        )
+}
+
+/// Any command on keys (no lease commands).
+fn key_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (key(), value()).prop_map(|(key, value)| Command::Set { key, value }),
         pairs().prop_map(|writes| Command::SetMulti { writes }),
@@ -108,6 +170,7 @@ pub fn write_result() -> impl Strategy<Value = WriteResult> {
     let outcome = prop_oneof![
         any::<u32>().prop_map(|deleted| WriteOutcome::Applied { deleted }),
         failure.prop_map(WriteOutcome::PreconditionFailed),
+        lease_failure().prop_map(WriteOutcome::LeaseFailed),
     ];
     (any::<u64>(), outcome).prop_map(|(revision, outcome)| WriteResult { revision, outcome })
 }
@@ -262,6 +325,7 @@ fn single_request() -> impl Strategy<Value = KvRequest> {
                 wait_ms
             })
         ),
+        lease_request().prop_map(KvRequest::Lease),
     ]
 }
 
@@ -365,6 +429,7 @@ fn single_response() -> impl Strategy<Value = KvResponse> {
             }),
         vec(replica_report(), 0..3).prop_map(KvResponse::ReplicaStatus),
         feed_read_response().prop_map(KvResponse::FeedRead),
+        lease_answer().prop_map(KvResponse::Lease),
     ]
 }
 

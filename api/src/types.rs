@@ -54,6 +54,8 @@ pub enum WriteOutcome {
     },
     /// A precondition failed; nothing was applied.
     PreconditionFailed(PreconditionFailure),
+    /// A lease the command needs is missing or full; nothing was applied.
+    LeaseFailed(crate::lease::LeaseFailure),
 }
 
 /// The state machine's answer for one command.

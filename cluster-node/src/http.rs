@@ -10,9 +10,10 @@ mod admin;
 
 use std::sync::Arc;
 
+use aspen_api::lease::{cross_cluster, LeaseOp, LeaseRequest};
 use aspen_api::limits::MAX_JSON_BODY_BYTES;
 use aspen_api::server::{
-    kv_routes, not_found, KvBackend, ReadAnswer, ReadOptions, WatchStream, Written,
+    kv_routes, not_found, KvBackend, LeaseReply, ReadAnswer, ReadOptions, WatchStream, Written,
 };
 use aspen_api::watch::WatchRequest;
 use aspen_api::{ApiError, Command, ErrorCode, ReadRequest};
@@ -70,6 +71,26 @@ impl KvBackend for NodeBackend {
 
     async fn watch(&self, request: WatchRequest) -> Result<WatchStream, ApiError> {
         self.hub.watch(request).await
+    }
+
+    async fn lease(&self, op: LeaseOp) -> Result<LeaseReply, ApiError> {
+        let cluster = &self.service.cluster;
+        let request = match op {
+            LeaseOp::Grant { ttl_secs, .. } => LeaseRequest::Grant { ttl_secs },
+            LeaseOp::KeepAlive(id) | LeaseOp::Get(id) | LeaseOp::Revoke(id)
+                if id.cluster != *cluster =>
+            {
+                return Err(cross_cluster(&id.cluster, cluster));
+            }
+            LeaseOp::KeepAlive(id) => LeaseRequest::KeepAlive { lease: id.id },
+            LeaseOp::Get(id) => LeaseRequest::Get { lease: id.id },
+            LeaseOp::Revoke(id) => LeaseRequest::Revoke { lease: id.id },
+        };
+        let answer = self.service.lease(request).await?;
+        Ok(LeaseReply {
+            answer,
+            cluster: cluster.clone(),
+        })
     }
 
     fn observe(&self, op: &'static str, status: u16, seconds: f64) {

@@ -26,6 +26,9 @@
 //! - [`faults`]: a fault schedule over a local cluster (tests, `aspen soak`).
 //! - [`watch`]: watches served from the node's own feed (one shared reader, a bounded
 //!   buffer per watcher), and the feed reads a router's watches make.
+//! - [`lease`]: the lease clock (when each lease expires, on the leader) and the rules
+//!   that keep a leader change from ending a lease early; `service/lease.rs` serves lease
+//!   operations and runs the leader's expiry task.
 //! - [`federation`]: the node's side of federation: its feed for the exporter, the setup
 //!   from config, and the access rules of the docs, gossip and blob protocols.
 
@@ -39,6 +42,7 @@ pub mod federation;
 pub mod http;
 pub mod kv_server;
 pub mod leader_contact;
+pub mod lease;
 pub mod local_cluster;
 pub mod metrics;
 pub mod node;

@@ -128,6 +128,8 @@ pub struct Node {
     http_addr: SocketAddr,
     http_stop: Option<oneshot::Sender<()>>,
     http_task: JoinHandle<std::io::Result<()>>,
+    /// Stops the leader's lease expiry task.
+    expiry_stop: tokio::sync::watch::Sender<bool>,
 }
 
 fn openraft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
@@ -245,6 +247,8 @@ impl Node {
             source,
         })?;
         let hub = FeedHub::start(state_machine_for_watch, config.cluster.clone());
+        let (expiry_stop, expiry_stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(crate::service::run_expiry(service.clone(), expiry_stopped));
         let backend = NodeBackend {
             service: service.clone(),
             metrics: Arc::new(NodeMetrics::default()),
@@ -266,6 +270,7 @@ impl Node {
             http_addr,
             http_stop: Some(http_stop),
             http_task,
+            expiry_stop,
             node_id: config.node_id,
         })
     }
@@ -304,6 +309,7 @@ impl Node {
     pub async fn shutdown(mut self) {
         // Watches are open requests: end them, or the HTTP server waits for them.
         self.hub.stop();
+        self.expiry_stop.send_replace(true);
         if let Some(stop) = self.http_stop.take() {
             let _ = stop.send(());
         }

@@ -35,9 +35,11 @@ use crate::transport::{Transport, TransportError};
 use reads::{ReadQueue, StateReads};
 
 mod batch;
+mod lease;
 mod reads;
 
 pub use batch::MAX_BATCH_READ_BYTES;
+pub use lease::run_expiry;
 
 // The cluster-size limit is defined twice: in api (enforced on membership changes) and in
 // config (enforced on peer lists), which do not depend on each other. Keep them equal.
@@ -150,7 +152,7 @@ impl KvService {
 
     /// Applies `command` on the cluster, forwarding to the leader as needed.
     pub async fn write(&self, command: Command) -> Result<WriteResult, ApiError> {
-        command.validate()?;
+        self.check_command(&command)?;
         let request = KvRequest::Write(command.clone());
         self.with_leader(
             &request,
@@ -300,8 +302,8 @@ impl KvService {
             leader: leader.map(|(id, _)| id),
         };
         let result = match request {
-            KvRequest::Write(command) => match command.validate() {
-                Err(e) => return KvResponse::Error(e.into()),
+            KvRequest::Write(command) => match self.check_command(&command) {
+                Err(e) => return KvResponse::Error(e),
                 Ok(()) => self.write_local(&command).await.map(|a| match a {
                     Attempt::Done(r) => KvResponse::Write(r),
                     Attempt::Forward(l) => not_leader(l),
@@ -336,6 +338,7 @@ impl KvService {
             KvRequest::FeedRead(request) => crate::watch::feed_read(&self.sm, request)
                 .await
                 .map(KvResponse::FeedRead),
+            KvRequest::Lease(request) => return self.serve_lease(request).await,
         };
         result.unwrap_or_else(KvResponse::Error)
     }

@@ -1,6 +1,6 @@
 //! Durable storage of a node, in SQLite: the Raft log and vote ([`log_store`]), the state
 //! machine with every key ([`state_machine`], applying commands in [`apply`]), the change
-//! feed ([`feed`]), reads of the local copy ([`read`]), and snapshots ([`snapshot`], built
+//! feed ([`feed`]), leases ([`leases`]), reads of the local copy ([`read`]), and snapshots ([`snapshot`], built
 //! and installed in `snapshot_io`); every on-disk encoding is versioned in [`format`].
 //!
 //! The log and the state machine live in two database files (`log.db`, `state.db`) so
@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod feed;
 pub mod format;
+pub mod leases;
 pub mod log_store;
 pub mod read;
 pub mod snapshot;
@@ -20,6 +21,8 @@ pub mod state_machine;
 mod feed_tests;
 #[cfg(test)]
 mod format_tests;
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod revision_tests;
 

@@ -73,6 +73,14 @@ impl KvBackend for RouterBackend {
         self.service.watch(request).await
     }
 
+    async fn lease(
+        &self,
+        op: aspen_api::lease::LeaseOp,
+    ) -> Result<aspen_api::server::LeaseReply, ApiError> {
+        let (answer, cluster) = self.service.lease(op).await?;
+        Ok(aspen_api::server::LeaseReply { answer, cluster })
+    }
+
     fn observe(&self, op: &'static str, status: u16, seconds: f64) {
         self.metrics.observe(op, status, seconds);
     }

@@ -4,7 +4,8 @@
 //! owning all its keys (preconditions included) or is refused with 422 `cross_cluster`
 //! before anything is sent. A scan asks every cluster that may own keys under its prefix
 //! and merges their pages in key order (see [`crate::merge`]). A watch follows the same
-//! clusters' change feeds and merges their revisions (`service/watch.rs`).
+//! clusters' change feeds and merges their revisions (`service/watch.rs`). A lease
+//! operation goes to the lease's own cluster (`service/lease.rs`).
 //!
 //! The route table can be replaced while requests run ([`RouterService::reload`]): each
 //! request routes with the table it started with; clients of clusters whose members did
@@ -26,6 +27,7 @@ use futures::future::join_all;
 use crate::client::ClusterClient;
 use crate::error::RouteError;
 
+mod lease;
 mod replica;
 mod watch;
 
@@ -161,12 +163,22 @@ impl RouterService {
     /// Applies `command` on the one cluster owning all its keys.
     pub async fn write(&self, command: Command) -> Result<(WriteResult, String), ApiError> {
         command.validate()?;
+        if command.is_lease_command() {
+            return Err(ApiError::bad_request(
+                "lease grants and revokes go through /v1/lease",
+            ));
+        }
         let routing = self.routing();
         let owner = routing
             .table
             .owner_of_all(command.keys())
             .map_err(route_error)?
             .to_string();
+        if let Command::Leased { cluster, .. } = &command {
+            if *cluster != owner {
+                return Err(aspen_api::lease::cross_cluster(cluster, &owner));
+            }
+        }
         let client = client_of(&routing, &owner)?;
         match client.call(KvRequest::Write(command)).await? {
             KvResponse::Write(result) => Ok((result, owner)),

@@ -15,7 +15,7 @@
 //!   with compare-and-swap against the last value it knows; a mismatch is a retry.
 //! - `mixed`: preloads like `get`, then 80% linearizable gets and 20% puts of random keys.
 
-mod target;
+pub(crate) mod target;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use aspen_api::json::{BatchRequest, JsonWrite, ScanResponse, WriteResponse};
+use aspen_api::lease::LeaseId;
 use aspen_api::limits::{MAX_INLINE_VALUE_BYTES, MAX_SCAN_LIMIT};
 use aspen_api::{AspenClient, Consistency};
 use clap::{Args, Subcommand};
@@ -61,6 +62,13 @@ enum KvCommand {
         /// Read the value's bytes from this file (`-` reads stdin).
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
+        /// Grant a lease of this TTL (10s, 5m) and attach the key to it: the key is
+        /// deleted unless the printed lease is kept alive (`aspen lease keepalive ID`).
+        #[arg(long, value_parser = parse::ttl_secs, conflicts_with = "lease")]
+        ttl: Option<u64>,
+        /// Attach the key to this existing lease (as `aspen lease grant` printed it).
+        #[arg(long, value_name = "ID", value_parser = parse::lease_id)]
+        lease: Option<LeaseId>,
     },
     /// Delete one key (succeeds whether or not it existed).
     Delete {
@@ -125,17 +133,42 @@ pub async fn run(args: KvArgs) -> anyhow::Result<ExitCode> {
         KvCommand::Get { key, stale, raw } => {
             get(&client, &key, consistency(stale), raw, json).await
         }
-        KvCommand::Put { key, value, file } => {
+        KvCommand::Put {
+            key,
+            value,
+            file,
+            ttl,
+            lease,
+        } => {
             let bytes = match (value, file) {
                 (Some(value), None) => value.into_bytes(),
                 (None, Some(path)) => read_value_file(&path)?,
                 _ => anyhow::bail!("give either VALUE or --file PATH"),
             };
-            let answer = client
-                .put(&key, &bytes)
-                .await
-                .map_err(|e| explain(e, &client))?;
-            print_write(&answer, json, &format!("set {}", render::quote(&key)))
+            let lease = match (ttl, lease) {
+                (Some(ttl), _) => {
+                    let granted = client
+                        .lease_grant(ttl, Some(&key))
+                        .await
+                        .map_err(|e| explain(e, &client))?;
+                    eprintln!(
+                        "lease {} ({ttl} s): keep the key with `aspen lease keepalive {}`",
+                        granted.id, granted.id
+                    );
+                    Some(parse::lease_id(&granted.id).map_err(anyhow::Error::msg)?)
+                }
+                (None, lease) => lease,
+            };
+            let answer = match &lease {
+                Some(lease) => client.put_with_lease(&key, &bytes, lease).await,
+                None => client.put(&key, &bytes).await,
+            }
+            .map_err(|e| explain(e, &client))?;
+            let what = match &lease {
+                Some(lease) => format!("set {} with lease {lease}", render::quote(&key)),
+                None => format!("set {}", render::quote(&key)),
+            };
+            print_write(&answer, json, &what)
         }
         KvCommand::Delete { key } => {
             let answer = client.delete(&key).await.map_err(|e| explain(e, &client))?;

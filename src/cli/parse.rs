@@ -50,6 +50,37 @@ pub fn key(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// Parses a lease TTL in whole seconds: `30`, `30s`, `5m` or `1h`. Its bounds are the
+/// cluster's to check (the minimum follows its election timeout).
+pub fn ttl_secs(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration: give seconds, e.g. 10s, 5m, 1h"
+            ))
+        }
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: give seconds, e.g. 10s, 5m, 1h"))?;
+    n.checked_mul(scale)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("{text:?} is not a usable TTL: give 1 s or more"))
+}
+
+/// Parses a lease id as `aspen lease grant` prints it (`cluster:hex`).
+pub fn lease_id(text: &str) -> Result<aspen_api::lease::LeaseId, String> {
+    text.trim().parse()
+}
+
 /// Length of an iroh EndpointId in hex: a 32-byte ed25519 public key.
 const ENDPOINT_ID_HEX_LEN: usize = 64;
 
@@ -78,6 +109,17 @@ fn split<'a>(text: &'a str, form: &str) -> Result<(&'a str, &'a str), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttls_take_seconds_minutes_and_hours() {
+        assert_eq!(ttl_secs("10"), Ok(10));
+        assert_eq!(ttl_secs("10s"), Ok(10));
+        assert_eq!(ttl_secs("5m"), Ok(300));
+        assert_eq!(ttl_secs("1h"), Ok(3_600));
+        for bad in ["", "0", "0s", "10ms", "x", "1.5s", "-1"] {
+            assert!(ttl_secs(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 
     #[test]
     fn key_value_splits_at_the_first_equals_sign() {

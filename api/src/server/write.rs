@@ -1,4 +1,5 @@
-//! The write routes: `PUT`/`DELETE /v1/kv/{key}` (the body is the raw value) and the JSON
+//! The write routes: `PUT`/`DELETE /v1/kv/{key}` (the body is the raw value; `?lease=ID`
+//! attaches the key to a lease) and the JSON
 //! commands `POST /v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`. A failed precondition is
 //! answered 409 with the key's actual state (`actual`, CAS and CAD) or the first failed
 //! precondition (`failed`, txn).
@@ -7,18 +8,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::body_bytes;
-use super::read::path_key;
-use super::{finish, parse_json, HttpResult, KvBackend, Written};
+use super::read::{path_key, query_pairs};
+use super::{finish, parse_json, HttpError, HttpResult, KvBackend, Written};
 use crate::command::Command;
 use crate::error::ValidationError;
-use crate::json::{BatchRequest, CadRequest, CasRequest, ErrorBody, TxnRequest, WriteResponse};
+use crate::json::{
+    with_leases, BatchRequest, CadRequest, CasRequest, ErrorBody, TxnRequest, WriteResponse,
+};
+use crate::lease::LeaseId;
 use crate::types::WriteOutcome;
 
 /// The success body of a write, without the delete counts.
@@ -31,34 +35,63 @@ fn write_response(written: &Written) -> WriteResponse {
     }
 }
 
+/// The query of a `PUT`: only `lease=ID` is known.
+fn put_lease(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Option<LeaseId>, HttpError> {
+    let mut lease = None;
+    for (name, value) in query_pairs(query)? {
+        match name.as_str() {
+            "lease" => lease = Some(LeaseId::parse_field("lease", &value)?),
+            other => {
+                return Err(ValidationError::field(
+                    other,
+                    "unknown query parameter of a PUT: the only one is `lease`",
+                )
+                .into())
+            }
+        }
+    }
+    Ok(lease)
+}
+
 async fn put_value<B: KvBackend>(
     backend: &B,
     key: String,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
+    let lease = put_lease(query)?;
     let value = body_bytes(body)?.to_vec();
-    let written = backend.write(Command::Set { key, value }).await?;
+    let leases = lease.map(|l| vec![(key.clone(), l)]).unwrap_or_default();
+    let command = with_leases(Command::Set { key, value }, leases)?;
+    let written = backend.write(command).await?;
+    if let WriteOutcome::LeaseFailed(failure) = &written.result.outcome {
+        return Err(failure.to_error(&written.cluster).into());
+    }
     Ok(Json(write_response(&written)).into_response())
 }
 
-/// `PUT /v1/kv/{key}`: body = the raw value.
+/// `PUT /v1/kv/{key}[?lease=ID]`: body = the raw value.
 pub(super) async fn put<B: KvBackend>(
     State(backend): State<Arc<B>>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
-    let result = async { put_value(&*backend, path_key(path)?, body).await }.await;
+    let result = async { put_value(&*backend, path_key(path)?, query, body).await }.await;
     finish(&*backend, "put", start, result)
 }
 
 /// `PUT /v1/kv/`: refused by validation, keys are not empty.
 pub(super) async fn put_root<B: KvBackend>(
     State(backend): State<Arc<B>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
-    let result = put_value(&*backend, String::new(), body).await;
+    let result = put_value(&*backend, String::new(), query, body).await;
     finish(&*backend, "put", start, result)
 }
 
@@ -94,6 +127,11 @@ async fn run_json<B: KvBackend>(
     is_txn: bool,
 ) -> HttpResult {
     let command = command?;
+    if command.is_lease_command() {
+        return Err(
+            ValidationError::field("command", "lease commands go through /v1/lease").into(),
+        );
+    }
     let single_delete = matches!(command, Command::CompareAndDelete { .. });
     let written = backend.write(command).await?;
     match &written.result.outcome {
@@ -110,6 +148,7 @@ async fn run_json<B: KvBackend>(
             let body = ErrorBody::precondition_failed(failure, is_txn);
             Ok((StatusCode::CONFLICT, Json(body)).into_response())
         }
+        WriteOutcome::LeaseFailed(failure) => Err(failure.to_error(&written.cluster).into()),
     }
 }
 

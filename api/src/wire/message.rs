@@ -7,6 +7,7 @@ use super::replica::{ReplicaReadRequest, ReplicaReadResponse, ReplicaReport};
 use super::status::{MemberReport, StatusReport};
 use crate::command::Command;
 use crate::error::ApiError;
+use crate::lease::{LeaseAnswer, LeaseRequest};
 use crate::types::{Consistency, ReadRequest, ReadResponse, WriteResult};
 
 /// A request to a cluster node.
@@ -38,6 +39,9 @@ pub enum KvRequest {
     ReplicaStatus,
     /// A read of this node's change feed (any member answers from its own copy).
     FeedRead(FeedReadRequest),
+    /// A lease operation. Keep-alive and get need the leader (which alone keeps the
+    /// lease clocks); grant and revoke are writes.
+    Lease(LeaseRequest),
 }
 
 /// Most requests in one [`KvRequest::Batch`]. One stream carries them all; beyond a few
@@ -103,4 +107,6 @@ pub enum KvResponse {
     ReplicaStatus(Vec<ReplicaReport>),
     /// The answer to [`KvRequest::FeedRead`].
     FeedRead(FeedReadResponse),
+    /// The answer to [`KvRequest::Lease`].
+    Lease(LeaseAnswer),
 }

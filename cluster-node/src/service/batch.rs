@@ -59,8 +59,8 @@ impl KvService {
                         consistency,
                     }),
                 },
-                KvRequest::Write(command) => match command.validate() {
-                    Err(e) => answers[index] = Some(KvResponse::Error(e.into())),
+                KvRequest::Write(command) => match self.check_command(&command) {
+                    Err(e) => answers[index] = Some(KvResponse::Error(e)),
                     Ok(()) => writes.push((index, command)),
                 },
                 _ => unreachable!("only writes and reads, checked above"),

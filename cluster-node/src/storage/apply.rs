@@ -3,11 +3,15 @@
 //! nothing: preconditions are all checked before the first write. Every key written or
 //! deleted is recorded in the change feed by the same transaction ([`FeedWriter`]).
 
+use std::collections::BTreeMap;
+
+use aspen_api::lease::LeaseFailure;
 use aspen_api::types::PreconditionFailure;
 use aspen_api::{Command, KeyState, KvEntry, Precondition, WriteOutcome};
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::feed::FeedWriter;
+use super::leases::{self, LeaseEvent};
 
 /// Reads one key inside `tx`.
 pub(crate) fn get(tx: &rusqlite::Connection, key: &str) -> rusqlite::Result<Option<KvEntry>> {
@@ -26,23 +30,29 @@ pub(crate) fn get(tx: &rusqlite::Connection, key: &str) -> rusqlite::Result<Opti
     .optional()
 }
 
+/// The lease each key a command sets takes (none for most commands).
+type Attach<'a> = BTreeMap<&'a str, u64>;
+
 fn put(
     tx: &Transaction,
     feed: &mut FeedWriter,
     key: &str,
     value: &[u8],
     revision: u64,
+    attach: &Attach,
 ) -> rusqlite::Result<()> {
     let rev = revision as i64;
+    let lease = attach.get(key).map(|l| *l as i64);
     let (create_revision, version) = tx
         .prepare_cached(
-            "INSERT INTO kv (key, value, create_revision, mod_revision, version)
-             VALUES (?1, ?2, ?3, ?3, 1)
+            "INSERT INTO kv (key, value, create_revision, mod_revision, version, lease)
+             VALUES (?1, ?2, ?3, ?3, 1, ?4)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value,
-                 mod_revision = excluded.mod_revision, version = version + 1
+                 mod_revision = excluded.mod_revision, version = version + 1,
+                 lease = excluded.lease
              RETURNING create_revision, version",
         )?
-        .query_row(params![key.as_bytes(), value, rev], |r| {
+        .query_row(params![key.as_bytes(), value, rev, lease], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
         })?;
     feed.put(key, value, create_revision, version)
@@ -91,23 +101,67 @@ fn check(
 }
 
 /// Applies one command; keys it writes get `revision` as their mod_revision and are
-/// recorded in `feed`. The caller moves the cluster to `revision` only if
-/// [`changed_state`] says the command changed something.
+/// recorded in `feed`, and what it did to leases is pushed to `events`. The caller moves
+/// the cluster to `revision` only if the feed says the command changed a key.
 pub(crate) fn apply_command(
     tx: &Transaction,
     feed: &mut FeedWriter,
     revision: u64,
     command: &Command,
+    events: &mut Vec<LeaseEvent>,
+) -> rusqlite::Result<WriteOutcome> {
+    match command {
+        Command::LeaseGrant { lease, ttl_ms } => Ok(match leases::grant(tx, *lease, *ttl_ms)? {
+            Ok(event) => {
+                events.push(event);
+                WriteOutcome::Applied { deleted: 0 }
+            }
+            Err(failure) => WriteOutcome::LeaseFailed(failure),
+        }),
+        Command::LeaseRevoke { lease } => {
+            if leases::ttl_ms(tx, *lease)?.is_none() {
+                return Ok(WriteOutcome::LeaseFailed(LeaseFailure::NotFound {
+                    lease: *lease,
+                }));
+            }
+            let mut deleted = 0;
+            for key in leases::keys(tx, *lease)? {
+                deleted += delete(tx, feed, &key)? as u32;
+            }
+            leases::remove(tx, *lease)?;
+            events.push(LeaseEvent::Ended(*lease));
+            Ok(WriteOutcome::Applied { deleted })
+        }
+        Command::Leased {
+            attach, command, ..
+        } => {
+            if let Some(failure) = leases::check_attach(tx, attach)? {
+                return Ok(WriteOutcome::LeaseFailed(failure));
+            }
+            let attach: Attach = attach.iter().map(|(k, l)| (k.as_str(), *l)).collect();
+            apply_key_command(tx, feed, revision, command, &attach)
+        }
+        other => apply_key_command(tx, feed, revision, other, &Attach::new()),
+    }
+}
+
+/// Applies a command on keys, attaching the keys it sets as `attach` says.
+fn apply_key_command(
+    tx: &Transaction,
+    feed: &mut FeedWriter,
+    revision: u64,
+    command: &Command,
+    attach: &Attach,
 ) -> rusqlite::Result<WriteOutcome> {
     let applied = |deleted: u32| Ok(WriteOutcome::Applied { deleted });
     match command {
         Command::Set { key, value } => {
-            put(tx, feed, key, value, revision)?;
+            put(tx, feed, key, value, revision, attach)?;
             applied(0)
         }
         Command::SetMulti { writes } => {
             for (key, value) in writes {
-                put(tx, feed, key, value, revision)?;
+                put(tx, feed, key, value, revision, attach)?;
             }
             applied(0)
         }
@@ -134,7 +188,7 @@ pub(crate) fn apply_command(
             if let Some(failure) = check(tx, std::slice::from_ref(&precondition))? {
                 return Ok(WriteOutcome::PreconditionFailed(failure));
             }
-            put(tx, feed, key, new_value, revision)?;
+            put(tx, feed, key, new_value, revision, attach)?;
             applied(0)
         }
         Command::CompareAndDelete { key, expected } => {
@@ -156,13 +210,17 @@ pub(crate) fn apply_command(
                 return Ok(WriteOutcome::PreconditionFailed(failure));
             }
             for (key, value) in writes {
-                put(tx, feed, key, value, revision)?;
+                put(tx, feed, key, value, revision, attach)?;
             }
             let mut n = 0;
             for key in deletes {
                 n += delete(tx, feed, key)? as u32;
             }
             applied(n)
+        }
+        // Validation refuses nested lease commands; were one applied, it changes nothing.
+        Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } | Command::Leased { .. } => {
+            applied(0)
         }
     }
 }

@@ -18,14 +18,16 @@ pub const LOG_META: Format = Format::new("log metadata", 1);
 pub const STATE_META: Format = Format::new("state machine metadata", 1);
 /// The snapshot's data: what a leader sends a follower and `snapshot.bin` holds.
 /// Version 2: the time, the feed's compaction point and the change feed.
-pub const SNAPSHOT_DATA: Format = Format::new("snapshot data", 2);
+/// Version 3: the leases and which keys hold them.
+pub const SNAPSHOT_DATA: Format = Format::new("snapshot data", 3);
 /// `snapshot.bin`: the snapshot's metadata and data.
 pub const SNAPSHOT_FILE: Format = Format::new("snapshot file", 1);
 
 /// The schema version of `log.db` and `state.db`, in SQLite's `user_version`. Bump it
 /// when a table changes shape or a record format's version changes.
 /// Version 2: the change feed's tables in `state.db`.
-pub const DB_SCHEMA_VERSION: i64 = 2;
+/// Version 3: leases (`leases`, `kv.lease`).
+pub const DB_SCHEMA_VERSION: i64 = 3;
 
 /// First bytes of `snapshot.bin`, before [`SNAPSHOT_FILE`]'s encoding.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"ASPNSNAP";

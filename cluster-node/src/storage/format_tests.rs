@@ -107,13 +107,15 @@ fn content() -> SnapshotContent {
                 }],
             },
         ],
+        leases: vec![(9, 10_000)],
+        attached: vec![("a/b".into(), 9)],
     }
 }
 
 #[test]
 fn snapshot_data_has_its_pinned_bytes() {
     let bytes = snapshot::encode_content(&content());
-    assert_eq!(hex(&bytes), "020580d095ffbc31030103612f620178020503020498c895ffbc310104676f6e65010580d095ffbc310103612f620001780203");
+    assert_eq!(hex(&bytes), "030580d095ffbc31030103612f620178020503020498c895ffbc310104676f6e65010580d095ffbc310103612f6200017802030109904e0103612f6209");
     let back = snapshot::decode_content(&bytes).unwrap();
     let expected = content();
     assert_eq!(
@@ -122,6 +124,40 @@ fn snapshot_data_has_its_pinned_bytes() {
     );
     assert_eq!(back.entries, expected.entries);
     assert_eq!(back.changes, expected.changes);
+    assert_eq!(back.leases, expected.leases);
+    assert_eq!(back.attached, expected.attached);
+}
+
+#[test]
+fn a_log_entry_of_lease_commands_has_its_pinned_bytes() {
+    let entry = Entry {
+        log_id: log_id(2, 1, 8),
+        payload: EntryPayload::Normal(Proposal {
+            commands: vec![
+                Command::LeaseGrant {
+                    lease: 9,
+                    ttl_ms: 10_000,
+                },
+                Command::Leased {
+                    cluster: "c".into(),
+                    attach: vec![("k".into(), 9)],
+                    command: Box::new(Command::Set {
+                        key: "k".into(),
+                        value: b"v".to_vec(),
+                    }),
+                },
+                Command::LeaseRevoke { lease: 9 },
+            ],
+            time_ms: 1_700_000_000_000,
+        }),
+    };
+    let bytes = LOG_ENTRY.encode(&entry);
+    assert_eq!(
+        hex(&bytes),
+        "0202010801030709904e09016301016b0900016b0176080980d095ffbc31"
+    );
+    let back: Entry = format::decode(LOG_ENTRY, &bytes).unwrap();
+    assert_eq!(back, entry);
 }
 
 #[test]
@@ -135,7 +171,7 @@ fn the_snapshot_file_has_its_pinned_bytes_and_loads_back() {
     let data = snapshot::encode_content(&content());
     snapshot::save(dir.path(), &meta, &data).unwrap();
     let bytes = std::fs::read(dir.path().join("snapshot.bin")).unwrap();
-    assert_eq!(hex(&bytes), "4153504e534e41500101020109010101010101010101026162010b3132372e302e302e313a3905322d392d3033020580d095ffbc31030103612f620178020503020498c895ffbc310104676f6e65010580d095ffbc310103612f620001780203");
+    assert_eq!(hex(&bytes), "4153504e534e41500101020109010101010101010101026162010b3132372e302e302e313a3905322d392d303d030580d095ffbc31030103612f620178020503020498c895ffbc310104676f6e65010580d095ffbc310103612f6200017802030109904e0103612f6209");
     let (back_meta, back_data) = snapshot::load(dir.path()).unwrap().unwrap();
     assert_eq!(back_meta, meta);
     assert_eq!(back_data, data);

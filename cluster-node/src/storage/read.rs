@@ -33,6 +33,11 @@ impl Reader<'_> {
         Ok(scan(self.conn, prefix, after, limit)?)
     }
 
+    /// The keys attached to lease `lease`, in key order.
+    pub fn lease_keys(&self, lease: u64) -> Result<Vec<String>, ReadError> {
+        Ok(super::leases::keys(self.conn, lease)?)
+    }
+
     /// Reads the change sets after revision `after`, in revision order: at most
     /// `max_sets`, stopping after the set that reaches `max_bytes`. A revision that has
     /// been compacted away is an `Err(Compacted)` naming the oldest one kept.

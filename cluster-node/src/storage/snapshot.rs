@@ -1,4 +1,5 @@
-//! Snapshots: the whole key space (and the kept change feed) at one log index, as one file.
+//! Snapshots: the whole key space (with the leases and the kept change feed) at one log
+//! index, as one file.
 //!
 //! A snapshot is built from a read transaction on `state.db` (a consistent view while
 //! applies go on) and kept as `snapshot.bin` in the data dir, written to a temporary file,
@@ -32,6 +33,10 @@ pub struct SnapshotContent {
     pub entries: Vec<KvEntry>,
     /// The change feed after `feed_compacted`, in revision order.
     pub changes: Vec<ChangeSet>,
+    /// Every lease: number and TTL in ms.
+    pub leases: Vec<(u64, u64)>,
+    /// Every key that holds a lease, with it, in key order.
+    pub attached: Vec<(String, u64)>,
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]

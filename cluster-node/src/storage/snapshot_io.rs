@@ -4,18 +4,19 @@
 //! A snapshot is built only from state that is on disk (applies are not fsynced; see the
 //! state machine's docs): the builder pins its read transaction, then fsyncs `state.db`
 //! and its WAL before reading. An installed snapshot is fsynced the same way before it is
-//! recorded, and replaces the keys and the feed in one transaction.
+//! recorded, and replaces the keys, the leases and the feed in one transaction.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use openraft::SnapshotMeta;
 use rusqlite::params;
 
-use super::feed;
 use super::read::scan;
 use super::snapshot::{self, SnapshotContent};
 use super::state_machine::{io_err, Applied, Shared};
+use super::{feed, leases};
 use crate::raft_types::{MemberNode, NodeId};
 
 /// Installs `data` as the whole state at `meta`.
@@ -36,11 +37,17 @@ pub(super) fn install(
         let mut conn = shared.writer.lock().expect("writer lock");
         let tx = conn.transaction().map_err(io_err)?;
         tx.execute("DELETE FROM kv", []).map_err(io_err)?;
+        tx.execute("DELETE FROM leases", []).map_err(io_err)?;
         {
+            let attached: HashMap<&str, u64> = content
+                .attached
+                .iter()
+                .map(|(k, l)| (k.as_str(), *l))
+                .collect();
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO kv (key, value, create_revision, mod_revision, version)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO kv (key, value, create_revision, mod_revision, version, lease)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(io_err)?;
             for e in &content.entries {
@@ -50,8 +57,17 @@ pub(super) fn install(
                         e.value,
                         e.create_revision as i64,
                         e.mod_revision as i64,
-                        e.version as i64
+                        e.version as i64,
+                        attached.get(e.key.as_str()).map(|l| *l as i64),
                     ])
+                    .map_err(io_err)?;
+            }
+            let mut insert = tx
+                .prepare_cached("INSERT INTO leases (id, ttl_ms) VALUES (?1, ?2)")
+                .map_err(io_err)?;
+            for (id, ttl_ms) in &content.leases {
+                insert
+                    .execute(params![*id as i64, *ttl_ms as i64])
                     .map_err(io_err)?;
             }
         }
@@ -61,6 +77,7 @@ pub(super) fn install(
     }
     sync_db_files(&shared.db_path)?;
     snapshot::save(&shared.dir, meta, data)?;
+    shared.lease_clock.reload(&content.leases);
     shared.publish(applied);
     Ok(())
 }
@@ -99,6 +116,8 @@ pub(super) fn build(
         }
     }
     let changes = feed::read_all(&tx).map_err(io_err)?;
+    let lease_list = leases::all(&tx).map_err(io_err)?;
+    let attached = leases::attached(&tx).map_err(io_err)?;
     drop(tx);
     let seq = shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
     let snapshot_id = match applied.last {
@@ -116,6 +135,8 @@ pub(super) fn build(
         feed_compacted: applied.feed_compacted,
         entries,
         changes,
+        leases: lease_list,
+        attached,
     });
     snapshot::save(&shared.dir, &meta, &data)?;
     Ok((meta, data))

@@ -1,4 +1,5 @@
-//! The state machine: every key with its revisions, and the change feed, in `state.db`.
+//! The state machine: every key with its revisions and lease, the leases, and the change
+//! feed, in `state.db`.
 //!
 //! openraft applies committed entries in batches; each batch is one SQLite transaction
 //! that also records the applied position ([`Applied`]: last applied log id, membership,
@@ -34,8 +35,10 @@ use tokio::sync::watch;
 use super::apply::apply_command;
 use super::feed::{self, FeedRetention, FeedWriter};
 use super::format::{self, STATE_META};
+use super::leases::{self, LeaseEvent};
 use super::read::Reader;
 use super::{snapshot, snapshot_io};
+use crate::lease::LeaseClock;
 use crate::raft_types::{
     Entry, LogId, MemberNode, NodeId, ProposalResults, StorageError, TypeConfig,
 };
@@ -80,6 +83,8 @@ pub(super) struct Shared {
     /// Tells feed readers (federation, watches) that the revision moved.
     revision_tx: watch::Sender<u64>,
     pub retention: FeedRetention,
+    /// Follows the leases every apply grants and ends (see [`crate::lease`]).
+    pub lease_clock: Arc<LeaseClock>,
     pub snapshot_seq: AtomicU64,
     /// Read connections opened so far (a pool miss each).
     readers_opened: AtomicU64,
@@ -160,12 +165,15 @@ impl StateMachine {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL,
                  create_revision INTEGER NOT NULL, mod_revision INTEGER NOT NULL,
-                 version INTEGER NOT NULL) WITHOUT ROWID;
+                 version INTEGER NOT NULL, lease INTEGER) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS sm_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
         )
         .map_err(err)?;
         conn.execute_batch(feed::SCHEMA).map_err(err)?;
+        conn.execute_batch(leases::SCHEMA).map_err(err)?;
         let applied = Applied::read(&conn).map_err(ioerr)?;
+        let lease_clock = LeaseClock::new();
+        lease_clock.reload(&leases::all(&conn).map_err(err)?);
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
@@ -177,6 +185,7 @@ impl StateMachine {
                 revision_tx: watch::Sender::new(applied.revision),
                 applied: Mutex::new(applied),
                 retention,
+                lease_clock,
                 snapshot_seq: AtomicU64::new(0),
                 readers_opened: AtomicU64::new(0),
             }),
@@ -228,6 +237,11 @@ impl StateMachine {
     pub fn get(&self, key: &str) -> Result<Option<KvEntry>, ReadError> {
         self.read(|r| r.get(key))?
     }
+
+    /// The deadlines of this cluster's leases as this node keeps them.
+    pub fn lease_clock(&self) -> &Arc<LeaseClock> {
+        &self.shared.lease_clock
+    }
 }
 
 impl Shared {
@@ -241,12 +255,14 @@ impl Shared {
     }
 }
 
-/// Applies `entries` in one transaction, moving `applied` along.
+/// Applies `entries` in one transaction, moving `applied` along and pushing what they did
+/// to leases to `events`.
 fn apply_batch(
     conn: &mut Connection,
     entries: &[Entry],
     applied: &mut Applied,
     retention: &FeedRetention,
+    events: &mut Vec<LeaseEvent>,
 ) -> rusqlite::Result<Vec<ProposalResults>> {
     let tx = conn.transaction()?;
     let mut results = Vec::with_capacity(entries.len());
@@ -259,7 +275,7 @@ fn apply_batch(
                 for command in &proposal.commands {
                     let next = applied.revision + 1;
                     let mut feed = FeedWriter::new(&tx, next, applied.time_ms);
-                    let outcome = apply_command(&tx, &mut feed, next, command)?;
+                    let outcome = apply_command(&tx, &mut feed, next, command, events)?;
                     if feed.changed() {
                         applied.revision = next;
                     }
@@ -309,8 +325,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || {
             let mut applied = shared.applied.lock().expect("applied lock").clone();
             let mut conn = shared.writer.lock().expect("writer lock");
-            let results = apply_batch(&mut conn, &entries, &mut applied, &shared.retention)
-                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            let mut events = Vec::new();
+            let results = apply_batch(
+                &mut conn,
+                &entries,
+                &mut applied,
+                &shared.retention,
+                &mut events,
+            )
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            shared.lease_clock.apply(&events);
             shared.publish(applied);
             Ok(results)
         })

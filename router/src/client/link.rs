@@ -45,6 +45,10 @@ fn retry_is_safe(request: &KvRequest) -> bool {
             | KvRequest::ReplicaRead(_)
             | KvRequest::ReplicaStatus
             | KvRequest::FeedRead(_)
+            | KvRequest::Lease(
+                aspen_api::lease::LeaseRequest::KeepAlive { .. }
+                    | aspen_api::lease::LeaseRequest::Get { .. }
+            )
     )
 }
 

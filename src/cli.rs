@@ -102,6 +102,11 @@ enum Command {
     Lease(lease::LeaseArgs),
     /// Run a command while holding a lock; it is released when the command exits, or,
     /// if this process dies, when its lease expires.
+    ///
+    /// The command gets ASPEN_LOCK_KEY (the lock key), ASPEN_LOCK_REVISION (its
+    /// mod_revision, a fencing token that grows with every holder) and ASPEN_LOCK_LEASE
+    /// (the lease, to attach keys that should vanish with the lock). If the lease is lost,
+    /// the command and everything it started are killed at once and aspen lock exits 1.
     Lock(lock::LockArgs),
     /// Show cluster status and change membership.
     Cluster(cluster::ClusterArgs),

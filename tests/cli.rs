@@ -1,7 +1,8 @@
 //! The `aspen` client commands as a user runs them, as real processes against a real
 //! cluster: output piped into a reader that goes away (`aspen kv get k | head -c 10`)
 //! ends the command quietly instead of with a panic; `aspen lock` gives mutual exclusion
-//! to processes and frees a killed holder's lock after its TTL.
+//! to processes, frees a killed holder's lock after its TTL, and kills its command (with
+//! the command's children) when it loses its lease.
 
 mod support;
 
@@ -204,6 +205,78 @@ async fn a_killed_lock_holder_frees_the_lock_after_its_ttl() {
     if let Ok(pid) = std::fs::read_to_string(&pid_file) {
         let _ = Command::new("kill").arg(pid.trim()).status();
     }
+    t.cluster.shutdown().await;
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody has reaped yet).
+fn ended(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// A holder that loses its lease (revoked here by someone else, as an expiry would end
+/// it) kills its command and everything the command started, and exits with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_holder_that_loses_its_lease_kills_its_command_and_its_children() {
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    let client = t.client(leader);
+    let endpoint = t.cluster.url(leader);
+    let dir = tempfile::tempdir().unwrap();
+    let (lease_file, pids_file) = (dir.path().join("lease"), dir.path().join("pids"));
+    // A shell that starts a child of its own, then waits for it.
+    let script = format!(
+        "echo $ASPEN_LOCK_LEASE > {lease}.tmp && mv {lease}.tmp {lease}; sleep 60 & \
+         echo $$ $! > {pids}.tmp && mv {pids}.tmp {pids}; wait",
+        lease = lease_file.display(),
+        pids = pids_file.display()
+    );
+    let holder = Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(["lock", "lost", "--ttl", "3s", "--endpoint", &endpoint, "--"])
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lease, pids) = support::poll(
+        "the command to start under the lock",
+        Duration::from_secs(20),
+        || async {
+            let lease = std::fs::read_to_string(&lease_file).ok()?;
+            let pids = std::fs::read_to_string(&pids_file).ok()?;
+            Some((lease, pids))
+        },
+    )
+    .await;
+    let pids: Vec<String> = pids.split_whitespace().map(String::from).collect();
+    assert_eq!(pids.len(), 2, "the shell and its child: {pids:?}");
+    assert!(
+        pids.iter().all(|p| !ended(p)),
+        "both run while the lock is held"
+    );
+    let lease: aspen_api::lease::LeaseId = lease.trim().parse().unwrap();
+    client.lease_revoke(&lease).await.unwrap();
+
+    let out = tokio::task::spawn_blocking(move || holder.wait_with_output().unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("aspen lock ends once its lease is gone")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a lost lock is a failure");
+    assert!(stderr.contains("lost the lock locks/lost"), "{stderr}");
+    support::poll(
+        "the command and its child to be killed",
+        Duration::from_secs(10),
+        || async { pids.iter().all(|p| ended(p)).then_some(()) },
+    )
+    .await;
     t.cluster.shutdown().await;
 }
 

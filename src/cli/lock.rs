@@ -8,7 +8,9 @@
 //! cluster says it ended, or no keep-alive got through for a whole TTL), the command is
 //! killed at once: it no longer holds the lock. The key's `mod_revision`, given to the
 //! command as `ASPEN_LOCK_REVISION`, grows with every holder: pass it along as a fencing
-//! token where a stalled holder could still reach a resource.
+//! token where a stalled holder could still reach a resource. The lease id is given as
+//! `ASPEN_LOCK_LEASE`, so the command can attach keys of its own (a leader's address)
+//! that vanish with the lock.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -106,6 +108,7 @@ async fn hold(
         .args(&command[1..])
         .env("ASPEN_LOCK_KEY", key)
         .env("ASPEN_LOCK_REVISION", revision.to_string())
+        .env("ASPEN_LOCK_LEASE", lease.to_string())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()

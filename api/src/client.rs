@@ -461,6 +461,12 @@ impl AspenClient {
     }
 }
 
+/// How long the client keeps an idle connection for reuse: well under the servers'
+/// request head timeout (`aspen_api::server::HTTP_HEAD_TIMEOUT`, 30 s), so the client
+/// drops an idle connection before the server does, and never sends a request on one the
+/// server is closing.
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(20);
+
 /// A plain-HTTP `reqwest` client with connection pooling, as [`AspenClient`] uses; for
 /// callers (tests, tools) that need raw requests.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
@@ -468,6 +474,7 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .tls_backend_preconfigured(plain_tls_config())
         .timeout(timeout)
         .pool_max_idle_per_host(1024)
+        .pool_idle_timeout(CLIENT_POOL_IDLE)
         .build()
         .expect("building an HTTP client without TLS cannot fail")
 }

@@ -16,10 +16,12 @@
 //!   between a backend and its client, and blocking reads (`?index=R&wait=30s`).
 //!
 //! A process builds its app as [`kv_routes`] merged with its own routes (status, health,
-//! metrics), adds [`not_found`] as the fallback, and runs it with [`serve`].
+//! metrics), adds [`not_found`] as the fallback, and runs it with [`serve`] (`listen`: the
+//! listener's bounds on connections and request heads).
 
 pub mod error;
 mod lease;
+mod listen;
 mod read;
 pub mod watch;
 mod write;
@@ -38,7 +40,12 @@ use crate::limits::{MAX_INLINE_VALUE_BYTES, MAX_JSON_BODY_BYTES};
 use crate::types::{Consistency, ReadRequest, ReadResponse, ReadResult, WriteResult};
 
 pub use error::{parse_json, HttpError, HttpResult};
-pub use watch::{Refused, WatchEnd, WatchFrame, WatchItem, WatchSender, WatchSlots, WatchStream};
+pub use listen::{
+    serve, serve_with, ServeLimits, ServeStats, HTTP_HEAD_TIMEOUT, MAX_HTTP_CONNECTIONS,
+};
+pub use watch::{
+    Refused, SharedSet, WatchEnd, WatchFrame, WatchItem, WatchSender, WatchSlots, WatchStream,
+};
 
 /// What executes the requests the KV routes receive: a node's KV service, or a router
 /// that sends each request to the cluster owning its keys.
@@ -259,18 +266,6 @@ pub async fn not_found(uri: axum::http::Uri) -> HttpError {
         ErrorCode::NotFound,
         format!("no such endpoint: {}; see docs/API.md", uri.path()),
     )
-}
-
-/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests
-/// finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Records the request through the backend and turns the result into a response.

@@ -24,7 +24,7 @@ use crate::metrics::NodeMetrics;
 use crate::service::KvService;
 use crate::watch::FeedHub;
 
-pub use aspen_api::server::serve;
+pub use aspen_api::server::{serve, serve_with};
 
 /// What every handler of a node shares: the KV routes' backend, and the admin routes'
 /// state.

@@ -8,6 +8,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use aspen_api::server::ServeStats;
 
 use aspen_api::wire::ReplicaReport;
 use prometheus_client::metrics::gauge::Gauge;
@@ -59,6 +62,9 @@ pub struct NodeMetrics {
     replica_revision: Family<SourceLabels, Gauge>,
     replica_lag_revisions: Family<SourceLabels, Gauge>,
     replica_lag_seconds: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    http_refused: Gauge,
+    /// What the node's HTTP listener counts (handed to `serve_with`).
+    pub http: Arc<ServeStats>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -141,6 +147,12 @@ impl Default for NodeMetrics {
             "Upper bound on how stale this node's replica of a source cluster is (absent while unknown)",
             replica_lag_seconds.clone(),
         );
+        let http_refused = Gauge::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed on accept since start because the listener served the most it allows",
+            http_refused.clone(),
+        );
         NodeMetrics {
             registry,
             requests,
@@ -155,6 +167,8 @@ impl Default for NodeMetrics {
             replica_revision,
             replica_lag_revisions,
             replica_lag_seconds,
+            http_refused,
+            http: Arc::new(ServeStats::default()),
         }
     }
 }
@@ -176,8 +190,8 @@ impl NodeMetrics {
     }
 
     /// Renders every metric, refreshing the Raft gauges from `raft`, the applied revision
-    /// from `revision`, the refusal counts from `refused` and the replica gauges from
-    /// `replicas` first.
+    /// from `revision`, the refusal counts from `refused` (and the HTTP listener's) and the
+    /// replica gauges from `replicas` first.
     pub fn render(
         &self,
         raft: &AspenRaft,
@@ -211,6 +225,7 @@ impl NodeMetrics {
                 }
             }
         }
+        self.http_refused.set(self.http.refused() as i64);
         let m = raft.metrics().borrow().clone();
         self.term.set(m.current_term as i64);
         self.is_leader.set((m.current_leader == Some(m.id)) as i64);

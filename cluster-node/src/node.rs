@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aspen_api::server::ServeLimits;
 use aspen_config::{NodeConfig, RelayModeConfig};
 use iroh::protocol::Router as ProtocolRouter;
 use iroh::{Endpoint, EndpointId};
@@ -249,16 +250,22 @@ impl Node {
         let hub = FeedHub::start(state_machine_for_watch, config.cluster.clone());
         let (expiry_stop, expiry_stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(crate::service::run_expiry(service.clone(), expiry_stopped));
+        let metrics = Arc::new(NodeMetrics::default());
+        let http_stats = metrics.http.clone();
         let backend = NodeBackend {
             service: service.clone(),
-            metrics: Arc::new(NodeMetrics::default()),
+            metrics,
             hub: hub.clone(),
         };
         let (http_stop, stopped) = oneshot::channel::<()>();
         let app = http::router(backend, config.fault_injection);
-        let http_task = tokio::spawn(http::serve(listener, app, async move {
+        let shutdown = async move {
             let _ = stopped.await;
-        }));
+        };
+        let limits = ServeLimits::default();
+        let http_task = tokio::spawn(http::serve_with(
+            listener, app, shutdown, limits, http_stats,
+        ));
         tracing::info!(node_id = config.node_id, cluster = %config.cluster, endpoint_id = %transport.endpoint().id(), %http_addr, "node started");
         Ok(Node {
             hub,

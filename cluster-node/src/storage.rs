@@ -1,7 +1,8 @@
 //! Durable storage of a node, in SQLite: the Raft log and vote ([`log_store`]), the state
 //! machine with every key ([`state_machine`], applying commands in [`apply`]), the change
-//! feed ([`feed`]), leases ([`leases`]), reads of the local copy ([`read`]), and snapshots ([`snapshot`], built
-//! and installed in `snapshot_io`); every on-disk encoding is versioned in [`format`].
+//! feed ([`feed`]) with its newest sets kept in memory for watches ([`recent`]), leases
+//! ([`leases`]), reads of the local copy ([`read`]), and snapshots ([`snapshot`], built and
+//! installed in `snapshot_io`); every on-disk encoding is versioned in [`format`].
 //!
 //! The log and the state machine live in two database files (`log.db`, `state.db`) so
 //! that appends and applies never wait for each other's write lock. Both run in WAL mode
@@ -13,6 +14,7 @@ pub mod format;
 pub mod leases;
 pub mod log_store;
 pub mod read;
+pub mod recent;
 pub mod snapshot;
 mod snapshot_io;
 pub mod state_machine;

@@ -4,9 +4,12 @@
 //! Every member applies every entry, so any member can serve a watch of its cluster, in
 //! revision order: the feed rows are written in the apply transaction (`storage::feed`).
 //!
-//! One [`FeedHub`] task per node reads each new page of the feed once, when the applied
+//! One [`FeedHub`] task per node takes each new page of the feed once, when the applied
 //! revision moves, and publishes it; each watcher filters the shared page for its keys. So
-//! a hundred watchers cost one feed read per apply, not a hundred. A watcher that missed a
+//! a hundred watchers cost one feed read per apply, not a hundred, and one encoding of
+//! each change set they all take whole ([`SharedSet`]). While it has watchers the hub takes
+//! the sets from the applies themselves (`StateMachine::take_recent`), reading the feed
+//! only when that in-memory run does not reach back to its revision. A watcher that missed a
 //! page (it was busy, or it is starting from an older revision) reads the feed itself
 //! until it is back at the hub's page: its history never depends on the hub having kept
 //! anything. A watcher never waits on its client while following live pages: a full
@@ -17,7 +20,9 @@ use std::time::Duration;
 
 use aspen_api::feed::{ChangeSet, Compacted};
 use aspen_api::limits::MAX_FEED_WAIT_MS;
-use aspen_api::server::{WatchEnd as Stop, WatchFrame, WatchSender, WatchSlots, WatchStream};
+use aspen_api::server::{
+    SharedSet, WatchEnd as Stop, WatchFrame, WatchSender, WatchSlots, WatchStream,
+};
 use aspen_api::watch::{compacted_message, WatchError, WatchRequest, PROGRESS_INTERVAL_MS};
 use aspen_api::wire::{FeedReadRequest, FeedReadResponse, KeyFilter};
 use aspen_api::{ApiError, ErrorCode};
@@ -46,7 +51,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 struct Page {
     after: u64,
     through: u64,
-    sets: Vec<Arc<ChangeSet>>,
+    sets: Vec<Arc<SharedSet>>,
 }
 
 /// The node's watches: the shared feed reader, and the bound on open watches.
@@ -80,12 +85,13 @@ fn compacted_error(cluster: &str, c: &Compacted) -> ApiError {
     )
 }
 
-/// `set` with only the keys `filter` wants, sharing it when it wants them all.
-fn filtered(filter: &KeyFilter, set: &Arc<ChangeSet>) -> Option<Arc<ChangeSet>> {
+/// `set` with only the keys `filter` wants, sharing it (and its encoding) when it wants
+/// them all.
+fn filtered(filter: &KeyFilter, set: &Arc<SharedSet>) -> Option<Arc<SharedSet>> {
     if set.changes.iter().all(|c| filter.matches(&c.key)) {
         return (!set.changes.is_empty()).then(|| set.clone());
     }
-    filter.apply(set).map(Arc::new)
+    filter.apply(set).map(SharedSet::new)
 }
 
 impl FeedHub {
@@ -121,12 +127,18 @@ impl FeedHub {
             // after the count was read has read the feed past the target itself.
             let target = *revisions.borrow_and_update();
             if target > published && self.pages.receiver_count() == 0 {
+                self.sm.keep_recent(false);
                 published = target;
             } else if target > published {
-                match read_feed(&self.sm, published).await {
+                self.sm.keep_recent(true);
+                let sets = match self.sm.take_recent(published) {
+                    Some(sets) if !sets.is_empty() => Ok(Ok(sets)),
+                    _ => read_feed(&self.sm, published).await,
+                };
+                match sets {
                     Ok(Ok(sets)) => {
                         let through = sets.last().map_or(target, |s| s.revision);
-                        let sets = sets.into_iter().map(Arc::new).collect();
+                        let sets = sets.into_iter().map(SharedSet::new).collect();
                         self.pages.send_replace(Arc::new(Page {
                             after: published,
                             through,
@@ -259,7 +271,7 @@ impl Watcher {
             let Some(last) = sets.last().map(|s| s.revision) else {
                 return Ok(());
             };
-            for set in sets.into_iter().map(Arc::new) {
+            for set in sets.into_iter().map(SharedSet::new) {
                 if let Some(set) = filtered(&self.filter, &set) {
                     let cluster = self.hub.cluster.clone();
                     let frame = WatchFrame::Changes { cluster, set };

@@ -1,14 +1,16 @@
 //! Prometheus metrics of a router, rendered in the text format at `GET /metrics`:
-//! requests by operation and status class, their latency, and the lag of this region's
-//! replicas of other regions' clusters.
+//! requests by operation and status class, their latency, the lag of this region's
+//! replicas of other regions' clusters, and HTTP connections refused at the limit.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use aspen_api::admin::ReplicaHealth;
+use aspen_api::server::ServeStats;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -39,6 +41,9 @@ pub struct RouterMetrics {
     replica_revision: Family<SourceLabels, Gauge>,
     replica_lag_revisions: Family<SourceLabels, Gauge>,
     replica_lag_seconds: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    http_refused: Gauge,
+    /// What the router's HTTP listener counts (handed to `serve_with`).
+    pub http: Arc<ServeStats>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -81,6 +86,12 @@ impl Default for RouterMetrics {
             "Upper bound on how stale this region's replica of a source cluster is",
             replica_lag_seconds.clone(),
         );
+        let http_refused = Gauge::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed on accept since start because the listener served the most it allows",
+            http_refused.clone(),
+        );
         RouterMetrics {
             registry,
             requests,
@@ -88,6 +99,8 @@ impl Default for RouterMetrics {
             replica_revision,
             replica_lag_revisions,
             replica_lag_seconds,
+            http_refused,
+            http: Arc::new(ServeStats::default()),
         }
     }
 }
@@ -111,6 +124,7 @@ impl RouterMetrics {
     /// Renders every metric in the Prometheus text format, with the replica gauges set from
     /// `replicas` (as `/v1/status` reports them).
     pub fn render(&self, replicas: &[ReplicaHealth]) -> String {
+        self.http_refused.set(self.http.refused() as i64);
         for r in replicas {
             let labels = SourceLabels {
                 source: r.source.clone(),

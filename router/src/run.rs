@@ -65,10 +65,15 @@ impl RunningRouter {
         let metrics = Arc::new(RouterMetrics::default());
         let http_addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let http_stats = metrics.http.clone();
         let app = app(service.clone(), metrics);
-        let server = tokio::spawn(aspen_api::server::serve(listener, app, async {
+        let shutdown = async {
             let _ = stopped.await;
-        }));
+        };
+        let limits = aspen_api::server::ServeLimits::default();
+        let server = tokio::spawn(aspen_api::server::serve_with(
+            listener, app, shutdown, limits, http_stats,
+        ));
         Ok(RunningRouter {
             service,
             http_addr,

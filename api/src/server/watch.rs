@@ -8,6 +8,9 @@
 //! backend never waits on a full buffer while following live changes: it ends the watch
 //! with `slow_watcher`, so a client that stops reading costs a bounded amount of memory
 //! and never holds up writes. [`WatchSlots`] bounds the watches of a process.
+//!
+//! `render` writes the messages: a change set many watchers take whole is encoded once
+//! ([`SharedSet`]), and a chunk carries every message already waiting.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,13 +23,21 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
+mod render;
+
+pub use render::SharedSet;
+use render::{Framing, Renderer};
+
 use super::read::{parse_bool, parse_duration_ms, path_key, query_pairs};
 use super::{HttpError, HttpResult, KvBackend};
 use crate::error::{ApiError, ErrorCode, ValidationError};
-use crate::feed::ChangeSet;
 use crate::limits::{MAX_WATCHERS, WATCH_BUFFER_BYTES, WATCH_BUFFER_REVISIONS};
-use crate::watch::{events_of, ResumeToken, WatchError, WatchMessage, WatchRequest};
+use crate::watch::{ResumeToken, WatchError, WatchRequest};
 use crate::wire::KeyFilter;
+
+/// Most bytes of messages written to a watch's connection in one chunk (a single message
+/// larger than this is still written whole, in its own chunk).
+pub const WATCH_CHUNK_BYTES: usize = 256 * 1024;
 
 /// One item a backend sends down a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +47,7 @@ pub enum WatchFrame {
         /// The cluster.
         cluster: String,
         /// Its changes to watched keys.
-        set: Arc<ChangeSet>,
+        set: Arc<SharedSet>,
     },
     /// `cluster` has been read through `revision`.
     Progress {
@@ -246,13 +257,22 @@ impl WatchStream {
     /// The next item; `None` when the watch ended without an error (the server stops).
     pub async fn next(&mut self) -> Option<WatchItem> {
         match self.rx.recv().await {
-            Some(frame) => {
-                self.shared.bytes.fetch_sub(frame.bytes(), Ordering::AcqRel);
-                self.shared.consumed.notify_one();
-                Some(WatchItem::Frame(frame))
-            }
+            Some(frame) => Some(WatchItem::Frame(self.taken(frame))),
             None => self.end.take()?.await.ok().map(WatchItem::End),
         }
+    }
+
+    /// A frame that is already waiting, if one is; never the end (use [`Self::next`]).
+    pub fn try_next(&mut self) -> Option<WatchFrame> {
+        let frame = self.rx.try_recv().ok()?;
+        Some(self.taken(frame))
+    }
+
+    /// Frees `frame`'s room in the buffer.
+    fn taken(&self, frame: WatchFrame) -> WatchFrame {
+        self.shared.bytes.fetch_sub(frame.bytes(), Ordering::AcqRel);
+        self.shared.consumed.notify_one();
+        frame
     }
 }
 
@@ -318,63 +338,6 @@ fn parse_watch(
     Ok(request)
 }
 
-/// How a watch is written on the connection.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Sse,
-    NdJson,
-}
-
-/// Renders one message in `framing`.
-fn render(framing: Framing, message: &WatchMessage) -> Vec<u8> {
-    let json = serde_json::to_string(message).expect("watch messages always serialize");
-    match framing {
-        Framing::NdJson => format!("{json}\n").into_bytes(),
-        Framing::Sse => {
-            let (event, id) = match message {
-                WatchMessage::Changes { resume, .. } => ("changes", resume),
-                WatchMessage::Progress { resume, .. } => ("progress", resume),
-                WatchMessage::Error { resume, .. } => ("error", resume),
-            };
-            format!("event: {event}\nid: {id}\ndata: {json}\n\n").into_bytes()
-        }
-    }
-}
-
-/// Turns the backend's items into messages, keeping the resume token up to date.
-struct Renderer {
-    token: ResumeToken,
-}
-
-impl Renderer {
-    fn message(&mut self, item: WatchItem) -> WatchMessage {
-        match item {
-            WatchItem::Frame(WatchFrame::Changes { cluster, set }) => {
-                self.token.0.insert(cluster.clone(), set.revision + 1);
-                WatchMessage::Changes {
-                    revision: set.revision,
-                    events: events_of(&set),
-                    cluster,
-                    resume: self.token.to_string(),
-                }
-            }
-            WatchItem::Frame(WatchFrame::Progress { cluster, revision }) => {
-                let next = self.token.0.entry(cluster.clone()).or_insert(0);
-                *next = (*next).max(revision + 1);
-                WatchMessage::Progress {
-                    cluster,
-                    revision,
-                    resume: self.token.to_string(),
-                }
-            }
-            WatchItem::End(error) => WatchMessage::Error {
-                error,
-                resume: self.token.to_string(),
-            },
-        }
-    }
-}
-
 async fn open_watch<B: KvBackend>(
     backend: &B,
     key: String,
@@ -388,14 +351,23 @@ async fn open_watch<B: KvBackend>(
     };
     let renderer = Renderer {
         token: request.resume.clone(),
+        framing,
     };
     let stream = backend.watch(request).await?;
+    // One chunk carries every message already waiting, up to WATCH_CHUNK_BYTES: a
+    // watcher that fell behind catches up in few writes, not one write per revision.
     let body = futures::stream::unfold(
         (stream, renderer),
         move |(mut stream, mut renderer)| async move {
-            let item = stream.next().await?;
-            let bytes = render(framing, &renderer.message(item));
-            Some((Ok::<_, std::convert::Infallible>(bytes), (stream, renderer)))
+            let mut chunk = Vec::new();
+            renderer.write(&mut chunk, stream.next().await?);
+            while chunk.len() < WATCH_CHUNK_BYTES {
+                let Some(frame) = stream.try_next() else {
+                    break;
+                };
+                renderer.write(&mut chunk, WatchItem::Frame(frame));
+            }
+            Some((Ok::<_, std::convert::Infallible>(chunk), (stream, renderer)))
         },
     );
     let content_type = match framing {
@@ -508,7 +480,7 @@ mod tests {
     async fn the_byte_bound_refuses_what_would_pass_it_but_never_a_lone_revision() {
         let big = |revision| WatchFrame::Changes {
             cluster: "c".into(),
-            set: Arc::new(ChangeSet {
+            set: SharedSet::new(crate::feed::ChangeSet {
                 revision,
                 time_ms: 0,
                 changes: vec![crate::feed::KeyChange {
@@ -529,7 +501,7 @@ mod tests {
         rx.next().await.unwrap();
         let huge = WatchFrame::Changes {
             cluster: "c".into(),
-            set: Arc::new(ChangeSet {
+            set: SharedSet::new(crate::feed::ChangeSet {
                 revision: 4,
                 time_ms: 0,
                 changes: vec![crate::feed::KeyChange {
@@ -575,23 +547,5 @@ mod tests {
         let _rx = reader.await.unwrap();
         let out = tx.send(progress(10), Duration::from_millis(50)).await;
         assert_eq!(out, Err(Refused::Full));
-    }
-
-    #[test]
-    fn sse_frames_carry_the_resume_token_as_their_id() {
-        let message = WatchMessage::Progress {
-            cluster: "us-1".into(),
-            revision: 4,
-            resume: "us-1=5".into(),
-        };
-        let text = String::from_utf8(render(Framing::Sse, &message)).unwrap();
-        assert!(
-            text.starts_with("event: progress\nid: us-1=5\ndata: {"),
-            "{text}"
-        );
-        assert!(text.ends_with("}\n\n"));
-        let line = String::from_utf8(render(Framing::NdJson, &message)).unwrap();
-        let back: WatchMessage = serde_json::from_str(line.trim_end()).unwrap();
-        assert_eq!(back, message);
     }
 }

@@ -62,6 +62,8 @@ pub(crate) struct FeedWriter<'t> {
     revision: u64,
     time_ms: u64,
     position: u32,
+    /// A copy of what was recorded, when the writer captures (see `super::recent`).
+    captured: Option<Vec<KeyChange>>,
 }
 
 impl<'t> FeedWriter<'t> {
@@ -72,7 +74,25 @@ impl<'t> FeedWriter<'t> {
             revision,
             time_ms,
             position: 0,
+            captured: None,
         }
+    }
+
+    /// The writer, also keeping a copy of what it records (see [`Self::into_captured`]).
+    pub(crate) fn capturing(mut self, on: bool) -> Self {
+        self.captured = on.then(Vec::new);
+        self
+    }
+
+    /// What was recorded, as a change set: `None` when nothing was or the writer did not
+    /// capture.
+    pub(crate) fn into_captured(self) -> Option<ChangeSet> {
+        let changes = self.captured.filter(|c| !c.is_empty())?;
+        Some(ChangeSet {
+            revision: self.revision,
+            time_ms: self.time_ms,
+            changes,
+        })
     }
 
     /// Records that `key` now holds `value`.
@@ -117,6 +137,18 @@ impl<'t> FeedWriter<'t> {
                 version as i64
             ])?;
         self.position += 1;
+        if let Some(captured) = &mut self.captured {
+            let kind = match value {
+                Some(value) => ChangeKind::Put {
+                    value: value.to_vec(),
+                    create_revision,
+                    version,
+                },
+                None => ChangeKind::Delete,
+            };
+            let key = key.to_string();
+            captured.push(KeyChange { key, kind });
+        }
         Ok(())
     }
 

@@ -246,3 +246,50 @@ async fn a_feed_read_stops_at_its_count_and_at_the_set_that_reaches_its_byte_bud
     assert_eq!(read(usize::MAX, 25), 3);
     assert_eq!(read(usize::MAX, 1), 1, "at least one set");
 }
+
+#[tokio::test]
+async fn sets_kept_in_memory_are_the_feed_rows_and_a_snapshot_install_drops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open(dir.path(), FeedRetention::default());
+    sm.apply(vec![entry(1, 10, vec![set("before", "v")])])
+        .await
+        .unwrap();
+    assert_eq!(sm.take_recent(0), None, "nothing is kept until asked");
+
+    sm.keep_recent(true);
+    let txn = Command::ConditionalSetMulti {
+        preconditions: vec![],
+        writes: vec![("b".into(), b"2".to_vec()), ("c".into(), vec![0xff])],
+        deletes: vec!["before".into(), "absent".into()],
+    };
+    let failing = Command::Delete { key: "zz".into() };
+    sm.apply(vec![
+        entry(2, 20, vec![set("a", "1"), failing, txn]),
+        entry(3, 30, vec![set("a", "2")]),
+    ])
+    .await
+    .unwrap();
+    let kept = sm
+        .take_recent(1)
+        .expect("the run reaches back to revision 2");
+    assert_eq!(kept, changes_after(&sm, 1).unwrap());
+    assert_eq!(
+        kept.iter().map(|s| s.revision).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    assert_eq!(sm.take_recent(1), None, "what was taken is gone");
+
+    let snapshot = sm.build_snapshot().await.unwrap();
+    sm.apply(vec![entry(4, 40, vec![set("a", "3")])])
+        .await
+        .unwrap();
+    sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(sm.take_recent(4), None, "an install breaks the run");
+    sm.keep_recent(false);
+    sm.apply(vec![entry(5, 50, vec![set("a", "4")])])
+        .await
+        .unwrap();
+    assert_eq!(sm.take_recent(4), None, "nothing kept after stopping");
+}

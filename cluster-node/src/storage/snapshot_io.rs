@@ -78,7 +78,7 @@ pub(super) fn install(
     sync_db_files(&shared.db_path)?;
     snapshot::save(&shared.dir, meta, data)?;
     shared.lease_clock.reload(&content.leases);
-    shared.publish(applied);
+    shared.publish(applied, None);
     Ok(())
 }
 

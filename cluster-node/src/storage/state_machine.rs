@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use aspen_api::feed::ChangeSet;
 use aspen_api::{KvEntry, WriteResult};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership};
@@ -37,6 +38,7 @@ use super::feed::{self, FeedRetention, FeedWriter};
 use super::format::{self, STATE_META};
 use super::leases::{self, LeaseEvent};
 use super::read::Reader;
+use super::recent::RecentFeed;
 use super::{snapshot, snapshot_io};
 use crate::lease::LeaseClock;
 use crate::raft_types::{
@@ -88,6 +90,8 @@ pub(super) struct Shared {
     pub snapshot_seq: AtomicU64,
     /// Read connections opened so far (a pool miss each).
     readers_opened: AtomicU64,
+    /// The newest change sets, for the watch hub (see [`super::recent`]).
+    recent: RecentFeed,
 }
 
 /// A read of the state machine failed (a storage fault).
@@ -188,6 +192,7 @@ impl StateMachine {
                 lease_clock,
                 snapshot_seq: AtomicU64::new(0),
                 readers_opened: AtomicU64::new(0),
+                recent: RecentFeed::default(),
             }),
         })
     }
@@ -238,6 +243,18 @@ impl StateMachine {
         self.read(|r| r.get(key))?
     }
 
+    /// Starts or stops keeping the newest change sets in memory for
+    /// [`Self::take_recent`] (the watch hub follows the feed with it).
+    pub fn keep_recent(&self, on: bool) {
+        self.shared.recent.set_capture(on);
+    }
+
+    /// The change sets applied after `after` that were kept in memory, taking them; `None`
+    /// when some after `after` were not kept (read those from the feed).
+    pub fn take_recent(&self, after: u64) -> Option<Vec<ChangeSet>> {
+        self.shared.recent.take_after(after)
+    }
+
     /// The deadlines of this cluster's leases as this node keeps them.
     pub fn lease_clock(&self) -> &Arc<LeaseClock> {
         &self.shared.lease_clock
@@ -245,8 +262,10 @@ impl StateMachine {
 }
 
 impl Shared {
-    /// Publishes a new applied position after its transaction committed.
-    pub(super) fn publish(&self, applied: Applied) {
+    /// Publishes a new applied position after its transaction committed, with the change
+    /// sets it captured for the watch hub (`None`: it did not capture).
+    pub(super) fn publish(&self, applied: Applied, captured: Option<Vec<ChangeSet>>) {
+        self.recent.extend(captured);
         self.revision.store(applied.revision, Ordering::Release);
         self.applied_index
             .store(applied.last.map_or(0, |l| l.index), Ordering::Release);
@@ -255,14 +274,15 @@ impl Shared {
     }
 }
 
-/// Applies `entries` in one transaction, moving `applied` along and pushing what they did
-/// to leases to `events`.
+/// Applies `entries` in one transaction, moving `applied` along, pushing what they did
+/// to leases to `events` and, when `captured` is `Some`, their change sets to it.
 fn apply_batch(
     conn: &mut Connection,
     entries: &[Entry],
     applied: &mut Applied,
     retention: &FeedRetention,
     events: &mut Vec<LeaseEvent>,
+    captured: &mut Option<Vec<ChangeSet>>,
 ) -> rusqlite::Result<Vec<ProposalResults>> {
     let tx = conn.transaction()?;
     let mut results = Vec::with_capacity(entries.len());
@@ -274,10 +294,14 @@ fn apply_batch(
                 applied.time_ms = applied.time_ms.max(proposal.time_ms);
                 for command in &proposal.commands {
                     let next = applied.revision + 1;
-                    let mut feed = FeedWriter::new(&tx, next, applied.time_ms);
+                    let mut feed =
+                        FeedWriter::new(&tx, next, applied.time_ms).capturing(captured.is_some());
                     let outcome = apply_command(&tx, &mut feed, next, command, events)?;
                     if feed.changed() {
                         applied.revision = next;
+                    }
+                    if let (Some(sets), Some(set)) = (captured.as_mut(), feed.into_captured()) {
+                        sets.push(set);
                     }
                     entry_results.results.push(WriteResult {
                         revision: applied.revision,
@@ -326,16 +350,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut applied = shared.applied.lock().expect("applied lock").clone();
             let mut conn = shared.writer.lock().expect("writer lock");
             let mut events = Vec::new();
+            let mut captured = shared.recent.capturing().then(Vec::new);
             let results = apply_batch(
                 &mut conn,
                 &entries,
                 &mut applied,
                 &shared.retention,
                 &mut events,
+                &mut captured,
             )
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
             shared.lease_clock.apply(&events);
-            shared.publish(applied);
+            shared.publish(applied, captured);
             Ok(results)
         })
         .await

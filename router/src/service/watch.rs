@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen_api::server::{WatchEnd as Stop, WatchFrame, WatchSender, WatchStream};
+use aspen_api::server::{SharedSet, WatchEnd as Stop, WatchFrame, WatchSender, WatchStream};
 use aspen_api::watch::{compacted_message, WatchError, WatchRequest, PROGRESS_INTERVAL_MS};
 use aspen_api::wire::{FeedReadRequest, FeedReadResponse, KeyFilter};
 use aspen_api::{ApiError, ErrorCode};
@@ -142,7 +142,7 @@ async fn deliver(
         }
         let frame = WatchFrame::Changes {
             cluster: follow.cluster.clone(),
-            set: Arc::new(set),
+            set: SharedSet::new(set),
         };
         sender.send(frame, CATCH_UP_STALL).await?;
     }

@@ -9,9 +9,11 @@
 //! a hundred watchers cost one feed read per apply, not a hundred, and one encoding of
 //! each change set they all take whole ([`SharedSet`]). While it has watchers the hub takes
 //! the sets from the applies themselves (`StateMachine::take_recent`), reading the feed
-//! only when that in-memory run does not reach back to its revision. A watcher that missed a
-//! page (it was busy, or it is starting from an older revision) reads the feed itself
-//! until it is back at the hub's page: its history never depends on the hub having kept
+//! only when that in-memory run does not reach back to its revision.
+//!
+//! The hub keeps the last [`HUB_PAGES_KEPT`] pages for watchers that have not taken them
+//! yet; a watcher further behind (or starting from an older revision) reads the feed itself
+//! until it is back at the hub's pages: its history never depends on the hub having kept
 //! anything. A watcher never waits on its client while following live pages: a full
 //! buffer ends it with `slow_watcher` (`aspen_api::server::watch`).
 
@@ -26,7 +28,8 @@ use aspen_api::server::{
 use aspen_api::watch::{compacted_message, WatchError, WatchRequest, PROGRESS_INTERVAL_MS};
 use aspen_api::wire::{FeedReadRequest, FeedReadResponse, KeyFilter};
 use aspen_api::{ApiError, ErrorCode};
-use tokio::sync::watch;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
 
 use crate::storage::StateMachine;
 
@@ -36,6 +39,11 @@ pub const FEED_PAGE_SETS: usize = 256;
 /// Most key and value bytes in one page read from the feed (a page may pass it by one
 /// change set, which is at most one command's bytes).
 pub const FEED_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Pages the hub keeps for watchers that have not taken them yet: a watcher up to this
+/// many pages behind (busy, or not yet scheduled) takes them from memory; one further
+/// behind reads the feed itself.
+pub const HUB_PAGES_KEPT: usize = 16;
 
 /// How long a watcher catching up from history waits for its client to make room in its
 /// buffer before it ends the watch with `slow_watcher`.
@@ -47,7 +55,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// A page of the feed as the hub read it: every set in `(after, through]`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Page {
     after: u64,
     through: u64,
@@ -58,7 +66,7 @@ struct Page {
 pub struct FeedHub {
     sm: StateMachine,
     cluster: String,
-    pages: watch::Sender<Arc<Page>>,
+    pages: broadcast::Sender<Arc<Page>>,
     stop: watch::Sender<bool>,
     slots: WatchSlots,
 }
@@ -100,7 +108,7 @@ impl FeedHub {
         let hub = Arc::new(FeedHub {
             sm,
             cluster,
-            pages: watch::Sender::new(Arc::new(Page::default())),
+            pages: broadcast::Sender::new(HUB_PAGES_KEPT),
             stop: watch::Sender::new(false),
             slots: WatchSlots::default(),
         });
@@ -139,7 +147,9 @@ impl FeedHub {
                     Ok(Ok(sets)) => {
                         let through = sets.last().map_or(target, |s| s.revision);
                         let sets = sets.into_iter().map(SharedSet::new).collect();
-                        self.pages.send_replace(Arc::new(Page {
+                        // No receiver left: nobody needs it (a new watcher reads the feed
+                        // up to where it starts following).
+                        let _ = self.pages.send(Arc::new(Page {
                             after: published,
                             through,
                             sets,
@@ -212,7 +222,7 @@ impl Watcher {
         }
     }
 
-    async fn run(mut self, pages: watch::Receiver<Arc<Page>>) {
+    async fn run(mut self, pages: broadcast::Receiver<Arc<Page>>) {
         let stop = match self.follow(pages).await {
             Ok(()) => Stop::Quietly,
             Err(stop) => stop,
@@ -220,7 +230,7 @@ impl Watcher {
         self.sender.close(stop);
     }
 
-    async fn follow(&mut self, mut pages: watch::Receiver<Arc<Page>>) -> Result<(), Stop> {
+    async fn follow(&mut self, mut pages: broadcast::Receiver<Arc<Page>>) -> Result<(), Stop> {
         self.sender.offer(self.progress())?;
         self.catch_up().await?;
         let mut stop = self.hub.stop.subscribe();
@@ -228,32 +238,36 @@ impl Watcher {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             tokio::select! {
-                changed = pages.changed() => {
-                    if changed.is_err() {
-                        return Err(Stop::Quietly);
-                    }
-                    let page = pages.borrow_and_update().clone();
-                    if page.through <= self.pos {
-                        continue;
-                    }
-                    if page.after > self.pos {
-                        // A page was missed: read the gap from the feed itself.
-                        self.catch_up().await?;
-                        continue;
-                    }
-                    for set in page.sets.iter().filter(|s| s.revision > self.pos) {
-                        if let Some(set) = filtered(&self.filter, set) {
-                            let cluster = self.hub.cluster.clone();
-                            self.sender.offer(WatchFrame::Changes { cluster, set })?;
-                        }
-                    }
-                    self.pos = page.through;
-                }
+                page = pages.recv() => match page {
+                    Ok(page) => self.take(&page).await?,
+                    // More than HUB_PAGES_KEPT pages went by: read them from the feed.
+                    Err(RecvError::Lagged(_)) => self.catch_up().await?,
+                    Err(RecvError::Closed) => return Err(Stop::Quietly),
+                },
                 _ = ticks.tick() => self.sender.offer(self.progress())?,
                 _ = stopped(&mut stop) => return Err(Stop::Quietly),
                 _ = self.sender.closed() => return Err(Stop::Quietly),
             }
         }
+    }
+
+    /// Sends what `page` has for this watcher, reading the feed first if the page starts
+    /// past where the watcher is.
+    async fn take(&mut self, page: &Page) -> Result<(), Stop> {
+        if page.through <= self.pos {
+            return Ok(());
+        }
+        if page.after > self.pos {
+            return self.catch_up().await;
+        }
+        for set in page.sets.iter().filter(|s| s.revision > self.pos) {
+            if let Some(set) = filtered(&self.filter, set) {
+                let cluster = self.hub.cluster.clone();
+                self.sender.offer(WatchFrame::Changes { cluster, set })?;
+            }
+        }
+        self.pos = page.through;
+        Ok(())
     }
 
     /// Reads the feed from `pos` until it has nothing more, sending what matches at the

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Benchmarks watches of Aspen against etcd's on this machine with one harness
 # (`aspen bench-watch`), in the same run, alternating the order: a 3-member etcd cluster
-# (Debian's etcd-server) and one 3-node cluster of `aspen dev` (us-1 at its node 1
-# directly), both on loopback, both fsyncing every commit.
+# (Debian's etcd-server) and a 3-node Aspen cluster (three `aspen node` processes, at
+# node 1, its leader, directly), both on loopback, both fsyncing every commit. With
+# ASPEN_TOPOLOGY=dev the Aspen side is us-1 of `aspen dev` instead (three clusters and
+# federation in one process).
 #
-# Usage: scripts/bench-watch-vs-etcd.sh   (env: DURATION=10 RATE=1000 WATCHERS=100 ROUNDS=3)
+# Usage: scripts/bench-watch-vs-etcd.sh
+#   (env: DURATION=10 RATE=1000 WATCHERS=100 ROUNDS=3 ASPEN_TOPOLOGY=plain|dev BIN=...)
 # Prints each run's JSON line: delivery latency (write acknowledged -> watcher) at RATE
 # puts/s to WATCHERS watchers, then put throughput with and without WATCHERS idle watchers
 # and one that never reads.
@@ -15,17 +18,17 @@ DURATION=${DURATION:-10}
 RATE=${RATE:-1000}
 WATCHERS=${WATCHERS:-100}
 ROUNDS=${ROUNDS:-3}
-ASPEN_HTTP=127.0.0.1:17070
-# Node 1 of cluster us-1: `aspen dev` puts it at the router's port + 31.
-ASPEN_NODE=127.0.0.1:17101
+ASPEN_TOPOLOGY=${ASPEN_TOPOLOGY:-plain}
 
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v protoc >/dev/null; then
   echo "installing etcd-server, etcd-client and protobuf-compiler (Debian packages)..." >&2
   apt-get update -qq
   apt-get install -y -qq etcd-server etcd-client protobuf-compiler >/dev/null
 fi
-cargo build --release --features etcd
-BIN=target/release/aspen
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --features etcd
+  BIN=target/release/aspen
+fi
 
 WORK=$(mktemp -d /tmp/aspen-vs-etcd.XXXXXX)
 PIDS=()
@@ -62,15 +65,23 @@ for s in json.load(sys.stdin):
     if s["Status"]["header"]["member_id"] == s["Status"]["leader"]:
         print(s["Endpoint"])')
 
-"$BIN" dev --data-dir "$WORK/aspen" --http "$ASPEN_HTTP" >"$WORK/aspen.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 150); do
-  curl -fs "http://$ASPEN_NODE/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -fs "http://$ASPEN_NODE/readyz" >/dev/null
+if [ "$ASPEN_TOPOLOGY" = dev ]; then
+  # Node 1 of cluster us-1: `aspen dev` puts it at the router's port + 31.
+  ASPEN_NODE=127.0.0.1:17101
+  "$BIN" dev --data-dir "$WORK/aspen" --http 127.0.0.1:17070 >"$WORK/aspen.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 150); do
+    curl -fs "http://$ASPEN_NODE/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  curl -fs "http://$ASPEN_NODE/readyz" >/dev/null
+else
+  ASPEN_NODE=127.0.0.1:18101
+  source scripts/lib/plain-cluster.sh
+  start_plain_cluster "$WORK/aspen"
+fi
 
-echo "etcd $(etcd --version | head -1 | awk '{print $3}') leader at $ETCD_LEADER; aspen us-1 node 1 at http://$ASPEN_NODE" >&2
+echo "etcd $(etcd --version | head -1 | awk '{print $3}') leader at $ETCD_LEADER; aspen ($ASPEN_TOPOLOGY) node 1 at http://$ASPEN_NODE" >&2
 for round in $(seq "$ROUNDS"); do
   order="aspen etcd"
   [ $((round % 2)) = 0 ] && order="etcd aspen"

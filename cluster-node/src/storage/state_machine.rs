@@ -114,10 +114,11 @@ pub(super) fn read_meta<T: serde::de::DeserializeOwned + Default>(
     conn: &Connection,
     name: &str,
 ) -> std::io::Result<T> {
-    // Cached: every feed read (each watch page the hub cannot take from memory) reads one.
     let bytes: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT value FROM sm_meta WHERE name = ?1")
-        .and_then(|mut statement| statement.query_row([name], |r| r.get(0)).optional())
+        .query_row("SELECT value FROM sm_meta WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()
         .map_err(io_err)?;
     match bytes {
         Some(b) => format::decode(STATE_META, &b),

@@ -18,11 +18,8 @@ ASPEN_HTTP=127.0.0.1:17070
 # Node 1 of cluster us-1: `aspen dev` puts it at the router's port + 31.
 ASPEN_NODE=127.0.0.1:17101
 
-if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v protoc >/dev/null; then
-  echo "installing etcd-server, etcd-client and protobuf-compiler (Debian packages)..." >&2
-  apt-get update -qq
-  apt-get install -y -qq etcd-server etcd-client protobuf-compiler >/dev/null
-fi
+source scripts/lib/etcd-cluster.sh
+need_etcd
 cargo build --release --features etcd
 BIN=target/release/aspen
 
@@ -35,31 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-CLUSTER=""
-ENDPOINTS=""
-for i in 1 2 3; do
-  CLUSTER+="${CLUSTER:+,}e$i=http://127.0.0.1:2380$i"
-  ENDPOINTS+="${ENDPOINTS:+,}http://127.0.0.1:2379$i"
-done
-for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
-    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
-    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
-    --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token aspen-bench \
-    --logger zap --log-level error >"$WORK/etcd-$i.log" 2>&1 &
-  PIDS+=($!)
-done
-for _ in $(seq 1 100); do
-  etcdctl --endpoints "$ENDPOINTS" endpoint health >/dev/null 2>&1 && break
-  sleep 0.2
-done
-etcdctl --endpoints "$ENDPOINTS" endpoint health >/dev/null
-# Aim the etcd client at the leader, as the Aspen client is aimed at its leader (node 1).
-ETCD_LEADER=$(ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" endpoint status -w json | python3 -c '
-import json, sys
-for s in json.load(sys.stdin):
-    if s["Status"]["header"]["member_id"] == s["Status"]["leader"]:
-        print(s["Endpoint"])')
+start_etcd_cluster "$WORK/etcd"
 
 "$BIN" dev --data-dir "$WORK/aspen" --http "$ASPEN_HTTP" >"$WORK/aspen.log" 2>&1 &
 PIDS+=($!)

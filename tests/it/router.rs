@@ -3,7 +3,7 @@
 //! clusters, a leader killed under writes loses no acknowledged write, a stopped cluster
 //! fails alone, and the route table reloads without dropping requests.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! SIGHUP reloads the route table while writes keep flowing (none fails), and a reload
 //! with an invalid file is refused, keeping the old table and the process.
 
-mod support;
+use crate::support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! linearizable items back to the leader while serving its stale reads, and a leader cut
 //! off from its peers answers none of a batch's linearizable reads.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! owning cluster (us-1) loses its leader, has its new leader cut off and healed, and loses
 //! a follower; the history checker must find a linearization of every recorded operation.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

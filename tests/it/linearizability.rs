@@ -3,7 +3,7 @@
 //! follower is killed; the history checker then searches for a linearization (it does not
 //! compare with the last write).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

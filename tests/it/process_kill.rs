@@ -5,7 +5,7 @@
 //! healed. The history checker must find a linearization, so an acknowledged write that
 //! went missing, or a stale read from a deposed leader, fails the run.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! together, converge after a partition with their lag rising and falling, never go back
 //! in time through a router, refuse what they cannot bound, and never take a foreign write.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,7 +2,7 @@
 //! leader dies or the whole cluster restarts, a wiped node catches up through a snapshot,
 //! concurrent CAS is atomic, and Raft RPCs from strangers are refused.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Bad input gets a clear JSON error, changes nothing, and the node keeps serving; every
 //! limit is accepted at its boundary and refused one past it.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! to processes, frees a killed holder's lock after its TTL, and kills its command (with
 //! the command's children) when it loses its lease.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::process::{Command, Stdio};

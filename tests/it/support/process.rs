@@ -51,9 +51,25 @@ impl Proc {
     }
 }
 
+/// Lines of a process's log a failing test prints.
+const LOG_TAIL_LINES: usize = 60;
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
+        // The temp dir with the log goes with the test: show the end of it while it is
+        // still there, so a failure (in CI, say) says what the process was doing.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "---- last {} lines of {}:\n{}",
+                tail.len(),
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
 

@@ -5,9 +5,8 @@
 //! other watchers go on; a blocking read answers when its key changes. `leases` holds the
 //! lease tests, which watch their expiry deletes.
 
-#[path = "watch/leases.rs"]
 mod leases;
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

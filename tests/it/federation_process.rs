@@ -5,7 +5,7 @@
 //! writes. Afterwards eu's replica must equal us-1 exactly: every key, value, revision and
 //! version, nothing lost, nothing applied twice.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -308,15 +308,28 @@ async fn killed_importer_and_exporting_leader_lose_and_duplicate_nothing() {
     let router = RunningRouter::start(&config, listener).await.unwrap();
     let client = AspenClient::with_timeout(&router.url(), Duration::from_secs(30));
     let head = owner_revision(&l.us).await;
-    poll(
-        "eu's replica at us-1's head",
-        Duration::from_secs(120),
-        || async {
-            let (revision, _) = replica_state(&l.eu).await?;
-            (revision >= head).then_some(())
-        },
-    )
+    let caught_up = tokio::time::timeout(Duration::from_secs(120), async {
+        while replica_state(&l.eu)
+            .await
+            .is_none_or(|(revision, _)| revision < head)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
     .await;
+    if caught_up.is_err() {
+        let status = |url: String| async move {
+            let http = aspen_api::client::http_client(Duration::from_secs(2));
+            match http.get(format!("{url}/v1/status")).send().await {
+                Ok(answer) => answer.text().await.unwrap_or_default(),
+                Err(e) => format!("no status: {e}"),
+            }
+        };
+        for p in l.us.iter().chain([&l.eu]) {
+            eprintln!("status of {}: {}", p.url(), status(p.url()).await);
+        }
+        panic!("eu's replica did not reach us-1's head {head} within 120 s");
+    }
     let owner = all_keys(&client, Consistency::Linearizable).await;
     let replica = all_keys(&client, Consistency::Stale).await;
     for key in &acknowledged {

@@ -1,7 +1,7 @@
 //! The KV API of one cluster end to end: every node serves every request (followers
 //! forward), values are binary safe, revisions follow etcd semantics, and scans page.
 
-mod support;
+use crate::support;
 
 use aspen_api::client::TxnOutcome;
 use aspen_api::json::{JsonPrecondition, JsonWrite, TxnRequest};

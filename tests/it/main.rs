@@ -1,0 +1,31 @@
+//! The integration tests of Aspen, in one test binary: each links iroh, openraft and
+//! SQLite, so one binary links once instead of once per file. Each module is one area;
+//! run one with `cargo test --test it watch::` (or any test name's part).
+//!
+//! - `kv_basics`, `kv_wire`, `http_errors`: the KV API over HTTP and `aspen/kv/1`, and
+//!   its refusal of bad input at every limit.
+//! - `cluster_faults`, `linearizability`, `process_kill`: clusters under leader kills,
+//!   restarts and partitions, in one process and as `aspen node` processes, checked by
+//!   `aspen-checker`.
+//! - `router`, `router_linearizability`, `router_process`: the router in front of
+//!   several clusters.
+//! - `federation`, `federation_process`: regions replicating through iroh-docs.
+//! - `watch` (with `watch::leases`): the change feed, watches and leases.
+//! - `cli`: the `aspen` binary as a user runs it.
+//! - `support`: starting clusters, polling with a deadline, child processes.
+
+mod support;
+
+mod cli;
+mod cluster_faults;
+mod federation;
+mod federation_process;
+mod http_errors;
+mod kv_basics;
+mod kv_wire;
+mod linearizability;
+mod process_kill;
+mod router;
+mod router_linearizability;
+mod router_process;
+mod watch;

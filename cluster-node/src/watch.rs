@@ -5,31 +5,34 @@
 //! revision order: the feed rows are written in the apply transaction (`storage::feed`).
 //!
 //! One [`FeedHub`] task per node takes each new page of the feed once, when the applied
-//! revision moves, and publishes it; each watcher filters the shared page for its keys. So
-//! a hundred watchers cost one feed read per apply, not a hundred, and one encoding of
-//! each change set they all take whole ([`SharedSet`]). While it has watchers the hub takes
-//! the sets from the applies themselves (`StateMachine::take_recent`), reading the feed
-//! only when that in-memory run does not reach back to its revision.
+//! revision moves, and hands each following watcher what the page holds for its keys,
+//! straight into that watcher's buffer. So a hundred watchers cost one feed read per
+//! apply, not a hundred; a watcher the page does not concern is not woken at all; and a
+//! change set that many watchers take whole is encoded once ([`SharedSet`]). While it has
+//! followers the hub takes the sets from the applies themselves
+//! (`StateMachine::take_recent`), reading the feed only when that in-memory run does not
+//! reach back to its revision.
 //!
-//! The hub keeps the last [`HUB_PAGES_KEPT`] pages for watchers that have not taken them
-//! yet; a watcher further behind (or starting from an older revision) reads the feed itself
-//! until it is back at the hub's pages: its history never depends on the hub having kept
-//! anything. A watcher never waits on its client while following live pages: a full
-//! buffer ends it with `slow_watcher` (`aspen_api::server::watch`).
+//! A new watch first reads the feed itself, from its start revision, at its client's
+//! pace, until it is no further behind than the hub; then it joins the hub's followers.
+//! The join happens under the hub's lock, so nothing falls between the two: its history
+//! never depends on the hub having kept anything. A follower never waits on its client:
+//! a full buffer ends it with `slow_watcher` (`aspen_api::server::watch`), so a client
+//! that stops reading never holds up the hub or writes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use aspen_api::feed::{ChangeSet, Compacted};
 use aspen_api::limits::MAX_FEED_WAIT_MS;
 use aspen_api::server::{
-    SharedSet, WatchEnd as Stop, WatchFrame, WatchSender, WatchSlots, WatchStream,
+    Refused, SharedSet, WatchEnd as Stop, WatchFrame, WatchSender, WatchSlots, WatchStream,
 };
 use aspen_api::watch::{compacted_message, WatchError, WatchRequest, PROGRESS_INTERVAL_MS};
 use aspen_api::wire::{FeedReadRequest, FeedReadResponse, KeyFilter};
 use aspen_api::{ApiError, ErrorCode};
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::storage::StateMachine;
 
@@ -40,11 +43,6 @@ pub const FEED_PAGE_SETS: usize = 256;
 /// change set, which is at most one command's bytes).
 pub const FEED_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Pages the hub keeps for watchers that have not taken them yet: a watcher up to this
-/// many pages behind (busy, or not yet scheduled) takes them from memory; one further
-/// behind reads the feed itself.
-pub const HUB_PAGES_KEPT: usize = 16;
-
 /// How long a watcher catching up from history waits for its client to make room in its
 /// buffer before it ends the watch with `slow_watcher`.
 pub const CATCH_UP_STALL: Duration = Duration::from_secs(10);
@@ -54,21 +52,35 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// A page of the feed as the hub read it: every set in `(after, through]`.
-#[derive(Debug)]
-struct Page {
-    after: u64,
-    through: u64,
-    sets: Vec<Arc<SharedSet>>,
-}
-
-/// The node's watches: the shared feed reader, and the bound on open watches.
+/// The node's watches: the shared feed reader, its followers, and the bound on open
+/// watches.
 pub struct FeedHub {
     sm: StateMachine,
     cluster: String,
-    pages: broadcast::Sender<Arc<Page>>,
+    followers: Mutex<Followers>,
     stop: watch::Sender<bool>,
     slots: WatchSlots,
+}
+
+/// The watches the hub feeds, and how far it has fed them.
+#[derive(Default)]
+struct Followers {
+    /// Every change set through this revision has been offered to every follower (what
+    /// concerns it); a watcher may join once it has read the feed this far.
+    published: u64,
+    next_id: u64,
+    /// The hub has stopped: a watcher that would join ends instead.
+    stopped: bool,
+    list: Vec<Follower>,
+}
+
+/// A watch the hub feeds.
+struct Follower {
+    id: u64,
+    filter: KeyFilter,
+    /// Every revision up to this one has been looked at (and sent, when it matched).
+    pos: u64,
+    sender: WatchSender,
 }
 
 /// Reads the feed after `after` (at most one page) off the async runtime.
@@ -102,17 +114,76 @@ fn filtered(filter: &KeyFilter, set: &Arc<SharedSet>) -> Option<Arc<SharedSet>> 
     filter.apply(set).map(SharedSet::new)
 }
 
+impl Follower {
+    fn progress(&self, cluster: &str) -> WatchFrame {
+        WatchFrame::Progress {
+            cluster: cluster.to_owned(),
+            revision: self.pos,
+        }
+    }
+
+    /// Offers what `sets` (every set in some run ending at `through`) hold for this
+    /// watch past its position.
+    fn take(
+        &mut self,
+        cluster: &str,
+        sets: &[Arc<SharedSet>],
+        through: u64,
+    ) -> Result<(), Refused> {
+        for set in sets.iter().filter(|s| s.revision > self.pos) {
+            if let Some(set) = filtered(&self.filter, set) {
+                let cluster = cluster.to_owned();
+                self.sender.offer(WatchFrame::Changes { cluster, set })?;
+            }
+        }
+        self.pos = self.pos.max(through);
+        Ok(())
+    }
+}
+
+impl Followers {
+    /// Runs `f` on every follower, ending (and dropping) each one it refuses.
+    fn each(&mut self, mut f: impl FnMut(&mut Follower) -> Result<(), Stop>) {
+        let mut i = 0;
+        while i < self.list.len() {
+            match f(&mut self.list[i]) {
+                Ok(()) => i += 1,
+                Err(stop) => self.list.swap_remove(i).sender.close(stop),
+            }
+        }
+    }
+
+    /// Hands every follower what `sets`, the run `(published, through]`, hold for it.
+    fn publish(&mut self, cluster: &str, sets: &[Arc<SharedSet>], through: u64) {
+        self.each(|f| Ok(f.take(cluster, sets, through)?));
+        self.published = self.published.max(through);
+    }
+
+    /// Tells every follower how far it has been read.
+    fn progress(&mut self, cluster: &str) {
+        let published = self.published;
+        self.each(|f| {
+            f.pos = f.pos.max(published);
+            Ok(f.sender.offer(f.progress(cluster))?)
+        });
+    }
+}
+
 impl FeedHub {
     /// The hub of `sm`'s feed, running until [`FeedHub::stop`].
     pub fn start(sm: StateMachine, cluster: String) -> Arc<FeedHub> {
+        let published = sm.revision();
         let hub = Arc::new(FeedHub {
             sm,
             cluster,
-            pages: broadcast::Sender::new(HUB_PAGES_KEPT),
+            followers: Mutex::new(Followers {
+                published,
+                ..Followers::default()
+            }),
             stop: watch::Sender::new(false),
             slots: WatchSlots::default(),
         });
-        tokio::spawn(hub.clone().run());
+        tokio::spawn(hub.clone().run(published));
         hub
     }
 
@@ -126,49 +197,80 @@ impl FeedHub {
         self.slots.in_use()
     }
 
-    async fn run(self: Arc<Self>) {
+    fn followers(&self) -> MutexGuard<'_, Followers> {
+        self.followers.lock().expect("watch followers lock")
+    }
+
+    async fn run(self: Arc<Self>, mut published: u64) {
         let mut revisions = self.sm.watch_revision();
         let mut stop = self.stop.subscribe();
-        let mut published = self.sm.revision();
+        let interval = Duration::from_millis(PROGRESS_INTERVAL_MS);
+        let mut progress_at = Instant::now() + interval;
         loop {
-            // The target is read before the watcher count: a watcher that subscribes
-            // after the count was read has read the feed past the target itself.
+            if Instant::now() >= progress_at {
+                self.followers().progress(&self.cluster);
+                progress_at = Instant::now() + interval;
+            }
             let target = *revisions.borrow_and_update();
-            if target > published && self.pages.receiver_count() == 0 {
-                self.sm.keep_recent(false);
-                published = target;
-            } else if target > published {
-                self.sm.keep_recent(true);
-                let sets = match self.sm.take_recent(published) {
-                    Some(sets) if !sets.is_empty() => Ok(Ok(sets)),
-                    _ => read_feed(&self.sm, published).await,
-                };
-                match sets {
-                    Ok(Ok(sets)) => {
-                        let through = sets.last().map_or(target, |s| s.revision);
-                        let sets = sets.into_iter().map(SharedSet::new).collect();
-                        // No receiver left: nobody needs it (a new watcher reads the feed
-                        // up to where it starts following).
-                        let _ = self.pages.send(Arc::new(Page {
-                            after: published,
-                            through,
-                            sets,
-                        }));
-                        published = through;
-                    }
-                    // Only a hub that fell behind the retention can see this; watchers
-                    // that need those revisions find out from their own reads.
-                    Ok(Err(c)) => published = c.oldest.saturating_sub(1).max(published),
-                    Err(e) => {
-                        tracing::warn!(cluster = %self.cluster, "watch hub: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
+            if target > published {
+                published = self.publish(published, target).await;
                 continue;
             }
             tokio::select! {
-                changed = revisions.changed() => if changed.is_err() { return },
-                _ = stopped(&mut stop) => return,
+                changed = revisions.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep_until(progress_at) => {}
+                _ = stopped(&mut stop) => break,
+            }
+        }
+        let mut followers = self.followers();
+        followers.stopped = true;
+        followers.list.clear();
+    }
+
+    /// Hands the followers the sets after `published`, up to `target` at most: how far
+    /// it got.
+    async fn publish(&self, published: u64, target: u64) -> u64 {
+        {
+            // With nobody to hand them to, the sets need not even be read: a watcher that
+            // joins later has read the feed past `target` itself.
+            let mut followers = self.followers();
+            if followers.list.is_empty() {
+                self.sm.keep_recent(false);
+                followers.published = target;
+                return target;
+            }
+        }
+        self.sm.keep_recent(true);
+        let sets = match self.sm.take_recent(published) {
+            Some(sets) if !sets.is_empty() => Ok(Ok(sets)),
+            _ => read_feed(&self.sm, published).await,
+        };
+        match sets {
+            Ok(Ok(sets)) => {
+                let through = sets.last().map_or(target, |s| s.revision);
+                let sets: Vec<_> = sets.into_iter().map(SharedSet::new).collect();
+                self.followers().publish(&self.cluster, &sets, through);
+                through
+            }
+            // Only a hub that fell behind the retention can see this: a follower that
+            // had not looked at the compacted revisions yet has lost them.
+            Ok(Err(c)) => {
+                let through = c.oldest.saturating_sub(1).max(published);
+                let mut followers = self.followers();
+                followers.each(|f| {
+                    if f.pos >= through {
+                        return Ok(());
+                    }
+                    let error = WatchError::compacted(&self.cluster, f.pos, c.oldest);
+                    Err(Stop::With(error))
+                });
+                followers.published = through;
+                through
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %self.cluster, "watch hub: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                published
             }
         }
     }
@@ -176,9 +278,7 @@ impl FeedHub {
     /// Opens a watch of this node's cluster.
     pub async fn watch(self: &Arc<Self>, request: WatchRequest) -> Result<WatchStream, ApiError> {
         let (sender, stream) = self.slots.open()?;
-        // Subscribed before the start is read: every page published from here on is seen.
-        let pages = self.pages.subscribe();
-        let after = match request.after(&self.cluster) {
+        let pos = match request.after(&self.cluster) {
             Some(after) => {
                 let check = self
                     .sm
@@ -194,106 +294,83 @@ impl FeedHub {
             }
             None => self.sm.revision(),
         };
-        let watcher = Watcher {
-            hub: self.clone(),
+        let id = {
+            let mut followers = self.followers();
+            followers.next_id += 1;
+            followers.next_id
+        };
+        let follower = Follower {
+            id,
             filter: request.filter,
-            pos: after,
+            pos,
             sender,
         };
-        tokio::spawn(watcher.run(pages));
+        tokio::spawn(self.clone().join(follower));
         Ok(stream)
     }
-}
 
-/// One watch on this node.
-struct Watcher {
-    hub: Arc<FeedHub>,
-    filter: KeyFilter,
-    /// Every revision up to this one has been looked at (and sent, when it matched).
-    pos: u64,
-    sender: WatchSender,
-}
-
-impl Watcher {
-    fn progress(&self) -> WatchFrame {
-        WatchFrame::Progress {
-            cluster: self.hub.cluster.clone(),
-            revision: self.pos,
+    /// Brings a new watch up to the hub from history, then hands it to the hub; frees its
+    /// slot as soon as its client goes away.
+    async fn join(self: Arc<Self>, mut follower: Follower) {
+        if let Err(refused) = follower.sender.offer(follower.progress(&self.cluster)) {
+            return follower.sender.close(refused.into());
         }
-    }
-
-    async fn run(mut self, pages: broadcast::Receiver<Arc<Page>>) {
-        let stop = match self.follow(pages).await {
-            Ok(()) => Stop::Quietly,
-            Err(stop) => stop,
-        };
-        self.sender.close(stop);
-    }
-
-    async fn follow(&mut self, mut pages: broadcast::Receiver<Arc<Page>>) -> Result<(), Stop> {
-        self.sender.offer(self.progress())?;
-        self.catch_up().await?;
-        let mut stop = self.hub.stop.subscribe();
-        let interval = Duration::from_millis(PROGRESS_INTERVAL_MS);
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let gone = follower.sender.gone();
+        let id = follower.id;
         loop {
-            tokio::select! {
-                page = pages.recv() => match page {
-                    Ok(page) => self.take(&page).await?,
-                    // More than HUB_PAGES_KEPT pages went by: read them from the feed.
-                    Err(RecvError::Lagged(_)) => self.catch_up().await?,
-                    Err(RecvError::Closed) => return Err(Stop::Quietly),
-                },
-                _ = ticks.tick() => self.sender.offer(self.progress())?,
-                _ = stopped(&mut stop) => return Err(Stop::Quietly),
-                _ = self.sender.closed() => return Err(Stop::Quietly),
+            if let Err(stop) = self.catch_up(&mut follower).await {
+                return follower.sender.close(stop);
+            }
+            let mut followers = self.followers();
+            if followers.stopped {
+                return;
+            }
+            if follower.pos >= followers.published {
+                followers.list.push(follower);
+                break;
             }
         }
+        // The hub drops a follower it ends; this drops one whose client left first.
+        let hub = Arc::downgrade(&self);
+        drop(self);
+        gone.await;
+        forget(hub, id);
     }
 
-    /// Sends what `page` has for this watcher, reading the feed first if the page starts
-    /// past where the watcher is.
-    async fn take(&mut self, page: &Page) -> Result<(), Stop> {
-        if page.through <= self.pos {
-            return Ok(());
-        }
-        if page.after > self.pos {
-            return self.catch_up().await;
-        }
-        for set in page.sets.iter().filter(|s| s.revision > self.pos) {
-            if let Some(set) = filtered(&self.filter, set) {
-                let cluster = self.hub.cluster.clone();
-                self.sender.offer(WatchFrame::Changes { cluster, set })?;
-            }
-        }
-        self.pos = page.through;
-        Ok(())
-    }
-
-    /// Reads the feed from `pos` until it has nothing more, sending what matches at the
-    /// client's pace.
-    async fn catch_up(&mut self) -> Result<(), Stop> {
+    /// Reads the feed after the watch's position until it has nothing more, sending
+    /// what matches at the client's pace.
+    async fn catch_up(&self, follower: &mut Follower) -> Result<(), Stop> {
         loop {
-            let sets = match read_feed(&self.hub.sm, self.pos).await {
+            // Every revision up to `applied` is in the feed when it is read.
+            let applied = self.sm.revision();
+            let sets = match read_feed(&self.sm, follower.pos).await {
                 Ok(Ok(sets)) => sets,
                 Ok(Err(c)) => {
-                    let error = WatchError::compacted(&self.hub.cluster, c.requested, c.oldest);
+                    let error = WatchError::compacted(&self.cluster, c.requested, c.oldest);
                     return Err(Stop::With(error));
                 }
                 Err(e) => return Err(Stop::With(WatchError::new(e.code, e.message))),
             };
             let Some(last) = sets.last().map(|s| s.revision) else {
+                follower.pos = follower.pos.max(applied);
                 return Ok(());
             };
             for set in sets.into_iter().map(SharedSet::new) {
-                if let Some(set) = filtered(&self.filter, &set) {
-                    let cluster = self.hub.cluster.clone();
+                if let Some(set) = filtered(&follower.filter, &set) {
+                    let cluster = self.cluster.clone();
                     let frame = WatchFrame::Changes { cluster, set };
-                    self.sender.send(frame, CATCH_UP_STALL).await?;
+                    follower.sender.send(frame, CATCH_UP_STALL).await?;
                 }
             }
-            self.pos = last;
+            follower.pos = last;
         }
+    }
+}
+
+/// Drops follower `id` of `hub` (if both are still there).
+fn forget(hub: Weak<FeedHub>, id: u64) {
+    if let Some(hub) = hub.upgrade() {
+        hub.followers().list.retain(|f| f.id != id);
     }
 }
 

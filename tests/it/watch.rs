@@ -2,8 +2,9 @@
 //! start revision, in order, across a leader kill and a node restart; a router merges the
 //! streams of two clusters and resumes from its token; a compacted start is refused with
 //! `compacted`; a watcher that never reads is closed as `slow_watcher` while writes and
-//! other watchers go on; a blocking read answers when its key changes. `leases` holds the
-//! lease tests, which watch their expiry deletes.
+//! other watchers go on; watchers that open on every node while writes go on each see
+//! exactly their keys' changes after their start; a blocking read answers when its key
+//! changes. `leases` holds the lease tests, which watch their expiry deletes.
 
 mod leases;
 use crate::support;
@@ -147,6 +148,96 @@ async fn a_watcher_sees_exactly_the_changes_after_its_start_across_a_leader_kill
             state.contains_key(&entry.key),
             "{} was delivered",
             entry.key
+        );
+    }
+    t.cluster.shutdown().await;
+}
+
+/// One acknowledged change: revision, key, value.
+type Acked = (u64, String, String);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watchers_joining_during_writes_each_see_exactly_their_keys_after_their_start() {
+    let t = start_named_cluster("us-1", 3, fast_raft()).await;
+    let leader = t.wait_for_leader().await;
+    let truth: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    // Four writers: single puts to j/a/ or j/b/, and batches that write both at once.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let client = t.client(leader);
+            let truth = truth.clone();
+            tokio::spawn(async move {
+                for i in 0..300 {
+                    let (a, b) = (format!("j/a/{}", i % 7), format!("j/b/{}", i % 5));
+                    let value = format!("w{w}-{i}");
+                    let keys = match i % 3 {
+                        0 => vec![a],
+                        1 => vec![b],
+                        _ => vec![a, b],
+                    };
+                    let writes = keys.iter().map(|k| JsonWrite::new(k, value.as_bytes()));
+                    let batch = BatchRequest {
+                        writes: writes.collect(),
+                        deletes: vec![],
+                    };
+                    let revision = client.batch(&batch).await.expect("write").revision;
+                    let mut truth = truth.lock().unwrap();
+                    truth.extend(keys.into_iter().map(|k| (revision, k, value.clone())));
+                }
+            })
+        })
+        .collect();
+    // While they write, watchers open on every node: from just past the newest write
+    // (joining the node's live pages at once) or from well before it (reading history
+    // first), each on one of the two prefixes.
+    let urls: Vec<String> = (1..=3).map(|id| t.cluster.url(id)).collect();
+    let mut watchers = Vec::new();
+    for n in 0..40usize {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let newest = truth.lock().unwrap().iter().map(|c| c.0).max().unwrap_or(0);
+        let start = if n % 2 == 0 {
+            newest + 1
+        } else {
+            newest.saturating_sub(40).max(1)
+        };
+        let prefix = if n % 4 < 2 { "j/a/" } else { "j/b/" };
+        let url = urls[n % urls.len()].clone();
+        watchers.push((prefix, start, follow(vec![url], prefix, Some(start))));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut truth = truth.lock().unwrap().clone();
+    truth.sort();
+    for (prefix, start, seen) in &watchers {
+        let expected: Vec<Acked> = truth
+            .iter()
+            .filter(|c| c.0 >= *start && c.1.starts_with(prefix))
+            .cloned()
+            .collect();
+        let last = expected.last().map_or(0, |c| c.0);
+        poll(
+            "each watcher to reach its last change",
+            Duration::from_secs(30),
+            || async { (last_revision(seen) >= last).then_some(()) },
+        )
+        .await;
+        let got: Vec<Acked> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, r, k, v)| (*r, k.clone(), v.clone().expect("only puts")))
+            .collect();
+        // One watched key per revision here, so the order is the revisions'.
+        assert!(
+            got.windows(2).all(|w| w[0].0 < w[1].0),
+            "{prefix} from {start}: in revision order, once each"
+        );
+        let missing: Vec<_> = expected.iter().filter(|c| !got.contains(c)).collect();
+        let extra: Vec<_> = got.iter().filter(|c| !expected.contains(c)).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{prefix} from {start}: missing {missing:?}, not written there {extra:?}"
         );
     }
     t.cluster.shutdown().await;

@@ -97,6 +97,7 @@ impl WatchSlots {
         })?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER_REVISIONS);
         let (end_tx, end_rx) = oneshot::channel();
+        let (alive_tx, alive_rx) = tokio::sync::watch::channel(());
         let shared = Arc::new(Buffered {
             bytes: AtomicUsize::new(0),
             consumed: Notify::new(),
@@ -105,12 +106,14 @@ impl WatchSlots {
             tx,
             end: end_tx,
             shared: shared.clone(),
+            alive: alive_rx,
             _slot: slot,
         };
         let stream = WatchStream {
             rx,
             end: Some(end_rx),
             shared,
+            _alive: alive_tx,
         };
         Ok((sender, stream))
     }
@@ -157,6 +160,8 @@ pub struct WatchSender {
     tx: mpsc::Sender<WatchFrame>,
     end: oneshot::Sender<WatchError>,
     shared: Arc<Buffered>,
+    /// Closes when the [`WatchStream`] is dropped.
+    alive: tokio::sync::watch::Receiver<()>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -209,6 +214,13 @@ impl WatchSender {
         self.tx.closed().await
     }
 
+    /// Resolves when the client's end has been dropped, like [`Self::closed`], but as a
+    /// future of its own: a task can wait for it while another holds the sender.
+    pub fn gone(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut alive = self.alive.clone();
+        async move { while alive.changed().await.is_ok() {} }
+    }
+
     /// Ends the watch as `end` says.
     pub fn close(self, end: WatchEnd) {
         match end {
@@ -242,6 +254,7 @@ pub struct WatchStream {
     rx: mpsc::Receiver<WatchFrame>,
     end: Option<oneshot::Receiver<WatchError>>,
     shared: Arc<Buffered>,
+    _alive: tokio::sync::watch::Sender<()>,
 }
 
 /// What a [`WatchStream`] yields.
@@ -528,6 +541,26 @@ mod tests {
         assert!(refused.message.contains(&MAX_WATCHERS.to_string()));
         open.pop();
         slots.open().expect("a slot is free again");
+    }
+
+    #[tokio::test]
+    async fn gone_resolves_when_the_stream_is_dropped_and_never_holds_it_open() {
+        let (tx, mut rx) = WatchSlots::default().open().unwrap();
+        let gone = tokio::spawn(tx.gone());
+        tx.offer(progress(1)).unwrap();
+        tx.slow();
+        assert!(matches!(rx.next().await, Some(WatchItem::Frame(_))));
+        let end = tokio::time::timeout(Duration::from_secs(10), rx.next()).await;
+        let Ok(Some(WatchItem::End(error))) = end else {
+            panic!("the stream must end while gone() waits: {end:?}");
+        };
+        assert_eq!(error.code, ErrorCode::SlowWatcher.as_str());
+        assert!(!gone.is_finished(), "the client's end is still there");
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(10), gone)
+            .await
+            .expect("gone() resolves once the stream is dropped")
+            .unwrap();
     }
 
     #[tokio::test]

@@ -27,6 +27,9 @@ pub const RECENT_BYTES: usize = crate::watch::FEED_PAGE_BYTES;
 #[derive(Debug, Default)]
 pub(crate) struct RecentFeed {
     capture: AtomicBool,
+    /// Whether `held` may hold anything: lets the applies of a node nobody watches skip
+    /// the lock.
+    holding: AtomicBool,
     held: Mutex<Held>,
 }
 
@@ -44,8 +47,7 @@ impl RecentFeed {
 
     /// Starts or stops capturing; stopping drops what is held.
     pub(crate) fn set_capture(&self, on: bool) {
-        self.capture.store(on, Ordering::Release);
-        if !on {
+        if self.capture.swap(on, Ordering::AcqRel) && !on {
             self.clear();
         }
     }
@@ -54,12 +56,17 @@ impl RecentFeed {
     /// Called before the new revision is announced.
     pub(crate) fn extend(&self, sets: Option<Vec<ChangeSet>>) {
         let Some(sets) = sets else {
-            return self.clear();
+            // Only the applies add sets, so with nothing held there is no run to break.
+            if self.holding.load(Ordering::Acquire) {
+                self.clear();
+            }
+            return;
         };
         if sets.is_empty() {
             return;
         }
         let mut held = self.held.lock().expect("recent feed lock");
+        self.holding.store(true, Ordering::Release);
         for set in sets {
             held.bytes += set.payload_bytes();
             held.sets.push_back(set);
@@ -75,6 +82,7 @@ impl RecentFeed {
         let mut held = self.held.lock().expect("recent feed lock");
         held.sets.clear();
         held.bytes = 0;
+        self.holding.store(false, Ordering::Release);
     }
 
     /// The held sets after revision `after`, emptying the cache; `None` when the run
@@ -84,6 +92,7 @@ impl RecentFeed {
         let mut held = self.held.lock().expect("recent feed lock");
         held.bytes = 0;
         let sets = std::mem::take(&mut held.sets);
+        self.holding.store(false, Ordering::Release);
         drop(held);
         let first = sets.front()?.revision;
         if first > after + 1 {

@@ -44,14 +44,24 @@ pub(super) async fn grant<B: KvBackend>(
     finish(&*backend, "lease_grant", start, result)
 }
 
+/// Runs the lease operation `op` makes of the id in the path, as route `name`.
+async fn by_id<B: KvBackend>(
+    backend: &B,
+    path: Result<Path<String>, PathRejection>,
+    op: fn(LeaseId) -> LeaseOp,
+    name: &'static str,
+) -> Response {
+    let start = Instant::now();
+    let result = async { run(backend, op(path_lease(path)?)).await }.await;
+    finish(backend, name, start, result)
+}
+
 /// `POST /v1/lease/{id}/keepalive`.
 pub(super) async fn keepalive<B: KvBackend>(
     State(backend): State<Arc<B>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let start = Instant::now();
-    let result = async { run(&*backend, LeaseOp::KeepAlive(path_lease(path)?)).await }.await;
-    finish(&*backend, "lease_keepalive", start, result)
+    by_id(&*backend, path, LeaseOp::KeepAlive, "lease_keepalive").await
 }
 
 /// `GET /v1/lease/{id}`.
@@ -59,9 +69,7 @@ pub(super) async fn get<B: KvBackend>(
     State(backend): State<Arc<B>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let start = Instant::now();
-    let result = async { run(&*backend, LeaseOp::Get(path_lease(path)?)).await }.await;
-    finish(&*backend, "lease_get", start, result)
+    by_id(&*backend, path, LeaseOp::Get, "lease_get").await
 }
 
 /// `DELETE /v1/lease/{id}`.
@@ -69,7 +77,5 @@ pub(super) async fn revoke<B: KvBackend>(
     State(backend): State<Arc<B>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let start = Instant::now();
-    let result = async { run(&*backend, LeaseOp::Revoke(path_lease(path)?)).await }.await;
-    finish(&*backend, "lease_revoke", start, result)
+    by_id(&*backend, path, LeaseOp::Revoke, "lease_revoke").await
 }

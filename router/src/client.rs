@@ -17,7 +17,12 @@
 //! Admission is bounded per cluster: at most `max_in_flight` requests run at once and as
 //! many again may wait; beyond that a request is refused at once with 503, so a slow or
 //! dead cluster holds a bounded share of the router and every other cluster keeps its speed.
+//!
+//! A cluster in which no node answered as leader for a whole deadline has its requests
+//! refused at once (503) until a background probe finds a leader again (`breaker`), so a
+//! dead cluster costs each request a fast answer, not the deadline.
 
+mod breaker;
 mod link;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +39,7 @@ use aspen_net::{PeerAddr, Transport};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+pub use breaker::{PROBE_DEADLINE, PROBE_INTERVAL};
 pub use link::RETRY_BACKOFF;
 use link::{Link, Member};
 
@@ -128,13 +134,15 @@ impl ClusterClient {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let link = Arc::new(Link {
+        let link = Arc::new_cyclic(|me| Link {
             name: cluster.name.clone(),
             members,
             transport,
             deadline,
             leader: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
+            breaker: Default::default(),
+            me: me.clone(),
         });
         let limits = BatchLimits {
             max_items: MAX_WIRE_BATCH,
@@ -167,6 +175,12 @@ impl ClusterClient {
         (running, self.waiting.load(Ordering::Acquire))
     }
 
+    /// Whether the cluster's breaker is open (its requests are refused at once), and how
+    /// many requests it has refused since the router started.
+    pub fn breaker(&self) -> (bool, u64) {
+        (self.link.breaker.is_open(), self.link.breaker.refused())
+    }
+
     /// What the router last learned about the cluster.
     pub fn health(&self) -> Health {
         self.link.health.lock().expect("health lock").clone()
@@ -191,6 +205,9 @@ impl ClusterClient {
     }
 
     async fn call_admitted(&self, request: KvRequest) -> Result<KvResponse, ApiError> {
+        if let Some(refused) = self.link.refused() {
+            return Err(refused);
+        }
         let _running = match self.running.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
@@ -243,6 +260,9 @@ impl ClusterClient {
     /// may wait at the node for up to its `wait_ms`, and must not hold a slot that writes
     /// and reads need. Any member answers; one that cannot be reached is passed over.
     pub async fn feed_read(&self, request: FeedReadRequest) -> Result<FeedReadResponse, ApiError> {
+        if let Some(refused) = self.link.refused() {
+            return Err(refused);
+        }
         let wait = Duration::from_millis(request.wait_ms);
         let deadline = Instant::now() + wait + self.link.deadline;
         match self

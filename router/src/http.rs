@@ -160,7 +160,7 @@ async fn metrics_text(State(admin): State<Admin>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        admin.metrics.render(&replicas),
+        admin.metrics.render(&replicas, &admin.service.breakers()),
     )
         .into_response()
 }

@@ -33,6 +33,12 @@ struct SourceLabels {
     source: String,
 }
 
+/// Labels of the per-cluster breaker gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
 /// All metrics of one router.
 pub struct RouterMetrics {
     registry: Registry,
@@ -42,6 +48,8 @@ pub struct RouterMetrics {
     replica_lag_revisions: Family<SourceLabels, Gauge>,
     replica_lag_seconds: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     http_refused: Gauge,
+    breaker_open: Family<ClusterLabels, Gauge>,
+    breaker_refused: Family<ClusterLabels, Gauge>,
     /// What the router's HTTP listener counts (handed to `serve_with`).
     pub http: Arc<ServeStats>,
 }
@@ -92,6 +100,18 @@ impl Default for RouterMetrics {
             "HTTP connections closed on accept since start because the listener served the most it allows",
             http_refused.clone(),
         );
+        let breaker_open = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_breaker_open",
+            "1 while a cluster's requests are refused at once because no node answered as leader for a whole deadline",
+            breaker_open.clone(),
+        );
+        let breaker_refused = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_breaker_refused",
+            "Requests to a cluster refused at once by its open breaker since start",
+            breaker_refused.clone(),
+        );
         RouterMetrics {
             registry,
             requests,
@@ -100,6 +120,8 @@ impl Default for RouterMetrics {
             replica_lag_revisions,
             replica_lag_seconds,
             http_refused,
+            breaker_open,
+            breaker_refused,
             http: Arc::new(ServeStats::default()),
         }
     }
@@ -122,9 +144,23 @@ impl RouterMetrics {
     }
 
     /// Renders every metric in the Prometheus text format, with the replica gauges set from
-    /// `replicas` (as `/v1/status` reports them).
-    pub fn render(&self, replicas: &[ReplicaHealth]) -> String {
+    /// `replicas` (as `/v1/status` reports them) and the breaker gauges from `breakers`
+    /// (cluster, open, refused).
+    pub fn render(&self, replicas: &[ReplicaHealth], breakers: &[(String, bool, u64)]) -> String {
         self.http_refused.set(self.http.refused() as i64);
+        self.breaker_open.clear();
+        self.breaker_refused.clear();
+        for (cluster, open, refused) in breakers {
+            let labels = ClusterLabels {
+                cluster: cluster.clone(),
+            };
+            self.breaker_open
+                .get_or_create(&labels)
+                .set(i64::from(*open));
+            self.breaker_refused
+                .get_or_create(&labels)
+                .set(*refused as i64);
+        }
         for r in replicas {
             let labels = SourceLabels {
                 source: r.source.clone(),

@@ -155,6 +155,21 @@ impl RouterService {
         self.routing().clients.get(cluster).map(|c| c.load())
     }
 
+    /// Each cluster's breaker: open or not, and requests it refused at once, by name.
+    pub fn breakers(&self) -> Vec<(String, bool, u64)> {
+        let mut all: Vec<_> = self
+            .routing()
+            .clients
+            .iter()
+            .map(|(name, c)| {
+                let (open, refused) = c.breaker();
+                (name.clone(), open, refused)
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
     /// The current route table.
     pub fn table(&self) -> Arc<RouteTable> {
         self.routing().table.clone()

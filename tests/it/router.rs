@@ -285,11 +285,49 @@ async fn with_one_cluster_stopped_its_keys_fail_alone_and_the_other_keeps_servin
     let err = stuck.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::ClusterUnavailable), "{err}");
     assert!(err.to_string().contains("us-2"), "names the cluster: {err}");
+    // The breaker is open now: the next request is refused at once, not after 5 s.
+    let start = std::time::Instant::now();
     let err = c
         .get("svc-b/before", Consistency::Linearizable)
         .await
         .unwrap_err();
+    let took = start.elapsed();
     assert_eq!(err.code(), Some(ErrorCode::ClusterUnavailable), "{err}");
+    assert!(
+        err.to_string().contains("refuses its requests at once"),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_millis(2_500),
+        "refused at once, not after the 5 s deadline: {took:?}"
+    );
+    let metrics = aspen_api::client::http_client(Duration::from_secs(5))
+        .get(format!("{}/metrics", s.router.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("aspen_router_cluster_breaker_open{cluster=\"us-2\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("aspen_router_cluster_breaker_open{cluster=\"us-1\"} 0"));
+    // Once us-2 has a leader again, its probe closes the breaker and requests flow.
+    for id in 1..=3 {
+        s.us2.cluster.restart(id).await.unwrap();
+    }
+    poll(
+        "us-2 serves through the router again",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move { c.put("svc-b/again", b"v").await.ok() }
+        },
+    )
+    .await;
+    assert_eq!(direct(&s.us2, "svc-b/again").await.as_deref(), Some("v"));
     s.shutdown().await;
 }
 

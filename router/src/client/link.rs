@@ -2,7 +2,7 @@
 //! at a time ([`Link::send`]) or several in one message ([`Link::send_batch`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use aspen_api::wire::{self, KvRequest, KvResponse, KV_ALPN, MAX_WIRE_MESSAGE_BYTES};
@@ -11,6 +11,7 @@ use aspen_net::{PeerAddr, Transport, TransportError};
 use futures::future::join_all;
 use tokio::time::Instant;
 
+use super::breaker::{Breaker, PROBE_DEADLINE, PROBE_INTERVAL};
 use super::Health;
 
 /// Pause after every node of a cluster was tried without finding the leader (an election
@@ -34,6 +35,9 @@ pub(super) struct Link {
     /// Index in `members` of the node believed to lead.
     pub(super) leader: AtomicUsize,
     pub(super) health: Mutex<Health>,
+    pub(super) breaker: Breaker,
+    /// This link, for the breaker's probe task.
+    pub(super) me: Weak<Link>,
 }
 
 /// Whether a request may be sent again after it was delivered without an answer.
@@ -89,6 +93,57 @@ impl Link {
             self.leader.store(target, Ordering::Relaxed);
             self.health.lock().expect("health lock").leader = Some(self.members[target].node_id);
         }
+    }
+
+    /// The refusal of a request while the breaker is open.
+    pub(super) fn refused(&self) -> Option<ApiError> {
+        self.breaker.refusal().map(|why| self.unavailable(why))
+    }
+
+    /// Opens the breaker after a request found no leader, starting its one probe.
+    fn trip(&self, why: &str) {
+        if !self.breaker.trip(why) {
+            return;
+        }
+        let link = self.me.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                // The router dropped this cluster (it stopped, or a reload removed it).
+                let Some(link) = link.upgrade() else { return };
+                if link.probe().await {
+                    link.breaker.reset();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Asks every member for its status at once; true if one names a leader (which then
+    /// becomes the node requests go to first).
+    async fn probe(&self) -> bool {
+        let payload = match wire::encode(&KvRequest::Status) {
+            Ok(payload) => payload,
+            Err(_) => return false,
+        };
+        let deadline = Instant::now() + PROBE_DEADLINE;
+        let asks = self
+            .members
+            .iter()
+            .map(|m| self.exchange(m, &payload, deadline));
+        let leader = join_all(asks).await.into_iter().find_map(|answer| {
+            match wire::decode::<KvResponse>(&answer.ok()?).ok()? {
+                KvResponse::Status(status) => status.leader,
+                _ => None,
+            }
+        });
+        let Some(leader) = leader else {
+            return false;
+        };
+        if let Some(i) = self.index_of(leader) {
+            self.leader.store(i, Ordering::Relaxed);
+        }
+        true
     }
 
     /// One request/response exchange with `member`, bounded by `deadline`.
@@ -158,6 +213,7 @@ impl Link {
             if tried_since_pause >= count {
                 tried_since_pause = 0;
                 if Instant::now() + RETRY_BACKOFF >= deadline {
+                    self.trip(&last_problem);
                     return Err(self.unavailable(format!(
                         "no leader answered within {:?} ({last_problem}); nothing was applied",
                         self.deadline

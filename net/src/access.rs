@@ -10,6 +10,9 @@
 //! a predicate over the remote's endpoint id, read at every connection, so membership
 //! changes take effect for the next connection.
 //!
+//! Every remote may hold at most [`MAX_CONNECTIONS_PER_PEER`] connections at once; one
+//! more is refused at the handshake and counted like a refusal by rule.
+//!
 //! Fault injection lives here too: [`Access::set_blocked`] refuses every connection with
 //! chosen peers on every ALPN and closes the ones already open, which is what a network
 //! partition does to a node.
@@ -45,6 +48,14 @@ struct Inner {
     /// Remotes whose refusal was logged at warn level already (later ones log at debug).
     warned: Mutex<HashSet<EndpointId>>,
 }
+
+/// Most connections one remote endpoint may hold with this endpoint at once, over every
+/// ALPN and both directions. A member holds about one per protocol each way (Raft, KV
+/// and, when federated, docs, gossip and blobs), plus for a while those of an incarnation
+/// that died without closing them; past this one more is refused at the handshake and
+/// counted like a refusal by rule, so an endpoint that connects in a loop cannot exhaust
+/// this one.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
 
 /// Most distinct refused endpoints remembered for logging; past it every refusal logs at
 /// debug level, so a flood of strangers cannot grow memory or flood the log.
@@ -124,11 +135,33 @@ impl Access {
         counts
     }
 
-    fn track(&self, conn: &Connection) {
+    /// Records `conn` as open; false (and not recorded) when its remote already holds
+    /// [`MAX_CONNECTIONS_PER_PEER`] open connections.
+    fn track(&self, conn: &Connection) -> bool {
         let mut live = self.inner.live.lock().expect("live connections lock");
         let handles = live.entry(conn.remote_id()).or_default();
         handles.retain(|h| h.upgrade().is_some_and(|c| c.close_reason().is_none()));
+        if handles.len() >= MAX_CONNECTIONS_PER_PEER {
+            return false;
+        }
         handles.push(conn.weak_handle());
+        true
+    }
+
+    fn count_refused(&self, alpn: &[u8]) {
+        *self
+            .inner
+            .refused
+            .lock()
+            .expect("refused lock")
+            .entry(alpn.to_vec())
+            .or_default() += 1;
+    }
+
+    /// Whether a refusal of `remote` should be logged at warn level (its first one).
+    fn first_refusal(&self, remote: EndpointId) -> bool {
+        let mut warned = self.inner.warned.lock().expect("warned lock");
+        warned.len() < MAX_WARNED_REMOTES && warned.insert(remote)
     }
 
     fn decide(&self, conn: &Connection) -> AfterHandshakeOutcome {
@@ -140,20 +173,10 @@ impl Access {
                 reason: b"partitioned".to_vec(),
             };
         }
+        let alpn_text = String::from_utf8_lossy(alpn);
         if !self.allows(&remote, alpn) {
-            *self
-                .inner
-                .refused
-                .lock()
-                .expect("refused lock")
-                .entry(alpn.to_vec())
-                .or_default() += 1;
-            let first = {
-                let mut warned = self.inner.warned.lock().expect("warned lock");
-                warned.len() < MAX_WARNED_REMOTES && warned.insert(remote)
-            };
-            let alpn_text = String::from_utf8_lossy(alpn);
-            if first {
+            self.count_refused(alpn);
+            if self.first_refusal(remote) {
                 tracing::warn!(%remote, alpn = %alpn_text, "refused a connection from an endpoint this node's configuration does not allow (further refusals of it are counted in /metrics)");
             } else {
                 tracing::debug!(%remote, alpn = %alpn_text, "refused a connection");
@@ -163,7 +186,18 @@ impl Access {
                 reason: b"this endpoint is not allowed on this protocol".to_vec(),
             };
         }
-        self.track(conn);
+        if !self.track(conn) {
+            self.count_refused(alpn);
+            if self.first_refusal(remote) {
+                tracing::warn!(%remote, alpn = %alpn_text, "refused a connection: the endpoint already holds {MAX_CONNECTIONS_PER_PEER} with this node, the most allowed (further refusals of it are counted in /metrics)");
+            } else {
+                tracing::debug!(%remote, alpn = %alpn_text, "refused a connection over the per-peer limit");
+            }
+            return AfterHandshakeOutcome::Reject {
+                error_code: CLOSE_REFUSED.into(),
+                reason: b"too many connections from this endpoint".to_vec(),
+            };
+        }
         AfterHandshakeOutcome::Accept
     }
 }

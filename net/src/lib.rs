@@ -11,19 +11,24 @@
 //! # Layout
 //!
 //! - [`access`]: [`Access`], the endpoint hook that decides per ALPN which endpoints may
-//!   connect at all, and cuts chosen peers off on every protocol (fault injection).
+//!   connect at all, bounds the connections of each ([`MAX_CONNECTIONS_PER_PEER`]), and
+//!   cuts chosen peers off on every protocol (fault injection).
 //! - [`batcher`]: [`batcher::Batcher`], a queue whose task runs waiting requests in
 //!   batches (group commit for a node's proposals and reads, request batching for a
 //!   router's cluster clients).
 //! - [`transport`]: [`Transport`], [`PeerAddr`], [`TransportError`], [`serve_streams`],
-//!   endpoint binding and secret keys, and fault injection ([`Transport::set_blocked`]).
+//!   endpoint binding (with at most [`MAX_STREAMS_PER_CONNECTION`] requests in flight per
+//!   connection) and secret keys, and fault injection ([`Transport::set_blocked`]).
 
 pub mod access;
 pub mod batcher;
 pub mod transport;
 
-pub use access::{Access, CLOSE_REFUSED};
+pub use access::{Access, CLOSE_REFUSED, MAX_CONNECTIONS_PER_PEER};
 pub use transport::{
     bind_endpoint, load_or_create_secret_key, serve_streams, PeerAddr, Transport, TransportError,
-    CLOSE_NOT_ALLOWED, CONNECT_TIMEOUT, SECRET_KEY_FILE,
+    CLOSE_NOT_ALLOWED, CONNECT_TIMEOUT, MAX_STREAMS_PER_CONNECTION, SECRET_KEY_FILE,
 };
+
+#[cfg(test)]
+mod tests;

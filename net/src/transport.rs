@@ -32,6 +32,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// QUIC error code sent when closing a connection from an unknown endpoint.
 pub const CLOSE_NOT_ALLOWED: u32 = 403;
+/// Most request streams a peer may have open at once on one connection, on every ALPN:
+/// QUIC's stream credit, so a peer with this many open waits for one to finish before it
+/// can open another. With each request read up to its protocol's message limit, one
+/// connection can make this endpoint hold at most this many messages.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// Errors of one request.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +88,7 @@ pub async fn bind_endpoint(
     let transport = QuicTransportConfig::builder()
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into())
         .build();
     let relay_mode = if relays {
         RelayMode::Default

@@ -1,0 +1,190 @@
+//! The transport's bounds on real iroh endpoints on loopback (relays off): connections
+//! per peer, and request streams per connection.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler, Router};
+use iroh::{Endpoint, EndpointAddr, SecretKey};
+use tokio::sync::Semaphore;
+
+use crate::{
+    bind_endpoint, serve_streams, Access, MAX_CONNECTIONS_PER_PEER, MAX_STREAMS_PER_CONNECTION,
+};
+
+const ALPN: &[u8] = b"aspen/test/1";
+
+/// Answers each request stream with its own bytes once `gate` lets it, counting the
+/// requests being handled in `busy`.
+#[derive(Debug, Clone)]
+struct Echo {
+    gate: Arc<Semaphore>,
+    busy: Arc<AtomicUsize>,
+}
+
+impl Echo {
+    fn open() -> Echo {
+        Echo {
+            gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            busy: Arc::default(),
+        }
+    }
+}
+
+impl ProtocolHandler for Echo {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let echo = self.clone();
+        serve_streams(conn, 64, move |bytes| {
+            let echo = echo.clone();
+            async move {
+                echo.busy.fetch_add(1, Ordering::SeqCst);
+                let _pass = echo.gate.acquire().await;
+                echo.busy.fetch_sub(1, Ordering::SeqCst);
+                bytes
+            }
+        })
+        .await;
+        Ok(())
+    }
+}
+
+async fn endpoint(access: &Access) -> Endpoint {
+    bind_endpoint(
+        SecretKey::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        access,
+    )
+    .await
+    .unwrap()
+}
+
+fn addr_of(endpoint: &Endpoint) -> EndpointAddr {
+    EndpointAddr::new(endpoint.id()).with_addrs(
+        endpoint
+            .bound_sockets()
+            .into_iter()
+            .map(iroh::TransportAddr::Ip),
+    )
+}
+
+/// One request on `conn`: whether it came back whole within 10 s.
+async fn echoes(conn: &Connection) -> bool {
+    let ask = async {
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        send.write_all(b"hi").await.ok()?;
+        send.finish().ok()?;
+        recv.read_to_end(64).await.ok()
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(10), ask).await, Ok(Some(b)) if b == b"hi")
+}
+
+/// Polls `check` every 50 ms until it holds, for at most 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_holds_at_most_max_connections_and_a_closed_one_frees_its_place() {
+    let access = Access::open();
+    let server = endpoint(&access).await;
+    let server_addr = addr_of(&server);
+    let router = Router::builder(server).accept(ALPN, Echo::open()).spawn();
+    // A peer without Aspen's hook (its own would refuse the extra connection locally).
+    let client = Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+
+    let mut held = Vec::new();
+    for i in 0..MAX_CONNECTIONS_PER_PEER {
+        let conn = client.connect(server_addr.clone(), ALPN).await.unwrap();
+        assert!(
+            echoes(&conn).await,
+            "connection {} of the limit is served",
+            i + 1
+        );
+        held.push(conn);
+    }
+    let over = client.connect(server_addr.clone(), ALPN).await;
+    let refused = match over {
+        Err(_) => true,
+        Ok(conn) => !echoes(&conn).await,
+    };
+    assert!(
+        refused,
+        "connection {} is refused",
+        MAX_CONNECTIONS_PER_PEER + 1
+    );
+    let counted: u64 = access.refused_counts().iter().map(|(_, n)| n).sum();
+    assert_eq!(counted, 1, "the refusal is counted");
+    assert!(echoes(&held[0]).await, "the held ones are untouched");
+
+    held.pop().unwrap().close(0u32.into(), b"done");
+    eventually("a closed connection frees its place", async || match client
+        .connect(server_addr.clone(), ALPN)
+        .await
+    {
+        Ok(conn) if echoes(&conn).await => {
+            held.push(conn);
+            true
+        }
+        _ => false,
+    })
+    .await;
+    router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_has_at_most_max_streams_in_flight_and_the_next_waits_for_one() {
+    let echo = Echo::open();
+    let gate = Arc::new(Semaphore::new(0));
+    let echo = Echo {
+        gate: gate.clone(),
+        ..echo
+    };
+    let busy = echo.busy.clone();
+    let server = endpoint(&Access::open()).await;
+    let server_addr = addr_of(&server);
+    let router = Router::builder(server).accept(ALPN, echo).spawn();
+    let client = endpoint(&Access::open()).await;
+    let conn = client.connect(server_addr, ALPN).await.unwrap();
+
+    let limit = MAX_STREAMS_PER_CONNECTION as usize;
+    let asks: Vec<_> = (0..=limit)
+        .map(|_| {
+            let conn = conn.clone();
+            tokio::spawn(async move { echoes(&conn).await })
+        })
+        .collect();
+    eventually(
+        "the limit's worth of requests reach the handler",
+        async || busy.load(Ordering::SeqCst) == limit,
+    )
+    .await;
+    // The one past the limit has no stream credit: it cannot even be sent yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        busy.load(Ordering::SeqCst),
+        limit,
+        "never more than the limit at once"
+    );
+    gate.add_permits(Semaphore::MAX_PERMITS);
+    for ask in asks {
+        assert!(
+            ask.await.unwrap(),
+            "every request is answered once room is made"
+        );
+    }
+    router.shutdown().await.unwrap();
+}

@@ -6,7 +6,9 @@
 //!   delay the next). For every revision, the time from the put's acknowledgement to each
 //!   watcher's receipt of it is one sample; p50, p99 and max over all samples. An event
 //!   that arrives before the writer has its acknowledgement counts as 0. Every watcher
-//!   must receive every acknowledged revision: the missing ones are reported.
+//!   must receive every acknowledged revision: the missing ones are reported. With
+//!   `--connection-per-watcher` each watcher has its own client (for etcd, its own gRPC
+//!   connection instead of one shared by all).
 //! - `throughput`: `--clients` closed-loop writers put as fast as they can, first with no
 //!   watchers, then with `--watchers` idle ones (watching a prefix nobody writes) plus
 //!   `--stalled` that watch the written prefix and never read; then again in the other
@@ -81,6 +83,12 @@ pub struct WatchBenchArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=MAX_DURATION_S))]
     duration: u64,
+    /// Latency: give each watcher its own client, so its own connection. Aspen's watches
+    /// each hold an HTTP/1.1 connection either way; etcd's otherwise share one gRPC
+    /// (HTTP/2) connection, as watchers in one process do, while separate services each
+    /// watching have one each.
+    #[arg(long)]
+    connection_per_watcher: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -91,6 +99,7 @@ pub struct WatchBenchArgs {
 struct LatencyReport {
     target: &'static str,
     watchers: u32,
+    connection_per_watcher: bool,
     rate: u32,
     writes_acked: usize,
     samples: usize,
@@ -162,10 +171,18 @@ type Receipts = Arc<Mutex<Vec<(u64, Instant)>>>;
 async fn latency(conn: &Conn, args: &WatchBenchArgs) -> anyhow::Result<LatencyReport> {
     let mut watchers = JoinSet::new();
     let mut receipts = Vec::new();
+    // Each watcher's own client, when asked for: held until the end of the run.
+    let mut own = Vec::new();
     for _ in 0..args.watchers {
         let got: Receipts = Arc::default();
         receipts.push(got.clone());
-        let mut stream = conn.watch(PREFIX).await?;
+        let via = if args.connection_per_watcher {
+            own.push(Conn::connect(args.target, &args.endpoint).await?);
+            own.last().expect("just pushed")
+        } else {
+            conn
+        };
+        let mut stream = via.watch(PREFIX).await?;
         watchers.spawn(async move {
             while let Some(revisions) = stream.next().await {
                 let now = Instant::now();
@@ -202,6 +219,7 @@ async fn latency(conn: &Conn, args: &WatchBenchArgs) -> anyhow::Result<LatencyRe
     // Receipts are recorded as they arrive; the streams stop here.
     watchers.abort_all();
     while watchers.join_next().await.is_some() {}
+    drop(own);
 
     let acked = acked.lock().unwrap().clone();
     let mut samples = Vec::new();
@@ -226,6 +244,7 @@ async fn latency(conn: &Conn, args: &WatchBenchArgs) -> anyhow::Result<LatencyRe
     Ok(LatencyReport {
         target: conn.name(),
         watchers: args.watchers,
+        connection_per_watcher: args.connection_per_watcher,
         rate: args.rate,
         writes_acked: acked.len(),
         samples: samples.len(),

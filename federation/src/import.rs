@@ -7,7 +7,9 @@
 //! the next revision it has a gap: it waits for more of the document (asking for a new
 //! sync round while the gap lasts, since iroh-docs has no periodic anti-entropy), and if
 //! the owner's checkpoint is past the gap and the gap persists, the ring has moved on
-//! without it: it loads the checkpoint and continues from there. A replica's revision
+//! without it: it loads the checkpoint and continues from there. The same holds when the
+//! segment that would continue the replica cannot be downloaded from any owner node for
+//! [`UNAVAILABLE_GRACE`] while a checkpoint is past it. A replica's revision
 //! therefore only grows, its state is always one the owner had, and it says exactly which.
 //!
 //! Subscribers of a document apply backpressure to iroh-docs' single storage thread, so the
@@ -41,6 +43,14 @@ use crate::FederationError;
 /// bootstraps from the checkpoint. Long enough for a sync round to bring the segments in
 /// flight; a wrong guess costs a download, never correctness.
 pub const GAP_GRACE: Duration = Duration::from_secs(3);
+
+/// How long the segment that continues the replica may fail to download, with the owner's
+/// checkpoint past the replica, before the importer loads the checkpoint instead. Its
+/// content can be gone from every owner node: a leader that took over without the old
+/// leader's part of the document starts the ring again after a new checkpoint, and reuses
+/// the old segments' slots. Longer than [`GAP_GRACE`]: a download may also fail because the
+/// owner node holding it is restarting.
+pub const UNAVAILABLE_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the importer asks for a new sync round while it has a gap or hears nothing.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -374,9 +384,19 @@ impl Importer {
             }
         } else if view.ring.covering(revision + 1).is_some() {
             // A known segment continues the replica, but applying it failed (a download):
-            // still a gap until it works.
-            gap_since.get_or_insert_with(Instant::now);
+            // still a gap until it works, or until the checkpoint past it is the way on.
+            let since = *gap_since.get_or_insert_with(Instant::now);
             phase = "gap";
+            let past = view.checkpoint.filter(|c| c.revision > revision);
+            if let Some(meta) = past.filter(|_| since.elapsed() >= UNAVAILABLE_GRACE) {
+                tracing::info!(source = %self.source, revision, checkpoint = meta.revision, "the segment after this replica's revision cannot be downloaded; loading the owner's checkpoint past it");
+                self.set_phase("bootstrapping");
+                self.bootstrap(&meta).await?;
+                revision = meta.revision;
+                *gap_since = None;
+                self.apply_ring(&view.ring, &mut revision).await?;
+                phase = "live";
+            }
         } else {
             *gap_since = None;
         }

@@ -158,6 +158,28 @@ impl Access {
             .or_default() += 1;
     }
 
+    /// Refuses `remote`'s connection on `alpn` because of `why`, counting it; the first
+    /// refusal of a remote logs at warn level, later ones at debug.
+    fn refuse(
+        &self,
+        remote: EndpointId,
+        alpn: &[u8],
+        why: &str,
+        reason: &[u8],
+    ) -> AfterHandshakeOutcome {
+        self.count_refused(alpn);
+        let alpn = String::from_utf8_lossy(alpn);
+        if self.first_refusal(remote) {
+            tracing::warn!(%remote, %alpn, "refused a connection: {why} (further refusals of it are counted in /metrics)");
+        } else {
+            tracing::debug!(%remote, %alpn, "refused a connection: {why}");
+        }
+        AfterHandshakeOutcome::Reject {
+            error_code: CLOSE_REFUSED.into(),
+            reason: reason.to_vec(),
+        }
+    }
+
     /// Whether a refusal of `remote` should be logged at warn level (its first one).
     fn first_refusal(&self, remote: EndpointId) -> bool {
         let mut warned = self.inner.warned.lock().expect("warned lock");
@@ -173,30 +195,21 @@ impl Access {
                 reason: b"partitioned".to_vec(),
             };
         }
-        let alpn_text = String::from_utf8_lossy(alpn);
         if !self.allows(&remote, alpn) {
-            self.count_refused(alpn);
-            if self.first_refusal(remote) {
-                tracing::warn!(%remote, alpn = %alpn_text, "refused a connection from an endpoint this node's configuration does not allow (further refusals of it are counted in /metrics)");
-            } else {
-                tracing::debug!(%remote, alpn = %alpn_text, "refused a connection");
-            }
-            return AfterHandshakeOutcome::Reject {
-                error_code: CLOSE_REFUSED.into(),
-                reason: b"this endpoint is not allowed on this protocol".to_vec(),
-            };
+            return self.refuse(
+                remote,
+                alpn,
+                "an endpoint this node's configuration does not allow",
+                b"this endpoint is not allowed on this protocol",
+            );
         }
         if !self.track(conn) {
-            self.count_refused(alpn);
-            if self.first_refusal(remote) {
-                tracing::warn!(%remote, alpn = %alpn_text, "refused a connection: the endpoint already holds {MAX_CONNECTIONS_PER_PEER} with this node, the most allowed (further refusals of it are counted in /metrics)");
-            } else {
-                tracing::debug!(%remote, alpn = %alpn_text, "refused a connection over the per-peer limit");
-            }
-            return AfterHandshakeOutcome::Reject {
-                error_code: CLOSE_REFUSED.into(),
-                reason: b"too many connections from this endpoint".to_vec(),
-            };
+            return self.refuse(
+                remote,
+                alpn,
+                "the endpoint already holds the most connections allowed with this node",
+                b"too many connections from this endpoint",
+            );
         }
         AfterHandshakeOutcome::Accept
     }

@@ -429,13 +429,7 @@ async fn an_unknown_endpoint_is_refused_on_every_federation_protocol() {
             .expect("the refusal comes at once");
         assert!(refused, "{} was served", String::from_utf8_lossy(alpn));
     }
-    let http = aspen_api::client::http_client(Duration::from_secs(10));
-    let metrics = http
-        .get(format!("{}/metrics", t.cluster("us-1").url(1)))
-        .send()
-        .await
-        .unwrap()
-        .text()
+    let metrics = support::http_text(&format!("{}/metrics", t.cluster("us-1").url(1)))
         .await
         .unwrap();
     for alpn in alpns {

@@ -318,15 +318,9 @@ async fn killed_importer_and_exporting_leader_lose_and_duplicate_nothing() {
     })
     .await;
     if caught_up.is_err() {
-        let status = |url: String| async move {
-            let http = aspen_api::client::http_client(Duration::from_secs(2));
-            match http.get(format!("{url}/v1/status")).send().await {
-                Ok(answer) => answer.text().await.unwrap_or_default(),
-                Err(e) => format!("no status: {e}"),
-            }
-        };
         for p in l.us.iter().chain([&l.eu]) {
-            eprintln!("status of {}: {}", p.url(), status(p.url()).await);
+            let status = support::http_text(&format!("{}/v1/status", p.url())).await;
+            eprintln!("status of {}: {}", p.url(), status.unwrap_or_else(|e| e));
         }
         panic!("eu's replica did not reach us-1's head {head} within 120 s");
     }

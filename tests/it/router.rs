@@ -301,12 +301,7 @@ async fn with_one_cluster_stopped_its_keys_fail_alone_and_the_other_keeps_servin
         took < Duration::from_millis(2_500),
         "refused at once, not after the 5 s deadline: {took:?}"
     );
-    let metrics = aspen_api::client::http_client(Duration::from_secs(5))
-        .get(format!("{}/metrics", s.router.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
+    let metrics = support::http_text(&format!("{}/metrics", s.router.url()))
         .await
         .unwrap();
     assert!(

@@ -13,6 +13,17 @@ use aspen_cluster_node::local_cluster::{LocalCluster, LocalClusterSpec};
 use aspen_config::RaftConfig;
 use tempfile::TempDir;
 
+/// The body of `GET url` as text (a status page, `/metrics`), or why there is none.
+pub async fn http_text(url: &str) -> Result<String, String> {
+    let http = aspen_api::client::http_client(Duration::from_secs(10));
+    let answer = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    answer.text().await.map_err(|e| format!("GET {url}: {e}"))
+}
+
 /// Logs to stderr with the filter in `ASPEN_TEST_LOG` (unset: no logs), for debugging a
 /// test run: `ASPEN_TEST_LOG=aspen_federation=debug cargo test --test it -- --nocapture`.
 pub fn init_test_logs() {

@@ -363,33 +363,30 @@ impl Importer {
         } else {
             self.apply_ring(&view.ring, &mut revision).await
         };
-        // One that fell behind the ring has no other way.
-        let behind_ring = view.checkpoint.is_some_and(|c| c.revision > revision)
-            && (fresh || view.ring.covering(revision + 1).is_none());
+        // The checkpoint is the way on for a replica that fell behind the ring (no known
+        // segment holds its next revision), and for one whose next segment is known but
+        // could not be applied (a download) for longer: its content may be gone from
+        // every owner node.
+        let past = view.checkpoint.filter(|c| c.revision > revision);
+        let next_known = view.ring.covering(revision + 1).is_some();
+        let behind_ring = past.is_some() && (fresh || !next_known);
         let mut phase = "live";
         if waiting {
             gap_since.get_or_insert_with(Instant::now);
             phase = "bootstrapping";
-        } else if behind_ring {
+        } else if behind_ring || next_known {
             let since = *gap_since.get_or_insert_with(Instant::now);
             phase = "gap";
-            if revision == 0 || since.elapsed() >= GAP_GRACE {
-                let meta = view.checkpoint.expect("checked by behind_ring");
-                self.set_phase("bootstrapping");
-                self.bootstrap(&meta).await?;
-                revision = meta.revision;
-                *gap_since = None;
-                self.apply_ring(&view.ring, &mut revision).await?;
-                phase = "live";
-            }
-        } else if view.ring.covering(revision + 1).is_some() {
-            // A known segment continues the replica, but applying it failed (a download):
-            // still a gap until it works, or until the checkpoint past it is the way on.
-            let since = *gap_since.get_or_insert_with(Instant::now);
-            phase = "gap";
-            let past = view.checkpoint.filter(|c| c.revision > revision);
-            if let Some(meta) = past.filter(|_| since.elapsed() >= UNAVAILABLE_GRACE) {
-                tracing::info!(source = %self.source, revision, checkpoint = meta.revision, "the segment after this replica's revision cannot be downloaded; loading the owner's checkpoint past it");
+            let grace = if behind_ring {
+                GAP_GRACE
+            } else {
+                UNAVAILABLE_GRACE
+            };
+            let due = revision == 0 || since.elapsed() >= grace;
+            if let Some(meta) = past.filter(|_| due) {
+                if !behind_ring {
+                    tracing::info!(source = %self.source, revision, checkpoint = meta.revision, "the segment after this replica's revision cannot be downloaded; loading the owner's checkpoint past it");
+                }
                 self.set_phase("bootstrapping");
                 self.bootstrap(&meta).await?;
                 revision = meta.revision;

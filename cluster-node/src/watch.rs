@@ -183,7 +183,7 @@ impl FeedHub {
             stop: watch::Sender::new(false),
             slots: WatchSlots::default(),
         });
-        tokio::spawn(hub.clone().run(published));
+        tokio::spawn(hub.clone().run());
         hub
     }
 
@@ -201,7 +201,7 @@ impl FeedHub {
         self.followers.lock().expect("watch followers lock")
     }
 
-    async fn run(self: Arc<Self>, mut published: u64) {
+    async fn run(self: Arc<Self>) {
         let mut revisions = self.sm.watch_revision();
         let mut stop = self.stop.subscribe();
         let interval = Duration::from_millis(PROGRESS_INTERVAL_MS);
@@ -212,8 +212,8 @@ impl FeedHub {
                 progress_at = Instant::now() + interval;
             }
             let target = *revisions.borrow_and_update();
-            if target > published {
-                published = self.publish(published, target).await;
+            if target > self.followers().published {
+                self.publish(target).await;
                 continue;
             }
             tokio::select! {
@@ -227,19 +227,20 @@ impl FeedHub {
         followers.list.clear();
     }
 
-    /// Hands the followers the sets after `published`, up to `target` at most: how far
-    /// it got.
-    async fn publish(&self, published: u64, target: u64) -> u64 {
-        {
+    /// Hands the followers the sets after what they have been handed, up to `target` at
+    /// most, moving `published` as far as that got.
+    async fn publish(&self, target: u64) {
+        let published = {
             // With nobody to hand them to, the sets need not even be read: a watcher that
             // joins later has read the feed past `target` itself.
             let mut followers = self.followers();
             if followers.list.is_empty() {
                 self.sm.keep_recent(false);
                 followers.published = target;
-                return target;
+                return;
             }
-        }
+            followers.published
+        };
         self.sm.keep_recent(true);
         let sets = match self.sm.take_recent(published) {
             Some(sets) if !sets.is_empty() => Ok(Ok(sets)),
@@ -250,7 +251,6 @@ impl FeedHub {
                 let through = sets.last().map_or(target, |s| s.revision);
                 let sets: Vec<_> = sets.into_iter().map(SharedSet::new).collect();
                 self.followers().publish(&self.cluster, &sets, through);
-                through
             }
             // Only a hub that fell behind the retention can see this: a follower that
             // had not looked at the compacted revisions yet has lost them.
@@ -265,12 +265,10 @@ impl FeedHub {
                     Err(Stop::With(error))
                 });
                 followers.published = through;
-                through
             }
             Err(e) => {
                 tracing::warn!(cluster = %self.cluster, "watch hub: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                published
             }
         }
     }

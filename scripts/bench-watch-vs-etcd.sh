@@ -9,9 +9,10 @@
 # Usage: scripts/bench-watch-vs-etcd.sh
 #   (env: DURATION=10 RATE=1000 WATCHERS=100 ROUNDS=3 ASPEN_TOPOLOGY=plain|dev BIN=...)
 # Prints each run's JSON line: delivery latency (write acknowledged -> watcher) at RATE
-# puts/s to WATCHERS watchers (etcd's twice: watchers on one shared connection, and each on
-# its own), then put throughput with and without WATCHERS idle watchers
-# and one that never reads.
+# puts/s to WATCHERS watchers, twice per system: writers and watchers sharing one
+# connection (Aspen over HTTP/2, etcd over its gRPC connection), and each watcher on a
+# connection of its own (Aspen over HTTP/1.1); then put throughput with and without
+# WATCHERS idle watchers and one that never reads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,20 +57,23 @@ else
 fi
 
 echo "etcd $(etcd --version | head -1 | awk '{print $3}') leader at $ETCD_LEADER; aspen ($ASPEN_TOPOLOGY) node 1 at http://$ASPEN_NODE" >&2
-# etcd's latency is measured twice a round: its watchers sharing one gRPC connection (as
-# watchers in one process do), and each with its own (as separate services have); Aspen's
-# watches hold a connection each either way.
+# Each system's latency is measured twice a round: watchers sharing one connection with
+# the writers (as watchers in one process do), and each watcher with its own (as separate
+# services have).
 for round in $(seq "$ROUNDS"); do
-  order="aspen etcd etcd-own"
-  [ $((round % 2)) = 0 ] && order="etcd-own etcd aspen"
+  order="aspen etcd aspen-own etcd-own"
+  [ $((round % 2)) = 0 ] && order="etcd-own aspen-own etcd aspen"
   for run in $order; do
     target=${run%-own}
     endpoint="http://$ASPEN_NODE"
     [ "$target" = etcd ] && endpoint="$ETCD_LEADER"
-    own=()
-    [ "$run" = etcd-own ] && own=(--connection-per-watcher)
+    shape=(--connection-per-watcher)
+    if [ "$run" = "$target" ]; then
+      shape=()
+      [ "$target" = aspen ] && shape=(--http2)
+    fi
     "$BIN" bench-watch --target "$target" --endpoint "$endpoint" --mode latency \
-      --watchers "$WATCHERS" --rate "$RATE" --duration "$DURATION" "${own[@]}" --json
+      --watchers "$WATCHERS" --rate "$RATE" --duration "$DURATION" "${shape[@]}" --json
   done
 done
 for target in aspen etcd; do

@@ -9,6 +9,7 @@
 //! - [`dev`]: `aspen dev`, DESIGN's federated topology (two regions, three clusters, two
 //!   routers) in one process.
 //! - [`federation`]: `aspen federation keygen` and `info`, the values regions exchange.
+//! - [`keygen`]: `aspen keygen`, an iroh identity file and its endpoint id.
 //! - [`fedbench`]: `aspen bench-federation`, replication lag, catch-up and bootstrap.
 //! - [`kv`]: `aspen kv`, reads and writes against a node's HTTP API.
 //! - [`lease`]: `aspen lease`, grant, keep alive, inspect and revoke leases.
@@ -29,6 +30,7 @@ mod dev;
 mod endpoint;
 mod fedbench;
 mod federation;
+mod keygen;
 mod kv;
 mod lease;
 mod lock;
@@ -65,6 +67,7 @@ Examples:
   aspen bench --op put --clients 16 --duration 10
   aspen bench-federation --phase lag --rate 1000  # replication lag between regions
   aspen node --config node.toml              # one member of a real cluster
+  aspen keygen --out router.key              # an identity; prints the id nodes list in kv_clients
   aspen router --config router.toml          # a router; SIGHUP reloads the route table
   aspen federation keygen --out us-1.key     # a cluster's federation secret
   aspen federation info --config node.toml   # what other regions paste to import it
@@ -95,6 +98,9 @@ enum Command {
     /// Exchange federation values between regions: make a cluster's secret, print what
     /// another region pastes into its config.
     Federation(federation::FederationArgs),
+    /// Make an iroh identity (a secret key file) and print its endpoint id, so configs
+    /// can name a router (`kv_clients`) or node (`[[peers]]`) before it first starts.
+    Keygen(keygen::KeygenArgs),
     /// Read and write keys.
     Kv(kv::KvArgs),
     /// Grant, keep alive, inspect and revoke leases (keys that vanish when their owner
@@ -143,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Router(args) => router::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Federation(args) => federation::run(args).await,
+        Command::Keygen(args) => keygen::run(args).await,
         Command::Kv(args) => kv::run(args).await,
         Command::Lease(args) => lease::run(args).await,
         Command::Lock(args) => lock::run(args).await,

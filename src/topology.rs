@@ -7,13 +7,15 @@
 //! from the others' identities (each cluster exports to every other region, whose nodes
 //! are its readers, and imports every cluster of every other region), then the nodes
 //! start, then one router per region. Each cluster's federation secret lives in its data
-//! dir (`DIR/CLUSTER/federation.key`), made on first start.
+//! dir (`DIR/CLUSTER/federation.key`), each router's identity in `DIR/router-REGION.key`,
+//! both made on first start; every node lists every router's id in its `kv_clients`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use aspen_cluster_node::local_cluster::{BoundCluster, LocalCluster, LocalClusterSpec};
 use aspen_cluster_node::node::NodeError;
+use aspen_cluster_node::transport::load_or_create_secret_key_file;
 use aspen_config::{
     ClusterConfig, ExportConfig, FederationConfig, ImportConfig, RaftConfig, RemoteNodeConfig,
     RouteConfig, RouterConfig,
@@ -33,6 +35,12 @@ pub enum TopologyError {
     /// A router failed to start.
     #[error("router of region {region}: {message}")]
     Router { region: String, message: String },
+    /// A router's identity file could not be read or made.
+    #[error("router identity {path}: {source}")]
+    RouterKey {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// One cluster of a region.
@@ -137,6 +145,26 @@ pub fn secret_path(data_dir: &Path, cluster: &str) -> PathBuf {
     data_dir.join(cluster).join("federation.key")
 }
 
+/// Where the router of `region` keeps its iroh identity, under the topology's data dir.
+pub fn router_key_path(data_dir: &Path, region: &str) -> PathBuf {
+    data_dir.join(format!("router-{region}.key"))
+}
+
+/// The endpoint ids of every region's router, creating their identity files on the
+/// first start: every node lists them all in `kv_clients`, since any router may route
+/// to any cluster and read this region's replicas.
+fn router_ids(spec: &TopologySpec) -> Result<Vec<String>, (PathBuf, std::io::Error)> {
+    spec.regions
+        .iter()
+        .map(|region| {
+            let path = router_key_path(&spec.data_dir, &region.name);
+            load_or_create_secret_key_file(&path)
+                .map(|key| key.public().to_string())
+                .map_err(|e| (path, e))
+        })
+        .collect()
+}
+
 fn load_or_make_secret(path: &Path) -> Result<FederationSecret, SecretError> {
     if !path.exists() {
         FederationSecret::generate().save(path)?;
@@ -156,6 +184,7 @@ impl Topology {
                 nodes: spec.nodes,
                 first_http: cluster.first_http,
                 raft: spec.raft.clone(),
+                kv_clients: Vec::new(),
             };
             let b = LocalCluster::bind(local)
                 .await
@@ -172,10 +201,15 @@ impl Topology {
         let federations: Vec<FederationConfig> = (0..bound.len())
             .map(|i| federation_config(&spec, &bound, &secrets, i))
             .collect();
+        let routers = router_ids(&spec).map_err(|(path, source)| TopologyError::RouterKey {
+            path: path.display().to_string(),
+            source,
+        })?;
         let mut clusters = Vec::new();
         for ((_, name, mut b), federation) in bound.into_iter().zip(federations) {
             for config in b.configs_mut() {
                 config.federation = Some(federation.clone());
+                config.kv_clients = routers.clone();
             }
             let cluster = b.start().await.map_err(|source| TopologyError::Node {
                 cluster: name.clone(),
@@ -229,7 +263,8 @@ impl Topology {
                 });
             }
         }
-        let mut config = RouterConfig::dev(region, clusters, routes);
+        let key = router_key_path(&self.spec.data_dir, region);
+        let mut config = RouterConfig::dev(region, key, clusters, routes);
         let http = self
             .spec
             .regions

@@ -40,6 +40,15 @@ pub enum ClientError {
         /// The error body.
         body: Box<ErrorBody>,
     },
+    /// An open watch sent nothing, not even a progress message, for `after`: the server
+    /// or the path to it is taken as gone.
+    #[error("the watch at {url} sent nothing for {after:?}")]
+    Silent {
+        /// The URL watched.
+        url: String,
+        /// How long it was silent.
+        after: Duration,
+    },
     /// The answer could not be understood.
     #[error("unexpected answer from {url}: {reason}")]
     Decode {
@@ -92,7 +101,12 @@ pub enum TxnOutcome {
 #[derive(Debug, Clone)]
 pub struct AspenClient {
     base: String,
+    /// Without an overall timeout: each request gets `timeout`, a watch none.
     http: reqwest::Client,
+    timeout: Duration,
+    /// Whether `http` multiplexes everything over one HTTP/2 connection; if not, each
+    /// watch opens a connection of its own, so it never holds one the requests need.
+    multiplexed: bool,
 }
 
 impl AspenClient {
@@ -101,12 +115,30 @@ impl AspenClient {
         Self::with_timeout(endpoint, DEFAULT_REQUEST_TIMEOUT)
     }
 
-    /// A client for `endpoint` whose requests time out after `timeout`.
+    /// A client for `endpoint` whose requests time out after `timeout`, over HTTP/1.1
+    /// with a pool of connections.
     pub fn with_timeout(endpoint: &str, timeout: Duration) -> Self {
-        let http = http_client(timeout);
         AspenClient {
             base: endpoint.trim_end_matches('/').to_string(),
-            http,
+            http: client_builder().build().expect(BUILD_CANNOT_FAIL),
+            timeout,
+            multiplexed: false,
+        }
+    }
+
+    /// A client for `endpoint` whose requests time out after `timeout`, speaking HTTP/2
+    /// from the first byte (cleartext, prior knowledge): all its requests and watches
+    /// share one connection, as a gRPC client's do. Every Aspen listener serves both
+    /// versions on one port.
+    pub fn http2(endpoint: &str, timeout: Duration) -> Self {
+        AspenClient {
+            base: endpoint.trim_end_matches('/').to_string(),
+            http: client_builder()
+                .http2_prior_knowledge()
+                .build()
+                .expect(BUILD_CANNOT_FAIL),
+            timeout,
+            multiplexed: true,
         }
     }
 
@@ -326,7 +358,11 @@ impl AspenClient {
             url: url.to_string(),
             source,
         };
-        let response = request.send().await.map_err(transport)?;
+        let response = request
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(transport)?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(transport)?;
         let decode = |reason: String| ClientError::Decode {
@@ -386,10 +422,12 @@ impl WatchStream {
                         reason: format!("watch message is not valid: {e}"),
                     });
             }
-            let chunk = self
-                .response
-                .chunk()
+            let chunk = tokio::time::timeout(WATCH_SILENCE, self.response.chunk())
                 .await
+                .map_err(|_| ClientError::Silent {
+                    url: self.url.clone(),
+                    after: WATCH_SILENCE,
+                })?
                 .map_err(|source| ClientError::Transport {
                     url: self.url.clone(),
                     source,
@@ -405,7 +443,8 @@ impl WatchStream {
 impl AspenClient {
     /// Opens a watch of `key` (or of every key under it, with `options.prefix`), as
     /// newline-delimited JSON. The stream has no overall timeout; a server silent for
-    /// three progress intervals is taken as gone (a transport error from `next`).
+    /// [`WATCH_SILENCE`] is taken as gone (a [`ClientError::Silent`], here or from
+    /// [`WatchStream::next`]).
     pub async fn watch(
         &self,
         key: &str,
@@ -426,23 +465,33 @@ impl AspenClient {
             url: url.clone(),
             source,
         };
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(plain_tls_config())
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_millis(
-                3 * crate::watch::PROGRESS_INTERVAL_MS,
-            ))
-            .build()
-            .map_err(transport)?;
-        let response = http
+        let own;
+        let http = if self.multiplexed {
+            &self.http
+        } else {
+            own = client_builder().build().map_err(transport)?;
+            &own
+        };
+        let opening = http
             .get(&url)
             .header("accept", "application/x-ndjson")
-            .send()
+            .send();
+        let response = tokio::time::timeout(WATCH_SILENCE, opening)
             .await
+            .map_err(|_| ClientError::Silent {
+                url: url.clone(),
+                after: WATCH_SILENCE,
+            })?
             .map_err(transport)?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
-            let bytes = response.bytes().await.map_err(transport)?;
+            let bytes = tokio::time::timeout(self.timeout, response.bytes())
+                .await
+                .map_err(|_| ClientError::Silent {
+                    url: url.clone(),
+                    after: self.timeout,
+                })?
+                .map_err(transport)?;
             let body: ErrorBody =
                 serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
                     url: url.clone(),
@@ -467,16 +516,31 @@ impl AspenClient {
 /// server is closing.
 pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(20);
 
-/// A plain-HTTP `reqwest` client with connection pooling, as [`AspenClient`] uses; for
-/// callers (tests, tools) that need raw requests.
+/// How long an open watch may send nothing before [`WatchStream::next`] gives up on it:
+/// three of the server's progress intervals.
+pub const WATCH_SILENCE: Duration = Duration::from_millis(3 * crate::watch::PROGRESS_INTERVAL_MS);
+
+/// How long the client waits for a TCP connection to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const BUILD_CANNOT_FAIL: &str = "building an HTTP client without TLS cannot fail";
+
+/// A plain-HTTP `reqwest` client with connection pooling and an overall timeout per
+/// request, as [`AspenClient`] uses; for callers (tests, tools) that need raw requests.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
+    client_builder()
+        .timeout(timeout)
+        .build()
+        .expect(BUILD_CANNOT_FAIL)
+}
+
+/// What every client of this module shares: plain HTTP, pooled connections.
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .tls_backend_preconfigured(plain_tls_config())
-        .timeout(timeout)
+        .connect_timeout(CONNECT_TIMEOUT)
         .pool_max_idle_per_host(1024)
         .pool_idle_timeout(CLIENT_POOL_IDLE)
-        .build()
-        .expect("building an HTTP client without TLS cannot fail")
 }
 
 /// Aspen speaks plain HTTP, but the HTTP stack may be built with TLS support and no

@@ -41,7 +41,8 @@ use crate::types::{Consistency, ReadRequest, ReadResponse, ReadResult, WriteResu
 
 pub use error::{parse_json, HttpError, HttpResult};
 pub use listen::{
-    serve, serve_with, ServeLimits, ServeStats, HTTP_HEAD_TIMEOUT, MAX_HTTP_CONNECTIONS,
+    serve, serve_with, ServeLimits, ServeStats, CLOSE_GRACE, HTTP_HEAD_TIMEOUT, MAX_HTTP2_STREAMS,
+    MAX_HTTP_CONNECTIONS,
 };
 pub use watch::{
     Refused, SharedSet, WatchEnd, WatchFrame, WatchItem, WatchSender, WatchSlots, WatchStream,

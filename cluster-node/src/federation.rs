@@ -2,9 +2,6 @@
 //! leadership as a [`FeedSource`], the federation setup read from the node's config, and
 //! the access rules that keep iroh-docs, gossip and blobs to the endpoints the config names.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
 use aspen_api::feed::{ChangeSet, Compacted};
 use aspen_api::KvEntry;
 use aspen_config::NodeConfig;
@@ -147,10 +144,7 @@ pub fn setup(config: &NodeConfig) -> Result<Option<FederationSetup>, NodeError> 
 /// names (readers of this cluster, nodes of imported clusters) and to this cluster's own
 /// members (configured peers and the current membership), which hold the same document.
 pub fn restrict(access: &Access, config: &NodeConfig, raft: AspenRaft) -> Result<(), NodeError> {
-    let mut named: HashSet<EndpointId> = HashSet::new();
-    for peer in &config.peers {
-        named.insert(endpoint_id("peer", &peer.endpoint_id)?);
-    }
+    let mut named = crate::admission::peer_ids(config)?;
     if let Some(federation) = &config.federation {
         for export in &federation.export {
             for reader in &export.readers {
@@ -163,20 +157,7 @@ pub fn restrict(access: &Access, config: &NodeConfig, raft: AspenRaft) -> Result
             }
         }
     }
-    let named = Arc::new(named);
-    let rule: aspen_net::access::Rule = Arc::new(move |remote: &EndpointId| {
-        if named.contains(remote) {
-            return true;
-        }
-        let text = remote.to_string();
-        let metrics = raft.metrics();
-        let m = metrics.borrow();
-        let member = m
-            .membership_config
-            .nodes()
-            .any(|(_, node)| node.endpoint_id == text);
-        member
-    });
+    let rule = crate::admission::members_or(named, raft);
     for alpn in aspen_federation::stack::ALPNS {
         access.restrict(alpn, rule.clone());
     }

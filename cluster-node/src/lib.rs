@@ -17,6 +17,8 @@
 //! - [`read_index`]: concurrent linearizable reads share one leadership confirmation.
 //! - [`batcher`]: the queue-and-batch task both of those are built on.
 //! - [`kv_server`]: `aspen/kv/1`, the serving side of forwarded and router requests.
+//! - [`admission`]: who may use `aspen/kv/1` (members and the configured `kv_clients`)
+//!   and the federation protocols, decided when a connection is made.
 //! - [`leader_contact`]: when a follower last heard from its leader, for stale reads.
 //! - [`http`]: the public HTTP API: `aspen_api::server`'s KV routes over the KV service,
 //!   plus status, membership, health and metrics.
@@ -36,6 +38,7 @@
 // so results carrying it are large by design; boxing it at every call would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 pub mod batcher;
 pub mod faults;
 pub mod federation;

@@ -34,6 +34,9 @@ pub struct LocalClusterSpec {
     pub first_http: SocketAddr,
     /// Raft timing and snapshot settings for every node.
     pub raft: RaftConfig,
+    /// Endpoint ids every node serves `aspen/kv/1` to besides the members (routers,
+    /// tools): each node's `kv_clients`.
+    pub kv_clients: Vec<String>,
 }
 
 /// A running local cluster. Node `i` (1-based) is at index `i - 1`.
@@ -121,6 +124,7 @@ impl LocalCluster {
             config.iroh_bind_addr = loopback;
             config.http_addr = if id == 1 { spec.first_http } else { loopback };
             config.raft = spec.raft.clone();
+            config.kv_clients = spec.kv_clients.clone();
             let endpoint = bind(&config).await?;
             config.iroh_bind_addr = endpoint.bound_sockets()[0];
             configs.push(config);

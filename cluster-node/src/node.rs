@@ -213,6 +213,7 @@ impl Node {
             contact.clone(),
             replicas.clone(),
         );
+        crate::admission::restrict_kv(transport.access(), &config, raft.clone())?;
         let state_machine_for_watch = state_machine.clone();
         let federation = match federation_setup {
             Some(setup) => {

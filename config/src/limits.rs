@@ -86,6 +86,11 @@ pub const MAX_FEED_RETAIN_SECONDS: u64 = 30 * 24 * 3_600;
 /// import in practice, while keeping the allow-list checked at each connection small.
 pub const MAX_FEDERATION_READERS: usize = 4 * MAX_CLUSTER_NODES;
 
+/// Most endpoint ids one node may list in `kv_clients`: every router of every region
+/// plus tools, one identity each, with room to spare. The list is a set checked at each
+/// connection, so its size costs nothing per request.
+pub const MAX_KV_CLIENTS: usize = 1_024;
+
 /// Most clusters one node may import. Each import is one document synced and one replica
 /// kept; a region reading the whole federation imports every other region's clusters, and
 /// 256 is the most clusters a route table names.

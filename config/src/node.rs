@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, FieldError};
 use crate::file;
-use crate::limits::MAX_CLUSTER_PEERS;
+use crate::limits::{MAX_CLUSTER_PEERS, MAX_KV_CLIENTS};
 use crate::name::check_name;
+use peer::check_endpoint_id;
 
 /// Cluster name used when the file names none: a single local cluster.
 pub const DEFAULT_CLUSTER_NAME: &str = "local";
@@ -76,6 +77,14 @@ pub struct NodeConfig {
     /// reach them and which iroh identity to accept Raft RPCs from. Excludes this node.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Iroh endpoint ids allowed to use the KV protocol (`aspen/kv/1`) besides the
+    /// cluster's members: the routers of every region that route to this cluster or read
+    /// its replicas, and tools. Any other endpoint is refused when it connects, and
+    /// counted in `aspen_connections_refused{alpn="aspen/kv/1"}`. Each is 64 lowercase hex
+    /// characters: a router logs its id at start, and `aspen keygen` prints the id of the
+    /// key it writes. At most [`MAX_KV_CLIENTS`].
+    #[serde(default)]
+    pub kv_clients: Vec<String>,
     /// Testing only: serve `POST /v1/debug/partition`, which cuts this node off from chosen
     /// peers at its iroh transport (fault injection for tests of separate processes).
     /// Never enable it in production: anyone who reaches the HTTP port could isolate the
@@ -124,6 +133,7 @@ impl NodeConfig {
             feed: FeedConfig::default(),
             federation: None,
             peers: Vec::new(),
+            kv_clients: Vec::new(),
             fault_injection: false,
         }
     }
@@ -169,7 +179,34 @@ impl NodeConfig {
                 .check(&self.cluster)
                 .map_err(|e| e.under("federation"))?;
         }
-        self.check_peers()
+        self.check_peers()?;
+        self.check_kv_clients()
+    }
+
+    /// Each id well formed, none twice, at most [`MAX_KV_CLIENTS`].
+    fn check_kv_clients(&self) -> Result<(), FieldError> {
+        if self.kv_clients.len() > MAX_KV_CLIENTS {
+            return Err(FieldError::new(
+                "kv_clients",
+                format!(
+                    "lists {} endpoint ids, at most {MAX_KV_CLIENTS} are allowed; give the \
+                     routers and tools that talk to many clusters one identity each, not one \
+                     per process",
+                    self.kv_clients.len()
+                ),
+            ));
+        }
+        for (i, id) in self.kv_clients.iter().enumerate() {
+            let at = format!("kv_clients[{i}]");
+            check_endpoint_id(id).map_err(|e| FieldError::new(&at, e.reason))?;
+            if let Some(first) = self.kv_clients[..i].iter().position(|other| other == id) {
+                return Err(FieldError::new(
+                    at,
+                    format!("\"{id}\" is also kv_clients[{first}]; list each endpoint id once"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Each peer on its own, then the list as a whole: size, no duplicates, not this node.
@@ -477,5 +514,40 @@ pub(crate) mod tests {
         let mut config = three_node_config();
         config.peers[1].endpoint_id = config.peers[0].endpoint_id.clone();
         assert_eq!(invalid_field(config.validate()), "peers[1].endpoint_id");
+    }
+
+    /// Endpoint id `n` as 64 hex characters.
+    fn client_id(n: usize) -> String {
+        format!("{n:064x}")
+    }
+
+    #[test]
+    fn kv_clients_up_to_the_most_are_accepted_and_one_more_refused() {
+        let mut config = three_node_config();
+        config.kv_clients = (0..MAX_KV_CLIENTS).map(client_id).collect();
+        config.validate().unwrap();
+        config.kv_clients.push(client_id(MAX_KV_CLIENTS));
+        assert_eq!(invalid_field(config.validate()), "kv_clients");
+    }
+
+    #[test]
+    fn a_malformed_or_repeated_kv_client_is_refused_with_its_index() {
+        let mut config = three_node_config();
+        config.kv_clients = vec![client_id(1), client_id(2)];
+        config.validate().unwrap();
+        config.kv_clients[1] = "abc".into();
+        assert_eq!(invalid_field(config.validate()), "kv_clients[1]");
+        config.kv_clients[1] = client_id(1);
+        assert_eq!(invalid_field(config.validate()), "kv_clients[1]");
+    }
+
+    #[test]
+    fn kv_clients_parse_from_a_file() {
+        let text = format!(
+            "node_id = 1\ndata_dir = \"/d\"\nkv_clients = [\"{}\"]\n",
+            client_id(7)
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.kv_clients, vec![client_id(7)]);
     }
 }

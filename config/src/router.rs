@@ -15,7 +15,7 @@ pub use cluster::ClusterConfig;
 pub use route::RouteConfig;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +56,11 @@ pub struct RouterConfig {
     /// Whether the router's iroh endpoint uses relay servers to reach cluster members.
     #[serde(default)]
     pub relay: RelayModeConfig,
+    /// File holding the router's iroh secret key, its identity: created (readable by its
+    /// owner only) at the first start if absent, or beforehand with `aspen keygen`. Nodes
+    /// serve the KV protocol only to their members and the endpoint ids in their
+    /// `kv_clients`, so list this router's id there; it logs the id at start.
+    pub secret_key_file: PathBuf,
     /// Time the router spends on one request, retries and leader changes included, before
     /// answering 503 `cluster_unavailable`, in ms; [`MIN_REQUEST_DEADLINE_MS`] to
     /// [`MAX_REQUEST_DEADLINE_MS`].
@@ -110,11 +115,12 @@ fn default_max_in_flight_per_cluster() -> usize {
 }
 
 impl RouterConfig {
-    /// A config for region `region` with the given clusters and routes, every other field
-    /// at its default (relays disabled, unrouted keys refused). Not validated; call
-    /// [`RouterConfig::validate`] after building or changing it.
+    /// A config for region `region` with the given identity file, clusters and routes,
+    /// every other field at its default (relays disabled, unrouted keys refused). Not
+    /// validated; call [`RouterConfig::validate`] after building or changing it.
     pub fn dev(
         region: impl Into<String>,
+        secret_key_file: impl Into<PathBuf>,
         clusters: Vec<ClusterConfig>,
         routes: Vec<RouteConfig>,
     ) -> Self {
@@ -123,6 +129,7 @@ impl RouterConfig {
             http_addr: DEFAULT_HTTP_ADDR,
             iroh_bind_addr: DEFAULT_IROH_BIND_ADDR,
             relay: RelayModeConfig::default(),
+            secret_key_file: secret_key_file.into(),
             request_deadline_ms: DEFAULT_REQUEST_DEADLINE_MS,
             max_in_flight_per_cluster: DEFAULT_MAX_IN_FLIGHT_PER_CLUSTER,
             allow_unrouted_keys: false,
@@ -154,6 +161,13 @@ impl RouterConfig {
     /// All rules, first failure wins, in the order the fields appear in a file.
     fn check(&self) -> Result<(), FieldError> {
         check_name("region", "region", "us", &self.region)?;
+        if self.secret_key_file.as_os_str().is_empty() {
+            return Err(FieldError::new(
+                "secret_key_file",
+                "is empty; name the file that holds (or will hold) this router's iroh \
+                 identity, such as \"/var/lib/aspen/router.key\"",
+            ));
+        }
         self.check_request_deadline()?;
         self.check_max_in_flight()?;
         cluster::check_clusters(&self.clusters)?;
@@ -297,6 +311,7 @@ pub(crate) mod tests {
     pub(crate) fn us_config() -> RouterConfig {
         RouterConfig::dev(
             "us",
+            "/r/router.key",
             vec![
                 cluster("us-1", "us", &[1, 2, 3]),
                 cluster("us-2", "us", &[4, 5, 6]),
@@ -347,6 +362,7 @@ pub(crate) mod tests {
 
     const MINIMAL: &str = r#"
         region = "us"
+        secret_key_file = "/var/lib/aspen/router.key"
         [[clusters]]
         name = "us-1"
         region = "us"
@@ -393,6 +409,22 @@ pub(crate) mod tests {
         let config = us_config();
         let text = toml::to_string(&config).unwrap();
         assert_eq!(parse(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn a_missing_or_empty_secret_key_file_is_refused() {
+        let message = parse_message(&MINIMAL.replacen(
+            "secret_key_file = \"/var/lib/aspen/router.key\"",
+            "",
+            1,
+        ));
+        assert!(
+            message.contains("missing field `secret_key_file`"),
+            "{message}"
+        );
+        let mut config = us_config();
+        config.secret_key_file = PathBuf::new();
+        assert_eq!(invalid_field(config.validate()), "secret_key_file");
     }
 
     #[test]

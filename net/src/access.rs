@@ -23,9 +23,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use iroh::endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, WeakConnectionHandle};
 use iroh::EndpointId;
 
-/// QUIC error code of a connection refused by [`Access`] (an endpoint that is not allowed,
-/// or one cut off by fault injection).
+/// QUIC error code of an open connection [`Access`] closes because fault injection cut its
+/// peer off: requests in flight on it may have been processed.
 pub const CLOSE_REFUSED: u32 = 403;
+
+/// QUIC error code of a connection [`Access`] refuses at its handshake (an endpoint that is
+/// not allowed, over the per-peer bound, or cut off): it is closed before any stream is
+/// accepted, so nothing the remote sent on it reached a protocol, and a request on it
+/// can be reported as not delivered.
+pub const CLOSE_NOT_ADMITTED: u32 = 401;
 
 /// A predicate deciding which endpoints may use one ALPN.
 pub type Rule = Arc<dyn Fn(&EndpointId) -> bool + Send + Sync>;
@@ -175,7 +181,7 @@ impl Access {
             tracing::debug!(%remote, %alpn, "refused a connection: {why}");
         }
         AfterHandshakeOutcome::Reject {
-            error_code: CLOSE_REFUSED.into(),
+            error_code: CLOSE_NOT_ADMITTED.into(),
             reason: reason.to_vec(),
         }
     }
@@ -191,7 +197,7 @@ impl Access {
         let alpn = conn.alpn();
         if self.is_blocked(&remote) {
             return AfterHandshakeOutcome::Reject {
-                error_code: CLOSE_REFUSED.into(),
+                error_code: CLOSE_NOT_ADMITTED.into(),
                 reason: b"partitioned".to_vec(),
             };
         }

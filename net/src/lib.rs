@@ -24,10 +24,12 @@ pub mod access;
 pub mod batcher;
 pub mod transport;
 
-pub use access::{Access, CLOSE_REFUSED, MAX_CONNECTIONS_PER_PEER};
+pub use access::{Access, CLOSE_NOT_ADMITTED, CLOSE_REFUSED, MAX_CONNECTIONS_PER_PEER};
 pub use transport::{
-    bind_endpoint, load_or_create_secret_key, serve_streams, PeerAddr, Transport, TransportError,
-    CLOSE_NOT_ALLOWED, CONNECT_TIMEOUT, MAX_STREAMS_PER_CONNECTION, SECRET_KEY_FILE,
+    bind_endpoint, create_secret_key_file, load_or_create_secret_key,
+    load_or_create_secret_key_file, read_secret_key_file, serve_streams, PeerAddr, Transport,
+    TransportError, CLOSE_NOT_ALLOWED, CONNECT_TIMEOUT, MAX_STREAMS_PER_CONNECTION,
+    SECRET_KEY_FILE,
 };
 
 #[cfg(test)]

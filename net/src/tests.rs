@@ -1,5 +1,5 @@
 //! The transport's bounds on real iroh endpoints on loopback (relays off): connections
-//! per peer, and request streams per connection.
+//! per peer, and request streams per connection; and secret key files.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -187,4 +187,40 @@ async fn a_connection_has_at_most_max_streams_in_flight_and_the_next_waits_for_o
         );
     }
     router.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_secret_key_file_is_created_once_read_back_and_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys").join("router.key");
+    let key = crate::create_secret_key_file(&path).unwrap();
+    assert_eq!(
+        crate::read_secret_key_file(&path).unwrap().public(),
+        key.public()
+    );
+    assert_eq!(
+        crate::load_or_create_secret_key_file(&path)
+            .unwrap()
+            .public(),
+        key.public()
+    );
+    let again = crate::create_secret_key_file(&path).unwrap_err();
+    assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(
+        crate::read_secret_key_file(&path).unwrap().public(),
+        key.public()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by its owner only");
+    }
+
+    let other = dir.path().join("other.key");
+    let made = crate::load_or_create_secret_key_file(&other).unwrap();
+    assert_ne!(made.public(), key.public());
+    std::fs::write(&other, "not a key").unwrap();
+    let bad = crate::read_secret_key_file(&other).unwrap_err().to_string();
+    assert!(bad.contains("other.key"), "{bad}");
 }

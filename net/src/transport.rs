@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use iroh::endpoint::{presets, Connection, QuicTransportConfig};
+use iroh::endpoint::{presets, Connection, ConnectionError, QuicTransportConfig};
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey};
 
 use crate::access::Access;
@@ -49,32 +49,54 @@ pub enum TransportError {
     Failed { peer: String, reason: String },
 }
 
-/// Loads the node's secret key from `dir`, creating and saving one on first start.
+/// Loads the node's secret key from `dir` ([`SECRET_KEY_FILE`] in it), creating and
+/// saving one on first start.
 pub fn load_or_create_secret_key(dir: &Path) -> std::io::Result<SecretKey> {
-    let path = dir.join(SECRET_KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse::<SecretKey>().map_err(|e| {
-            std::io::Error::other(format!(
-                "{} is not a valid iroh secret key: {e}",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)?;
-            let key = SecretKey::generate();
-            let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-            let tmp = dir.join(format!("{SECRET_KEY_FILE}.tmp"));
-            std::fs::write(&tmp, hex)?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-            }
-            std::fs::rename(&tmp, &path)?;
-            Ok(key)
-        }
-        Err(e) => Err(e),
+    load_or_create_secret_key_file(&dir.join(SECRET_KEY_FILE))
+}
+
+/// Loads the secret key in `path`, creating and saving a new one if there is no file.
+pub fn load_or_create_secret_key_file(path: &Path) -> std::io::Result<SecretKey> {
+    match read_secret_key_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_secret_key_file(path),
+        other => other,
     }
+}
+
+/// Reads the secret key in `path` (64 hex characters, as this module writes them).
+pub fn read_secret_key_file(path: &Path) -> std::io::Result<SecretKey> {
+    let text = std::fs::read_to_string(path)?;
+    text.trim().parse::<SecretKey>().map_err(|e| {
+        std::io::Error::other(format!(
+            "{} is not a valid iroh secret key: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Writes a new secret key to `path`, readable by its owner only, creating the parent
+/// directory. Refuses (`AlreadyExists`) if `path` exists: an identity is never
+/// overwritten. The file appears whole or not at all.
+pub fn create_secret_key_file(path: &Path) -> std::io::Result<SecretKey> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let key = SecretKey::generate();
+    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, hex)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    // A hard link fails if `path` exists, where a rename would replace it.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    Ok(key)
 }
 
 /// Binds an iroh endpoint with `key` on `bind_addr`, relays on or off, every connection
@@ -260,6 +282,12 @@ impl Transport {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(reason)) => {
                 self.evict(&peer.id, alpn, &conn);
+                if let Some(why) = not_admitted(&conn) {
+                    return Err(TransportError::Unreachable {
+                        peer: short,
+                        reason: format!("the peer refused this endpoint at connection: {why}"),
+                    });
+                }
                 Err(TransportError::Failed {
                     peer: short,
                     reason,
@@ -273,6 +301,19 @@ impl Transport {
                 })
             }
         }
+    }
+}
+
+/// Why the peer refused `conn` at its handshake ([`CLOSE_NOT_ADMITTED`]), if it did: then
+/// nothing sent on it was processed.
+fn not_admitted(conn: &Connection) -> Option<String> {
+    match conn.close_reason()? {
+        ConnectionError::ApplicationClosed(close)
+            if close.error_code == crate::access::CLOSE_NOT_ADMITTED.into() =>
+        {
+            Some(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        _ => None,
     }
 }
 

@@ -1,13 +1,12 @@
-//! A running router: its iroh endpoint (a fresh identity each start: a router keeps no
-//! state, and nodes serve `aspen/kv/1` to any endpoint), its [`RouterService`], and its
-//! HTTP server on a listener the caller bound.
+//! A running router: its iroh endpoint (with the identity kept in the config's
+//! `secret_key_file`, which nodes list in their `kv_clients`: a router keeps no other
+//! state), its [`RouterService`], and its HTTP server on a listener the caller bound.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aspen_config::{RelayModeConfig, RouterConfig};
-use aspen_net::{bind_endpoint, Access, Transport};
-use iroh::SecretKey;
+use aspen_net::{bind_endpoint, load_or_create_secret_key_file, Access, Transport};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -21,6 +20,14 @@ pub enum StartError {
     /// The iroh endpoint could not be bound.
     #[error("router iroh endpoint: {0}")]
     Endpoint(String),
+    /// The identity file could not be read or created.
+    #[error("router secret_key_file {path}: {source}")]
+    SecretKey {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The config describes no usable route table.
     #[error("router config: {0}")]
     Config(String),
@@ -51,14 +58,15 @@ impl RunningRouter {
         let relays = config.relay == RelayModeConfig::Default;
         // A router serves no iroh protocol (it only dials nodes), so nothing is restricted.
         let access = Access::open();
-        let endpoint = bind_endpoint(
-            SecretKey::generate(),
-            config.iroh_bind_addr,
-            relays,
-            &access,
-        )
-        .await
-        .map_err(StartError::Endpoint)?;
+        let key = load_or_create_secret_key_file(&config.secret_key_file).map_err(|source| {
+            StartError::SecretKey {
+                path: config.secret_key_file.display().to_string(),
+                source,
+            }
+        })?;
+        let endpoint = bind_endpoint(key, config.iroh_bind_addr, relays, &access)
+            .await
+            .map_err(StartError::Endpoint)?;
         let transport = Transport::new(endpoint.clone(), access);
         let service =
             Arc::new(RouterService::new(config, transport.clone()).map_err(StartError::Config)?);
@@ -82,6 +90,11 @@ impl RunningRouter {
             endpoint,
             transport,
         })
+    }
+
+    /// The router's iroh identity, which nodes list in their `kv_clients`.
+    pub fn endpoint_id(&self) -> iroh::EndpointId {
+        self.endpoint.id()
     }
 
     /// The router's iroh transport (fault injection in tests: cut it off from nodes).

@@ -192,6 +192,7 @@ pub(crate) mod tests {
     pub(crate) fn table(routes: &[(&str, &str)]) -> RouteTable {
         let mut config = RouterConfig::dev(
             "us",
+            "/r/router.key",
             vec![cluster("c", 3), cluster("a", 1), cluster("b", 2)],
             routes
                 .iter()
@@ -332,7 +333,8 @@ pub(crate) mod tests {
 
     #[test]
     fn invalid_config_is_refused_with_the_config_error() {
-        let mut config = RouterConfig::dev("us", vec![cluster("a", 1)], Vec::new());
+        let mut config =
+            RouterConfig::dev("us", "/r/router.key", vec![cluster("a", 1)], Vec::new());
         config.allow_unrouted_keys = true;
         let err = RouteTable::new(&config).unwrap_err();
         match err {

@@ -2,6 +2,7 @@
 //! turns it into an [`AspenClient`] and turns the client's errors into messages that say
 //! what to check (is a node running there?).
 
+use aspen_api::client::DEFAULT_REQUEST_TIMEOUT;
 use aspen_api::{AspenClient, ClientError};
 use clap::Args;
 
@@ -15,12 +16,21 @@ pub struct EndpointArgs {
     /// Base URL of a node's (or router's) HTTP API, e.g. http://127.0.0.1:7070.
     #[arg(long, global = true, env = "ASPEN_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
+    /// Speak HTTP/2 to the endpoint from the first byte (cleartext, prior knowledge), so
+    /// one connection carries every request and watch of this command; HTTP/1.1 otherwise.
+    #[arg(long, global = true, env = "ASPEN_HTTP2")]
+    pub http2: bool,
 }
 
 impl EndpointArgs {
     /// A client for the endpoint; a bare `host:port` gets `http://` in front.
     pub fn client(&self) -> anyhow::Result<AspenClient> {
-        Ok(AspenClient::new(&normalize(&self.endpoint)?))
+        let endpoint = normalize(&self.endpoint)?;
+        Ok(if self.http2 {
+            AspenClient::http2(&endpoint, DEFAULT_REQUEST_TIMEOUT)
+        } else {
+            AspenClient::new(&endpoint)
+        })
     }
 }
 

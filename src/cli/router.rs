@@ -40,11 +40,14 @@ pub async fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot start the router")?;
     println!(
-        "aspen router (region {:?}): HTTP {}, {} cluster(s), {} route(s)",
+        "aspen router (region {:?}): HTTP {}, {} cluster(s), {} route(s)\n\
+         endpoint id {} (from {}): list it in the kv_clients of every node it talks to",
         config.region,
         router.url(),
         config.clusters.len(),
-        config.routes.len()
+        config.routes.len(),
+        router.endpoint_id(),
+        config.secret_key_file.display()
     );
     let mut hangup = signal(SignalKind::hangup())?;
     let stop = shutdown_requested();

@@ -66,6 +66,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
             election_timeout_max_ms: 600,
             ..RaftConfig::default()
         },
+        kv_clients: Vec::new(),
     };
     let mut cluster = LocalCluster::start(spec)
         .await

@@ -7,8 +7,10 @@
 //!   watcher's receipt of it is one sample; p50, p99 and max over all samples. An event
 //!   that arrives before the writer has its acknowledgement counts as 0. Every watcher
 //!   must receive every acknowledged revision: the missing ones are reported. With
-//!   `--connection-per-watcher` each watcher has its own client (for etcd, its own gRPC
-//!   connection instead of one shared by all).
+//!   `--connection-per-watcher` each watcher has its own client, so its own connection;
+//!   otherwise the writers and every watcher share one client: for etcd one gRPC
+//!   connection, for Aspen one HTTP/2 connection with `--http2` (over HTTP/1.1 a client
+//!   opens a connection per watch anyway).
 //! - `throughput`: `--clients` closed-loop writers put as fast as they can, first with no
 //!   watchers, then with `--watchers` idle ones (watching a prefix nobody writes) plus
 //!   `--stalled` that watch the written prefix and never read; then again in the other
@@ -83,10 +85,10 @@ pub struct WatchBenchArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=MAX_DURATION_S))]
     duration: u64,
-    /// Latency: give each watcher its own client, so its own connection. Aspen's watches
-    /// each hold an HTTP/1.1 connection either way; etcd's otherwise share one gRPC
-    /// (HTTP/2) connection, as watchers in one process do, while separate services each
-    /// watching have one each.
+    /// Latency: give each watcher its own client, so its own connection, as separate
+    /// services watching have. Otherwise the watchers share the writers' client, as
+    /// watchers in one process do: one connection for etcd's gRPC, and for Aspen with
+    /// `--http2` (over HTTP/1.1 each watch holds a connection either way).
     #[arg(long)]
     connection_per_watcher: bool,
     /// Print the result as one JSON object.
@@ -100,6 +102,7 @@ struct LatencyReport {
     target: &'static str,
     watchers: u32,
     connection_per_watcher: bool,
+    http2: bool,
     rate: u32,
     writes_acked: usize,
     samples: usize,
@@ -245,6 +248,7 @@ async fn latency(conn: &Conn, args: &WatchBenchArgs) -> anyhow::Result<LatencyRe
         target: conn.name(),
         watchers: args.watchers,
         connection_per_watcher: args.connection_per_watcher,
+        http2: args.endpoint.http2,
         rate: args.rate,
         writes_acked: acked.len(),
         samples: samples.len(),

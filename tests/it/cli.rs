@@ -360,3 +360,33 @@ async fn kv_put_with_a_ttl_vanishes_and_kv_watch_prints_the_put_and_the_delete()
     );
     t.cluster.shutdown().await;
 }
+
+/// `aspen keygen --out F` writes a key and prints its endpoint id; a second run keeps the
+/// file and prints the same id.
+#[test]
+fn keygen_prints_an_endpoint_id_and_never_overwrites_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys").join("router.key");
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_aspen"))
+            .args(["keygen", "--out"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8(out.stdout).unwrap().trim().to_string(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (id, said) = run();
+    assert_eq!(id.len(), 64, "{id}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    assert!(said.contains("wrote a new secret key"), "{said}");
+    let written = std::fs::read(&file).unwrap();
+
+    let (again, said) = run();
+    assert_eq!(again, id);
+    assert!(said.contains("kept the existing key"), "{said}");
+    assert_eq!(std::fs::read(&file).unwrap(), written);
+}

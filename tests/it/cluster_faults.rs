@@ -360,6 +360,7 @@ async fn a_local_cluster_resumed_from_its_data_dir_keeps_its_data_and_records_ne
         nodes: 3,
         first_http: "127.0.0.1:0".parse().unwrap(),
         raft: support::fast_raft(),
+        kv_clients: support::kv_clients(),
     };
     let first = LocalCluster::start(spec.clone()).await.unwrap();
     first

@@ -49,10 +49,11 @@ fn start(root: &Path) -> Layout {
         .map(|d| root.join(d))
         .collect();
     let ids: Vec<String> = dirs.iter().map(|d| write_identity(d)).collect();
+    let clients = support::kv_clients();
     let base = |i: usize, cluster: &str, node_id: u64| {
         format!(
             "node_id = {node_id}\ncluster = \"{cluster}\"\ndata_dir = {:?}\nhttp_addr = \"{}\"\n\
-             iroh_bind_addr = \"{}\"\n{RAFT}",
+             iroh_bind_addr = \"{}\"\nkv_clients = {clients:?}\n{RAFT}",
             dirs[i], http[i], iroh[i]
         )
     };
@@ -281,6 +282,7 @@ async fn killed_importer_and_exporting_leader_lose_and_duplicate_nothing() {
     // The replica equals the owner exactly, read through a router of region eu.
     let config = RouterConfig::dev(
         "eu",
+        support::client_key_file(),
         vec![
             ClusterConfig {
                 name: "us-1".into(),

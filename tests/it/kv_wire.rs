@@ -2,7 +2,8 @@
 //! batch gets its own answer in order, a batch at the limit is served and one over it is
 //! refused whole, only writes and reads may be batched, a follower sends a batch's
 //! linearizable items back to the leader while serving its stale reads, and a leader cut
-//! off from its peers answers none of a batch's linearizable reads.
+//! off from its peers answers none of a batch's linearizable reads; an endpoint the
+//! node's `kv_clients` does not list is refused at connection time and counted.
 
 use crate::support;
 
@@ -21,9 +22,23 @@ async fn send(t: &support::TestCluster, request: &KvRequest) -> KvResponse {
 }
 
 async fn send_to(t: &support::TestCluster, node_id: u64, request: &KvRequest) -> KvResponse {
+    let bytes = send_as(support::client_key(), t, node_id, request)
+        .await
+        .unwrap();
+    wire::decode(&bytes).unwrap()
+}
+
+/// Sends `request` to node `node_id` from an endpoint with identity `key`; the answer's
+/// bytes.
+async fn send_as(
+    key: iroh::SecretKey,
+    t: &support::TestCluster,
+    node_id: u64,
+    request: &KvRequest,
+) -> Result<Vec<u8>, aspen_cluster_node::transport::TransportError> {
     let node = t.cluster.node(node_id).unwrap();
     let endpoint = bind_endpoint(
-        iroh::SecretKey::generate(),
+        key,
         "127.0.0.1:0".parse().unwrap(),
         false,
         &aspen_cluster_node::transport::Access::open(),
@@ -38,7 +53,7 @@ async fn send_to(t: &support::TestCluster, node_id: u64, request: &KvRequest) ->
         id: node.endpoint_id(),
         addrs: node.iroh_addrs(),
     };
-    let bytes = transport
+    let answer = transport
         .request(
             &peer,
             KV_ALPN,
@@ -46,10 +61,50 @@ async fn send_to(t: &support::TestCluster, node_id: u64, request: &KvRequest) ->
             MAX_WIRE_MESSAGE_BYTES,
             Duration::from_secs(15),
         )
+        .await;
+    endpoint.close().await;
+    answer
+}
+
+/// The value of `aspen_connections_refused{alpn="aspen/kv/1"}` at node `node_id`.
+async fn kv_refusals(t: &support::TestCluster, node_id: u64) -> u64 {
+    let metrics = support::http_text(&format!("{}/metrics", t.cluster.url(node_id)))
         .await
         .unwrap();
-    endpoint.close().await;
-    wire::decode(&bytes).unwrap()
+    metrics
+        .lines()
+        .find(|l| l.starts_with("aspen_connections_refused") && l.contains("alpn=\"aspen/kv/1\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_endpoint_not_listed_in_kv_clients_is_refused_at_connection_and_counted() {
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    let before = kv_refusals(&t, leader).await;
+
+    let stranger = iroh::SecretKey::generate();
+    let refused = send_as(stranger, &t, leader, &set("stolen", "v")).await;
+    assert!(refused.is_err(), "a stranger gets no answer: {refused:?}");
+    support::poll(
+        "the refusal to show in /metrics",
+        Duration::from_secs(10),
+        || async { (kv_refusals(&t, leader).await > before).then_some(()) },
+    )
+    .await;
+
+    // The listed client is served, and the stranger's write never happened.
+    let answer = send_to(&t, leader, &get("stolen")).await;
+    let KvResponse::Read(ReadResponse {
+        result: ReadResult::Get(entry),
+        ..
+    }) = answer
+    else {
+        panic!("a listed client is answered: {answer:?}");
+    };
+    assert!(entry.is_none(), "the refused write changed nothing");
+    t.cluster.shutdown().await;
 }
 
 fn set(key: &str, value: &str) -> KvRequest {

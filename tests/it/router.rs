@@ -581,3 +581,41 @@ async fn a_router_listing_followers_first_reports_every_cluster_healthy_at_once(
     us1.cluster.shutdown().await;
     us2.cluster.shutdown().await;
 }
+
+/// A router's identity lives in its `secret_key_file`: the same after a restart. Nodes
+/// serve `aspen/kv/1` only to the ids in their `kv_clients`, so a router they do not
+/// list gets nothing through, and a listed one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_router_keeps_its_identity_and_only_a_listed_one_is_served() {
+    let us1 = start_named_cluster("us-1", 3, fast_raft()).await;
+    let us2 = start_named_cluster("us-2", 3, fast_raft()).await;
+    let keys = tempfile::tempdir().unwrap();
+    let mut config = router_config(&us1, &us2, 1_000);
+    config.secret_key_file = keys.path().join("unlisted.key");
+
+    let start = |config: aspen_config::RouterConfig| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        RunningRouter::start(&config, listener).await.unwrap()
+    };
+    let unlisted = start(config.clone()).await;
+    let id = unlisted.endpoint_id();
+    let err = AspenClient::with_timeout(&unlisted.url(), Duration::from_secs(20))
+        .put("k", b"v")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ClusterUnavailable), "{err}");
+    assert!(err.to_string().contains("not allowed"), "{err}");
+    unlisted.shutdown().await;
+    let again = start(config).await;
+    assert_eq!(again.endpoint_id(), id, "the same identity after a restart");
+    again.shutdown().await;
+
+    let listed = start(router_config(&us1, &us2, 10_000)).await;
+    let c = AspenClient::with_timeout(&listed.url(), Duration::from_secs(20));
+    c.put("k", b"v").await.unwrap();
+    let entry = us1.client(1).get("k", Consistency::Linearizable).await;
+    assert_eq!(entry.unwrap().unwrap().value.as_deref(), Some("v"));
+    listed.shutdown().await;
+    us1.cluster.shutdown().await;
+    us2.cluster.shutdown().await;
+}

@@ -25,7 +25,8 @@ fn free_tcp_port() -> SocketAddr {
 fn router_toml(http: SocketAddr, us1: &TestCluster, us2: &TestCluster, extra: &str) -> String {
     let mut text = format!(
         "region = \"us\"\nhttp_addr = \"{http}\"\niroh_bind_addr = \"127.0.0.1:0\"\n\
-         request_deadline_ms = 10000\n"
+         request_deadline_ms = 10000\nsecret_key_file = {:?}\n",
+        support::client_key_file()
     );
     for (name, t) in [("us-1", us1), ("us-2", us2)] {
         text.push_str(&format!(

@@ -362,6 +362,7 @@ async fn a_watch_from_a_compacted_revision_is_refused_with_compacted_naming_the_
         nodes: 1,
         first_http: "127.0.0.1:0".parse().unwrap(),
         raft: fast_raft(),
+        kv_clients: support::kv_clients(),
     };
     let mut bound = LocalCluster::bind(spec).await.unwrap();
     for config in bound.configs_mut() {
@@ -416,18 +417,46 @@ async fn a_watch_from_a_compacted_revision_is_refused_with_compacted_naming_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_that_never_reads_is_closed_as_slow_while_writes_and_other_watchers_go_on() {
     let t = start_named_cluster("us-1", 3, fast_raft()).await;
-    let url = t.cluster.url(1);
-    let stuck = aspen_api::client::http_client(Duration::from_secs(120))
-        .get(format!("{url}/v1/watch/?prefix=true"))
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap();
-    let reader = follow(vec![url.clone()], "", None);
-    // More than the watcher buffer holds (revisions and bytes), beyond what the
-    // connection's socket buffers absorb.
+    let client = AspenClient::new(&t.cluster.url(1));
+    a_stuck_watcher_is_closed_as_slow(&client).await;
+    t.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_one_http2_connection_a_stuck_watch_is_closed_as_slow_and_the_rest_go_on() {
+    let t = start_named_cluster("us-1", 3, fast_raft()).await;
+    let client = AspenClient::http2(&t.cluster.url(1), Duration::from_secs(30));
+    a_stuck_watcher_is_closed_as_slow(&client).await;
+    t.cluster.shutdown().await;
+}
+
+/// Through `client`, one watch that is never read, one that is, and writes: more than
+/// the watcher buffer holds (revisions and bytes), beyond what socket buffers and HTTP/2
+/// flow-control windows absorb. The writes and the reading watch must not be held up,
+/// and the stuck watch must end with `slow_watcher`.
+async fn a_stuck_watcher_is_closed_as_slow(client: &AspenClient) {
+    let everything = WatchOptions {
+        prefix: true,
+        ..WatchOptions::default()
+    };
+    let mut stuck = client.watch("", &everything).await.unwrap();
+    let mut reading = client.watch("", &everything).await.unwrap();
+    // The reader's count of events and its last revision.
+    let (seen_tx, mut seen_rx) = tokio::sync::watch::channel((0usize, 0u64));
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(message)) = reading.next().await {
+            if let WatchMessage::Changes {
+                revision, events, ..
+            } = message
+            {
+                seen_tx.send_modify(|(count, last)| {
+                    *count += events.len();
+                    *last = revision;
+                });
+            }
+        }
+    });
     let value = vec![b'x'; 32 * 1024];
-    let client = AspenClient::new(&url);
     let mut last = 0;
     for chunk in 0..60 {
         let writes = (0..20).map(|i| {
@@ -442,25 +471,29 @@ async fn a_watcher_that_never_reads_is_closed_as_slow_while_writes_and_other_wat
             );
         }
     }
-    poll(
-        "the reading watcher to get every write",
+    let events = tokio::time::timeout(
         Duration::from_secs(30),
-        || async { (last_revision(&reader) >= last).then_some(()) },
+        seen_rx.wait_for(|(_, seen)| *seen >= last),
     )
-    .await;
-    assert_eq!(reader.lock().unwrap().len(), 1_200);
+    .await
+    .expect("the reading watcher gets every write")
+    .unwrap()
+    .0;
+    assert_eq!(events, 1_200);
+    reader.abort();
 
-    let body = tokio::time::timeout(Duration::from_secs(60), stuck.text())
-        .await
-        .expect("the stuck watch was closed by the server")
-        .unwrap();
-    let final_line = body.lines().last().unwrap();
-    let message: WatchMessage = serde_json::from_str(final_line).unwrap();
-    match message {
-        WatchMessage::Error { error, .. } => assert_eq!(error.code, "slow_watcher"),
-        other => panic!("expected slow_watcher, got {other:?}"),
-    }
-    t.cluster.shutdown().await;
+    let end = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stuck.next().await {
+                Ok(Some(WatchMessage::Error { error, .. })) => return error.code,
+                Ok(Some(_)) => continue,
+                other => panic!("the stuck watch ended without an error: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the stuck watch was closed by the server");
+    assert_eq!(end, "slow_watcher");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

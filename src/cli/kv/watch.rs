@@ -47,7 +47,9 @@ pub async fn watch(client: &AspenClient, args: WatchArgs, json: bool) -> anyhow:
     loop {
         let mut stream = match client.watch(&args.prefix, &options).await {
             Ok(stream) => stream,
-            Err(e @ ClientError::Transport { .. }) if connected_once => {
+            Err(e @ (ClientError::Transport { .. } | ClientError::Silent { .. }))
+                if connected_once =>
+            {
                 eprintln!("watch: {}; reconnecting", explain(e, client));
                 tokio::time::sleep(RECONNECT_PAUSE).await;
                 continue;

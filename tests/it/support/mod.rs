@@ -6,10 +6,13 @@
 pub mod process;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use aspen_api::AspenClient;
 use aspen_cluster_node::local_cluster::{LocalCluster, LocalClusterSpec};
+use aspen_cluster_node::transport::{create_secret_key_file, read_secret_key_file};
 use aspen_config::RaftConfig;
 use tempfile::TempDir;
 
@@ -65,6 +68,7 @@ pub async fn start_named_cluster(name: &str, nodes: usize, raft: RaftConfig) -> 
         nodes,
         first_http: "127.0.0.1:0".parse().unwrap(),
         raft,
+        kv_clients: kv_clients(),
     };
     let cluster = LocalCluster::start(spec).await.expect("cluster starts");
     let test = TestCluster { cluster, dir };
@@ -110,6 +114,30 @@ where
     }
 }
 
+/// The file holding the iroh identity test routers and raw `aspen/kv/1` clients use,
+/// one per test process; [`kv_clients`] names it.
+pub fn client_key_file() -> &'static Path {
+    static FILE: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
+    &FILE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("client.key");
+            create_secret_key_file(&path).expect("a fresh key file");
+            (dir, path)
+        })
+        .1
+}
+
+/// The test client identity's secret key.
+pub fn client_key() -> iroh::SecretKey {
+    read_secret_key_file(client_key_file()).expect("the test client key")
+}
+
+/// What every test cluster lists in `kv_clients`: the test client identity.
+pub fn kv_clients() -> Vec<String> {
+    vec![client_key().public().to_string()]
+}
+
 /// A router config for region us: `us1` owns every key but those under `svc-b/`, which
 /// `us2` owns; requests wait at most `deadline_ms` for a cluster.
 pub fn router_config(
@@ -128,6 +156,7 @@ pub fn router_config(
     };
     let mut config = aspen_config::RouterConfig::dev(
         "us",
+        client_key_file(),
         vec![cluster("us-1", us1), cluster("us-2", us2)],
         vec![route("", "us-1"), route("svc-b/", "us-2")],
     );

@@ -1,0 +1,64 @@
+//! Which endpoints may use a node's restricted iroh protocols. Each rule admits the
+//! endpoints its config names plus the cluster's members: those configured as peers and
+//! those in the current Raft membership, read at every connection, so a member added
+//! later is admitted from its first connection.
+//!
+//! - `aspen/kv/1` (every key, read and write): members and `kv_clients`, the routers
+//!   and tools the operator listed. Everyone else is refused at the handshake and counted
+//!   in `aspen_connections_refused{alpn}`.
+//! - The federation protocols (docs, gossip, blobs): see [`crate::federation::restrict`].
+//!
+//! `aspen/raft/1` stays open at the hook: its handler checks the caller against the
+//! configured peers and the membership itself, and answers a stranger with an error.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use aspen_config::NodeConfig;
+use iroh::EndpointId;
+
+use crate::node::NodeError;
+use crate::raft_types::AspenRaft;
+use crate::transport::Access;
+
+/// Restricts `aspen/kv/1` to the cluster's members and the config's `kv_clients`.
+pub fn restrict_kv(access: &Access, config: &NodeConfig, raft: AspenRaft) -> Result<(), NodeError> {
+    let mut named = peer_ids(config)?;
+    for (i, hex) in config.kv_clients.iter().enumerate() {
+        named.insert(parse_id(&format!("kv_clients[{i}]"), hex)?);
+    }
+    access.restrict(aspen_api::wire::KV_ALPN, members_or(named, raft));
+    Ok(())
+}
+
+/// The endpoint ids of the config's `[[peers]]`.
+pub(crate) fn peer_ids(config: &NodeConfig) -> Result<HashSet<EndpointId>, NodeError> {
+    config
+        .peers
+        .iter()
+        .map(|peer| parse_id(&format!("peer {}", peer.node_id), &peer.endpoint_id))
+        .collect()
+}
+
+/// An endpoint id from its hex form; `what` names it in the error.
+pub(crate) fn parse_id(what: &str, hex: &str) -> Result<EndpointId, NodeError> {
+    hex.parse()
+        .map_err(|e| NodeError::Config(format!("{what}: invalid endpoint id {hex:?}: {e}")))
+}
+
+/// A rule admitting `named` and every endpoint in `raft`'s current membership.
+pub(crate) fn members_or(named: HashSet<EndpointId>, raft: AspenRaft) -> aspen_net::access::Rule {
+    Arc::new(move |remote: &EndpointId| {
+        if named.contains(remote) {
+            return true;
+        }
+        let text = remote.to_string();
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let member = m
+            .membership_config
+            .nodes()
+            .any(|(_, node)| node.endpoint_id == text);
+        member
+    })
+}

@@ -18,6 +18,7 @@
 //! - [`bench`]: `aspen bench`, a closed-loop load generator.
 //! - [`watchbench`]: `aspen bench-watch`, watch delivery latency and what watchers cost
 //!   writers, against Aspen or etcd.
+//! - [`token`]: `aspen token new`, a bearer token and its `[auth]` entry.
 //! - [`soak`]: `aspen soak`, a long linearizability check under injected faults.
 //! - [`endpoint`]: the shared `--endpoint` argument and client construction.
 //! - [`parse`]: parsers for `KEY=VALUE` style arguments.
@@ -40,6 +41,7 @@ mod render;
 mod router;
 mod signal;
 mod soak;
+mod token;
 mod watchbench;
 
 use std::process::ExitCode;
@@ -69,6 +71,7 @@ Examples:
   aspen node --config node.toml              # one member of a real cluster
   aspen keygen --out router.key              # an identity; prints the id nodes list in kv_clients
   aspen router --config router.toml          # a router; SIGHUP reloads the route table
+  aspen token new --name ci --write config/  # a bearer token and its [auth] entry
   aspen federation keygen --out us-1.key     # a cluster's federation secret
   aspen federation info --config node.toml   # what other regions paste to import it
   aspen soak --duration 600                  # linearizability under faults, 10 minutes
@@ -101,6 +104,8 @@ enum Command {
     /// Make an iroh identity (a secret key file) and print its endpoint id, so configs
     /// can name a router (`kv_clients`) or node (`[[peers]]`) before it first starts.
     Keygen(keygen::KeygenArgs),
+    /// Make bearer tokens for servers whose config has an `[auth]` table.
+    Token(token::TokenArgs),
     /// Read and write keys.
     Kv(kv::KvArgs),
     /// Grant, keep alive, inspect and revoke leases (keys that vanish when their owner
@@ -150,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => dev::run(args).await,
         Command::Federation(args) => federation::run(args).await,
         Command::Keygen(args) => keygen::run(args).await,
+        Command::Token(args) => token::run(args).await,
         Command::Kv(args) => kv::run(args).await,
         Command::Lease(args) => lease::run(args).await,
         Command::Lock(args) => lock::run(args).await,

@@ -1,6 +1,7 @@
 //! A small client for the HTTP API of a node or router. The CLI, the benchmark and the
 //! integration tests use it; applications may too.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -107,6 +108,37 @@ pub struct AspenClient {
     /// Whether `http` multiplexes everything over one HTTP/2 connection; if not, each
     /// watch opens a connection of its own, so it never holds one the requests need.
     multiplexed: bool,
+    /// Sent as `Authorization: Bearer` with every request, when set.
+    token: Option<String>,
+    /// TLS of an `https://` endpoint, for the connections of watches.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// How an [`AspenClient`] talks to its endpoint.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long one request may take.
+    pub timeout: Duration,
+    /// Speak HTTP/2 from the first byte (cleartext prior knowledge, or by ALPN over TLS),
+    /// so all requests and watches share one connection; else HTTP/1.1 with a pool.
+    pub http2: bool,
+    /// For an `https://` endpoint: whom to trust, and what to present
+    /// ([`crate::tls::client_config`]).
+    pub tls: Option<rustls::ClientConfig>,
+    /// Sent as `Authorization: Bearer` with every request (the server's `[auth]` must
+    /// list its SHA-256).
+    pub token: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            http2: false,
+            tls: None,
+            token: None,
+        }
+    }
 }
 
 impl AspenClient {
@@ -118,12 +150,11 @@ impl AspenClient {
     /// A client for `endpoint` whose requests time out after `timeout`, over HTTP/1.1
     /// with a pool of connections.
     pub fn with_timeout(endpoint: &str, timeout: Duration) -> Self {
-        AspenClient {
-            base: endpoint.trim_end_matches('/').to_string(),
-            http: client_builder().build().expect(BUILD_CANNOT_FAIL),
+        let options = ClientOptions {
             timeout,
-            multiplexed: false,
-        }
+            ..ClientOptions::default()
+        };
+        Self::with_options(endpoint, options)
     }
 
     /// A client for `endpoint` whose requests time out after `timeout`, speaking HTTP/2
@@ -131,14 +162,42 @@ impl AspenClient {
     /// share one connection, as a gRPC client's do. Every Aspen listener serves both
     /// versions on one port.
     pub fn http2(endpoint: &str, timeout: Duration) -> Self {
+        let options = ClientOptions {
+            timeout,
+            http2: true,
+            ..ClientOptions::default()
+        };
+        Self::with_options(endpoint, options)
+    }
+
+    /// A client for `endpoint` as `options` say.
+    pub fn with_options(endpoint: &str, options: ClientOptions) -> Self {
+        let mut builder = client_builder_with(options.tls.clone());
+        if options.http2 {
+            builder = builder.http2_prior_knowledge();
+        }
         AspenClient {
             base: endpoint.trim_end_matches('/').to_string(),
-            http: client_builder()
-                .http2_prior_knowledge()
-                .build()
-                .expect(BUILD_CANNOT_FAIL),
-            timeout,
-            multiplexed: true,
+            http: builder.build().expect(BUILD_CANNOT_FAIL),
+            timeout: options.timeout,
+            multiplexed: options.http2,
+            token: options.token.clone(),
+            tls: options.tls.map(Arc::new),
+        }
+    }
+
+    /// This client, sending `token` as `Authorization: Bearer` with every request (the
+    /// server's `[auth]` must list its SHA-256).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// `request` with this client's token, if it has one.
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         }
     }
 
@@ -358,7 +417,8 @@ impl AspenClient {
             url: url.to_string(),
             source,
         };
-        let response = request
+        let response = self
+            .authorized(request)
             .timeout(self.timeout)
             .send()
             .await
@@ -469,11 +529,13 @@ impl AspenClient {
         let http = if self.multiplexed {
             &self.http
         } else {
-            own = client_builder().build().map_err(transport)?;
+            own = client_builder_with(self.tls.as_deref().cloned())
+                .build()
+                .map_err(transport)?;
             &own
         };
-        let opening = http
-            .get(&url)
+        let opening = self
+            .authorized(http.get(&url))
             .header("accept", "application/x-ndjson")
             .send();
         let response = tokio::time::timeout(WATCH_SILENCE, opening)
@@ -523,7 +585,8 @@ pub const WATCH_SILENCE: Duration = Duration::from_millis(3 * crate::watch::PROG
 /// How long the client waits for a TCP connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-const BUILD_CANNOT_FAIL: &str = "building an HTTP client without TLS cannot fail";
+const BUILD_CANNOT_FAIL: &str =
+    "building an HTTP client from a ready TLS configuration cannot fail";
 
 /// A plain-HTTP `reqwest` client with connection pooling and an overall timeout per
 /// request, as [`AspenClient`] uses; for callers (tests, tools) that need raw requests.
@@ -536,19 +599,24 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
 
 /// What every client of this module shares: plain HTTP, pooled connections.
 pub(crate) fn client_builder() -> reqwest::ClientBuilder {
+    client_builder_with(None)
+}
+
+/// [`client_builder`] with `tls` for `https://` URLs.
+fn client_builder_with(tls: Option<rustls::ClientConfig>) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-        .tls_backend_preconfigured(plain_tls_config())
+        .tls_backend_preconfigured(tls.unwrap_or_else(plain_tls_config))
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_max_idle_per_host(1024)
         .pool_idle_timeout(CLIENT_POOL_IDLE)
 }
 
-/// Aspen speaks plain HTTP, but the HTTP stack may be built with TLS support and no
-/// default crypto provider (iroh enables it); hand it an explicit, empty configuration so
-/// building a client never depends on process-global state.
+/// Without TLS options a client trusts nothing over `https://`, but the HTTP stack may be
+/// built with TLS support and no default crypto provider (iroh enables it); hand it an
+/// explicit, empty configuration so building a client never depends on process-global
+/// state.
 fn plain_tls_config() -> rustls::ClientConfig {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(rustls::RootCertStore::empty())

@@ -20,7 +20,7 @@ use serde::Serialize;
 /// One encoded format: a name for errors and the version byte that leads every message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Format {
-    /// What the bytes are, for error messages (`aspen/kv/1 message`, `log entry`).
+    /// What the bytes are, for error messages (`aspen/kv/2 message`, `log entry`).
     pub name: &'static str,
     /// The version written first. Bump it whenever the encoded types change shape.
     pub version: u8,

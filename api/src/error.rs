@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// The stable error codes of the HTTP API (`{"error": {"code": ..., "message": ...}}`).
 ///
-/// A wire type (it travels in `aspen/kv/1` answers by variant index): append new codes at
+/// A wire type (it travels in `aspen/kv/2` answers by variant index): append new codes at
 /// the end and bump the wire format version. Its JSON name is [`ErrorCode::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
@@ -47,6 +47,12 @@ pub enum ErrorCode {
     /// 404: the lease does not exist: never granted, revoked, or expired. Its keys are
     /// gone (or going); grant a new lease.
     LeaseNotFound,
+    /// 401: the server requires a bearer token and the request had none, or one it does
+    /// not know. Send `Authorization: Bearer TOKEN`.
+    Unauthorized,
+    /// 403: the request's token does not grant what the request does (a key outside its
+    /// prefixes, a write with a read-only grant, an admin endpoint); nothing changed.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -55,6 +61,8 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => 400,
             ErrorCode::NotFound | ErrorCode::LeaseNotFound => 404,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::PreconditionFailed => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::CrossCluster => 422,
@@ -88,6 +96,8 @@ impl ErrorCode {
             ErrorCode::SlowWatcher => "slow_watcher",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::LeaseNotFound => "lease_not_found",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -106,7 +116,7 @@ impl std::str::FromStr for ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::PreconditionFailed,
@@ -122,6 +132,8 @@ impl ErrorCode {
         ErrorCode::SlowWatcher,
         ErrorCode::Overloaded,
         ErrorCode::LeaseNotFound,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
     ];
 }
 
@@ -132,7 +144,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// An error as the API reports it: a code and a human message. A wire type (in
-/// `aspen/kv/1` answers); its JSON shape is `json::ErrorDetail`.
+/// `aspen/kv/2` answers); its JSON shape is `json::ErrorDetail`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {

@@ -8,7 +8,7 @@
 //! another (422 `cross_cluster`). Inside a cluster a lease is its number alone.
 //!
 //! - [`LeaseId`]: the public id and its parsing.
-//! - [`LeaseRequest`] / [`LeaseAnswer`]: the lease operations as `aspen/kv/1` carries them.
+//! - [`LeaseRequest`] / [`LeaseAnswer`]: the lease operations as `aspen/kv/2` carries them.
 //! - [`LeaseFailure`]: why the state machine refused a lease command.
 //! - The JSON bodies of `/v1/lease`: [`GrantRequest`], [`LeaseResponse`].
 
@@ -110,7 +110,7 @@ pub enum LeaseFailure {
     TooManyKeys { lease: u64, max: usize },
 }
 
-/// A lease operation, as a node serves it (`aspen/kv/1` [`crate::wire::KvRequest::Lease`]).
+/// A lease operation, as a node serves it (`aspen/kv/2` [`crate::wire::KvRequest::Lease`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaseRequest {
     /// Grant a lease of `ttl_secs`.

@@ -1,10 +1,11 @@
 //! The language every part of Aspen speaks: commands, results, limits, errors, the JSON
-//! shapes of the public HTTP API, the `aspen/kv/1` wire messages, and a Rust HTTP client.
+//! shapes of the public HTTP API, the `aspen/kv/2` wire messages, and a Rust HTTP client.
 //!
-//! This crate depends on nothing else of Aspen's and on no storage crate, so that the
-//! router, the cluster node, the CLI and applications can all share it. The serving side
-//! of the HTTP API (axum) is behind the `server` feature, which only the node and the
-//! router enable; clients get the types and the HTTP client alone.
+//! This crate depends on no storage crate and on no other part of Aspen but its config
+//! types (the serving side reads the `[auth]` and `[tls]` tables), so that the router, the
+//! cluster node, the CLI and applications can all share it. The serving side of the HTTP
+//! API (axum) is behind the `server` feature, which only the node and the router enable;
+//! clients get the types and the HTTP client alone.
 //!
 //! # Layout
 //!
@@ -18,10 +19,11 @@
 //! - [`lease`]: lease ids, lease operations and their JSON bodies.
 //! - [`json`]: the JSON bodies of the HTTP API and their conversion to commands.
 //! - [`headers`]: the names of the HTTP API's response headers (read freshness).
-//! - [`wire`]: the `aspen/kv/1` request and response messages and their encoding.
+//! - [`wire`]: the `aspen/kv/2` request and response messages and their encoding.
 //! - [`watch`]: watch requests, resume tokens and the JSON messages of a watch stream.
 //! - `testing` (feature `testing`): proptest strategies for every wire and disk type.
 //! - [`client`]: an HTTP client for the API, used by the CLI, the benchmark and tests.
+//! - [`tls`]: PEM certificate and key files into rustls configurations.
 //! - `server` (feature `server`): the HTTP KV routes over a `KvBackend`, shared by the
 //!   node and the router.
 
@@ -39,6 +41,7 @@ pub mod limits;
 pub mod server;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;
 pub mod types;
 pub mod watch;
 pub mod wire;

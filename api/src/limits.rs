@@ -1,5 +1,5 @@
 //! Every limit of the public API, in one place. Each is enforced where input enters the
-//! system (the HTTP layer and the `aspen/kv/1` server) with an error that names it.
+//! system (the HTTP layer and the `aspen/kv/2` server) with an error that names it.
 
 /// Longest key, in bytes of UTF-8. Keys are the unit of routing and indexing; 1 KiB is
 /// the same bound etcd's users live with and keeps scans and Raft entries small.
@@ -36,7 +36,7 @@ pub const MAX_CLUSTER_NODES: usize = 64;
 /// holds this much, so a page of large values cannot exhaust memory or a wire message.
 pub const MAX_SCAN_PAGE_BYTES: usize = 8 * 1024 * 1024;
 
-/// Largest encoded `aspen/kv/1` message: the largest command or scan page above plus
+/// Largest encoded `aspen/kv/2` message: the largest command or scan page above plus
 /// room for its encoding.
 pub const MAX_WIRE_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -65,7 +65,7 @@ pub const DEFAULT_BLOCKING_WAIT_MS: u64 = 5 * 60 * 1_000;
 /// Longest `wait` a blocking read may ask for: ten minutes.
 pub const MAX_BLOCKING_WAIT_MS: u64 = 10 * 60 * 1_000;
 
-/// Longest a node holds an `aspen/kv/1` feed read open waiting for a new revision.
+/// Longest a node holds an `aspen/kv/2` feed read open waiting for a new revision.
 pub const MAX_FEED_WAIT_MS: u64 = 10_000;
 
 /// The floor of the shortest lease TTL, in seconds; a cluster's own minimum is 1.5 of

@@ -7,22 +7,27 @@
 //! and render the answers or a JSON error. Bodies are read as bytes and parsed here, so
 //! every malformed body gets an Aspen error naming the field, never a framework default.
 //!
+//! - [`auth`]: bearer tokens and their grants; [`auth::guard`] wraps every app, and the
+//!   KV handlers reach the backend only through its per-request check.
 //! - [`error`]: [`HttpError`], the JSON error answer, and JSON body parsing.
 //! - `read`: `GET /v1/kv/...`: point reads and scans, with freshness headers.
 //! - `write`: `PUT`/`DELETE /v1/kv/...`, `/v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`.
 //! - `lease`: `POST /v1/lease`, `POST /v1/lease/{id}/keepalive`, `GET` and `DELETE
 //!   /v1/lease/{id}`.
+//! - [`tls`]: the listener's TLS configuration from PEM files.
 //! - [`watch`]: `GET /v1/watch/...` as Server-Sent Events or NDJSON, the watch buffer
 //!   between a backend and its client, and blocking reads (`?index=R&wait=30s`).
 //!
 //! A process builds its app as [`kv_routes`] merged with its own routes (status, health,
-//! metrics), adds [`not_found`] as the fallback, and runs it with [`serve`] (`listen`: the
-//! listener's bounds on connections and request heads).
+//! metrics), adds [`not_found`] as the fallback, wraps it in [`auth::guard`], and runs it
+//! with [`serve`] (`listen`: the listener's bounds on connections and request heads).
 
+pub mod auth;
 pub mod error;
 mod lease;
 mod listen;
 mod read;
+pub mod tls;
 pub mod watch;
 mod write;
 
@@ -41,7 +46,7 @@ use crate::types::{Consistency, ReadRequest, ReadResponse, ReadResult, WriteResu
 
 pub use error::{parse_json, HttpError, HttpResult};
 pub use listen::{
-    serve, serve_with, ServeLimits, ServeStats, CLOSE_GRACE, HTTP_HEAD_TIMEOUT, MAX_HTTP2_STREAMS,
+    serve, serve_with, ServeOptions, ServeStats, CLOSE_GRACE, HTTP_HEAD_TIMEOUT, MAX_HTTP2_STREAMS,
     MAX_HTTP_CONNECTIONS,
 };
 pub use watch::{
@@ -52,7 +57,7 @@ pub use watch::{
 /// that sends each request to the cluster owning its keys.
 ///
 /// Validation of commands and reads is the backend's job (a node validates everything
-/// that enters it, by HTTP or by `aspen/kv/1`); the handlers only refuse what cannot be
+/// that enters it, by HTTP or by `aspen/kv/2`); the handlers only refuse what cannot be
 /// parsed. An [`ApiError`] returned here becomes the JSON error answer with its status.
 pub trait KvBackend: Send + Sync + 'static {
     /// Applies `command` atomically and says which cluster applied it. A failed
@@ -366,7 +371,7 @@ mod tests {
             observed: Mutex::new(Vec::new()),
             options: Mutex::new(Vec::new()),
         });
-        let app = kv_routes(backend.clone()).fallback(not_found);
+        let app = auth::guard(kv_routes(backend.clone()).fallback(not_found), None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(serve(listener, app, std::future::pending()));

@@ -1,4 +1,4 @@
-//! The `aspen/kv/1` protocol: how routers, clients and follower nodes send KV requests to
+//! The `aspen/kv/2` protocol: how routers, clients and follower nodes send KV requests to
 //! a cluster node over iroh QUIC.
 //!
 //! Goals: one request and one response per QUIC bi-directional stream (the stream is the
@@ -47,13 +47,15 @@ pub use message::{KvRequest, KvResponse, MembershipChange, NewLearner, MAX_WIRE_
 pub use replica::{ReplicaReadRequest, ReplicaReadResponse, ReplicaReport};
 pub use status::{MemberReport, StatusReport};
 
-/// ALPN of the KV protocol, version 1.
-pub const KV_ALPN: &[u8] = b"aspen/kv/1";
+/// ALPN of the KV protocol, version 2: each message framed with its length first
+/// (`aspen_net::frame`).
+pub const KV_ALPN: &[u8] = b"aspen/kv/2";
 
-/// The encoding of every `aspen/kv/1` message. Version 1 is the first versioned format.
-pub const KV_FORMAT: Format = Format::new("aspen/kv/1 message", 1);
+/// The encoding of every `aspen/kv/2` message. Version 1 was the first versioned format;
+/// version 2 appends the error codes `unauthorized` and `forbidden`.
+pub const KV_FORMAT: Format = Format::new("aspen/kv/2 message", 2);
 
-/// A message of `aspen/kv/1`: a request or a response.
+/// A message of `aspen/kv/2`: a request or a response.
 pub trait Message: serde::Serialize + serde::de::DeserializeOwned + sealed::Sealed {}
 impl Message for KvRequest {}
 impl Message for KvResponse {}

@@ -3,12 +3,12 @@
 //! those in the current Raft membership, read at every connection, so a member added
 //! later is admitted from its first connection.
 //!
-//! - `aspen/kv/1` (every key, read and write): members and `kv_clients`, the routers
+//! - `aspen/kv/2` (every key, read and write): members and `kv_clients`, the routers
 //!   and tools the operator listed. Everyone else is refused at the handshake and counted
 //!   in `aspen_connections_refused{alpn}`.
 //! - The federation protocols (docs, gossip, blobs): see [`crate::federation::restrict`].
 //!
-//! `aspen/raft/1` stays open at the hook: its handler checks the caller against the
+//! `aspen/raft/2` stays open at the hook: its handler checks the caller against the
 //! configured peers and the membership itself, and answers a stranger with an error.
 
 use std::collections::HashSet;
@@ -21,7 +21,7 @@ use crate::node::NodeError;
 use crate::raft_types::AspenRaft;
 use crate::transport::Access;
 
-/// Restricts `aspen/kv/1` to the cluster's members and the config's `kv_clients`.
+/// Restricts `aspen/kv/2` to the cluster's members and the config's `kv_clients`.
 pub fn restrict_kv(access: &Access, config: &NodeConfig, raft: AspenRaft) -> Result<(), NodeError> {
     let mut named = peer_ids(config)?;
     for (i, hex) in config.kv_clients.iter().enumerate() {

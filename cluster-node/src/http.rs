@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use aspen_api::lease::{cross_cluster, LeaseOp, LeaseRequest};
 use aspen_api::limits::MAX_JSON_BODY_BYTES;
+use aspen_api::server::auth::require_admin;
 use aspen_api::server::{
     kv_routes, not_found, KvBackend, LeaseReply, ReadAnswer, ReadOptions, WatchStream, Written,
 };
@@ -98,24 +99,29 @@ impl KvBackend for NodeBackend {
     }
 }
 
-/// The whole app of a node: the shared KV routes, the admin routes (with
-/// `POST /v1/debug/partition` only when `fault_injection` is on), and a JSON 404 for any
-/// other path.
+/// The whole app of a node: the shared KV routes, the admin routes (membership changes,
+/// and `POST /v1/debug/partition` only when `fault_injection` is on, need an admin
+/// token when `[auth]` is on), and a JSON 404 for any other path. Wrap it in
+/// `aspen_api::server::auth::guard`.
 pub fn router(backend: NodeBackend, fault_injection: bool) -> axum::Router {
     let backend = Arc::new(backend);
-    let mut admin = axum::Router::new()
+    let mut membership = axum::Router::new()
         .route("/v1/cluster/init", post(admin::init))
         .route("/v1/cluster/add-learner", post(admin::add_learner))
         .route("/v1/cluster/promote", post(admin::promote))
-        .route("/v1/cluster/remove", post(admin::remove))
+        .route("/v1/cluster/remove", post(admin::remove));
+    if fault_injection {
+        membership = membership.route("/v1/debug/partition", post(admin::partition));
+    }
+    let membership = membership
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn(require_admin));
+    let admin = axum::Router::new()
         .route("/v1/status", get(admin::status))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
-        .route("/metrics", get(admin::metrics));
-    if fault_injection {
-        admin = admin.route("/v1/debug/partition", post(admin::partition));
-    }
-    let admin = admin.with_state(backend.clone());
+        .route("/metrics", get(admin::metrics))
+        .merge(membership)
+        .with_state(backend.clone());
     kv_routes(backend).merge(admin).fallback(not_found)
 }

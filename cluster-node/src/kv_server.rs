@@ -1,4 +1,4 @@
-//! The serving side of `aspen/kv/1` (wire format in `aspen_api::wire`): requests from
+//! The serving side of `aspen/kv/2` (wire format in `aspen_api::wire`): requests from
 //! follower nodes forwarding to this leader, and later from routers.
 
 use std::sync::Arc;
@@ -9,19 +9,30 @@ use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
 
 use crate::service::KvService;
-use crate::transport::{serve_streams, Transport, CLOSE_NOT_ALLOWED};
+use crate::transport::{serve_streams, ReadBudget, Transport, CLOSE_NOT_ALLOWED};
 
-/// iroh protocol handler for `aspen/kv/1`.
+/// iroh protocol handler for `aspen/kv/2`.
 #[derive(Clone)]
 pub struct KvProtocol {
     service: Arc<KvService>,
     transport: Arc<Transport>,
+    /// Request bytes all `aspen/kv/2` streams of this node may hold at once.
+    budget: ReadBudget,
 }
+
+/// Most request bytes a node holds at once over all its `aspen/kv/2` streams (four
+/// largest messages): past it a request waits, unread, for room.
+pub const KV_READ_BUDGET_BYTES: usize = 4 * MAX_WIRE_MESSAGE_BYTES;
 
 impl KvProtocol {
     /// A handler executing requests on `service`.
     pub fn new(service: Arc<KvService>, transport: Arc<Transport>) -> Self {
-        KvProtocol { service, transport }
+        let budget = ReadBudget::new(MAX_WIRE_MESSAGE_BYTES, KV_READ_BUDGET_BYTES);
+        KvProtocol {
+            service,
+            transport,
+            budget,
+        }
     }
 }
 
@@ -45,7 +56,7 @@ impl ProtocolHandler for KvProtocol {
             return Ok(());
         }
         let service = self.service.clone();
-        serve_streams(connection, MAX_WIRE_MESSAGE_BYTES, move |bytes| {
+        serve_streams(connection, self.budget.clone(), move |bytes| {
             let service = service.clone();
             async move {
                 // Always within the message limit: an oversized batch answer leaves out

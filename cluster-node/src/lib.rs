@@ -9,15 +9,15 @@
 //! - [`storage`]: SQLite log store with group commit, state machine, snapshots.
 //! - [`transport`]: the iroh endpoint, node identity, request/response over QUIC streams,
 //!   fault injection (the `aspen-net` crate, shared with the router).
-//! - [`raft_network`]: `aspen/raft/1`, openraft's RPCs over the transport, member-only.
+//! - [`raft_network`]: `aspen/raft/2`, openraft's RPCs over the transport, member-only.
 //! - [`service`]: executes writes, reads and membership changes; forwards to the leader;
-//!   `service/batch.rs` serves a router's `aspen/kv/1` batches (shared proposals and reads);
+//!   `service/batch.rs` serves a router's `aspen/kv/2` batches (shared proposals and reads);
 //!   `service/reads.rs` reads the state machine, batching single reads that pile up.
 //! - [`proposer`]: group commit: concurrent writes share one log entry.
 //! - [`read_index`]: concurrent linearizable reads share one leadership confirmation.
 //! - [`batcher`]: the queue-and-batch task both of those are built on.
-//! - [`kv_server`]: `aspen/kv/1`, the serving side of forwarded and router requests.
-//! - [`admission`]: who may use `aspen/kv/1` (members and the configured `kv_clients`)
+//! - [`kv_server`]: `aspen/kv/2`, the serving side of forwarded and router requests.
+//! - [`admission`]: who may use `aspen/kv/2` (members and the configured `kv_clients`)
 //!   and the federation protocols, decided when a connection is made.
 //! - [`leader_contact`]: when a follower last heard from its leader, for stale reads.
 //! - [`http`]: the public HTTP API: `aspen_api::server`'s KV routes over the KV service,

@@ -34,7 +34,7 @@ pub struct LocalClusterSpec {
     pub first_http: SocketAddr,
     /// Raft timing and snapshot settings for every node.
     pub raft: RaftConfig,
-    /// Endpoint ids every node serves `aspen/kv/1` to besides the members (routers,
+    /// Endpoint ids every node serves `aspen/kv/2` to besides the members (routers,
     /// tools): each node's `kv_clients`.
     pub kv_clients: Vec<String>,
 }

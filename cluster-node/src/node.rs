@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen_api::server::ServeLimits;
+use aspen_api::server::auth::{self, Policy};
+use aspen_api::server::ServeOptions;
 use aspen_config::{NodeConfig, RelayModeConfig};
 use iroh::protocol::Router as ProtocolRouter;
 use iroh::{Endpoint, EndpointId};
@@ -117,7 +118,7 @@ async fn bounded_step<E: std::fmt::Display>(
 
 /// A running node.
 pub struct Node {
-    /// The KV service (also reachable over HTTP and `aspen/kv/1`).
+    /// The KV service (also reachable over HTTP and `aspen/kv/2`).
     pub service: Arc<KvService>,
     /// The node's watches.
     pub hub: Arc<FeedHub>,
@@ -157,6 +158,14 @@ impl Node {
         listener: tokio::net::TcpListener,
     ) -> Result<Node, NodeError> {
         let BoundEndpoint { endpoint, access } = bound;
+        // Read first, so a bad certificate or key stops the start before anything runs.
+        let tls = match &config.tls {
+            Some(tls) => Some(
+                aspen_api::server::tls::from_config(tls)
+                    .map_err(|e| NodeError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
         let transport = Transport::new(endpoint.clone(), access);
         let mut initial_members = BTreeMap::new();
         let own_addrs = endpoint
@@ -259,11 +268,18 @@ impl Node {
             hub: hub.clone(),
         };
         let (http_stop, stopped) = oneshot::channel::<()>();
-        let app = http::router(backend, config.fault_injection);
+        let policy = config
+            .auth
+            .as_ref()
+            .map(|a| Arc::new(Policy::from_config(a)));
+        let app = auth::guard(http::router(backend, config.fault_injection), policy);
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let limits = ServeLimits::default();
+        let limits = ServeOptions {
+            tls,
+            ..ServeOptions::default()
+        };
         let http_task = tokio::spawn(http::serve_with(
             listener, app, shutdown, limits, http_stats,
         ));

@@ -1,4 +1,4 @@
-//! Raft RPCs over iroh: the `aspen/raft/1` protocol.
+//! Raft RPCs over iroh: the `aspen/raft/2` protocol.
 //!
 //! Goals: carry openraft's three RPCs (AppendEntries, Vote, InstallSnapshot chunks) between
 //! members, one RPC per QUIC stream; accept them only from cluster members and configured
@@ -25,14 +25,14 @@ use openraft::raft::{
 
 use crate::leader_contact::LeaderContact;
 use crate::raft_types::{AspenRaft, MemberNode, NodeId, TypeConfig};
-use crate::transport::{serve_streams, Transport, TransportError, CLOSE_NOT_ALLOWED};
+use crate::transport::{serve_streams, ReadBudget, Transport, TransportError, CLOSE_NOT_ALLOWED};
 pub use message::MAX_RAFT_MESSAGE_BYTES;
 use message::{decode, encode, RaftAnswer, RaftRequest};
 
 mod message;
 
-/// ALPN of the Raft protocol, version 1.
-pub const RAFT_ALPN: &[u8] = b"aspen/raft/1";
+/// ALPN of the Raft protocol, version 2: each message framed with its length first.
+pub const RAFT_ALPN: &[u8] = b"aspen/raft/2";
 
 /// Builds a [`NetworkClient`] per target for openraft.
 #[derive(Clone)]
@@ -161,7 +161,7 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
     }
 }
 
-/// Serves `aspen/raft/1` for one Raft node.
+/// Serves `aspen/raft/2` for one Raft node.
 #[derive(Clone)]
 pub struct RaftProtocol {
     raft: AspenRaft,
@@ -170,7 +170,13 @@ pub struct RaftProtocol {
     configured_peers: Arc<HashSet<EndpointId>>,
     /// Updated on every accepted AppendEntries, for stale reads.
     contact: Arc<LeaderContact>,
+    /// Request bytes all `aspen/raft/2` streams of this node may hold at once.
+    budget: ReadBudget,
 }
+
+/// Most request bytes a node holds at once over all its `aspen/raft/2` streams (two
+/// largest messages, such as snapshots): past it a request waits, unread, for room.
+pub const RAFT_READ_BUDGET_BYTES: usize = 2 * MAX_RAFT_MESSAGE_BYTES;
 
 impl RaftProtocol {
     /// The handler for `raft`, accepting configured peers and current members.
@@ -185,6 +191,7 @@ impl RaftProtocol {
             transport,
             configured_peers: Arc::new(configured_peers),
             contact,
+            budget: ReadBudget::new(MAX_RAFT_MESSAGE_BYTES, RAFT_READ_BUDGET_BYTES),
         }
     }
 
@@ -249,7 +256,7 @@ impl ProtocolHandler for RaftProtocol {
             return Ok(());
         }
         let this = self.clone();
-        serve_streams(connection, MAX_RAFT_MESSAGE_BYTES, move |bytes| {
+        serve_streams(connection, self.budget.clone(), move |bytes| {
             let this = this.clone();
             async move { this.handle(remote, bytes).await }
         })

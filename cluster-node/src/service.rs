@@ -1,5 +1,5 @@
 //! The KV service: executes writes, reads and membership changes on this node's Raft
-//! group, forwarding to the leader over `aspen/kv/1` when this node is not the leader, so
+//! group, forwarding to the leader over `aspen/kv/2` when this node is not the leader, so
 //! a user never sees "not leader".
 //!
 //! Retries are safe by construction: a request is retried only when it certainly was not
@@ -64,7 +64,7 @@ enum Forwarded {
     NotDelivered,
 }
 
-/// Executes KV requests for one node. Shared by the HTTP API and the `aspen/kv/1` server.
+/// Executes KV requests for one node. Shared by the HTTP API and the `aspen/kv/2` server.
 pub struct KvService {
     /// This node's Raft id.
     pub node_id: NodeId,
@@ -510,7 +510,7 @@ impl KvService {
         Ok(self.members())
     }
 
-    /// This node's view of its cluster, as `GET /v1/status` and `aspen/kv/1` report it.
+    /// This node's view of its cluster, as `GET /v1/status` and `aspen/kv/2` report it.
     pub fn status(&self) -> StatusReport {
         let m = self.raft.metrics().borrow().clone();
         let raft_state = match m.state {

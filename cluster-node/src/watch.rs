@@ -1,5 +1,5 @@
 //! Watches served by a node from its own copy of the change feed, and the feed reads a
-//! router's watches make over `aspen/kv/1`.
+//! router's watches make over `aspen/kv/2`.
 //!
 //! Every member applies every entry, so any member can serve a watch of its cluster, in
 //! revision order: the feed rows are written in the apply transaction (`storage::feed`).

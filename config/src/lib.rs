@@ -18,19 +18,22 @@
 //! - [`error`]: [`ConfigError`], every way loading or validating a config can fail.
 //! - `name` (private): the naming rule shared by cluster and region names.
 
+pub mod auth;
 pub mod error;
 mod file;
 pub mod limits;
 mod name;
 pub mod node;
 pub mod router;
+pub mod tls;
 
+pub use auth::{AuthConfig, TokenConfig, DEFAULT_OPEN_PATHS};
 pub use error::{ConfigError, INLINE_CONFIG_PATH};
 pub use limits::{
-    MAX_CLUSTER_NAME_LEN, MAX_CLUSTER_NODES, MAX_CLUSTER_PEERS, MAX_IN_FLIGHT_PER_CLUSTER_LIMIT,
-    MAX_KV_CLIENTS, MAX_PAYLOAD_ENTRIES_LIMIT, MAX_PEER_ADDRS, MAX_REQUEST_DEADLINE_MS,
-    MAX_ROUTER_CLUSTERS, MAX_ROUTES, MAX_ROUTE_PREFIX_BYTES, MIN_HEARTBEAT_INTERVAL_MS,
-    MIN_REQUEST_DEADLINE_MS,
+    MAX_AUTH_TOKENS, MAX_CLUSTER_NAME_LEN, MAX_CLUSTER_NODES, MAX_CLUSTER_PEERS,
+    MAX_GRANTS_PER_TOKEN, MAX_IN_FLIGHT_PER_CLUSTER_LIMIT, MAX_KV_CLIENTS,
+    MAX_PAYLOAD_ENTRIES_LIMIT, MAX_PEER_ADDRS, MAX_REQUEST_DEADLINE_MS, MAX_ROUTER_CLUSTERS,
+    MAX_ROUTES, MAX_ROUTE_PREFIX_BYTES, MIN_HEARTBEAT_INTERVAL_MS, MIN_REQUEST_DEADLINE_MS,
 };
 pub use node::{
     ExportConfig, FederationConfig, FeedConfig, ImportConfig, NodeConfig, PeerConfig, RaftConfig,
@@ -41,6 +44,7 @@ pub use router::{
     ClusterConfig, RouteConfig, RouterConfig, RouterFederationConfig,
     DEFAULT_MAX_IN_FLIGHT_PER_CLUSTER, DEFAULT_REQUEST_DEADLINE_MS,
 };
+pub use tls::TlsConfig;
 
 #[cfg(test)]
 mod tests {

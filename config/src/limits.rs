@@ -91,6 +91,13 @@ pub const MAX_FEDERATION_READERS: usize = 4 * MAX_CLUSTER_NODES;
 /// connection, so its size costs nothing per request.
 pub const MAX_KV_CLIENTS: usize = 1_024;
 
+/// Most tokens one `[auth]` table may list. Each request's token is compared with every
+/// one (in constant time), so the list stays small.
+pub const MAX_AUTH_TOKENS: usize = 256;
+
+/// Most key prefixes one token may list under `read`, and as many under `write`.
+pub const MAX_GRANTS_PER_TOKEN: usize = 64;
+
 /// Most clusters one node may import. Each import is one document synced and one replica
 /// kept; a region reading the whole federation imports every other region's clusters, and
 /// 256 is the most clusters a route table names.

@@ -19,10 +19,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
 use crate::error::{ConfigError, FieldError};
 use crate::file;
 use crate::limits::{MAX_CLUSTER_PEERS, MAX_KV_CLIENTS};
 use crate::name::check_name;
+use crate::tls::TlsConfig;
 use peer::check_endpoint_id;
 
 /// Cluster name used when the file names none: a single local cluster.
@@ -73,14 +75,20 @@ pub struct NodeConfig {
     /// exports nor imports.
     #[serde(default)]
     pub federation: Option<FederationConfig>,
+    /// Who may use the HTTP API (`[auth]`); absent: everyone who reaches it.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// TLS of the HTTP API (`[tls]`); absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// The other members, or would-be members, of the cluster (`[[peers]]`): how to
     /// reach them and which iroh identity to accept Raft RPCs from. Excludes this node.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
-    /// Iroh endpoint ids allowed to use the KV protocol (`aspen/kv/1`) besides the
+    /// Iroh endpoint ids allowed to use the KV protocol (`aspen/kv/2`) besides the
     /// cluster's members: the routers of every region that route to this cluster or read
     /// its replicas, and tools. Any other endpoint is refused when it connects, and
-    /// counted in `aspen_connections_refused{alpn="aspen/kv/1"}`. Each is 64 lowercase hex
+    /// counted in `aspen_connections_refused{alpn="aspen/kv/2"}`. Each is 64 lowercase hex
     /// characters: a router logs its id at start, and `aspen keygen` prints the id of the
     /// key it writes. At most [`MAX_KV_CLIENTS`].
     #[serde(default)]
@@ -132,6 +140,8 @@ impl NodeConfig {
             raft: RaftConfig::default(),
             feed: FeedConfig::default(),
             federation: None,
+            auth: None,
+            tls: None,
             peers: Vec::new(),
             kv_clients: Vec::new(),
             fault_injection: false,
@@ -178,6 +188,12 @@ impl NodeConfig {
             federation
                 .check(&self.cluster)
                 .map_err(|e| e.under("federation"))?;
+        }
+        if let Some(auth) = &self.auth {
+            auth.check().map_err(|e| e.under("auth"))?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.check().map_err(|e| e.under("tls"))?;
         }
         self.check_peers()?;
         self.check_kv_clients()

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
 use crate::error::{ConfigError, FieldError};
 use crate::file;
 use crate::limits::{
@@ -26,6 +27,7 @@ use crate::limits::{
 };
 use crate::name::check_name;
 use crate::node::{RelayModeConfig, DEFAULT_HTTP_ADDR, DEFAULT_IROH_BIND_ADDR};
+use crate::tls::TlsConfig;
 
 /// Default time a router spends on one request, retries included, in milliseconds: long
 /// enough to ride out a few leader elections, short enough that an app sees a clear 503
@@ -87,6 +89,12 @@ pub struct RouterConfig {
     /// may serve stale reads of other regions' clusters from its replicas.
     #[serde(default)]
     pub federation: Option<RouterFederationConfig>,
+    /// Who may use the HTTP API (`[auth]`); absent: everyone who reaches it.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// TLS of the HTTP API (`[tls]`); absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// Which clusters of the router's region keep replicas of other regions' clusters.
@@ -136,6 +144,8 @@ impl RouterConfig {
             clusters,
             routes,
             federation: None,
+            auth: None,
+            tls: None,
         }
     }
 
@@ -175,6 +185,12 @@ impl RouterConfig {
         if let Some(federation) = &self.federation {
             self.check_federation(federation)
                 .map_err(|e| e.under("federation"))?;
+        }
+        if let Some(auth) = &self.auth {
+            auth.check().map_err(|e| e.under("auth"))?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.check().map_err(|e| e.under("tls"))?;
         }
         Ok(())
     }

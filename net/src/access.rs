@@ -6,7 +6,7 @@
 //! the endpoints its configuration names. The hook runs after the TLS handshake, when the
 //! remote's identity and the connection's ALPN are known, for incoming and outgoing
 //! connections alike, so neither side of a refused pair exchanges a byte of the protocol.
-//! Each ALPN either is open (its own handler checks, as `aspen/raft/1` does) or has a rule:
+//! Each ALPN either is open (its own handler checks, as `aspen/raft/2` does) or has a rule:
 //! a predicate over the remote's endpoint id, read at every connection, so membership
 //! changes take effect for the next connection.
 //!

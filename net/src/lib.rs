@@ -4,8 +4,8 @@
 //! protocol.
 //!
 //! It knows nothing of Raft or of the key-value API: callers bring the ALPN and the bytes.
-//! Nodes use it for `aspen/raft/1` and `aspen/kv/1`; a router uses it to reach clusters
-//! over `aspen/kv/1`. Keeping it out of `cluster-node` is what lets the router reach
+//! Nodes use it for `aspen/raft/2` and `aspen/kv/2`; a router uses it to reach clusters
+//! over `aspen/kv/2`. Keeping it out of `cluster-node` is what lets the router reach
 //! clusters without linking storage or consensus.
 //!
 //! # Layout
@@ -16,20 +16,25 @@
 //! - [`batcher`]: [`batcher::Batcher`], a queue whose task runs waiting requests in
 //!   batches (group commit for a node's proposals and reads, request batching for a
 //!   router's cluster clients).
-//! - [`transport`]: [`Transport`], [`PeerAddr`], [`TransportError`], [`serve_streams`],
-//!   endpoint binding (with at most [`MAX_STREAMS_PER_CONNECTION`] requests in flight per
+//! - [`frame`]: a message on a stream (length first, so one over its limit is refused
+//!   unread), [`serve_streams`], and the [`ReadBudget`] that bounds a protocol's request
+//!   bytes in memory.
+//! - [`transport`]: [`Transport`], [`PeerAddr`], [`TransportError`], endpoint binding (with at most [`MAX_STREAMS_PER_CONNECTION`] requests in flight per
 //!   connection) and secret keys, and fault injection ([`Transport::set_blocked`]).
 
 pub mod access;
 pub mod batcher;
+pub mod frame;
 pub mod transport;
 
 pub use access::{Access, CLOSE_NOT_ADMITTED, CLOSE_REFUSED, MAX_CONNECTIONS_PER_PEER};
+pub use frame::{
+    read_message, serve_streams, write_message, FrameError, ReadBudget, RESET_TOO_LARGE,
+};
 pub use transport::{
     bind_endpoint, create_secret_key_file, load_or_create_secret_key,
-    load_or_create_secret_key_file, read_secret_key_file, serve_streams, PeerAddr, Transport,
-    TransportError, CLOSE_NOT_ALLOWED, CONNECT_TIMEOUT, MAX_STREAMS_PER_CONNECTION,
-    SECRET_KEY_FILE,
+    load_or_create_secret_key_file, read_secret_key_file, PeerAddr, Transport, TransportError,
+    CLOSE_NOT_ALLOWED, CONNECT_TIMEOUT, MAX_STREAMS_PER_CONNECTION, SECRET_KEY_FILE,
 };
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The transport's bounds on real iroh endpoints on loopback (relays off): connections
-//! per peer, and request streams per connection; and secret key files.
+//! per peer, request streams per connection, the message limit (refused before it is
+//! read) and the read budget; and secret key files.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use iroh::{Endpoint, EndpointAddr, SecretKey};
 use tokio::sync::Semaphore;
 
 use crate::{
-    bind_endpoint, serve_streams, Access, MAX_CONNECTIONS_PER_PEER, MAX_STREAMS_PER_CONNECTION,
+    bind_endpoint, read_message, serve_streams, write_message, Access, FrameError, ReadBudget,
+    MAX_CONNECTIONS_PER_PEER, MAX_STREAMS_PER_CONNECTION,
 };
 
 const ALPN: &[u8] = b"aspen/test/1";
@@ -22,13 +24,22 @@ const ALPN: &[u8] = b"aspen/test/1";
 struct Echo {
     gate: Arc<Semaphore>,
     busy: Arc<AtomicUsize>,
+    budget: ReadBudget,
 }
+
+/// The largest message the test protocol takes.
+const MAX_MESSAGE: usize = 64;
 
 impl Echo {
     fn open() -> Echo {
+        Echo::with_budget(ReadBudget::new(MAX_MESSAGE, 1 << 20))
+    }
+
+    fn with_budget(budget: ReadBudget) -> Echo {
         Echo {
             gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             busy: Arc::default(),
+            budget,
         }
     }
 }
@@ -36,11 +47,12 @@ impl Echo {
 impl ProtocolHandler for Echo {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let echo = self.clone();
-        serve_streams(conn, 64, move |bytes| {
+        serve_streams(conn, self.budget.clone(), move |bytes| {
             let echo = echo.clone();
             async move {
                 echo.busy.fetch_add(1, Ordering::SeqCst);
-                let _pass = echo.gate.acquire().await;
+                // Each request uses up its pass, so a test lets through exactly as many as it adds.
+                echo.gate.acquire().await.unwrap().forget();
                 echo.busy.fetch_sub(1, Ordering::SeqCst);
                 bytes
             }
@@ -74,9 +86,8 @@ fn addr_of(endpoint: &Endpoint) -> EndpointAddr {
 async fn echoes(conn: &Connection) -> bool {
     let ask = async {
         let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        send.write_all(b"hi").await.ok()?;
-        send.finish().ok()?;
-        recv.read_to_end(64).await.ok()
+        write_message(&mut send, b"hi").await.ok()?;
+        read_message(&mut recv, MAX_MESSAGE).await.ok()
     };
     matches!(tokio::time::timeout(Duration::from_secs(10), ask).await, Ok(Some(b)) if b == b"hi")
 }
@@ -186,6 +197,101 @@ async fn a_connection_has_at_most_max_streams_in_flight_and_the_next_waits_for_o
             "every request is answered once room is made"
         );
     }
+    router.shutdown().await.unwrap();
+}
+
+/// Sends `len` bytes (all 7s) as one message on a new stream of `conn`; the answer.
+async fn ask_with(conn: &Connection, len: usize) -> Result<Vec<u8>, FrameError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| FrameError::Stream(e.to_string()))?;
+    write_message(&mut send, &vec![7u8; len]).await?;
+    read_message(&mut recv, MAX_MESSAGE).await
+}
+
+#[tokio::test]
+async fn a_message_at_the_limit_is_served_and_one_byte_more_is_refused_unread() {
+    let echo = Echo::open();
+    let busy = echo.busy.clone();
+    let server = endpoint(&Access::open()).await;
+    let server_addr = addr_of(&server);
+    let router = Router::builder(server).accept(ALPN, echo).spawn();
+    let client = endpoint(&Access::open()).await;
+    let conn = client.connect(server_addr, ALPN).await.unwrap();
+
+    assert_eq!(
+        ask_with(&conn, MAX_MESSAGE).await.unwrap().len(),
+        MAX_MESSAGE
+    );
+    let refused = ask_with(&conn, MAX_MESSAGE + 1).await.unwrap_err();
+    assert!(
+        matches!(refused, FrameError::RefusedTooLarge),
+        "{refused:?}"
+    );
+
+    // Only a length that claims more than the limit, and no body at all: refused at
+    // once, so the server never waited for (or read) the body.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let claim = u32::try_from(MAX_MESSAGE + 1).unwrap().to_be_bytes();
+    send.write_all(&claim).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv, 64))
+        .await
+        .expect("the refusal comes without the body");
+    assert!(
+        matches!(answer, Err(FrameError::RefusedTooLarge)),
+        "{answer:?}"
+    );
+    assert_eq!(
+        busy.load(Ordering::SeqCst),
+        0,
+        "no handler ran for the refused"
+    );
+    // The connection still serves.
+    assert!(echoes(&conn).await);
+    router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn requests_past_the_read_budget_wait_unread_for_room() {
+    // Room for two largest messages: the third waits until a handler finishes.
+    let budget = ReadBudget::new(MAX_MESSAGE, 2 * MAX_MESSAGE);
+    let gate = Arc::new(Semaphore::new(0));
+    let echo = Echo {
+        gate: gate.clone(),
+        ..Echo::with_budget(budget.clone())
+    };
+    let busy = echo.busy.clone();
+    let server = endpoint(&Access::open()).await;
+    let server_addr = addr_of(&server);
+    let router = Router::builder(server).accept(ALPN, echo).spawn();
+    let client = endpoint(&Access::open()).await;
+    let conn = client.connect(server_addr, ALPN).await.unwrap();
+
+    let asks: Vec<_> = (0..3)
+        .map(|_| {
+            let conn = conn.clone();
+            tokio::spawn(async move { ask_with(&conn, MAX_MESSAGE).await })
+        })
+        .collect();
+    eventually("two requests reach the handler", async || {
+        busy.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(budget.available(), 0, "the two hold the whole budget");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(busy.load(Ordering::SeqCst), 2, "the third waits for room");
+    gate.add_permits(1);
+    eventually("the third gets room once one is answered", async || {
+        let answered = asks.iter().filter(|a| a.is_finished()).count();
+        answered == 1 && busy.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    gate.add_permits(Semaphore::MAX_PERMITS);
+    for ask in asks {
+        assert_eq!(ask.await.unwrap().unwrap().len(), MAX_MESSAGE);
+    }
+    assert_eq!(budget.available(), 2 * MAX_MESSAGE, "every byte given back");
     router.shutdown().await.unwrap();
 }
 

@@ -1,6 +1,6 @@
 //! The node's iroh endpoint and how it sends one request to a peer.
 //!
-//! Every protocol of a node (`aspen/raft/1`, `aspen/kv/1`) is request/response, one
+//! Every protocol of a node (`aspen/raft/2`, `aspen/kv/2`) is request/response, one
 //! request per QUIC bi-directional stream. [`Transport`] keeps one connection per peer
 //! and protocol and reuses it; a request that cannot be sent because the connection is
 //! gone is reported as [`TransportError::Unreachable`] (nothing was delivered), while one
@@ -20,6 +20,7 @@ use iroh::endpoint::{presets, Connection, ConnectionError, QuicTransportConfig};
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey};
 
 use crate::access::Access;
+use crate::frame::{read_message, write_message, FrameError};
 
 /// File in the data dir holding the node's iroh secret key (its identity).
 pub const SECRET_KEY_FILE: &str = "iroh.key";
@@ -272,15 +273,20 @@ impl Transport {
             }
         };
         let exchange = async {
-            send.write_all(payload).await.map_err(|e| e.to_string())?;
-            send.finish().map_err(|e| e.to_string())?;
-            recv.read_to_end(max_answer)
-                .await
-                .map_err(|e| e.to_string())
+            write_message(&mut send, payload).await?;
+            read_message(&mut recv, max_answer).await
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(reason)) => {
+            Ok(Err(FrameError::RefusedTooLarge)) => Err(TransportError::Unreachable {
+                peer: short,
+                reason: format!(
+                    "the peer refused a request of {} bytes as over its limit",
+                    payload.len()
+                ),
+            }),
+            Ok(Err(e)) => {
+                let reason = e.to_string();
                 self.evict(&peer.id, alpn, &conn);
                 if let Some(why) = not_admitted(&conn) {
                     return Err(TransportError::Unreachable {
@@ -314,26 +320,5 @@ fn not_admitted(conn: &Connection) -> Option<String> {
             Some(String::from_utf8_lossy(&close.reason).into_owned())
         }
         _ => None,
-    }
-}
-
-/// Serves every request stream of one accepted connection with `handle`, one task per
-/// stream, until the connection closes.
-pub async fn serve_streams<F, Fut>(conn: Connection, max_request: usize, handle: F)
-where
-    F: Fn(Vec<u8>) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = Vec<u8>> + Send,
-{
-    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let Ok(request) = recv.read_to_end(max_request).await else {
-                return;
-            };
-            let answer = handle(request).await;
-            if send.write_all(&answer).await.is_ok() {
-                let _ = send.finish();
-            }
-        });
     }
 }

@@ -1,6 +1,6 @@
-//! [`ClusterClient`]: the router's connection to one cluster over iroh `aspen/kv/1`.
+//! [`ClusterClient`]: the router's connection to one cluster over iroh `aspen/kv/2`.
 //!
-//! A node answers `aspen/kv/1` requests itself and never forwards them (one hop at most),
+//! A node answers `aspen/kv/2` requests itself and never forwards them (one hop at most),
 //! so the client finds the leader: it sends to the node it last saw lead, follows a
 //! `NotLeader` answer to the leader that node names, and moves on to the next node when
 //! one is unreachable, pausing briefly after each full pass, until the request deadline.

@@ -12,7 +12,7 @@
 //!
 //! - [`table`]: [`RouteTable`], built from a validated `RouterConfig`: a key's owner, the one
 //!   owner of a multi-key command's keys, and which clusters a prefix scan must ask.
-//! - [`client`]: [`client::ClusterClient`], one cluster over iroh `aspen/kv/1`: leader
+//! - [`client`]: [`client::ClusterClient`], one cluster over iroh `aspen/kv/2`: leader
 //!   tracking, retries within the request deadline, bounded admission.
 //! - [`service`]: [`service::RouterService`], the request logic: route, refuse cross-cluster
 //!   commands, fan scans out, report status, reload the table.

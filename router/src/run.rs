@@ -55,6 +55,14 @@ impl RunningRouter {
         config
             .validate()
             .map_err(|e| StartError::Config(e.to_string()))?;
+        // Read first, so a bad certificate or key stops the start before anything runs.
+        let tls = match &config.tls {
+            Some(tls) => Some(
+                aspen_api::server::tls::from_config(tls)
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
         let relays = config.relay == RelayModeConfig::Default;
         // A router serves no iroh protocol (it only dials nodes), so nothing is restricted.
         let access = Access::open();
@@ -74,11 +82,18 @@ impl RunningRouter {
         let http_addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let http_stats = metrics.http.clone();
-        let app = app(service.clone(), metrics);
+        let policy = config
+            .auth
+            .as_ref()
+            .map(|a| Arc::new(aspen_api::server::auth::Policy::from_config(a)));
+        let app = aspen_api::server::auth::guard(app(service.clone(), metrics), policy);
         let shutdown = async {
             let _ = stopped.await;
         };
-        let limits = aspen_api::server::ServeLimits::default();
+        let limits = aspen_api::server::ServeOptions {
+            tls,
+            ..aspen_api::server::ServeOptions::default()
+        };
         let server = tokio::spawn(aspen_api::server::serve_with(
             listener, app, shutdown, limits, http_stats,
         ));

@@ -188,6 +188,12 @@ fn print_summary(topology: &Topology, leaders: &[Option<u64>], args: &DevArgs, r
     let us = topology.router("us").url();
     let eu = topology.router("eu").url();
     print_curl_lines(&us, &eu);
+    println!(
+        "\nThis is plain HTTP with no tokens, for loopback. On a network, give each node and \
+         router\n  [tls] (cert_file, key_file, optional client_ca_file) and [auth] tokens \
+         (`aspen token new --name NAME --write PREFIX`);\n  see docs/OPERATIONS.md, \
+         \"Security\"."
+    );
     println!("\nPress Ctrl-C to stop.");
 }
 

@@ -2,7 +2,10 @@
 //! turns it into an [`AspenClient`] and turns the client's errors into messages that say
 //! what to check (is a node running there?).
 
-use aspen_api::client::DEFAULT_REQUEST_TIMEOUT;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use aspen_api::client::{ClientOptions, DEFAULT_REQUEST_TIMEOUT};
 use aspen_api::{AspenClient, ClientError};
 use clap::Args;
 
@@ -13,24 +16,72 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7070";
 /// The HTTP API to talk to.
 #[derive(Debug, Clone, Args)]
 pub struct EndpointArgs {
-    /// Base URL of a node's (or router's) HTTP API, e.g. http://127.0.0.1:7070.
+    /// Base URL of a node's (or router's) HTTP API, e.g. http://127.0.0.1:7070 (https://
+    /// with --cacert for a server with `[tls]`).
     #[arg(long, global = true, env = "ASPEN_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
     /// Speak HTTP/2 to the endpoint from the first byte (cleartext, prior knowledge), so
     /// one connection carries every request and watch of this command; HTTP/1.1 otherwise.
     #[arg(long, global = true, env = "ASPEN_HTTP2")]
     pub http2: bool,
+    /// Bearer token to send (`Authorization: Bearer`), for a server whose config has an
+    /// `[auth]` table; `aspen token new` makes one. Prefer the environment variable: a
+    /// flag shows in the process list.
+    #[arg(long, global = true, env = "ASPEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed an https:// server's certificate.
+    #[arg(long, global = true, env = "ASPEN_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// PEM file of this client's certificate, for a server that requires one (its
+    /// `[tls] client_ca_file`); with --client-key.
+    #[arg(
+        long = "client-cert",
+        global = true,
+        env = "ASPEN_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of the private key of --client-cert.
+    #[arg(
+        long = "client-key",
+        global = true,
+        env = "ASPEN_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 impl EndpointArgs {
     /// A client for the endpoint; a bare `host:port` gets `http://` in front.
     pub fn client(&self) -> anyhow::Result<AspenClient> {
         let endpoint = normalize(&self.endpoint)?;
-        Ok(if self.http2 {
-            AspenClient::http2(&endpoint, DEFAULT_REQUEST_TIMEOUT)
-        } else {
-            AspenClient::new(&endpoint)
-        })
+        let https = endpoint.starts_with("https://");
+        let tls = match (&self.cacert, https) {
+            (Some(ca), true) => {
+                let identity = self.client_cert.as_deref().zip(self.client_key.as_deref());
+                Some(
+                    aspen_api::tls::client_config(ca, identity)
+                        .context("--cacert/--client-cert/--client-key")?,
+                )
+            }
+            (None, true) => anyhow::bail!(
+                "--endpoint {endpoint} is https: give --cacert FILE (or ASPEN_CACERT), the CA \
+                 that signed the server's certificate"
+            ),
+            (Some(_), false) => anyhow::bail!(
+                "--cacert is for an https:// endpoint, and --endpoint {endpoint} is plain http"
+            ),
+            (None, false) => None,
+        };
+        let options = ClientOptions {
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            http2: self.http2,
+            tls,
+            token: self.token.clone(),
+        };
+        Ok(AspenClient::with_options(&endpoint, options))
     }
 }
 
@@ -40,14 +91,11 @@ fn normalize(endpoint: &str) -> anyhow::Result<String> {
     if endpoint.is_empty() {
         anyhow::bail!("--endpoint is empty; give a URL such as {DEFAULT_ENDPOINT}");
     }
-    if endpoint.starts_with("https://") {
-        anyhow::bail!("--endpoint {endpoint}: https is not supported by this build; use http://");
-    }
-    if endpoint.starts_with("http://") {
+    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         return Ok(endpoint.to_string());
     }
     if endpoint.contains("://") {
-        anyhow::bail!("--endpoint {endpoint}: only http:// URLs are supported");
+        anyhow::bail!("--endpoint {endpoint}: only http:// and https:// URLs are supported");
     }
     Ok(format!("http://{endpoint}"))
 }
@@ -87,9 +135,29 @@ mod tests {
     }
 
     #[test]
-    fn https_and_other_schemes_are_refused() {
-        assert!(normalize("https://h:1").is_err());
+    fn other_schemes_are_refused() {
+        assert_eq!(normalize("https://h:1").unwrap(), "https://h:1");
         assert!(normalize("ftp://h:1").is_err());
         assert!(normalize("  ").is_err());
+    }
+
+    #[test]
+    fn https_needs_a_ca_and_a_ca_needs_https() {
+        let args = |endpoint: &str, cacert: Option<&str>| EndpointArgs {
+            endpoint: endpoint.into(),
+            http2: false,
+            token: None,
+            cacert: cacert.map(PathBuf::from),
+            client_cert: None,
+            client_key: None,
+        };
+        let err = args("https://h:1", None).client().unwrap_err().to_string();
+        assert!(err.contains("--cacert"), "{err}");
+        let err = args("http://h:1", Some("/ca.pem")).client().unwrap_err();
+        assert!(err.to_string().contains("plain http"), "{err}");
+        let err = args("https://h:1", Some("/no/such/ca.pem"))
+            .client()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("/no/such/ca.pem"), "{err:#}");
     }
 }

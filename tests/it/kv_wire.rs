@@ -1,4 +1,4 @@
-//! `aspen/kv/1` batches, as a router sends them, against a real node: every request in a
+//! `aspen/kv/2` batches, as a router sends them, against a real node: every request in a
 //! batch gets its own answer in order, a batch at the limit is served and one over it is
 //! refused whole, only writes and reads may be batched, a follower sends a batch's
 //! linearizable items back to the leader while serving its stale reads, and a leader cut
@@ -66,14 +66,14 @@ async fn send_as(
     answer
 }
 
-/// The value of `aspen_connections_refused{alpn="aspen/kv/1"}` at node `node_id`.
+/// The value of `aspen_connections_refused{alpn="aspen/kv/2"}` at node `node_id`.
 async fn kv_refusals(t: &support::TestCluster, node_id: u64) -> u64 {
     let metrics = support::http_text(&format!("{}/metrics", t.cluster.url(node_id)))
         .await
         .unwrap();
     metrics
         .lines()
-        .find(|l| l.starts_with("aspen_connections_refused") && l.contains("alpn=\"aspen/kv/1\""))
+        .find(|l| l.starts_with("aspen_connections_refused") && l.contains("alpn=\"aspen/kv/2\""))
         .and_then(|l| l.rsplit(' ').next())
         .map_or(0, |n| n.parse().unwrap())
 }

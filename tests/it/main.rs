@@ -2,7 +2,7 @@
 //! SQLite, so one binary links once instead of once per file. Each module is one area;
 //! run one with `cargo test --test it watch::` (or any test name's part).
 //!
-//! - `kv_basics`, `kv_wire`, `http_errors`: the KV API over HTTP and `aspen/kv/1`, and
+//! - `kv_basics`, `kv_wire`, `http_errors`: the KV API over HTTP and `aspen/kv/2`, and
 //!   its refusal of bad input at every limit.
 //! - `cluster_faults`, `linearizability`, `process_kill`: clusters under leader kills,
 //!   restarts and partitions, in one process and as `aspen node` processes, checked by
@@ -11,11 +11,14 @@
 //!   several clusters.
 //! - `federation`, `federation_process`: regions replicating through iroh-docs.
 //! - `watch` (with `watch::leases`): the change feed, watches and leases.
+//! - `auth`, `tls`: bearer tokens and their grants, at a node and through a router; TLS
+//!   (mutual) on the HTTP API from the CLI and curl.
 //! - `cli`: the `aspen` binary as a user runs it.
 //! - `support`: starting clusters, polling with a deadline, child processes.
 
 mod support;
 
+mod auth;
 mod cli;
 mod cluster_faults;
 mod federation;
@@ -28,4 +31,5 @@ mod process_kill;
 mod router;
 mod router_linearizability;
 mod router_process;
+mod tls;
 mod watch;

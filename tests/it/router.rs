@@ -583,7 +583,7 @@ async fn a_router_listing_followers_first_reports_every_cluster_healthy_at_once(
 }
 
 /// A router's identity lives in its `secret_key_file`: the same after a restart. Nodes
-/// serve `aspen/kv/1` only to the ids in their `kv_clients`, so a router they do not
+/// serve `aspen/kv/2` only to the ids in their `kv_clients`, so a router they do not
 /// list gets nothing through, and a listed one does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_router_keeps_its_identity_and_only_a_listed_one_is_served() {

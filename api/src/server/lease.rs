@@ -1,15 +1,15 @@
 //! The lease routes: `POST /v1/lease` (grant), `POST /v1/lease/{id}/keepalive`,
 //! `GET /v1/lease/{id}` (time to live and keys) and `DELETE /v1/lease/{id}` (revoke).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::auth::Checked;
 use super::error::body_bytes;
 use super::{finish, parse_json, HttpResult, KvBackend};
 use crate::lease::{GrantRequest, LeaseId, LeaseOp, LeaseResponse};
@@ -28,7 +28,7 @@ fn path_lease(path: Result<Path<String>, PathRejection>) -> Result<LeaseId, supe
 
 /// `POST /v1/lease` `{"ttl": 10, "key": "..."}`.
 pub(super) async fn grant<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
@@ -38,10 +38,10 @@ pub(super) async fn grant<B: KvBackend>(
             ttl_secs: request.ttl,
             key: request.key,
         };
-        run(&*backend, op).await
+        run(&backend, op).await
     }
     .await;
-    finish(&*backend, "lease_grant", start, result)
+    finish(&backend, "lease_grant", start, result)
 }
 
 /// Runs the lease operation `op` makes of the id in the path, as route `name`.
@@ -58,24 +58,24 @@ async fn by_id<B: KvBackend>(
 
 /// `POST /v1/lease/{id}/keepalive`.
 pub(super) async fn keepalive<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    by_id(&*backend, path, LeaseOp::KeepAlive, "lease_keepalive").await
+    by_id(&backend, path, LeaseOp::KeepAlive, "lease_keepalive").await
 }
 
 /// `GET /v1/lease/{id}`.
 pub(super) async fn get<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    by_id(&*backend, path, LeaseOp::Get, "lease_get").await
+    by_id(&backend, path, LeaseOp::Get, "lease_get").await
 }
 
 /// `DELETE /v1/lease/{id}`.
 pub(super) async fn revoke<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    by_id(&*backend, path, LeaseOp::Revoke, "lease_revoke").await
+    by_id(&backend, path, LeaseOp::Revoke, "lease_revoke").await
 }

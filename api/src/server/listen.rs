@@ -1,19 +1,20 @@
-//! The HTTP listener every Aspen process serves with: HTTP/1.1 and cleartext HTTP/2 (h2c,
-//! with prior knowledge) on one bound TCP listener, told apart by the first bytes a
-//! connection sends, with the bounds that keep a misbehaving client from holding the
-//! server.
+//! The HTTP listener every Aspen process serves with: HTTP/1.1 and HTTP/2 on one bound
+//! TCP listener, told apart by the first bytes a connection sends (cleartext HTTP/2 with
+//! prior knowledge, or over TLS, [`ServeOptions::tls`], whichever ALPN picks), with the
+//! bounds that keep a misbehaving client from holding the server.
 //!
-//! - At most [`ServeLimits::max_connections`] connections at once (default
+//! - At most [`ServeOptions::max_connections`] connections at once (default
 //!   [`MAX_HTTP_CONNECTIONS`]); one more is closed as soon as it is accepted, so the ones
 //!   already served keep going and the listener's backlog never fills with the excess.
 //! - A connection with no request in flight is closed once it has been so for
-//!   [`ServeLimits::head_timeout`] (default [`HTTP_HEAD_TIMEOUT`]): one that connects and
-//!   sends nothing, or half an HTTP/2 preface or frame, or stays idle between requests.
+//!   [`ServeOptions::head_timeout`] (default [`HTTP_HEAD_TIMEOUT`]): one that connects and
+//!   sends nothing, or half an HTTP/2 preface or frame, or stays idle between requests. A
+//!   TLS handshake must finish within the same time.
 //!   The close is polite first (HTTP/2 `GOAWAY`); a peer that does not finish it within
 //!   [`CLOSE_GRACE`] is cut off. On HTTP/1.1 hyper also times the request head itself,
 //!   so a half-sent request line is cut off at the timeout exactly. A response that is
 //!   still streaming (a watch) is a request in flight and is never cut.
-//! - On HTTP/2, at most [`ServeLimits::max_streams_per_connection`] requests at once per
+//! - On HTTP/2, at most [`ServeOptions::max_streams_per_connection`] requests at once per
 //!   connection (default [`MAX_HTTP2_STREAMS`]), announced to the client, which waits for
 //!   a free stream; hyper's defaults bound the rest (header list size, and resets of
 //!   streams not yet accepted, the "rapid reset" attack).
@@ -38,7 +39,8 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use activity::{Activity, Tracked};
@@ -63,23 +65,27 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// (out of file descriptors, say), before accepting again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// The bounds of one listener (see the module docs).
+/// How one listener serves: its bounds (see the module docs) and its TLS.
 #[derive(Debug, Clone)]
-pub struct ServeLimits {
+pub struct ServeOptions {
     /// Most connections served at once.
     pub max_connections: usize,
     /// Time a connection may go with no request in flight.
     pub head_timeout: Duration,
     /// Most requests in flight at once on one HTTP/2 connection.
     pub max_streams_per_connection: u32,
+    /// Serve over TLS with this configuration (`super::tls::server_config`); `None`:
+    /// plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-impl Default for ServeLimits {
+impl Default for ServeOptions {
     fn default() -> Self {
-        ServeLimits {
+        ServeOptions {
             max_connections: MAX_HTTP_CONNECTIONS,
             head_timeout: HTTP_HEAD_TIMEOUT,
             max_streams_per_connection: MAX_HTTP2_STREAMS,
+            tls: None,
         }
     }
 }
@@ -91,13 +97,13 @@ pub struct ServeStats {
 }
 
 impl ServeStats {
-    /// Connections closed on accept because [`ServeLimits::max_connections`] were open.
+    /// Connections closed on accept because [`ServeOptions::max_connections`] were open.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 }
 
-/// Serves `app` on `listener` with the default [`ServeLimits`] until `shutdown`
+/// Serves `app` on `listener` with the default [`ServeOptions`] until `shutdown`
 /// completes, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
@@ -105,7 +111,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stats = Arc::new(ServeStats::default());
-    serve_with(listener, app, shutdown, ServeLimits::default(), stats).await
+    serve_with(listener, app, shutdown, ServeOptions::default(), stats).await
 }
 
 /// [`serve`] with explicit `limits`, counting what it does in `stats`.
@@ -113,7 +119,7 @@ pub async fn serve_with(
     listener: TcpListener,
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    limits: ServeLimits,
+    limits: ServeOptions,
     stats: Arc<ServeStats>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -151,15 +157,23 @@ pub async fn serve_with(
             }
             continue;
         };
-        let connection = serve_one(
-            &http,
-            stream,
-            app.clone(),
-            limits.head_timeout,
-            stopping.clone(),
-        );
+        // Best effort: a connection that cannot take it still works, only slower.
+        let _ = stream.set_nodelay(true);
+        let (http, app, stopping) = (http.clone(), app.clone(), stopping.clone());
+        let (tls, idle_limit) = (limits.tls.clone(), limits.head_timeout);
         tokio::spawn(async move {
-            connection.await;
+            match tls {
+                None => serve_one(&http, stream, app, idle_limit, stopping).await,
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    // A client that does not finish its handshake in time, or fails it
+                    // (no or a bad client certificate), is dropped.
+                    let handshake = tokio::time::timeout(idle_limit, acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        serve_one(&http, stream, app, idle_limit, stopping).await;
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -173,15 +187,16 @@ pub async fn serve_with(
 
 /// Serves one connection until it ends: closed by the client, closed for idling past
 /// `idle_limit`, or finished after `stopping` turns true.
-fn serve_one(
+fn serve_one<S>(
     http: &auto::Builder<TokioExecutor>,
-    stream: TcpStream,
+    stream: S,
     app: axum::Router,
     idle_limit: Duration,
     mut stopping: watch::Receiver<bool>,
-) -> impl Future<Output = ()> + Send + 'static {
-    // Best effort: a connection that cannot take it still works, only slower.
-    let _ = stream.set_nodelay(true);
+) -> impl Future<Output = ()> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::default();
     let service = Tracked {
         inner: TowerToHyperService::new(app),

@@ -3,15 +3,15 @@
 //! that served them. Query parameters are parsed by hand so each mistake gets a precise
 //! error naming the parameter.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::auth::Checked;
 use super::{
     finish, AnswerClusters, Freshness, HttpError, HttpResult, KvBackend, ReadAnswer, ReadOptions,
 };
@@ -330,7 +330,7 @@ pub(super) fn query_pairs(
 
 /// `GET /v1/kv/{key}`: a point read, or a scan with `?prefix=true`.
 pub(super) async fn get<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
@@ -338,17 +338,17 @@ pub(super) async fn get<B: KvBackend>(
     let scan = query
         .as_ref()
         .is_ok_and(|Query(q)| q.iter().any(|(k, v)| k == "prefix" && v != "false"));
-    let result = async { read(&*backend, path_key(path)?, query_pairs(query)?).await }.await;
-    finish(&*backend, if scan { "scan" } else { "get" }, start, result)
+    let result = async { read(&backend, path_key(path)?, query_pairs(query)?).await }.await;
+    finish(&backend, if scan { "scan" } else { "get" }, start, result)
 }
 
 /// `GET /v1/kv/`: a scan of everything (`?prefix=true`); a point read of the empty key is
 /// refused.
 pub(super) async fn get_root<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     let start = Instant::now();
-    let result = async { read(&*backend, String::new(), query_pairs(query)?).await }.await;
-    finish(&*backend, "scan", start, result)
+    let result = async { read(&backend, String::new(), query_pairs(query)?).await }.await;
+    finish(&backend, "scan", start, result)
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -28,6 +28,7 @@ mod render;
 pub use render::SharedSet;
 use render::{Framing, Renderer};
 
+use super::auth::Checked;
 use super::read::{parse_bool, parse_duration_ms, path_key, query_pairs};
 use super::{HttpError, HttpResult, KvBackend};
 use crate::error::{ApiError, ErrorCode, ValidationError};
@@ -396,27 +397,27 @@ async fn open_watch<B: KvBackend>(
 
 /// `GET /v1/watch/{key}`.
 pub(super) async fn watch<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let start = Instant::now();
     let result =
-        async { open_watch(&*backend, path_key(path)?, query_pairs(query)?, &headers).await }.await;
-    super::finish(&*backend, "watch", start, result)
+        async { open_watch(&backend, path_key(path)?, query_pairs(query)?, &headers).await }.await;
+    super::finish(&backend, "watch", start, result)
 }
 
 /// `GET /v1/watch/` (and `/v1/watch`): a watch of every key (`?prefix=true`).
 pub(super) async fn watch_root<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let start = Instant::now();
     let result =
-        async { open_watch(&*backend, String::new(), query_pairs(query)?, &headers).await }.await;
-    super::finish(&*backend, "watch", start, result)
+        async { open_watch(&backend, String::new(), query_pairs(query)?, &headers).await }.await;
+    super::finish(&backend, "watch", start, result)
 }
 
 /// A blocking read's wait: until a watched key changes after `index`, or `wait_ms`

@@ -4,16 +4,16 @@
 //! answered 409 with the key's actual state (`actual`, CAS and CAD) or the first failed
 //! precondition (`failed`, txn).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::auth::Checked;
 use super::error::body_bytes;
 use super::read::{path_key, query_pairs};
 use super::{finish, parse_json, HttpError, HttpResult, KvBackend, Written};
@@ -74,25 +74,25 @@ async fn put_value<B: KvBackend>(
 
 /// `PUT /v1/kv/{key}[?lease=ID]`: body = the raw value.
 pub(super) async fn put<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
-    let result = async { put_value(&*backend, path_key(path)?, query, body).await }.await;
-    finish(&*backend, "put", start, result)
+    let result = async { put_value(&backend, path_key(path)?, query, body).await }.await;
+    finish(&backend, "put", start, result)
 }
 
 /// `PUT /v1/kv/`: refused by validation, keys are not empty.
 pub(super) async fn put_root<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
-    let result = put_value(&*backend, String::new(), query, body).await;
-    finish(&*backend, "put", start, result)
+    let result = put_value(&backend, String::new(), query, body).await;
+    finish(&backend, "put", start, result)
 }
 
 async fn delete_key<B: KvBackend>(backend: &B, key: String) -> HttpResult {
@@ -105,19 +105,19 @@ async fn delete_key<B: KvBackend>(backend: &B, key: String) -> HttpResult {
 
 /// `DELETE /v1/kv/{key}`.
 pub(super) async fn delete<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let start = Instant::now();
-    let result = async { delete_key(&*backend, path_key(path)?).await }.await;
-    finish(&*backend, "delete", start, result)
+    let result = async { delete_key(&backend, path_key(path)?).await }.await;
+    finish(&backend, "delete", start, result)
 }
 
 /// `DELETE /v1/kv/`: refused by validation, keys are not empty.
-pub(super) async fn delete_root<B: KvBackend>(State(backend): State<Arc<B>>) -> Response {
+pub(super) async fn delete_root<B: KvBackend>(backend: Checked<B>) -> Response {
     let start = Instant::now();
-    let result = delete_key(&*backend, String::new()).await;
-    finish(&*backend, "delete", start, result)
+    let result = delete_key(&backend, String::new()).await;
+    finish(&backend, "delete", start, result)
 }
 
 /// Runs a command from a JSON body and renders its outcome.
@@ -182,21 +182,21 @@ json_command!(TxnRequest, "txn", true);
 
 /// Parses a `T` from the body, runs it, and records it in the metrics.
 async fn json<T: JsonCommand, B: KvBackend>(
-    backend: Arc<B>,
+    backend: Checked<B>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
     let result = async {
         let request: T = parse_json(&body_bytes(body)?)?;
-        run_json(&*backend, request.into_command(), T::MULTI).await
+        run_json(&backend, request.into_command(), T::MULTI).await
     }
     .await;
-    finish(&*backend, T::OP, start, result)
+    finish(&backend, T::OP, start, result)
 }
 
 /// `POST /v1/batch`.
 pub(super) async fn batch<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     json::<BatchRequest, B>(backend, body).await
@@ -204,7 +204,7 @@ pub(super) async fn batch<B: KvBackend>(
 
 /// `POST /v1/cas`.
 pub(super) async fn cas<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     json::<CasRequest, B>(backend, body).await
@@ -212,7 +212,7 @@ pub(super) async fn cas<B: KvBackend>(
 
 /// `POST /v1/cad`.
 pub(super) async fn cad<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     json::<CadRequest, B>(backend, body).await
@@ -220,7 +220,7 @@ pub(super) async fn cad<B: KvBackend>(
 
 /// `POST /v1/txn`.
 pub(super) async fn txn<B: KvBackend>(
-    State(backend): State<Arc<B>>,
+    backend: Checked<B>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     json::<TxnRequest, B>(backend, body).await

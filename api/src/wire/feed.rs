@@ -1,4 +1,4 @@
-//! Reads of a cluster's change feed over `aspen/kv/1`: how a router follows a cluster for
+//! Reads of a cluster's change feed over `aspen/kv/2`: how a router follows a cluster for
 //! its watchers. A read names the keys it wants and the revision it has; the node answers
 //! with the change sets after it (only the matching keys), waiting a while for one when
 //! there is none yet, so a router long-polls instead of spinning.

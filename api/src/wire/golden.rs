@@ -34,7 +34,7 @@ fn a_conditional_write_request_has_its_pinned_bytes() {
             writes: vec![("c".into(), vec![1])],
             deletes: vec!["d".into()],
         }),
-        "010006020201610200ff030162ac020101630101010164",
+        "020006020201610200ff030162ac020101630101010164",
     );
 }
 
@@ -49,7 +49,7 @@ fn a_stale_scan_request_has_its_pinned_bytes() {
             },
             consistency: Consistency::Stale,
         },
-        "01010102702f0103702f780a01",
+        "02010102702f0103702f780a01",
     );
 }
 
@@ -76,7 +76,7 @@ fn a_follower_status_has_its_pinned_bytes() {
                 matched_index: None,
             }],
         }),
-        "01030475732d310302616208666f6c6c6f776572010102050607010101026364010b3132372e302e302e313a310100",
+        "02030475732d310302616208666f6c6c6f776572010102050607010101026364010b3132372e302e302e313a310100",
     );
 }
 
@@ -91,6 +91,6 @@ fn a_batch_answer_has_its_pinned_bytes() {
             KvResponse::NotLeader { leader: None },
             KvResponse::Error(ApiError::new(ErrorCode::Internal, "x")),
         ]),
-        "01040300090001050006080178",
+        "02040300090001050006080178",
     );
 }

@@ -1,4 +1,4 @@
-//! The requests and answers of `aspen/kv/1`.
+//! The requests and answers of `aspen/kv/2`.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! The messages of `aspen/raft/1` and their encoding: openraft's three RPCs and their
+//! The messages of `aspen/raft/2` and their encoding: openraft's three RPCs and their
 //! answers, behind the format version [`RAFT_FORMAT`] (see `aspen_api::codec`). openraft's
 //! message types carry no shape-changing serde attributes (checked in its 0.9.25 sources),
 //! and the round-trip property test below covers every variant with arbitrary contents.
@@ -16,10 +16,10 @@ use crate::raft_types::{NodeId, TypeConfig};
 /// Largest Raft message: a full AppendEntries batch or a snapshot chunk, with headroom.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The encoding of every `aspen/raft/1` message. Appending a variant to [`RaftRequest`] or
+/// The encoding of every `aspen/raft/2` message. Appending a variant to [`RaftRequest`] or
 /// [`RaftAnswer`] is compatible; any other change (openraft's types included) bumps it.
 /// Version 2: entries carry the leader's time (log entry format 2).
-pub const RAFT_FORMAT: Format = Format::new("aspen/raft/1 message", 2);
+pub const RAFT_FORMAT: Format = Format::new("aspen/raft/2 message", 2);
 
 /// A Raft RPC.
 #[derive(Debug, Serialize, Deserialize)]

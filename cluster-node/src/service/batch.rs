@@ -1,4 +1,4 @@
-//! Serving an `aspen/kv/1` `Batch` (what a router sends when requests for one cluster
+//! Serving an `aspen/kv/2` `Batch` (what a router sends when requests for one cluster
 //! queue up): writes are queued for the proposer together and share its proposals; reads share one
 //! ReadIndex confirmation and one pass over the state machine on one read connection,
 //! up to [`MAX_BATCH_READ_BYTES`] of results.

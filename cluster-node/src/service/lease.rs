@@ -73,7 +73,7 @@ impl KvService {
         }
     }
 
-    /// Serves a lease operation here only (from `aspen/kv/1`): `NotLeader` if it needs
+    /// Serves a lease operation here only (from `aspen/kv/2`): `NotLeader` if it needs
     /// the leader and this node is not.
     pub(super) async fn serve_lease(&self, request: LeaseRequest) -> KvResponse {
         match self.lease_attempt(&request, true).await {

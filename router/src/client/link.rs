@@ -1,4 +1,4 @@
-//! [`Link`]: how the router's requests reach one cluster's leader over `aspen/kv/1`, one
+//! [`Link`]: how the router's requests reach one cluster's leader over `aspen/kv/2`, one
 //! at a time ([`Link::send`]) or several in one message ([`Link::send_batch`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +17,11 @@ use super::Health;
 /// Pause after every node of a cluster was tried without finding the leader (an election
 /// is under way, or the cluster is down).
 pub const RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Least time left before the deadline for another attempt to be sent. With less, the
+/// request is not sent again: an attempt cut off by the deadline before any answer would
+/// have to be reported as "may have been applied", when all it lacked was time.
+pub const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(20);
 
 /// One member as the router knows it.
 #[derive(Debug, Clone)]
@@ -176,8 +181,11 @@ impl Link {
         let count = self.members.len();
         let mut target = self.leader.load(Ordering::Relaxed) % count;
         let mut tried_since_pause = 0;
-        let mut last_problem;
+        let mut last_problem = "no member was tried".to_string();
         loop {
+            if deadline.saturating_duration_since(Instant::now()) < MIN_ATTEMPT_TIME {
+                return Err(self.no_leader_in_time(&last_problem));
+            }
             let member = &self.members[target];
             let sent = self.exchange(member, &payload, deadline).await;
             let mut next = (target + 1) % count;
@@ -213,17 +221,22 @@ impl Link {
             if tried_since_pause >= count {
                 tried_since_pause = 0;
                 if Instant::now() + RETRY_BACKOFF >= deadline {
-                    self.trip(&last_problem);
-                    return Err(self.unavailable(format!(
-                        "no leader answered within {:?} ({last_problem}); nothing was applied",
-                        self.deadline
-                    )));
+                    return Err(self.no_leader_in_time(&last_problem));
                 }
                 tokio::time::sleep(RETRY_BACKOFF).await;
                 next = self.leader.load(Ordering::Relaxed) % count;
             }
             target = next;
         }
+    }
+
+    /// The deadline passed with no leader answering: trips the breaker, and says so.
+    fn no_leader_in_time(&self, last_problem: &str) -> ApiError {
+        self.trip(last_problem);
+        self.unavailable(format!(
+            "no leader answered within {:?} ({last_problem}); nothing was applied",
+            self.deadline
+        ))
     }
 
     /// Sends writes and reads that queued up together as one `Batch` message to the

@@ -1,6 +1,6 @@
 //! Watches through the router. A watch follows every cluster that may own a watched key
 //! (the owner of a key; for a prefix, the clusters a scan of it would ask) by long-polling
-//! each one's change feed over `aspen/kv/1` (`FeedRead`), and merges their revisions into
+//! each one's change feed over `aspen/kv/2` (`FeedRead`), and merges their revisions into
 //! one stream, each message naming its cluster. Only keys a cluster owns by the route
 //! table are passed on, as for a merged scan.
 //!

@@ -114,7 +114,7 @@ where
     }
 }
 
-/// The file holding the iroh identity test routers and raw `aspen/kv/1` clients use,
+/// The file holding the iroh identity test routers and raw `aspen/kv/2` clients use,
 /// one per test process; [`kv_clients`] names it.
 pub fn client_key_file() -> &'static Path {
     static FILE: OnceLock<(TempDir, PathBuf)> = OnceLock::new();

@@ -14,7 +14,7 @@ const GET_AND_CLOSE: &[u8] = b"GET /hello HTTP/1.1\r\nhost: x\r\nconnection: clo
 /// A server with `limits` whose `/hello` answers "hi" and `/slow` streams three
 /// chunks `gap` apart; its address, stats and the sender that stops it.
 async fn server(
-    limits: ServeLimits,
+    limits: ServeOptions,
     gap: Duration,
 ) -> (
     std::net::SocketAddr,
@@ -39,7 +39,7 @@ async fn server(
 
 /// A server with `limits` serving `app`; its address, stats and the sender that stops it.
 async fn server_with(
-    limits: ServeLimits,
+    limits: ServeOptions,
     app: axum::Router,
 ) -> (
     std::net::SocketAddr,
@@ -87,9 +87,9 @@ async fn hello(stream: &mut TcpStream) -> String {
 #[tokio::test]
 async fn a_request_head_is_served_in_time_and_a_half_sent_one_is_cut_off() {
     let head_timeout = Duration::from_secs(1);
-    let limits = ServeLimits {
+    let limits = ServeOptions {
         head_timeout,
-        ..ServeLimits::default()
+        ..ServeOptions::default()
     };
     let (addr, _, _stop) = server(limits, Duration::ZERO).await;
 
@@ -114,9 +114,9 @@ async fn a_request_head_is_served_in_time_and_a_half_sent_one_is_cut_off() {
 #[tokio::test]
 async fn an_idle_connection_is_closed_but_a_long_streaming_answer_is_not() {
     let head_timeout = Duration::from_millis(500);
-    let limits = ServeLimits {
+    let limits = ServeOptions {
         head_timeout,
-        ..ServeLimits::default()
+        ..ServeOptions::default()
     };
     let (addr, _, _stop) = server(limits, head_timeout).await;
 
@@ -143,9 +143,9 @@ async fn an_idle_connection_is_closed_but_a_long_streaming_answer_is_not() {
 
 #[tokio::test]
 async fn the_connection_past_the_most_allowed_is_closed_and_counted() {
-    let limits = ServeLimits {
+    let limits = ServeOptions {
         max_connections: 2,
-        ..ServeLimits::default()
+        ..ServeOptions::default()
     };
     let (addr, stats, _stop) = server(limits, Duration::ZERO).await;
     let mut first = TcpStream::connect(addr).await.unwrap();
@@ -187,7 +187,7 @@ async fn the_connection_past_the_most_allowed_is_closed_and_counted() {
 
 #[tokio::test]
 async fn shutdown_stops_accepting_and_lets_the_answer_in_flight_finish() {
-    let (addr, _, stop) = server(ServeLimits::default(), Duration::from_millis(100)).await;
+    let (addr, _, stop) = server(ServeOptions::default(), Duration::from_millis(100)).await;
     let mut streaming = TcpStream::connect(addr).await.unwrap();
     streaming
         .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -216,9 +216,9 @@ async fn shutdown_stops_accepting_and_lets_the_answer_in_flight_finish() {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
     let head_timeout = Duration::from_millis(500);
-    let limits = ServeLimits {
+    let limits = ServeOptions {
         head_timeout,
-        ..ServeLimits::default()
+        ..ServeOptions::default()
     };
     let (addr, _, _stop) = server(limits, Duration::ZERO).await;
     let mut silent = TcpStream::connect(addr).await.unwrap();
@@ -230,7 +230,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
 
 #[tokio::test]
 async fn http2_with_prior_knowledge_is_served_many_requests_at_once() {
-    let (addr, _, _stop) = server(ServeLimits::default(), Duration::from_millis(10)).await;
+    let (addr, _, _stop) = server(ServeOptions::default(), Duration::from_millis(10)).await;
     let client = h2_client();
     let mut answers = tokio::task::JoinSet::new();
     for path in ["hello", "slow"].repeat(10) {
@@ -250,9 +250,9 @@ async fn http2_with_prior_knowledge_is_served_many_requests_at_once() {
 #[tokio::test]
 async fn a_half_sent_http2_connection_is_cut_off() {
     let head_timeout = Duration::from_millis(500);
-    let limits = ServeLimits {
+    let limits = ServeOptions {
         head_timeout,
-        ..ServeLimits::default()
+        ..ServeOptions::default()
     };
     let (addr, _, _stop) = server(limits, Duration::ZERO).await;
     let mut half = TcpStream::connect(addr).await.unwrap();
@@ -282,9 +282,9 @@ async fn http2_requests_past_the_most_streams_wait_for_a_free_one() {
             "done"
         }
     };
-    let limits = ServeLimits {
+    let limits = ServeOptions {
         max_streams_per_connection: MOST,
-        ..ServeLimits::default()
+        ..ServeOptions::default()
     };
     let (addr, _, _stop) = server_with(limits, axum::Router::new().route("/held", get(held))).await;
     let client = h2_client();

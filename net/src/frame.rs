@@ -1,0 +1,169 @@
+//! How a message travels on a request stream of Aspen's protocols (`aspen/kv/2`,
+//! `aspen/raft/2`): a 4-byte big-endian length, then that many bytes, then the end of the
+//! stream. The length comes first so a receiver refuses a message over its limit before
+//! it reads a byte of it (the stream is reset with [`RESET_TOO_LARGE`], and the sender
+//! learns that nothing was processed), and so a server takes the message's bytes from its
+//! protocol's [`ReadBudget`] before reading it: however many connections and streams
+//! peers open, a protocol holds at most its budget of request bytes at once. The budget
+//! is at least one message, and each message takes all its bytes at once, so a message
+//! waits for room (QUIC flow control holds its sender back meanwhile) but never deadlocks.
+
+use std::sync::Arc;
+
+use iroh::endpoint::{Connection, ReadError, ReadExactError, RecvStream, SendStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Bytes of the length prefix of every message.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// QUIC stream error code of a message refused for its declared length: nothing of it was
+/// read or processed.
+pub const RESET_TOO_LARGE: u32 = 413;
+
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Its declared length is over the receiver's limit; nothing of it was read.
+    #[error("a message of {len} bytes is over the limit of {limit}")]
+    TooLarge { len: usize, limit: usize },
+    /// The peer refused what this side sent as too large ([`RESET_TOO_LARGE`]).
+    #[error("the peer refused the message as over its size limit")]
+    RefusedTooLarge,
+    /// The stream ended or failed before the whole message arrived.
+    #[error("{0}")]
+    Stream(String),
+}
+
+/// How many request bytes one protocol's server may hold at once, over all its
+/// connections and streams, and the largest one message may be; clones share the budget.
+#[derive(Debug, Clone)]
+pub struct ReadBudget {
+    max_message: usize,
+    bytes: Arc<Semaphore>,
+}
+
+impl ReadBudget {
+    /// A budget of `total` bytes for messages of at most `max_message` bytes.
+    ///
+    /// # Panics
+    /// If `total` is below `max_message` (a message could never be read) or a message
+    /// does not fit in the `u32` the semaphore counts in.
+    pub fn new(max_message: usize, total: usize) -> ReadBudget {
+        assert!(
+            total >= max_message,
+            "a read budget holds at least one message"
+        );
+        assert!(
+            u32::try_from(max_message).is_ok(),
+            "messages fit a u32 length"
+        );
+        ReadBudget {
+            max_message,
+            bytes: Arc::new(Semaphore::new(total)),
+        }
+    }
+
+    /// The largest message it admits.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Bytes free right now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
+
+/// Writes `bytes` as one message and ends the stream.
+pub async fn write_message(send: &mut SendStream, bytes: &[u8]) -> Result<(), FrameError> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| FrameError::Stream(format!("a message of {} bytes", bytes.len())))?;
+    let written = async {
+        send.write_all(&len.to_be_bytes()).await?;
+        send.write_all(bytes).await
+    };
+    written.await.map_err(|e| match e {
+        iroh::endpoint::WriteError::Stopped(code) if code == RESET_TOO_LARGE.into() => {
+            FrameError::RefusedTooLarge
+        }
+        e => FrameError::Stream(e.to_string()),
+    })?;
+    send.finish().map_err(|e| FrameError::Stream(e.to_string()))
+}
+
+/// Reads one message's length; a length over `limit` resets the stream with
+/// [`RESET_TOO_LARGE`] and is an error, before any of the message is read.
+async fn read_length(recv: &mut RecvStream, limit: usize) -> Result<usize, FrameError> {
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    recv.read_exact(&mut prefix).await.map_err(exact_error)?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > limit {
+        let _ = recv.stop(RESET_TOO_LARGE.into());
+        return Err(FrameError::TooLarge { len, limit });
+    }
+    Ok(len)
+}
+
+async fn read_body(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, FrameError> {
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(exact_error)?;
+    Ok(body)
+}
+
+fn exact_error(e: ReadExactError) -> FrameError {
+    match e {
+        ReadExactError::ReadError(ReadError::Reset(code)) if code == RESET_TOO_LARGE.into() => {
+            FrameError::RefusedTooLarge
+        }
+        e => FrameError::Stream(e.to_string()),
+    }
+}
+
+/// Reads one message of at most `limit` bytes (an answer, on the requesting side).
+pub async fn read_message(recv: &mut RecvStream, limit: usize) -> Result<Vec<u8>, FrameError> {
+    let len = read_length(recv, limit).await?;
+    read_body(recv, len).await
+}
+
+/// Reads one request within `budget`: the bytes stay taken from it until the permit
+/// returned with them is dropped.
+async fn read_request(
+    recv: &mut RecvStream,
+    budget: &ReadBudget,
+) -> Result<(Vec<u8>, OwnedSemaphorePermit), FrameError> {
+    let len = read_length(recv, budget.max_message).await?;
+    let permit = budget
+        .bytes
+        .clone()
+        .acquire_many_owned(len as u32)
+        .await
+        .map_err(|_| FrameError::Stream("the read budget is closed".into()))?;
+    Ok((read_body(recv, len).await?, permit))
+}
+
+/// Serves every request stream of one accepted connection with `handle`, one task per
+/// stream, until the connection closes. Each request is read within `budget`, and its
+/// bytes count against it until its answer is written.
+pub async fn serve_streams<F, Fut>(conn: Connection, budget: ReadBudget, handle: F)
+where
+    F: Fn(Vec<u8>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + Send,
+{
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let (handle, budget) = (handle.clone(), budget.clone());
+        tokio::spawn(async move {
+            let (request, permit) = match read_request(&mut recv, &budget).await {
+                Ok(read) => read,
+                Err(FrameError::TooLarge { len, limit }) => {
+                    tracing::debug!(len, limit, "refused a request over the message limit");
+                    let _ = send.reset(RESET_TOO_LARGE.into());
+                    return;
+                }
+                Err(_) => return,
+            };
+            let answer = handle(request).await;
+            drop(permit);
+            let _ = write_message(&mut send, &answer).await;
+        });
+    }
+}

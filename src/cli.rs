@@ -77,7 +77,9 @@ Examples:
   aspen soak --duration 600                  # linearizability under faults, 10 minutes
 
 Commands that talk to a node or router take --endpoint URL (or ASPEN_ENDPOINT); the
-default is http://127.0.0.1:7070, the router of `aspen dev`. Logging follows RUST_LOG (default: info for aspen, warn otherwise, error for openraft).";
+default is http://127.0.0.1:7070, the router of `aspen dev`. A server with [auth] wants
+--token (or ASPEN_TOKEN); one with [tls] an https:// URL and --cacert FILE.
+Logging follows RUST_LOG (default: info for aspen, warn otherwise, error for openraft).";
 
 /// Aspen: many strongly consistent key-value clusters run as one store.
 #[derive(Debug, Parser)]

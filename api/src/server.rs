@@ -371,7 +371,10 @@ mod tests {
             observed: Mutex::new(Vec::new()),
             options: Mutex::new(Vec::new()),
         });
-        let app = auth::guard(kv_routes(backend.clone()).fallback(not_found), None);
+        let app = auth::guard(
+            kv_routes(backend.clone()).fallback(not_found),
+            auth::PolicyCell::default(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(serve(listener, app, std::future::pending()));

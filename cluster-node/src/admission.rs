@@ -48,17 +48,17 @@ pub(crate) fn parse_id(what: &str, hex: &str) -> Result<EndpointId, NodeError> {
 
 /// A rule admitting `named` and every endpoint in `raft`'s current membership.
 pub(crate) fn members_or(named: HashSet<EndpointId>, raft: AspenRaft) -> aspen_net::access::Rule {
-    Arc::new(move |remote: &EndpointId| {
-        if named.contains(remote) {
-            return true;
-        }
-        let text = remote.to_string();
-        let metrics = raft.metrics();
-        let m = metrics.borrow();
-        let member = m
-            .membership_config
-            .nodes()
-            .any(|(_, node)| node.endpoint_id == text);
-        member
-    })
+    Arc::new(move |remote: &EndpointId| named.contains(remote) || is_member(&raft, remote))
+}
+
+/// Whether `remote` is in `raft`'s current membership (voter or learner).
+pub(crate) fn is_member(raft: &AspenRaft, remote: &EndpointId) -> bool {
+    let text = remote.to_string();
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let member = m
+        .membership_config
+        .nodes()
+        .any(|(_, node)| node.endpoint_id == text);
+    member
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen_api::server::auth::{self, Policy};
+use aspen_api::server::auth::{self, Policy, PolicyCell};
 use aspen_api::server::ServeOptions;
 use aspen_config::{NodeConfig, RelayModeConfig};
 use iroh::protocol::Router as ProtocolRouter;
@@ -268,10 +268,7 @@ impl Node {
             hub: hub.clone(),
         };
         let (http_stop, stopped) = oneshot::channel::<()>();
-        let policy = config
-            .auth
-            .as_ref()
-            .map(|a| Arc::new(Policy::from_config(a)));
+        let policy = PolicyCell::new(config.auth.as_ref().map(Policy::from_config));
         let app = auth::guard(http::router(backend, config.fault_injection), policy);
         let shutdown = async move {
             let _ = stopped.await;

@@ -200,17 +200,7 @@ impl RaftProtocol {
         if self.transport.is_blocked(remote) {
             return false;
         }
-        if self.configured_peers.contains(remote) {
-            return true;
-        }
-        let text = remote.to_string();
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let allowed = metrics
-            .membership_config
-            .nodes()
-            .any(|(_, node)| node.endpoint_id == text);
-        allowed
+        self.configured_peers.contains(remote) || crate::admission::is_member(&self.raft, remote)
     }
 
     async fn handle(&self, remote: EndpointId, bytes: Vec<u8>) -> Vec<u8> {

@@ -82,6 +82,17 @@ fn addr_of(endpoint: &Endpoint) -> EndpointAddr {
     )
 }
 
+/// `echo` served on a new endpoint, a client endpoint, and one connection from it: the
+/// router (to shut down) and the client must live as long as the connection is used.
+async fn serve_and_connect(echo: Echo) -> (Router, Endpoint, Connection) {
+    let server = endpoint(&Access::open()).await;
+    let server_addr = addr_of(&server);
+    let router = Router::builder(server).accept(ALPN, echo).spawn();
+    let client = endpoint(&Access::open()).await;
+    let conn = client.connect(server_addr, ALPN).await.unwrap();
+    (router, client, conn)
+}
+
 /// One request on `conn`: whether it came back whole within 10 s.
 async fn echoes(conn: &Connection) -> bool {
     let ask = async {
@@ -165,11 +176,7 @@ async fn a_connection_has_at_most_max_streams_in_flight_and_the_next_waits_for_o
         ..echo
     };
     let busy = echo.busy.clone();
-    let server = endpoint(&Access::open()).await;
-    let server_addr = addr_of(&server);
-    let router = Router::builder(server).accept(ALPN, echo).spawn();
-    let client = endpoint(&Access::open()).await;
-    let conn = client.connect(server_addr, ALPN).await.unwrap();
+    let (router, _client, conn) = serve_and_connect(echo).await;
 
     let limit = MAX_STREAMS_PER_CONNECTION as usize;
     let asks: Vec<_> = (0..=limit)
@@ -214,11 +221,7 @@ async fn ask_with(conn: &Connection, len: usize) -> Result<Vec<u8>, FrameError> 
 async fn a_message_at_the_limit_is_served_and_one_byte_more_is_refused_unread() {
     let echo = Echo::open();
     let busy = echo.busy.clone();
-    let server = endpoint(&Access::open()).await;
-    let server_addr = addr_of(&server);
-    let router = Router::builder(server).accept(ALPN, echo).spawn();
-    let client = endpoint(&Access::open()).await;
-    let conn = client.connect(server_addr, ALPN).await.unwrap();
+    let (router, _client, conn) = serve_and_connect(echo).await;
 
     assert_eq!(
         ask_with(&conn, MAX_MESSAGE).await.unwrap().len(),
@@ -262,11 +265,7 @@ async fn requests_past_the_read_budget_wait_unread_for_room() {
         ..Echo::with_budget(budget.clone())
     };
     let busy = echo.busy.clone();
-    let server = endpoint(&Access::open()).await;
-    let server_addr = addr_of(&server);
-    let router = Router::builder(server).accept(ALPN, echo).spawn();
-    let client = endpoint(&Access::open()).await;
-    let conn = client.connect(server_addr, ALPN).await.unwrap();
+    let (router, _client, conn) = serve_and_connect(echo).await;
 
     let asks: Vec<_> = (0..3)
         .map(|_| {

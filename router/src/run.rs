@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use aspen_api::server::auth::{Policy, PolicyCell};
 use aspen_config::{RelayModeConfig, RouterConfig};
 use aspen_net::{bind_endpoint, load_or_create_secret_key_file, Access, Transport};
 use tokio::sync::oneshot;
@@ -44,6 +45,8 @@ pub struct RunningRouter {
     server: JoinHandle<std::io::Result<()>>,
     endpoint: iroh::Endpoint,
     transport: Arc<Transport>,
+    /// The `[auth]` in force, which a reload replaces.
+    policy: PolicyCell,
 }
 
 impl RunningRouter {
@@ -82,11 +85,8 @@ impl RunningRouter {
         let http_addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let http_stats = metrics.http.clone();
-        let policy = config
-            .auth
-            .as_ref()
-            .map(|a| Arc::new(aspen_api::server::auth::Policy::from_config(a)));
-        let app = aspen_api::server::auth::guard(app(service.clone(), metrics), policy);
+        let policy = PolicyCell::new(config.auth.as_ref().map(Policy::from_config));
+        let app = aspen_api::server::auth::guard(app(service.clone(), metrics), policy.clone());
         let shutdown = async {
             let _ = stopped.await;
         };
@@ -104,6 +104,7 @@ impl RunningRouter {
             server,
             endpoint,
             transport,
+            policy,
         })
     }
 
@@ -132,10 +133,14 @@ impl RunningRouter {
         &self.service
     }
 
-    /// Replaces the route table with `config`'s; an invalid config changes nothing.
+    /// Replaces the route table and the `[auth]` tokens with `config`'s; an invalid config
+    /// changes nothing. (`[tls]` and the identity are read at start only.)
     pub fn reload(&self, config: &RouterConfig) -> Result<(), String> {
         config.validate().map_err(|e| e.to_string())?;
-        self.service.reload(config)
+        self.service.reload(config)?;
+        self.policy
+            .set(config.auth.as_ref().map(Policy::from_config));
+        Ok(())
     }
 
     /// Stops serving (requests in flight finish) and closes the endpoint.

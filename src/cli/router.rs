@@ -1,8 +1,8 @@
 //! `aspen router --config FILE`: run a router. Loads and validates the config, binds the
 //! HTTP listener, starts the router, prints where it serves and what it routes, and runs
 //! until Ctrl-C or SIGTERM. SIGHUP reloads the config file: a valid new file replaces the
-//! route table without dropping requests; an invalid one is refused, with the reason, and
-//! the old table stays.
+//! route table (without dropping requests) and the `[auth]` tokens; an invalid one is
+//! refused, with the reason, and the old table and tokens stay.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

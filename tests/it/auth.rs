@@ -2,7 +2,8 @@
 //! or with an unknown one a request is refused 401 and changes nothing; a token may do
 //! exactly what its grants say (403 otherwise, nothing changed), for point reads, scans,
 //! watches, writes, transactions, leases and admin endpoints; the open paths stay open;
-//! the CLI sends the token from `--token` or `ASPEN_TOKEN`, and curl from its header.
+//! the CLI sends the token from `--token` or `ASPEN_TOKEN`, and curl from its header; a
+//! router's reload replaces its tokens.
 
 use crate::support;
 
@@ -285,6 +286,37 @@ async fn a_router_with_auth_serves_each_token_exactly_its_grants() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = RunningRouter::start(&config, listener).await.unwrap();
     check_grants(&router.url()).await;
+
+    // A reload replaces the tokens: the reader's goes, a new one comes; an invalid
+    // [auth] is refused and the tokens in force stay.
+    let url = router.url();
+    let reader = AspenClient::new(&url).with_token(READER);
+    let newcomer = AspenClient::new(&url).with_token("aspen_new_token");
+    let mut next = config.clone();
+    next.auth = Some(AuthConfig {
+        tokens: vec![
+            token("admin", ADMIN, &[], &[""], true),
+            token("newcomer", "aspen_new_token", &["svc/"], &[], false),
+        ],
+        ..AuthConfig::default()
+    });
+    router.reload(&next).unwrap();
+    assert_eq!(
+        code(reader.get("svc/a", Consistency::Linearizable).await),
+        Some(ErrorCode::Unauthorized)
+    );
+    assert!(newcomer
+        .get("svc/a", Consistency::Linearizable)
+        .await
+        .is_ok());
+    let mut invalid = next.clone();
+    invalid.auth.as_mut().unwrap().tokens.clear();
+    let refused = router.reload(&invalid).unwrap_err();
+    assert!(refused.contains("auth.tokens"), "{refused}");
+    assert!(newcomer
+        .get("svc/a", Consistency::Linearizable)
+        .await
+        .is_ok());
     router.shutdown().await;
     us1.shutdown().await;
     us2.cluster.shutdown().await;

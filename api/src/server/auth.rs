@@ -16,7 +16,7 @@
 //!   routing key, write on that key).
 //! - Admin endpoints (membership, debug) add [`require_admin`].
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -134,20 +134,42 @@ impl Policy {
     }
 }
 
-/// `app` with every request's caller established first: with `policy`, requests without
-/// a valid token are answered 401 (unless their path is open); without, everyone is
-/// [`Caller::Anyone`]. Every app that serves the KV routes must be wrapped in it: the
-/// handlers refuse a request that has no caller.
-pub fn guard(app: axum::Router, policy: Option<Arc<Policy>>) -> axum::Router {
+/// A process's current policy (`None`: no `[auth]`), replaceable while it serves, as a
+/// router's SIGHUP does; clones share it. Each request uses the policy current when it
+/// arrives.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyCell(Arc<RwLock<Option<Arc<Policy>>>>);
+
+impl PolicyCell {
+    /// A cell holding `policy`.
+    pub fn new(policy: Option<Policy>) -> PolicyCell {
+        PolicyCell(Arc::new(RwLock::new(policy.map(Arc::new))))
+    }
+
+    /// Replaces the policy; requests from now on use `policy`.
+    pub fn set(&self, policy: Option<Policy>) {
+        *self.0.write().expect("policy lock") = policy.map(Arc::new);
+    }
+
+    fn current(&self) -> Option<Arc<Policy>> {
+        self.0.read().expect("policy lock").clone()
+    }
+}
+
+/// `app` with every request's caller established first: under a policy, requests
+/// without a valid token are answered 401 (unless their path is open); without one,
+/// everyone is [`Caller::Anyone`]. Every app that serves the KV routes must be wrapped in
+/// it: the handlers refuse a request that has no caller.
+pub fn guard(app: axum::Router, policy: PolicyCell) -> axum::Router {
     app.layer(axum::middleware::from_fn_with_state(policy, authenticate))
 }
 
 async fn authenticate(
-    State(policy): State<Option<Arc<Policy>>>,
+    State(policy): State<PolicyCell>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let caller = match &policy {
+    let caller = match &policy.current() {
         None => Caller::Anyone,
         Some(p) if p.open_paths.iter().any(|o| o == request.uri().path()) => Caller::Anyone,
         Some(p) => match p.authenticate(request.headers().get(header::AUTHORIZATION)) {

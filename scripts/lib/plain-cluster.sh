@@ -18,21 +18,13 @@ TOML
 }
 
 start_plain_cluster() {
-  local dir=$1 i j pid peers
+  local dir=$1 i j peers
   local -A id
   mkdir -p "$dir"
-  # First start: each node makes its identity and logs its endpoint id.
+  # Each node's identity first (`aspen keygen` prints its endpoint id), so every config
+  # is written before any node starts.
   for i in 1 2 3; do
-    plain_node_config "$dir" "$i" "" >"$dir/node-$i.toml"
-    "$BIN" node --config "$dir/node-$i.toml" >"$dir/node-$i.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 100); do
-      grep -q "endpoint id" "$dir/node-$i.log" && break
-      sleep 0.1
-    done
-    id[$i]=$(sed -n 's/.*endpoint id \([0-9a-f]*\),.*/\1/p' "$dir/node-$i.log" | head -1)
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    id[$i]=$("$BIN" keygen --out "$dir/node-$i/iroh.key" 2>/dev/null)
   done
   for i in 1 2 3; do
     peers=""
@@ -41,7 +33,7 @@ start_plain_cluster() {
       peers+=$'\n'"[[peers]]"$'\n'"node_id = $j"$'\n'"endpoint_id = \"${id[$j]}\""$'\n'"addrs = [\"127.0.0.1:1840$j\"]"
     done
     plain_node_config "$dir" "$i" "$peers" >"$dir/node-$i.toml"
-    "$BIN" node --config "$dir/node-$i.toml" >>"$dir/node-$i.log" 2>&1 &
+    "$BIN" node --config "$dir/node-$i.toml" >"$dir/node-$i.log" 2>&1 &
     PIDS+=($!)
   done
   for _ in $(seq 100); do

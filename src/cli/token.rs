@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use aspen_api::codec::hex;
 use aspen_api::server::auth::token_sha256;
 use aspen_config::TokenConfig;
 use clap::{Args, Subcommand};
@@ -46,15 +47,10 @@ const TOKEN_BYTES: usize = 32;
 pub async fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
     let TokenCommand::New(new) = args.command;
     let bytes: [u8; TOKEN_BYTES] = rand::random();
-    let token: String = std::iter::once("aspen_".to_string())
-        .chain(bytes.iter().map(|b| format!("{b:02x}")))
-        .collect();
+    let token = format!("aspen_{}", hex(&bytes));
     let entry = TokenConfig {
         name: new.name,
-        sha256: token_sha256(&token)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        sha256: hex(&token_sha256(&token)),
         read: new.read,
         write: new.write,
         admin: new.admin,

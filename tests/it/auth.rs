@@ -25,10 +25,7 @@ const READER: &str = "aspen_reader_token";
 fn token(name: &str, text: &str, read: &[&str], write: &[&str], admin: bool) -> TokenConfig {
     TokenConfig {
         name: name.into(),
-        sha256: token_sha256(text)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        sha256: aspen_api::codec::hex(&token_sha256(text)),
         read: read.iter().map(|p| p.to_string()).collect(),
         write: write.iter().map(|p| p.to_string()).collect(),
         admin,

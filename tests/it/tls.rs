@@ -93,10 +93,7 @@ async fn a_node_with_mutual_tls_and_a_token_serves_the_cli_and_curl_and_nobody_e
         config.auth = Some(AuthConfig {
             tokens: vec![TokenConfig {
                 name: "tls".into(),
-                sha256: token_sha256(TOKEN)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
+                sha256: aspen_api::codec::hex(&token_sha256(TOKEN)),
                 read: vec![],
                 write: vec!["".into()],
                 admin: false,

@@ -15,6 +15,7 @@
 //! - [`lease`]: `aspen lease`, grant, keep alive, inspect and revoke leases.
 //! - [`lock`]: `aspen lock`, run a command while holding a lock.
 //! - [`cluster`]: `aspen cluster`, status and membership changes.
+//! - [`snapshot`]: `aspen snapshot`, back a cluster up to a file and restore it.
 //! - [`bench`]: `aspen bench`, a closed-loop load generator.
 //! - [`watchbench`]: `aspen bench-watch`, watch delivery latency and what watchers cost
 //!   writers, against Aspen or etcd.
@@ -40,6 +41,7 @@ mod parse;
 mod render;
 mod router;
 mod signal;
+mod snapshot;
 mod soak;
 mod token;
 mod watchbench;
@@ -66,6 +68,8 @@ Examples:
   aspen kv watch svc/                        # follow changes under a prefix
   aspen lock nightly -- ./backup.sh          # run a command while holding a lock
   aspen cluster status                       # each cluster's health, leader, term (router)
+  aspen snapshot save backup.snap --endpoint http://127.0.0.1:7101   # back up a cluster
+  aspen snapshot restore backup.snap --data-dir new/node-1           # seed a new cluster
   aspen bench --op put --clients 16 --duration 10
   aspen bench-federation --phase lag --rate 1000  # replication lag between regions
   aspen node --config node.toml              # one member of a real cluster
@@ -123,6 +127,9 @@ enum Command {
     Lock(lock::LockArgs),
     /// Show cluster status and change membership.
     Cluster(cluster::ClusterArgs),
+    /// Back up a cluster's data to a file (from any member), check a backup, and start a
+    /// new cluster from one.
+    Snapshot(snapshot::SnapshotArgs),
     /// Measure throughput and latency of puts, gets, compare-and-swaps or a mixed load,
     /// against Aspen or (built with `--features etcd`) etcd.
     Bench(bench::BenchArgs),
@@ -162,6 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lease(args) => lease::run(args).await,
         Command::Lock(args) => lock::run(args).await,
         Command::Cluster(args) => cluster::run(args).await,
+        Command::Snapshot(args) => snapshot::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchFederation(args) => fedbench::run(args).await,
         Command::BenchWatch(args) => watchbench::run(args).await,

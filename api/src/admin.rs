@@ -199,3 +199,17 @@ pub struct PartitionRequest {
     /// iroh EndpointIds (hex) of the peers to cut off.
     pub blocked: Vec<String>,
 }
+
+/// A node's current snapshot: `POST /v1/cluster/snapshot` (after building one) and the
+/// `aspen-snapshot-*` headers of `GET /v1/cluster/snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// The snapshot's id (`TERM-INDEX-N`).
+    pub snapshot_id: String,
+    /// The last log index it includes (0: none).
+    pub last_log_index: u64,
+    /// The term of that entry.
+    pub last_log_term: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+}

@@ -8,6 +8,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::admin::{
     AddLearnerRequest, InitRequest, MembershipResponse, NodeIdRequest, NodeStatus, RouterStatus,
+    SnapshotInfo,
 };
 use crate::error::ErrorCode;
 use crate::json::{
@@ -399,6 +400,64 @@ impl AspenClient {
             .await
     }
 
+    /// Asks the node to build a snapshot now and waits up to `wait` for it (a node holding
+    /// gigabytes takes minutes): its metadata.
+    pub async fn snapshot_build(&self, wait: Duration) -> Result<SnapshotInfo, ClientError> {
+        let url = format!("{}/v1/cluster/snapshot", self.base);
+        self.send_within(self.http.post(&url), &url, wait).await
+    }
+
+    /// Opens the node's current snapshot for download: its metadata, then its bytes from
+    /// [`SnapshotDownload::chunk`].
+    pub async fn snapshot_download(&self) -> Result<SnapshotDownload, ClientError> {
+        let url = format!("{}/v1/cluster/snapshot", self.base);
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let response =
+            tokio::time::timeout(self.timeout, self.authorized(self.http.get(&url)).send())
+                .await
+                .map_err(|_| ClientError::Silent {
+                    url: url.clone(),
+                    after: self.timeout,
+                })?
+                .map_err(transport)?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.map_err(transport)?;
+            return Err(api_error(&url, status, &bytes));
+        }
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let decode = |reason: &str| ClientError::Decode {
+            url: url.clone(),
+            reason: reason.to_string(),
+        };
+        let info = SnapshotInfo {
+            snapshot_id: header("aspen-snapshot-id")
+                .ok_or_else(|| decode("no aspen-snapshot-id header"))?,
+            last_log_index: header("aspen-snapshot-last-log-index")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| decode("no aspen-snapshot-last-log-index header"))?,
+            last_log_term: 0,
+            bytes: response
+                .content_length()
+                .ok_or_else(|| decode("no Content-Length"))?,
+        };
+        Ok(SnapshotDownload {
+            info,
+            url,
+            silence: self.timeout,
+            response,
+        })
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -413,13 +472,22 @@ impl AspenClient {
         request: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<T, ClientError> {
+        self.send_within(request, url, self.timeout).await
+    }
+
+    async fn send_within<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let transport = |source| ClientError::Transport {
             url: url.to_string(),
             source,
         };
         let response = self
             .authorized(request)
-            .timeout(self.timeout)
+            .timeout(timeout)
             .send()
             .await
             .map_err(transport)?;
@@ -432,16 +500,52 @@ impl AspenClient {
         if (200..300).contains(&status) {
             return serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()));
         }
-        let body: ErrorBody = serde_json::from_slice(&bytes).map_err(|e| {
-            decode(format!(
-                "status {status} with a body that is not an Aspen error ({e}): {}",
-                String::from_utf8_lossy(&bytes)
-            ))
-        })?;
-        Err(ClientError::Api {
+        Err(api_error(url, status, &bytes))
+    }
+}
+
+/// The error an answer of `status` with body `bytes` stands for.
+fn api_error(url: &str, status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api {
             status,
             body: Box::new(body),
-        })
+        },
+        Err(e) => ClientError::Decode {
+            url: url.to_string(),
+            reason: format!(
+                "status {status} with a body that is not an Aspen error ({e}): {}",
+                String::from_utf8_lossy(bytes)
+            ),
+        },
+    }
+}
+
+/// A node's snapshot being downloaded (`GET /v1/cluster/snapshot`).
+#[derive(Debug)]
+pub struct SnapshotDownload {
+    /// The snapshot's id, last log index and size (`last_log_term` is not sent: 0).
+    pub info: SnapshotInfo,
+    url: String,
+    silence: Duration,
+    response: reqwest::Response,
+}
+
+impl SnapshotDownload {
+    /// The next bytes; `None` at the end. A server silent for the client's timeout is an
+    /// error ([`ClientError::Silent`]).
+    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        tokio::time::timeout(self.silence, self.response.chunk())
+            .await
+            .map_err(|_| ClientError::Silent {
+                url: self.url.clone(),
+                after: self.silence,
+            })?
+            .map(|chunk| chunk.map(|b| b.to_vec()))
+            .map_err(|source| ClientError::Transport {
+                url: self.url.clone(),
+                source,
+            })
     }
 }
 

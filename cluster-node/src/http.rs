@@ -109,7 +109,11 @@ pub fn router(backend: NodeBackend, fault_injection: bool) -> axum::Router {
         .route("/v1/cluster/init", post(admin::init))
         .route("/v1/cluster/add-learner", post(admin::add_learner))
         .route("/v1/cluster/promote", post(admin::promote))
-        .route("/v1/cluster/remove", post(admin::remove));
+        .route("/v1/cluster/remove", post(admin::remove))
+        .route(
+            "/v1/cluster/snapshot",
+            post(admin::build_snapshot).get(admin::download_snapshot),
+        );
     if fault_injection {
         membership = membership.route("/v1/debug/partition", post(admin::partition));
     }

@@ -26,7 +26,9 @@ use crate::http::{self, NodeBackend};
 use crate::kv_server::KvProtocol;
 use crate::leader_contact::LeaderContact;
 use crate::metrics::NodeMetrics;
-use crate::raft_network::{NetworkFactory, RaftProtocol, RAFT_ALPN};
+use crate::raft_network::{
+    NetworkFactory, RaftProtocol, SnapshotProtocol, RAFT_ALPN, SNAPSHOT_ALPN,
+};
 use crate::raft_types::{AspenRaft, MemberNode};
 use crate::service::KvService;
 use crate::storage;
@@ -240,11 +242,10 @@ impl Node {
             }
             None => None,
         };
+        let raft_protocol = RaftProtocol::new(raft.clone(), transport.clone(), configured, contact);
         let mut protocols = ProtocolRouter::builder(endpoint)
-            .accept(
-                RAFT_ALPN,
-                RaftProtocol::new(raft.clone(), transport.clone(), configured, contact),
-            )
+            .accept(SNAPSHOT_ALPN, SnapshotProtocol::new(raft_protocol.clone()))
+            .accept(RAFT_ALPN, raft_protocol)
             .accept(
                 aspen_api::wire::KV_ALPN,
                 KvProtocol::new(service.clone(), transport.clone()),

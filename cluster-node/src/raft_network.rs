@@ -1,14 +1,15 @@
 //! Raft RPCs over iroh: the `aspen/raft/2` protocol.
 //!
-//! Goals: carry openraft's three RPCs (AppendEntries, Vote, InstallSnapshot chunks) between
-//! members, one RPC per QUIC stream; accept them only from cluster members and configured
-//! peers, identified by their iroh EndpointId.
+//! Goals: carry openraft's RPCs (AppendEntries, Vote) between members, one RPC per QUIC
+//! stream, and whole snapshots on a protocol of their own ([`snapshot`],
+//! `aspen/snapshot/1`); accept them only from cluster members and configured peers,
+//! identified by their iroh EndpointId.
 //!
 //! Non-goals: batching RPCs to different peers, compression.
 //!
 //! The messages and their versioned encoding are in `raft_network/message.rs`; the
 //! requesting side is [`NetworkFactory`] (openraft's `RaftNetworkFactory`); the serving
-//! side is [`RaftProtocol`], an iroh `ProtocolHandler`.
+//! side is [`RaftProtocol`], an iroh `ProtocolHandler`, and [`SnapshotProtocol`] beside it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,20 +17,26 @@ use std::sync::Arc;
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::EndpointId;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{OptionalSend, Snapshot, Vote};
 
 use crate::leader_contact::LeaderContact;
 use crate::raft_types::{AspenRaft, MemberNode, NodeId, TypeConfig};
 use crate::transport::{serve_streams, ReadBudget, Transport, TransportError, CLOSE_NOT_ALLOWED};
 pub use message::MAX_RAFT_MESSAGE_BYTES;
 use message::{decode, encode, RaftAnswer, RaftRequest};
+pub use snapshot::{SnapshotProtocol, SNAPSHOT_ALPN};
 
 mod message;
+pub mod snapshot;
 
 /// ALPN of the Raft protocol, version 2: each message framed with its length first.
 pub const RAFT_ALPN: &[u8] = b"aspen/raft/2";
@@ -131,20 +138,39 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         }
     }
 
+    /// Never called: snapshots go whole through [`Self::full_snapshot`], not in chunks.
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        match self
-            .call(RaftRequest::InstallSnapshot(rpc), &option)
-            .await?
-        {
-            RaftAnswer::InstallSnapshot(r) => r.map_err(|e| {
-                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
-            }),
-            _ => Err(unexpected()),
-        }
+        Err(RPCError::Network(NetworkError::new(
+            &std::io::Error::other(
+                "snapshots are not sent in chunks: aspen/snapshot/1 streams them whole",
+            ),
+        )))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let id = *self.endpoint.as_ref().map_err(|e| {
+            StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone())))
+        })?;
+        let peer = self.transport.resolve(id, &self.node.addrs);
+        snapshot::send(
+            &self.transport,
+            &peer,
+            (self.target, &self.node),
+            vote,
+            snapshot,
+            cancel,
+        )
+        .await
     }
 
     async fn vote(
@@ -195,8 +221,13 @@ impl RaftProtocol {
         }
     }
 
+    /// The Raft node it serves.
+    pub(crate) fn raft(&self) -> &AspenRaft {
+        &self.raft
+    }
+
     /// Whether `remote` may send Raft RPCs: a configured peer or a member.
-    fn allowed(&self, remote: &EndpointId) -> bool {
+    pub(crate) fn allowed(&self, remote: &EndpointId) -> bool {
         if self.transport.is_blocked(remote) {
             return false;
         }
@@ -223,9 +254,6 @@ impl RaftProtocol {
                 RaftAnswer::AppendEntries(answer)
             }
             Ok(RaftRequest::Vote(r)) => RaftAnswer::Vote(self.raft.vote(r).await),
-            Ok(RaftRequest::InstallSnapshot(r)) => {
-                RaftAnswer::InstallSnapshot(self.raft.install_snapshot(r).await)
-            }
         };
         encode(&answer)
     }

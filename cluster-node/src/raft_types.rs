@@ -3,8 +3,6 @@
 //! [`WriteResult`] per command), and what the membership records about each member
 //! ([`MemberNode`]).
 
-use std::io::Cursor;
-
 use aspen_api::{Command, WriteResult};
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +73,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = MemberNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::storage::snapshot::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -150,6 +150,59 @@ impl KvService {
         &self.sm
     }
 
+    /// Builds a snapshot of this node's state now (of everything applied when it starts)
+    /// and answers once it is on disk, with its metadata; the log before it is purged as
+    /// after any snapshot.
+    pub async fn build_snapshot(&self) -> Result<aspen_api::admin::SnapshotInfo, ApiError> {
+        // openraft ignores a trigger while a build runs, and that build may have read the
+        // state before this request: ask again each second until a build numbered above
+        // `started` (one that began after this request) has finished.
+        let (started, mut done) = self.sm.snapshot_builds();
+        let deadline = tokio::time::Instant::now() + SNAPSHOT_BUILD_WAIT;
+        loop {
+            self.raft.trigger().snapshot().await.map_err(|e| {
+                ApiError::new(ErrorCode::Internal, format!("cannot start a snapshot: {e}"))
+            })?;
+            let retry = (tokio::time::Instant::now() + SNAPSHOT_RETRIGGER).min(deadline);
+            match tokio::time::timeout_at(retry, done.wait_for(|d| *d > started)).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(_)) => {
+                    return Err(ApiError::new(
+                        ErrorCode::Internal,
+                        "the node is shutting down",
+                    ))
+                }
+                Err(_) if retry >= deadline => {
+                    return Err(ApiError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the snapshot was not built within {SNAPSHOT_BUILD_WAIT:?}; it may \
+                             still finish"
+                        ),
+                    ))
+                }
+                Err(_) => {}
+            }
+        }
+        self.snapshot_info()?.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Internal,
+                "a snapshot was built but none is current",
+            )
+        })
+    }
+
+    /// The current snapshot's metadata and size, if there is one.
+    pub fn snapshot_info(&self) -> Result<Option<aspen_api::admin::SnapshotInfo>, ApiError> {
+        let current = self.sm.current_snapshot().map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("cannot read the snapshot: {e}"),
+            )
+        })?;
+        Ok(current.map(|(meta, bytes)| snapshot_info(&meta, bytes)))
+    }
+
     /// Applies `command` on the cluster, forwarding to the leader as needed.
     pub async fn write(&self, command: Command) -> Result<WriteResult, ApiError> {
         self.check_command(&command)?;
@@ -591,6 +644,27 @@ fn check_member_limit(members: usize, already_member: bool) -> Result<(), ApiErr
 
 fn validate_read(request: &ReadRequest) -> Result<(), ApiError> {
     request.validate().map_err(Into::into)
+}
+
+/// How long `POST /v1/cluster/snapshot` waits for the build: reading every key of a node
+/// holding gigabytes takes minutes at the builder's low priority on a busy node.
+pub const SNAPSHOT_BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// How often `POST /v1/cluster/snapshot` asks again for a build while it waits (a build
+/// that was already running when it asked may not hold everything it must).
+const SNAPSHOT_RETRIGGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the API says of a snapshot with `meta`, `bytes` long.
+pub fn snapshot_info(
+    meta: &crate::storage::snapshot::Meta,
+    bytes: u64,
+) -> aspen_api::admin::SnapshotInfo {
+    aspen_api::admin::SnapshotInfo {
+        snapshot_id: meta.snapshot_id.clone(),
+        last_log_index: meta.last_log_id.map_or(0, |l| l.index),
+        last_log_term: meta.last_log_id.map_or(0, |l| l.leader_id.term),
+        bytes,
+    }
 }
 
 #[cfg(test)]

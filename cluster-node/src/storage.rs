@@ -35,6 +35,7 @@ use rusqlite::Connection;
 pub use feed::FeedRetention;
 pub use log_store::LogStore;
 pub use read::Reader;
+pub use snapshot_io::Restored;
 pub use state_machine::StateMachine;
 
 /// How long a connection waits for another's lock before failing. Writers are single

@@ -76,6 +76,13 @@ impl ReadBudget {
 
 /// Writes `bytes` as one message and ends the stream.
 pub async fn write_message(send: &mut SendStream, bytes: &[u8]) -> Result<(), FrameError> {
+    write_frame(send, bytes).await?;
+    send.finish().map_err(|e| FrameError::Stream(e.to_string()))
+}
+
+/// Writes `bytes` as one message and leaves the stream open, for a protocol that sends
+/// more after it (a snapshot's bytes after its offer).
+pub async fn write_frame(send: &mut SendStream, bytes: &[u8]) -> Result<(), FrameError> {
     let len = u32::try_from(bytes.len())
         .map_err(|_| FrameError::Stream(format!("a message of {} bytes", bytes.len())))?;
     let written = async {
@@ -87,8 +94,7 @@ pub async fn write_message(send: &mut SendStream, bytes: &[u8]) -> Result<(), Fr
             FrameError::RefusedTooLarge
         }
         e => FrameError::Stream(e.to_string()),
-    })?;
-    send.finish().map_err(|e| FrameError::Stream(e.to_string()))
+    })
 }
 
 /// Reads one message's length; a length over `limit` resets the stream with

@@ -16,7 +16,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use iroh::endpoint::{presets, Connection, ConnectionError, QuicTransportConfig};
+use iroh::endpoint::{
+    presets, Connection, ConnectionError, QuicTransportConfig, RecvStream, SendStream,
+};
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey};
 
 use crate::access::Access;
@@ -249,6 +251,27 @@ impl Transport {
         {
             conns.remove(&(*peer, alpn));
         }
+    }
+
+    /// Opens a new bi-directional stream to `peer` on `alpn`, for a protocol that streams
+    /// rather than exchanging one request and one answer.
+    pub async fn open_stream(
+        &self,
+        peer: &PeerAddr,
+        alpn: &'static [u8],
+    ) -> Result<(SendStream, RecvStream), TransportError> {
+        let conn = self.connection(peer, alpn).await?;
+        conn.open_bi().await.map_err(|e| {
+            self.evict(&peer.id, alpn, &conn);
+            let reason = match not_admitted(&conn) {
+                Some(why) => format!("the peer refused this endpoint at connection: {why}"),
+                None => e.to_string(),
+            };
+            TransportError::Unreachable {
+                peer: peer.id.fmt_short().to_string(),
+                reason,
+            }
+        })
     }
 
     /// Sends one request on a new stream and waits up to `timeout` for the answer.

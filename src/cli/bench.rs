@@ -108,6 +108,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(0..=MAX_WARMUP_S))]
     warmup: u64,
+    /// Skip the preload of get and mixed: the keys are there already (from an earlier
+    /// run with the same --keys, --prefix and --value-size); a missing key fails the run.
+    #[arg(long)]
+    preloaded: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -158,7 +162,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     check_prefix_count(args.prefixes.len())?;
     let target = Target::connect(args.target, &args.endpoint, args.clients as usize).await?;
     let value = vec![b'x'; args.value_size as usize];
-    if matches!(args.op, BenchOp::Get | BenchOp::Mixed) {
+    if matches!(args.op, BenchOp::Get | BenchOp::Mixed) && !args.preloaded {
         eprintln!(
             "preloading {} keys of {} bytes (not timed)...",
             args.keys,

@@ -150,8 +150,13 @@ async fn a_wiped_node_re_added_catches_up_through_a_snapshot() {
     };
     let mut t = support::start_cluster_with(3, raft).await;
     let mut expected = BTreeMap::new();
+    // Values large enough that the snapshot (keys and the kept feed, several MB) streams
+    // through many buffers.
     for i in 0..80 {
-        let (key, value) = (format!("snap/{i:02}"), format!("v{i}"));
+        let (key, value) = (
+            format!("snap/{i:02}"),
+            format!("v{i}-{}", "x".repeat(40_000)),
+        );
         t.client(1).put(&key, value.as_bytes()).await.unwrap();
         expected.insert(key, value);
     }
@@ -220,6 +225,12 @@ async fn a_wiped_node_re_added_catches_up_through_a_snapshot() {
         installed.exists(),
         "the re-added node must have installed a snapshot"
     );
+    let leftovers: Vec<_> = std::fs::read_dir(&t.cluster.config(victim).data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("snapshot.") && name != "snapshot.bin")
+        .collect();
+    assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
     t.cluster.shutdown().await;
 }
 

@@ -7,6 +7,7 @@
 //! - `cluster_faults`, `linearizability`, `process_kill`: clusters under leader kills,
 //!   restarts and partitions, in one process and as `aspen node` processes, checked by
 //!   `aspen-checker`.
+//! - `snapshots`: `aspen/snapshot/1` refusing bad snapshots from a member and strangers.
 //! - `router`, `router_linearizability`, `router_process`: the router in front of
 //!   several clusters.
 //! - `federation`, `federation_process`: regions replicating through iroh-docs.
@@ -31,5 +32,6 @@ mod process_kill;
 mod router;
 mod router_linearizability;
 mod router_process;
+mod snapshots;
 mod tls;
 mod watch;

@@ -126,6 +126,75 @@ pub async fn remove(
     .await
 }
 
+/// `POST /v1/cluster/snapshot`: builds a snapshot of this node now; its metadata.
+pub async fn build_snapshot(State(state): State<Arc<NodeBackend>>) -> HttpResult {
+    Ok(Json(state.service.build_snapshot().await?).into_response())
+}
+
+/// `GET /v1/cluster/snapshot`: this node's current snapshot file, streamed (a backup);
+/// its metadata in `aspen-snapshot-*` headers. 404 when the node has none yet.
+pub async fn download_snapshot(State(state): State<Arc<NodeBackend>>) -> HttpResult {
+    let opened = state
+        .service
+        .state_machine()
+        .open_current_snapshot()
+        .map_err(|e| {
+            HttpError::new(
+                ErrorCode::Internal,
+                format!("cannot open the snapshot: {e}"),
+            )
+        })?;
+    let Some((meta, file)) = opened else {
+        return Err(HttpError::new(
+            ErrorCode::NotFound,
+            "this node has no snapshot yet: POST /v1/cluster/snapshot builds one",
+        ));
+    };
+    let bytes = file.len().await.map_err(|e| {
+        HttpError::new(
+            ErrorCode::Internal,
+            format!("cannot read the snapshot: {e}"),
+        )
+    })?;
+    let info = crate::service::snapshot_info(&meta, bytes);
+    let body = axum::body::Body::from_stream(read_chunks(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, bytes.to_string()),
+            (
+                header::HeaderName::from_static("aspen-snapshot-id"),
+                info.snapshot_id,
+            ),
+            (
+                header::HeaderName::from_static("aspen-snapshot-last-log-index"),
+                info.last_log_index.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Bytes read from a snapshot file per chunk of a download.
+const DOWNLOAD_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The file's bytes as a stream of chunks, read as the client takes them.
+fn read_chunks(
+    file: crate::storage::snapshot::SnapshotFile,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+    futures::stream::try_unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; DOWNLOAD_CHUNK_BYTES];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some((Bytes::from(buf), file)))
+    })
+}
+
 /// `GET /healthz`: the process is alive and serving HTTP.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))

@@ -1,32 +1,29 @@
-//! The messages of `aspen/raft/2` and their encoding: openraft's three RPCs and their
-//! answers, behind the format version [`RAFT_FORMAT`] (see `aspen_api::codec`). openraft's
+//! The messages of `aspen/raft/2` and their encoding: openraft's AppendEntries and Vote
+//! RPCs and their answers (snapshots travel on `aspen/snapshot/1`), behind the format version [`RAFT_FORMAT`] (see `aspen_api::codec`). openraft's
 //! message types carry no shape-changing serde attributes (checked in its 0.9.25 sources),
 //! and the round-trip property test below covers every variant with arbitrary contents.
 
 use aspen_api::codec::{CodecError, Format};
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::raft_types::{NodeId, TypeConfig};
 
-/// Largest Raft message: a full AppendEntries batch or a snapshot chunk, with headroom.
+/// Largest Raft message: a full AppendEntries batch, with headroom.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The encoding of every `aspen/raft/2` message. Appending a variant to [`RaftRequest`] or
 /// [`RaftAnswer`] is compatible; any other change (openraft's types included) bumps it.
 /// Version 2: entries carry the leader's time (log entry format 2).
-pub const RAFT_FORMAT: Format = Format::new("aspen/raft/2 message", 2);
+/// Version 3: no InstallSnapshot chunks (snapshots go whole on `aspen/snapshot/1`).
+pub const RAFT_FORMAT: Format = Format::new("aspen/raft/2 message", 3);
 
 /// A Raft RPC.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
-    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
 }
 
 /// The answer to a [`RaftRequest`].
@@ -34,9 +31,6 @@ pub enum RaftRequest {
 pub enum RaftAnswer {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(
-        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
-    ),
     /// The request could not be decoded or was refused.
     Refused(String),
 }
@@ -53,14 +47,13 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecEr
 
 #[cfg(test)]
 mod tests {
-    use openraft::error::{Fatal, SnapshotMismatch};
-    use openraft::SnapshotSegmentId;
+    use openraft::error::Fatal;
     use proptest::collection::vec;
     use proptest::option;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::strategies::{entry, log_id, snapshot_meta, vote};
+    use crate::strategies::{entry, log_id, vote};
 
     fn request() -> impl Strategy<Value = RaftRequest> {
         let append = (
@@ -79,23 +72,7 @@ mod tests {
             });
         let vote_req = (vote(), option::of(log_id()))
             .prop_map(|(vote, last_log_id)| RaftRequest::Vote(VoteRequest { vote, last_log_id }));
-        let snapshot = (
-            vote(),
-            snapshot_meta(),
-            any::<u64>(),
-            vec(any::<u8>(), 0..32),
-            any::<bool>(),
-        )
-            .prop_map(|(vote, meta, offset, data, done)| {
-                RaftRequest::InstallSnapshot(InstallSnapshotRequest {
-                    vote,
-                    meta,
-                    offset,
-                    data,
-                    done,
-                })
-            });
-        prop_oneof![append, vote_req, snapshot]
+        prop_oneof![append, vote_req]
     }
 
     fn fatal() -> impl Strategy<Value = Fatal<NodeId>> {
@@ -137,28 +114,10 @@ mod tests {
             })
     }
 
-    fn snapshot_answer() -> impl Strategy<Value = RaftAnswer> {
-        let segment = || {
-            ("[0-9-]{0,8}", any::<u64>()).prop_map(|(id, offset)| SnapshotSegmentId { id, offset })
-        };
-        (0u8..3, vote(), segment(), segment(), fatal()).prop_map(
-            |(variant, vote, expect, got, fatal)| {
-                RaftAnswer::InstallSnapshot(match variant {
-                    0 => Ok(InstallSnapshotResponse { vote }),
-                    1 => Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
-                        SnapshotMismatch { expect, got },
-                    ))),
-                    _ => Err(RaftError::Fatal(fatal)),
-                })
-            },
-        )
-    }
-
     fn answer() -> impl Strategy<Value = RaftAnswer> {
         prop_oneof![
             append_answer(),
             vote_answer(),
-            snapshot_answer(),
             "\\PC{0,16}".prop_map(RaftAnswer::Refused),
         ]
     }

@@ -258,35 +258,51 @@ pub(crate) fn read_after(
     Ok(Ok(sets))
 }
 
-/// Every kept change set, for a snapshot.
-pub(crate) fn read_all(conn: &Connection) -> rusqlite::Result<Vec<ChangeSet>> {
-    let mut all = Vec::new();
+/// Calls `each` with every kept change set, in revision order, a page at a time (for a
+/// snapshot: memory holds one page, not the feed).
+pub(crate) fn for_each(
+    conn: &Connection,
+    mut each: impl FnMut(ChangeSet) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut after = 0;
     loop {
-        let page = read_after(conn, after, 0, 1024, usize::MAX)?.expect("no compaction bound");
+        let page = read_after(conn, after, 0, SNAPSHOT_PAGE_SETS, SNAPSHOT_PAGE_BYTES)
+            .map_err(std::io::Error::other)?
+            .expect("no compaction bound");
         let Some(last) = page.last() else {
-            return Ok(all);
+            return Ok(());
         };
         after = last.revision;
-        all.extend(page);
+        for set in page {
+            each(set)?;
+        }
     }
 }
 
-/// Replaces the whole feed with `sets` (installing a snapshot).
-pub(crate) fn replace_all(tx: &Transaction, sets: &[ChangeSet]) -> rusqlite::Result<()> {
+/// Change sets read at once while writing a snapshot.
+const SNAPSHOT_PAGE_SETS: usize = 1024;
+/// Bytes of keys and values read at once while writing a snapshot (a page may pass it by
+/// one change set).
+const SNAPSHOT_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Empties the feed (installing a snapshot, before [`insert_set`]s).
+pub(crate) fn clear(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM changes", [])?;
     tx.execute("DELETE FROM revisions", [])?;
-    for set in sets {
-        let mut writer = FeedWriter::new(tx, set.revision, set.time_ms);
-        for change in &set.changes {
-            match &change.kind {
-                ChangeKind::Put {
-                    value,
-                    create_revision,
-                    version,
-                } => writer.put(&change.key, value, *create_revision, *version)?,
-                ChangeKind::Delete => writer.delete(&change.key)?,
-            }
+    Ok(())
+}
+
+/// Records `set` as it was (installing a snapshot).
+pub(crate) fn insert_set(tx: &Transaction, set: &ChangeSet) -> rusqlite::Result<()> {
+    let mut writer = FeedWriter::new(tx, set.revision, set.time_ms);
+    for change in &set.changes {
+        match &change.kind {
+            ChangeKind::Put {
+                value,
+                create_revision,
+                version,
+            } => writer.put(&change.key, value, *create_revision, *version)?,
+            ChangeKind::Delete => writer.delete(&change.key)?,
         }
     }
     Ok(())

@@ -16,12 +16,13 @@ pub const LOG_ENTRY: Format = Format::new("log entry", 2);
 pub const LOG_META: Format = Format::new("log metadata", 1);
 /// The applied log id, membership and revision (`state.db`, table `sm_meta`).
 pub const STATE_META: Format = Format::new("state machine metadata", 1);
-/// The snapshot's data: what a leader sends a follower and `snapshot.bin` holds.
+/// A snapshot: what `snapshot.bin` holds and a leader streams to a follower, after
+/// [`SNAPSHOT_MAGIC`] (see `snapshot::stream`).
 /// Version 2: the time, the feed's compaction point and the change feed.
 /// Version 3: the leases and which keys hold them.
-pub const SNAPSHOT_DATA: Format = Format::new("snapshot data", 3);
-/// `snapshot.bin`: the snapshot's metadata and data.
-pub const SNAPSHOT_FILE: Format = Format::new("snapshot file", 1);
+/// Version 4: a stream of records (metadata, header, keys, change sets, leases, end),
+/// written and read one at a time; the file is the stream itself.
+pub const SNAPSHOT_DATA: Format = Format::new("snapshot data", 4);
 
 /// The schema version of `log.db` and `state.db`, in SQLite's `user_version`. Bump it
 /// when a table changes shape or a record format's version changes.
@@ -29,7 +30,7 @@ pub const SNAPSHOT_FILE: Format = Format::new("snapshot file", 1);
 /// Version 3: leases (`leases`, `kv.lease`).
 pub const DB_SCHEMA_VERSION: i64 = 3;
 
-/// First bytes of `snapshot.bin`, before [`SNAPSHOT_FILE`]'s encoding.
+/// First bytes of a snapshot, before [`SNAPSHOT_DATA`]'s version.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"ASPNSNAP";
 
 fn io_err(e: impl ToString) -> std::io::Error {

@@ -1,19 +1,23 @@
 //! Golden bytes and round trips of the on-disk formats, and the refusal of data written by
-//! another format version. A failure here means an encoding changed: if on purpose, bump
+//! another format version or damaged (a snapshot stream cut short, out of order, with a
+//! record over its limit). A failure here means an encoding changed: if on purpose, bump
 //! the format's version and update the bytes; if not, find what changed a type's shape.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use aspen_api::codec::hex;
 use aspen_api::feed::{ChangeKind, ChangeSet, KeyChange};
-use aspen_api::{Command, KvEntry};
+use aspen_api::Command;
 use openraft::{
     CommittedLeaderId, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership,
 };
 use proptest::prelude::*;
 
 use super::format::{self, LOG_ENTRY, SNAPSHOT_DATA};
-use super::snapshot::{self, SnapshotContent};
+use super::snapshot::stream::{
+    Header, Item, KeyRecord, LeaseRecord, StreamError, StreamReader, StreamWriter,
+};
+use super::snapshot::{self, Meta};
 use crate::raft_types::{Entry, MemberNode, Proposal};
 
 fn log_id(term: u64, node: u64, index: u64) -> LogId<u64> {
@@ -73,59 +77,227 @@ fn a_membership_log_entry_has_its_pinned_bytes() {
     assert_eq!(format::decode::<Entry>(LOG_ENTRY, &bytes).unwrap(), entry);
 }
 
-fn content() -> SnapshotContent {
-    SnapshotContent {
+fn snapshot_meta() -> Meta {
+    SnapshotMeta {
+        last_log_id: Some(log_id(2, 1, 9)),
+        last_membership: StoredMembership::new(Some(log_id(1, 1, 1)), membership()),
+        snapshot_id: "2-9-0".into(),
+    }
+}
+
+fn header() -> Header {
+    Header {
         revision: 5,
         time_ms: 1_700_000_000_000,
         feed_compacted: 3,
-        entries: vec![KvEntry {
+    }
+}
+
+fn items() -> Vec<Item> {
+    vec![
+        Item::Key(KeyRecord {
             key: "a/b".into(),
             value: b"x".to_vec(),
             create_revision: 2,
             mod_revision: 5,
             version: 3,
-        }],
-        changes: vec![
-            ChangeSet {
-                revision: 4,
-                time_ms: 1_699_999_999_000,
-                changes: vec![KeyChange {
-                    key: "gone".into(),
-                    kind: ChangeKind::Delete,
-                }],
-            },
-            ChangeSet {
-                revision: 5,
-                time_ms: 1_700_000_000_000,
-                changes: vec![KeyChange {
-                    key: "a/b".into(),
-                    kind: ChangeKind::Put {
-                        value: b"x".to_vec(),
-                        create_revision: 2,
-                        version: 3,
-                    },
-                }],
-            },
-        ],
-        leases: vec![(9, 10_000)],
-        attached: vec![("a/b".into(), 9)],
+            lease: Some(9),
+        }),
+        Item::Key(KeyRecord {
+            key: "c".into(),
+            value: vec![0, 255],
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            lease: None,
+        }),
+        Item::Change(ChangeSet {
+            revision: 4,
+            time_ms: 1_699_999_999_000,
+            changes: vec![KeyChange {
+                key: "gone".into(),
+                kind: ChangeKind::Delete,
+            }],
+        }),
+        Item::Change(ChangeSet {
+            revision: 5,
+            time_ms: 1_700_000_000_000,
+            changes: vec![KeyChange {
+                key: "a/b".into(),
+                kind: ChangeKind::Put {
+                    value: b"x".to_vec(),
+                    create_revision: 2,
+                    version: 3,
+                },
+            }],
+        }),
+        Item::Lease(LeaseRecord {
+            id: 9,
+            ttl_ms: 10_000,
+        }),
+    ]
+}
+
+/// The bytes of a snapshot stream of [`items`].
+pub(super) fn stream_bytes(items: &[Item]) -> Vec<u8> {
+    let mut writer = StreamWriter::start(Vec::new(), &snapshot_meta(), header()).unwrap();
+    for item in items.iter().cloned() {
+        match item {
+            Item::Key(k) => writer.key(k),
+            Item::Change(c) => writer.change(c),
+            Item::Lease(l) => writer.lease(l),
+        }
+        .unwrap();
+    }
+    writer.finish().unwrap()
+}
+
+/// Reads a whole stream back: metadata, header and items.
+fn read_back(bytes: &[u8]) -> Result<(Meta, Header, Vec<Item>), StreamError> {
+    let mut reader = StreamReader::open(bytes)?;
+    let mut items = Vec::new();
+    while let Some(item) = reader.next_item()? {
+        items.push(item);
+    }
+    Ok((reader.meta().clone(), reader.header(), items))
+}
+
+#[test]
+fn a_snapshot_stream_has_its_pinned_bytes_and_reads_back() {
+    let bytes = stream_bytes(&items());
+    assert_eq!(hex(&bytes), "4153504e534e415004240000000001020109010101010101010101026162010b3132372e302e302e313a3905322d392d3009000000010580d095ffbc31030c0000000203612f62017802050301090a0000000201630200ff010101000f000000030498c895ffbc310104676f6e650112000000030580d095ffbc310103612f620001780203040000000409904e0400000005020201");
+    let (meta, header, back) = read_back(&bytes).unwrap();
+    assert_eq!(meta, snapshot_meta());
+    assert_eq!(header, self::header());
+    assert_eq!(back, items());
+}
+
+#[test]
+fn a_snapshot_file_without_the_magic_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapshot.bin");
+    std::fs::write(&path, b"\x01\x02\x03").unwrap();
+    let err = snapshot::open_current(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("different Aspen version"), "{err}");
+    assert!(err.to_string().contains("snapshot.bin"), "{err}");
+    assert!(path.exists(), "an unknown file is left for the operator");
+}
+
+#[test]
+fn a_snapshot_of_an_older_format_is_removed_and_a_newer_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapshot.bin");
+    let mut bytes = stream_bytes(&items());
+    bytes[8] = SNAPSHOT_DATA.version - 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(snapshot::open_current(dir.path()).unwrap(), None);
+    assert!(!path.exists(), "the older snapshot is removed");
+
+    bytes[8] = SNAPSHOT_DATA.version + 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = snapshot::open_current(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("different Aspen version"), "{err}");
+    assert!(path.exists(), "a newer snapshot is never removed");
+
+    bytes[8] = SNAPSHOT_DATA.version;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(
+        snapshot::open_current(dir.path()).unwrap(),
+        Some(snapshot_meta())
+    );
+}
+
+#[test]
+fn a_snapshot_of_another_version_is_refused() {
+    let mut bytes = stream_bytes(&items());
+    bytes[8] = SNAPSHOT_DATA.version + 1;
+    let err = read_back(&bytes).unwrap_err();
+    assert!(
+        matches!(err, StreamError::Version { found, .. } if found == SNAPSHOT_DATA.version + 1),
+        "{err}"
+    );
+    assert!(err.to_string().contains("different Aspen version"), "{err}");
+}
+
+#[test]
+fn a_snapshot_cut_short_anywhere_is_refused_never_read_as_complete() {
+    let bytes = stream_bytes(&items());
+    for len in 0..bytes.len() {
+        let err = read_back(&bytes[..len]).expect_err("a cut stream was read as whole");
+        let expected = if len < 9 {
+            matches!(err, StreamError::Magic)
+        } else {
+            matches!(err, StreamError::Truncated { .. })
+        };
+        assert!(expected, "cut at {len}: {err}");
     }
 }
 
 #[test]
-fn snapshot_data_has_its_pinned_bytes() {
-    let bytes = snapshot::encode_content(&content());
-    assert_eq!(hex(&bytes), "030580d095ffbc31030103612f620178020503020498c895ffbc310104676f6e65010580d095ffbc310103612f6200017802030109904e0103612f6209");
-    let back = snapshot::decode_content(&bytes).unwrap();
-    let expected = content();
-    assert_eq!(
-        (back.revision, back.time_ms, back.feed_compacted),
-        (5, expected.time_ms, 3)
+fn a_snapshot_with_bytes_after_its_end_is_refused() {
+    let mut bytes = stream_bytes(&items());
+    bytes.push(0);
+    assert!(matches!(
+        read_back(&bytes).unwrap_err(),
+        StreamError::TrailingBytes
+    ));
+}
+
+#[test]
+fn a_snapshot_with_records_out_of_their_order_is_refused() {
+    let all = items();
+    // A key after a change set.
+    let swapped = vec![all[2].clone(), all[0].clone()];
+    let err = read_back(&stream_bytes(&swapped)).unwrap_err();
+    assert!(
+        matches!(err, StreamError::OutOfOrder { found: "key", .. }),
+        "{err}"
     );
-    assert_eq!(back.entries, expected.entries);
-    assert_eq!(back.changes, expected.changes);
-    assert_eq!(back.leases, expected.leases);
-    assert_eq!(back.attached, expected.attached);
+    // Keys not in increasing order.
+    let keys = vec![all[1].clone(), all[0].clone()];
+    let err = read_back(&stream_bytes(&keys)).unwrap_err();
+    assert!(err.to_string().contains("increasing order"), "{err}");
+    // The same change set twice.
+    let twice = vec![all[2].clone(), all[2].clone()];
+    let err = read_back(&stream_bytes(&twice)).unwrap_err();
+    assert!(err.to_string().contains("revision order"), "{err}");
+}
+
+#[test]
+fn a_snapshot_whose_end_counts_differ_from_its_records_is_refused() {
+    let all = items();
+    let mut bytes = stream_bytes(&all);
+    // The end record is last: its counts are the final three one-byte varints.
+    let n = bytes.len();
+    bytes[n - 3] += 1;
+    let err = read_back(&bytes).unwrap_err();
+    assert!(matches!(err, StreamError::Counts { .. }), "{err}");
+}
+
+#[test]
+fn a_snapshot_record_over_the_limit_is_refused_before_it_is_read() {
+    use super::snapshot::stream::MAX_RECORD_BYTES;
+    let preamble_and_meta = {
+        let bytes = stream_bytes(&[]);
+        // Magic, version, then the metadata record: its length and bytes.
+        let len = u32::from_le_bytes(bytes[9..13].try_into().unwrap()) as usize;
+        bytes[..13 + len].to_vec()
+    };
+    for (declared, refused) in [(MAX_RECORD_BYTES, false), (MAX_RECORD_BYTES + 1, true)] {
+        let mut bytes = preamble_and_meta.clone();
+        bytes.extend((declared as u32).to_le_bytes());
+        // No body follows: at the limit the reader waits for it and finds the stream cut;
+        // over it, the length alone is refused.
+        let err = read_back(&bytes).unwrap_err();
+        assert_eq!(
+            matches!(err, StreamError::TooLarge { len, .. } if len == declared),
+            refused,
+            "declared {declared}: {err}"
+        );
+        if !refused {
+            assert!(matches!(err, StreamError::Truncated { .. }), "{err}");
+        }
+    }
 }
 
 #[test]
@@ -158,39 +330,6 @@ fn a_log_entry_of_lease_commands_has_its_pinned_bytes() {
     );
     let back: Entry = format::decode(LOG_ENTRY, &bytes).unwrap();
     assert_eq!(back, entry);
-}
-
-#[test]
-fn the_snapshot_file_has_its_pinned_bytes_and_loads_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let meta = SnapshotMeta {
-        last_log_id: Some(log_id(2, 1, 9)),
-        last_membership: StoredMembership::new(Some(log_id(1, 1, 1)), membership()),
-        snapshot_id: "2-9-0".into(),
-    };
-    let data = snapshot::encode_content(&content());
-    snapshot::save(dir.path(), &meta, &data).unwrap();
-    let bytes = std::fs::read(dir.path().join("snapshot.bin")).unwrap();
-    assert_eq!(hex(&bytes), "4153504e534e41500101020109010101010101010101026162010b3132372e302e302e313a3905322d392d303d030580d095ffbc31030103612f620178020503020498c895ffbc310104676f6e65010580d095ffbc310103612f6200017802030109904e0103612f6209");
-    let (back_meta, back_data) = snapshot::load(dir.path()).unwrap().unwrap();
-    assert_eq!(back_meta, meta);
-    assert_eq!(back_data, data);
-}
-
-#[test]
-fn a_snapshot_file_without_the_magic_is_refused_with_a_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("snapshot.bin"), b"\x01\x02\x03").unwrap();
-    let err = snapshot::load(dir.path()).unwrap_err();
-    assert!(err.to_string().contains("different Aspen version"), "{err}");
-}
-
-#[test]
-fn snapshot_data_of_another_version_is_refused() {
-    let mut bytes = snapshot::encode_content(&content());
-    bytes[0] = SNAPSHOT_DATA.version + 1;
-    let err = snapshot::decode_content(&bytes).unwrap_err();
-    assert!(err.to_string().contains("format version"), "{err}");
 }
 
 #[test]

@@ -57,19 +57,6 @@ pub(crate) fn keys(conn: &Connection, lease: u64) -> rusqlite::Result<Vec<String
     rows.collect()
 }
 
-/// Every key that has a lease, with it (for snapshots).
-pub(crate) fn attached(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT key, lease FROM kv WHERE lease IS NOT NULL ORDER BY key")?;
-    let rows = stmt.query_map([], |r| {
-        let key: Vec<u8> = r.get(0)?;
-        let key =
-            String::from_utf8(key).map_err(|e| rusqlite::Error::Utf8Error(0, e.utf8_error()))?;
-        Ok((key, r.get::<_, i64>(1)? as u64))
-    })?;
-    rows.collect()
-}
-
 /// Grants `lease`: refused if the number is taken or the cluster holds [`MAX_LEASES`].
 pub(crate) fn grant(
     tx: &Transaction,

@@ -1,112 +1,261 @@
 //! Snapshots: the whole key space (with the leases and the kept change feed) at one log
-//! index, as one file.
+//! index, as one file of records ([`stream`]) that is written, sent and installed one
+//! record at a time, so a node's memory during a snapshot does not grow with the data.
 //!
-//! A snapshot is built from a read transaction on `state.db` (a consistent view while
-//! applies go on) and kept as `snapshot.bin` in the data dir, written to a temporary file,
-//! fsynced and renamed into place, so a crash leaves either the old or the new snapshot.
-//! The same bytes are what a leader streams to a follower that is too far behind.
+//! The current snapshot is `snapshot.bin` in the data dir. A new one is written under a
+//! temporary name (`snapshot.building-N` when built here, `snapshot.incoming-N` when
+//! received from the leader), fsynced, and renamed into place, so a crash leaves either
+//! the old or the new snapshot, never a mix; leftovers of a crash are removed when the
+//! state machine opens. A newer snapshot is never replaced by an older one (a build and an
+//! install can finish in either order). The file's bytes are exactly what a leader sends a
+//! follower (`aspen/snapshot/1`).
 
-use std::io::Write;
+pub mod stream;
+
+use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use aspen_api::feed::ChangeSet;
-use aspen_api::KvEntry;
 use openraft::SnapshotMeta;
-use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
-use super::format::{self, SNAPSHOT_DATA, SNAPSHOT_FILE, SNAPSHOT_MAGIC};
 use crate::raft_types::{MemberNode, NodeId};
-
-/// File name of the current snapshot inside the data dir.
-const SNAPSHOT_FILE_NAME: &str = "snapshot.bin";
-
-/// The snapshot's data: the applied position, every key and the kept change feed.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SnapshotContent {
-    /// The cluster revision the snapshot's state had reached.
-    pub revision: u64,
-    /// The time of the latest applied proposal, ms since the Unix epoch.
-    pub time_ms: u64,
-    /// The revision the change feed is compacted through.
-    pub feed_compacted: u64,
-    /// All entries, in key order.
-    pub entries: Vec<KvEntry>,
-    /// The change feed after `feed_compacted`, in revision order.
-    pub changes: Vec<ChangeSet>,
-    /// Every lease: number and TTL in ms.
-    pub leases: Vec<(u64, u64)>,
-    /// Every key that holds a lease, with it, in key order.
-    pub attached: Vec<(String, u64)>,
-}
-
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct SnapshotFile {
-    meta: SnapshotMeta<NodeId, MemberNode>,
-    data: Vec<u8>,
-}
-
-fn path(dir: &Path) -> PathBuf {
-    dir.join(SNAPSHOT_FILE_NAME)
-}
-
-/// Encodes snapshot content.
-pub fn encode_content(content: &SnapshotContent) -> Vec<u8> {
-    SNAPSHOT_DATA.encode(content)
-}
-
-/// Decodes snapshot content.
-pub fn decode_content(bytes: &[u8]) -> std::io::Result<SnapshotContent> {
-    format::decode(SNAPSHOT_DATA, bytes)
-}
-
-/// The bytes of `snapshot.bin`: the magic, then the file's versioned encoding.
-fn encode_file(file: &SnapshotFile) -> Vec<u8> {
-    let mut bytes = SNAPSHOT_MAGIC.to_vec();
-    bytes.extend(SNAPSHOT_FILE.encode(file));
-    bytes
-}
-
-fn decode_file(bytes: &[u8]) -> std::io::Result<SnapshotFile> {
-    let body = bytes.strip_prefix(SNAPSHOT_MAGIC).ok_or_else(|| {
-        std::io::Error::other(
-            "snapshot.bin does not start with Aspen's snapshot magic: it was written by a              different Aspen version (or is not a snapshot); move it away to start without it",
-        )
-    })?;
-    format::decode(SNAPSHOT_FILE, body)
-}
-
-/// Saves a snapshot atomically, replacing the previous one.
-pub fn save(
-    dir: &Path,
-    meta: &SnapshotMeta<NodeId, MemberNode>,
-    data: &[u8],
-) -> std::io::Result<()> {
-    let file = SnapshotFile {
-        meta: meta.clone(),
-        data: data.to_vec(),
-    };
-    let bytes = encode_file(&file);
-    let tmp = dir.join(format!("{SNAPSHOT_FILE_NAME}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path(dir))?;
-    std::fs::File::open(dir)?.sync_all()
-}
 
 /// A snapshot's metadata.
 pub type Meta = SnapshotMeta<NodeId, MemberNode>;
 
-/// Loads the current snapshot (metadata and data), if one was saved.
-pub fn load(dir: &Path) -> std::io::Result<Option<(Meta, Vec<u8>)>> {
-    match std::fs::read(path(dir)) {
-        Ok(bytes) => {
-            let file = decode_file(&bytes)?;
-            Ok(Some((file.meta, file.data)))
+/// File name of the current snapshot inside the data dir.
+pub const SNAPSHOT_FILE_NAME: &str = "snapshot.bin";
+/// Prefix of a snapshot being built here.
+const BUILDING_PREFIX: &str = "snapshot.building-";
+/// Prefix of a snapshot being received from a leader.
+const INCOMING_PREFIX: &str = "snapshot.incoming-";
+
+/// The current snapshot's path in `dir`.
+pub fn current_path(dir: &Path) -> PathBuf {
+    dir.join(SNAPSHOT_FILE_NAME)
+}
+
+/// A temporary path for a snapshot being built, unique by `seq`.
+pub(crate) fn building_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{BUILDING_PREFIX}{seq}"))
+}
+
+/// Removes what a crash left of snapshots being built or received.
+pub(crate) fn remove_leftovers(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // `snapshot.bin.tmp` is what earlier versions wrote before renaming.
+        if name.starts_with(BUILDING_PREFIX)
+            || name.starts_with(INCOMING_PREFIX)
+            || name == "snapshot.bin.tmp"
+        {
+            std::fs::remove_file(entry.path())?;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    }
+    Ok(())
+}
+
+/// Reads the metadata at the start of the snapshot file at `path`.
+pub fn read_meta(path: &Path) -> Result<Meta, stream::StreamError> {
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    Ok(stream::StreamReader::open(file)?.meta().clone())
+}
+
+/// The metadata of the current snapshot in `dir`, if there is one. A snapshot written in
+/// an older format is removed (logged): `state.db` holds all it held and more, and openraft
+/// builds a new one from it when the log needs one. Any other unreadable snapshot is an
+/// error naming the file.
+pub(crate) fn open_current(dir: &Path) -> std::io::Result<Option<Meta>> {
+    let path = current_path(dir);
+    match read_meta(&path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(stream::StreamError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(stream::StreamError::Version { found, expected }) if found < expected => {
+            tracing::warn!(
+                path = %path.display(),
+                found,
+                expected,
+                "removing a snapshot of an older format; a new one is built from state.db when needed"
+            );
+            std::fs::remove_file(&path)?;
+            sync_dir(dir)?;
+            Ok(None)
+        }
+        Err(e) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}; move it away to start without it", path.display()),
+        )),
+    }
+}
+
+/// Reads the whole snapshot stream at `path` and checks that it is complete and
+/// well-formed and that its metadata is `meta`, before anything of it is installed: a
+/// damaged stream is then refused as such, instead of failing the install (a storage
+/// error, which stops the node's Raft).
+pub fn verify(path: &Path, meta: &Meta) -> std::io::Result<()> {
+    let file = std::io::BufReader::with_capacity(1024 * 1024, std::fs::File::open(path)?);
+    let mut reader = stream::StreamReader::open(file)?;
+    if reader.meta() != meta {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the snapshot's bytes are of snapshot {}, not {} as announced",
+                reader.meta().snapshot_id,
+                meta.snapshot_id
+            ),
+        ));
+    }
+    while reader.next_item()?.is_some() {}
+    Ok(())
+}
+
+/// Fsyncs `dir`, making renames and creations in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Makes the finished, fsynced snapshot at `from` (with metadata `meta`) the current one,
+/// unless the current one is newer; `from` is gone either way. `current` is the metadata
+/// of the current snapshot, kept by the caller under a lock that serializes this call.
+pub(crate) fn make_current(
+    dir: &Path,
+    from: &Path,
+    meta: &Meta,
+    current: &mut Option<Meta>,
+) -> std::io::Result<()> {
+    if current
+        .as_ref()
+        .is_some_and(|c| c.last_log_id > meta.last_log_id)
+    {
+        std::fs::remove_file(from)?;
+        return Ok(());
+    }
+    std::fs::rename(from, current_path(dir))?;
+    sync_dir(dir)?;
+    *current = Some(meta.clone());
+    Ok(())
+}
+
+/// A snapshot's bytes in a file: what openraft reads a snapshot from to send it, and
+/// what a received snapshot is written to. A temporary file (one being received) is
+/// removed when dropped unless it was installed.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    file: tokio::fs::File,
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl SnapshotFile {
+    /// Opens the snapshot file at `path` for reading.
+    pub async fn open(path: PathBuf) -> std::io::Result<SnapshotFile> {
+        let file = tokio::fs::File::open(&path).await?;
+        Ok(SnapshotFile {
+            file,
+            path,
+            temporary: false,
+        })
+    }
+
+    /// Opens an already opened file (the handle stays valid when the path is renamed).
+    pub(crate) fn from_std(file: std::fs::File, path: PathBuf) -> SnapshotFile {
+        SnapshotFile {
+            file: tokio::fs::File::from_std(file),
+            path,
+            temporary: false,
+        }
+    }
+
+    /// Creates an empty temporary file in `dir` to receive a snapshot into, unique by
+    /// `seq`.
+    pub async fn create_incoming(dir: &Path, seq: u64) -> std::io::Result<SnapshotFile> {
+        let path = dir.join(format!("{INCOMING_PREFIX}{seq}"));
+        let file = tokio::fs::File::create(&path).await?;
+        Ok(SnapshotFile {
+            file,
+            path,
+            temporary: true,
+        })
+    }
+
+    /// Where the bytes are.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The size of the snapshot in bytes.
+    pub async fn len(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata().await?.len())
+    }
+
+    /// Flushes what was written and fsyncs it; gives back the path, which the caller now
+    /// owns (it is no longer removed on drop).
+    pub(crate) async fn finish_receiving(mut self) -> std::io::Result<PathBuf> {
+        use tokio::io::AsyncWriteExt;
+        self.file.flush().await?;
+        self.file.sync_all().await?;
+        self.temporary = false;
+        Ok(std::mem::take(&mut self.path))
+    }
+
+    /// Seeks to the start (for a reader that may have been used before).
+    pub async fn rewind(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncSeekExt;
+        self.file.seek(SeekFrom::Start(0)).await.map(|_| ())
+    }
+}
+
+impl Drop for SnapshotFile {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl AsyncRead for SnapshotFile {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SnapshotFile {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.file).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_shutdown(cx)
+    }
+}
+
+impl AsyncSeek for SnapshotFile {
+    fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
+        Pin::new(&mut self.file).start_seek(position)
+    }
+
+    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
+        Pin::new(&mut self.file).poll_complete(cx)
     }
 }

@@ -29,7 +29,9 @@ use crate::transport::{serve_streams, ReadBudget, Transport, TransportError, CLO
 pub use message::MAX_RAFT_MESSAGE_BYTES;
 use message::{decode, encode, RaftAnswer, RaftRequest};
 
-mod message;
+/// The messages and their decoding, public for the fuzz targets (`aspen-fuzz`) only.
+#[doc(hidden)]
+pub mod message;
 
 /// ALPN of the Raft protocol, version 2: each message framed with its length first.
 pub const RAFT_ALPN: &[u8] = b"aspen/raft/2";

@@ -45,7 +45,7 @@ pub fn http_body(data: &[u8]) {
     let exchange = send(request, guarded);
     check_answer(&exchange);
     if guarded {
-        check_grants(token, &exchange);
+        check_grants(token, route, &exchange);
     }
     if (200..300).contains(&exchange.status) {
         assert_eq!(exchange.seen.len(), 1, "one operation per request");

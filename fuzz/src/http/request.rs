@@ -87,7 +87,7 @@ pub fn http_request(data: &[u8]) {
     let exchange = send(request, guarded);
     check_answer(&exchange);
     if guarded {
-        check_grants(caller(authorization.as_deref()), &exchange);
+        check_grants(caller(authorization.as_deref()), uri.path(), &exchange);
     }
     if route.is_some() {
         check_route(&uri, prefix, suffix, &exchange);

@@ -214,6 +214,24 @@ mod tests {
     }
 
     #[test]
+    fn cluster_init_wait_is_bounded_at_both_ends() {
+        let parse = |wait: &str| {
+            Cli::try_parse_from([
+                "aspen",
+                "cluster",
+                "init",
+                "--wait",
+                wait,
+                "--ok-if-initialized",
+            ])
+        };
+        assert!(parse("0").is_ok());
+        assert!(parse("600").is_ok());
+        let err = parse("601").unwrap_err();
+        assert!(err.to_string().contains("--wait"), "{err}");
+    }
+
+    #[test]
     fn endpoint_is_accepted_after_the_kv_subcommand() {
         let cli = Cli::try_parse_from(["aspen", "kv", "get", "a", "--endpoint", "http://h:1"]);
         assert!(cli.is_ok(), "{cli:?}");

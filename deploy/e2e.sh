@@ -111,7 +111,7 @@ if [ ! -x "$aspen" ]; then
   (cd "$root" && cargo build --bin aspen)
 fi
 log "image $image from $aspen"
-"$root/deploy/image.sh" --binary "$aspen" --tag "$image"
+"$root/deploy/image.sh" --binary "$aspen" --tag "$image" --no-configure
 
 net="$(pick_net)"
 us_port="$(pick_port)"

@@ -7,6 +7,10 @@
 #   deploy/image.sh                       # static release binary, built here (10-15 min)
 #   deploy/image.sh --binary target/debug/aspen --tag aspen:dev   # an existing binary
 #
+# Built as aspen:local (the default), it then writes the compose project's configs with
+# deploy/compose/configure.sh (it keeps existing identities), so `docker compose up -d` in
+# deploy/compose is the one command left; --no-configure skips that.
+#
 # The image has the layout deploy/Dockerfile builds: /usr/local/bin/aspen as the
 # entrypoint, user aspen (10001) owning the data dir /var/lib/aspen, configs expected
 # under /etc/aspen, and nothing else (no shell).
@@ -14,21 +18,25 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: deploy/image.sh [--binary FILE] [--tag IMAGE]
+usage: deploy/image.sh [--binary FILE] [--tag IMAGE] [--no-configure]
   --binary FILE  put this aspen binary in the image instead of building the static
                  release binary (RUSTFLAGS="-C target-feature=+crt-static" cargo build
                  --release --target x86_64-unknown-linux-gnu --bin aspen)
   --tag IMAGE    the image's name (default: aspen:local)
+  --no-configure do not write deploy/compose's configs afterwards (done only for the
+                 default tag, aspen:local, which the compose project uses)
 EOF
 }
 
 root_dir="$(cd "$(dirname "$0")/.." && pwd)"
 binary=""
 tag=aspen:local
+configure=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary="$2"; shift 2 ;;
     --tag) tag="$2"; shift 2 ;;
+    --no-configure) configure=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "image.sh: unknown argument $1" >&2; usage >&2; exit 1 ;;
   esac
@@ -86,3 +94,9 @@ docker import \
   "$work/rootfs.tar" "$tag" >/dev/null
 size=$(docker image inspect "$tag" --format '{{.Size}}')
 echo "built $tag from $binary: $((size / 1024 / 1024)) MiB, $libs shared libraries"
+
+if [ "$configure" = 1 ] && [ "$tag" = aspen:local ]; then
+  echo "writing the compose project's configs (deploy/compose/configure.sh)"
+  "$root_dir/deploy/compose/configure.sh"
+  echo "ready: cd deploy/compose && docker compose up -d"
+fi

@@ -62,7 +62,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-deploy/image.sh --binary "$BIN" --tag "$image" >&2
+deploy/image.sh --binary "$BIN" --tag "$image" --no-configure >&2
 net=$(pick_net)
 us_port=$(pick_port)
 eu_port=$(pick_port)

@@ -21,6 +21,7 @@
 //!   writers, against Aspen or etcd.
 //! - [`token`]: `aspen token new`, a bearer token and its `[auth]` entry.
 //! - [`soak`]: `aspen soak`, a long linearizability check under injected faults.
+//! - [`e2e`]: `aspen e2e` (hidden), the checks of a deployment's end-to-end fault test.
 //! - [`endpoint`]: the shared `--endpoint` argument and client construction.
 //! - [`parse`]: parsers for `KEY=VALUE` style arguments.
 //! - [`render`]: human-readable printing of values, entries and key states.
@@ -29,6 +30,7 @@
 mod bench;
 mod cluster;
 mod dev;
+mod e2e;
 mod endpoint;
 mod fedbench;
 mod federation;
@@ -142,6 +144,11 @@ enum Command {
     BenchWatch(watchbench::WatchBenchArgs),
     /// Check linearizability for a long run under injected faults (in-process cluster).
     Soak(soak::SoakArgs),
+    /// The checks of a deployment's end-to-end fault test (deploy/e2e.sh): wait until it
+    /// is ready, find a leader, drive a recorded workload through its routers and check
+    /// the history, the acknowledged writes and every replica.
+    #[command(hide = true)]
+    E2e(e2e::E2eArgs),
 }
 
 impl Cli {
@@ -174,6 +181,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::BenchFederation(args) => fedbench::run(args).await,
         Command::BenchWatch(args) => watchbench::run(args).await,
         Command::Soak(args) => soak::run(args).await,
+        Command::E2e(args) => e2e::run(args).await,
     }
 }
 
@@ -219,6 +227,68 @@ mod tests {
         let err =
             Cli::try_parse_from(["aspen", "bench", "--op", "put", "--clients", "0"]).unwrap_err();
         assert!(err.to_string().contains("--clients"), "{err}");
+    }
+
+    #[test]
+    fn cluster_init_wait_is_bounded_at_both_ends() {
+        let parse = |wait: &str| {
+            Cli::try_parse_from([
+                "aspen",
+                "cluster",
+                "init",
+                "--wait",
+                wait,
+                "--ok-if-initialized",
+            ])
+        };
+        assert!(parse("0").is_ok());
+        assert!(parse("600").is_ok());
+        let err = parse("601").unwrap_err();
+        assert!(err.to_string().contains("--wait"), "{err}");
+    }
+
+    #[test]
+    fn e2e_run_limits_are_checked_at_their_bounds() {
+        let parse = |flag: &str, value: &str| {
+            Cli::try_parse_from([
+                "aspen",
+                "e2e",
+                "run",
+                "--endpoint",
+                "http://r",
+                "--prefix",
+                "p/",
+                flag,
+                value,
+            ])
+        };
+        for (flag, ok, too_many) in [
+            ("--writers", "64", "65"),
+            ("--clients", "256", "257"),
+            ("--duration", "5", "4"),
+            ("--converge-timeout", "3600", "3601"),
+        ] {
+            assert!(parse(flag, ok).is_ok(), "{flag} {ok}");
+            let err = parse(flag, too_many).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+    }
+
+    #[test]
+    fn e2e_run_router_configs_need_an_identity() {
+        let err = Cli::try_parse_from([
+            "aspen",
+            "e2e",
+            "run",
+            "--endpoint",
+            "http://r",
+            "--prefix",
+            "p/",
+            "--router-config",
+            "r.toml",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--identity"), "{err}");
     }
 
     #[test]

@@ -13,9 +13,66 @@
 //!    a format's types bumps its version, so old bytes are refused with
 //!    [`CodecError::Version`] instead of being misread. Golden-byte tests next to each
 //!    format pin its encoding, so an accidental change fails a test.
+//!
+//! Decoding is recursive, so a type that holds itself (a batch of requests, a leased
+//! command) could be nested as deep as a message is long and overflow the decoding
+//! thread's stack, which aborts the process. Such fields decode through [`nested`], which
+//! refuses more than [`MAX_DECODE_NESTING`] levels.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use std::cell::Cell;
+
+use serde::de::{DeserializeOwned, Deserializer, Error as _};
+use serde::{Deserialize, Serialize};
+
+/// Most self-holding fields a decoded value may pass through on the way down (see
+/// [`nested`]). The deepest valid value is a batch holding a leased write (two levels);
+/// anything deeper is refused by validation anyway. Without a bound, a 16 MiB message of
+/// two-byte batch headers nests eight million levels deep, far past any thread's stack.
+pub const MAX_DECODE_NESTING: u32 = 2;
+
+thread_local! {
+    /// The self-holding fields the value being decoded on this thread is inside of.
+    static NESTING: Cell<u32> = const { Cell::new(0) };
+    /// Whether [`nested`] refused a field since [`Format::decode`] began, so that decode
+    /// reports [`CodecError::TooDeep`] (postcard's errors carry no message).
+    static TOO_DEEP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// One level of [`NESTING`], given back when dropped (also when decoding fails).
+struct Level;
+
+impl Level {
+    fn enter() -> Option<Level> {
+        NESTING.with(|depth| {
+            let level = depth.get();
+            (level < MAX_DECODE_NESTING).then(|| {
+                depth.set(level + 1);
+                Level
+            })
+        })
+    }
+}
+
+impl Drop for Level {
+    fn drop(&mut self) {
+        NESTING.with(|depth| depth.set(depth.get() - 1));
+    }
+}
+
+/// `deserialize_with` for a field through which a type holds itself: decodes it as
+/// usual, unless that would nest more than [`MAX_DECODE_NESTING`] such fields. It reads
+/// the same bytes as the plain field, so it does not change the encoding.
+pub fn nested<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let Some(_level) = Level::enter() else {
+        TOO_DEEP.with(|deep| deep.set(true));
+        return Err(D::Error::custom("nested too deep"));
+    };
+    T::deserialize(deserializer)
+}
 
 /// One encoded format: a name for errors and the version byte that leads every message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +104,10 @@ pub enum CodecError {
         found: u8,
         expected: u8,
     },
+    /// The value nests batches or leased commands deeper than [`MAX_DECODE_NESTING`]
+    /// (no valid value does): refused before decoding it could overflow the stack.
+    #[error("malformed {format}: batches or leased commands nested more than {max} levels deep")]
+    TooDeep { format: &'static str, max: u32 },
     /// The bytes are not a valid value of the format.
     #[error("malformed {format}: {source}")]
     Malformed {
@@ -104,7 +165,17 @@ impl Format {
             format: self.name,
             source,
         };
-        let (value, rest) = postcard::take_from_bytes(body).map_err(malformed)?;
+        TOO_DEEP.with(|deep| deep.set(false));
+        let (value, rest) = postcard::take_from_bytes(body).map_err(|source| {
+            if TOO_DEEP.with(Cell::get) {
+                CodecError::TooDeep {
+                    format: self.name,
+                    max: MAX_DECODE_NESTING,
+                }
+            } else {
+                malformed(source)
+            }
+        })?;
         if !rest.is_empty() {
             return Err(malformed(postcard::Error::DeserializeBadEncoding));
         }

@@ -103,6 +103,7 @@ pub enum Command {
     Leased {
         cluster: String,
         attach: Vec<(String, u64)>,
+        #[serde(deserialize_with = "crate::codec::nested")]
         command: Box<Command>,
     },
 }

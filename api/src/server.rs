@@ -532,6 +532,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_blocking_read_past_the_largest_revision_is_answered_not_a_panic() {
+        let answer = ReadAnswer {
+            result: ReadResult::Get(Some(entry("k"))),
+            clusters: AnswerClusters::One("us-1".into()),
+            freshness: Some(FRESH),
+            next: None,
+        };
+        let (url, backend) = start(answer).await;
+        // The index a fuzz run found: one more than it overflowed a u64.
+        let (status, _, body) = get(&format!("{url}/v1/kv/k?index={}&wait=0s", u64::MAX)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(*backend.observed.lock().unwrap(), vec![("get", 200)]);
+    }
+
+    #[tokio::test]
     async fn a_write_names_the_cluster_the_backend_says_applied_it() {
         let answer = ReadAnswer {
             result: ReadResult::Get(None),

@@ -79,4 +79,6 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, WireError> {
 #[cfg(test)]
 mod golden;
 #[cfg(test)]
+mod nesting;
+#[cfg(test)]
 mod roundtrip;

@@ -6,7 +6,8 @@
 //! failed precondition is recorded with its result; an error that says nothing was
 //! applied (4xx, `no_leader`, `cluster_unavailable`, connection refused) is not recorded;
 //! anything else (timeout, broken connection, 5xx) is recorded as [`Output::Unknown`],
-//! since a write may or may not have taken effect.
+//! since a write may or may not have taken effect. After either kind of failure the client
+//! pauses ([`FAILURE_PAUSE`]) and moves to the next endpoint.
 
 use std::time::Duration;
 
@@ -21,6 +22,14 @@ use crate::model::{Input, Output};
 /// Most concurrent clients of one workload: each is a task holding a connection.
 pub const MAX_WORKLOAD_CLIENTS: usize = 256;
 
+/// How long a client waits after a failed request (refused, or of unknown outcome)
+/// before its next one, which goes to the next endpoint: the endpoint that failed is
+/// likely down, restarting or cut off, and asking again at once would spin (a port
+/// proxy in front of a stopped container fails each request within microseconds),
+/// filling the history with unknown outcomes that prove nothing. Short against an
+/// election (hundreds of ms), so the clients are back as soon as the cluster is.
+pub const FAILURE_PAUSE: Duration = Duration::from_millis(50);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct WorkloadSpec {
@@ -31,6 +40,10 @@ pub struct WorkloadSpec {
     pub clients: usize,
     /// Keys the clients share: few keys mean much contention, which is what finds bugs.
     pub keys: usize,
+    /// Where the keys live: key `i` is `key_prefixes[i % len]` followed by `i`, so a
+    /// deployment's keys can be spread over the clusters that own those prefixes. Empty:
+    /// every key under `lin/`.
+    pub key_prefixes: Vec<String>,
     /// How long clients keep issuing operations.
     pub duration: Duration,
     /// Per-request timeout; a request that takes longer is recorded as unknown.
@@ -70,15 +83,35 @@ enum Classified {
     Unknown,
 }
 
-fn classify_error(err: &ClientError) -> Classified {
+/// Whether a failed request certainly changed nothing, as the API promises for a 4xx
+/// answer, `no_leader`, `cluster_unavailable` and a refused connection. Anything else (a
+/// timeout, a broken connection, another 5xx) may or may not have been applied.
+pub fn nothing_applied(err: &ClientError) -> bool {
     match err {
-        ClientError::Api { status, body } => match body.error.code {
-            ErrorCode::NoLeader | ErrorCode::ClusterUnavailable => Classified::Refused,
-            _ if (400..500).contains(status) => Classified::Refused,
-            _ => Classified::Unknown,
-        },
-        ClientError::Transport { source, .. } if source.is_connect() => Classified::Refused,
-        _ => Classified::Unknown,
+        ClientError::Api { status, body } => {
+            matches!(
+                body.error.code,
+                ErrorCode::NoLeader | ErrorCode::ClusterUnavailable
+            ) || (400..500).contains(status)
+        }
+        ClientError::Transport { source, .. } => source.is_connect(),
+        _ => false,
+    }
+}
+
+fn classify_error(err: &ClientError) -> Classified {
+    if nothing_applied(err) {
+        Classified::Refused
+    } else {
+        Classified::Unknown
+    }
+}
+
+/// The name of key `i` of a workload over `prefixes` (empty: `lin/`).
+pub fn key_name(prefixes: &[String], i: usize) -> String {
+    match prefixes.len() {
+        0 => format!("lin/{i}"),
+        n => format!("{}{i}", prefixes[i % n]),
     }
 }
 
@@ -110,6 +143,7 @@ pub async fn run(spec: &WorkloadSpec) -> Result<(History, WorkloadStats), Worklo
             clients: clients.clone(),
             current: id % clients.len(),
             keys: spec.keys,
+            key_prefixes: spec.key_prefixes.clone(),
             recorder: recorder.clone(),
             rng: rand::rngs::StdRng::seed_from_u64(spec.seed.wrapping_add(id as u64)),
             stats: WorkloadStats::default(),
@@ -135,6 +169,7 @@ struct Worker {
     clients: Vec<AspenClient>,
     current: usize,
     keys: usize,
+    key_prefixes: Vec<String>,
     recorder: Recorder,
     rng: rand::rngs::StdRng,
     stats: WorkloadStats,
@@ -147,7 +182,7 @@ struct Worker {
 impl Worker {
     async fn run(mut self, deadline: tokio::time::Instant) -> Result<WorkloadStats, WorkloadError> {
         while tokio::time::Instant::now() < deadline {
-            let key = format!("lin/{}", self.rng.random_range(0..self.keys));
+            let key = key_name(&self.key_prefixes, self.rng.random_range(0..self.keys));
             let input = self.next_input(&key);
             let call_ns = self.recorder.now_ns();
             let classified = self.execute(&key, &input).await;
@@ -160,12 +195,12 @@ impl Worker {
                 }
                 Classified::Unknown => {
                     self.stats.unknown += 1;
+                    self.next_endpoint_after_failure().await;
                     Output::Unknown
                 }
                 Classified::Refused => {
                     self.stats.refused += 1;
-                    // Try another endpoint next: this one may be down or cut off.
-                    self.current = (self.current + 1) % self.clients.len();
+                    self.next_endpoint_after_failure().await;
                     continue;
                 }
             };
@@ -179,6 +214,13 @@ impl Worker {
             })?;
         }
         Ok(self.stats)
+    }
+
+    /// After a failed request: pause, then try another endpoint (this one may be down or
+    /// cut off).
+    async fn next_endpoint_after_failure(&mut self) {
+        self.current = (self.current + 1) % self.clients.len();
+        tokio::time::sleep(FAILURE_PAUSE).await;
     }
 
     /// A unique value per operation, so every read names the write it saw.
@@ -259,5 +301,22 @@ impl Worker {
             Ok(Err(())) => Classified::Unknown,
             Err(e) => classify_error(&e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_spread_over_the_prefixes_in_turn() {
+        let prefixes = vec!["a/".to_string(), "svc-b/a/".to_string()];
+        let names: Vec<String> = (0..4).map(|i| key_name(&prefixes, i)).collect();
+        assert_eq!(names, ["a/0", "svc-b/a/1", "a/2", "svc-b/a/3"]);
+    }
+
+    #[test]
+    fn without_prefixes_every_key_is_under_lin() {
+        assert_eq!(key_name(&[], 7), "lin/7");
     }
 }

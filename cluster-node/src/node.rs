@@ -136,7 +136,10 @@ pub struct Node {
     expiry_stop: tokio::sync::watch::Sender<bool>,
 }
 
-fn openraft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
+/// openraft's configuration from a node's config, validated by openraft; public for the
+/// config fuzz target (`aspen-fuzz`), which checks every accepted config passes it.
+#[doc(hidden)]
+pub fn openraft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
     let r = &config.raft;
     openraft::Config {
         cluster_name: config.cluster.clone(),

@@ -35,7 +35,9 @@ pub use message::MAX_RAFT_MESSAGE_BYTES;
 use message::{decode, encode, RaftAnswer, RaftRequest};
 pub use snapshot::{SnapshotProtocol, SNAPSHOT_ALPN};
 
-mod message;
+/// The messages and their decoding, public for the fuzz targets (`aspen-fuzz`) only.
+#[doc(hidden)]
+pub mod message;
 pub mod snapshot;
 
 /// ALPN of the Raft protocol, version 2: each message framed with its length first.

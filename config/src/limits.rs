@@ -16,6 +16,12 @@ pub const MAX_CLUSTER_PEERS: usize = MAX_CLUSTER_NODES - 1;
 /// see late heartbeats as a dead leader, and the traffic buys no faster failover.
 pub const MIN_HEARTBEAT_INTERVAL_MS: u64 = 10;
 
+/// Longest Raft election timeout (`election_timeout_max_ms`), in milliseconds. After a
+/// leader dies its cluster refuses writes for up to this long, so over a minute is never
+/// what an operator wants; the bound also keeps what nodes derive from it (the shortest
+/// lease, 1.5 election timeouts, and timer deadlines) far from overflowing.
+pub const MAX_ELECTION_TIMEOUT_MS: u64 = 60_000;
+
 /// Most log entries one AppendEntries RPC may carry. A follower appends and fsyncs a batch
 /// in one go and a heartbeat queued behind it waits; 4096 small KV entries is a few MiB,
 /// enough for a lagging follower to catch up quickly without starving heartbeats.

@@ -1,14 +1,21 @@
 //! `aspen cluster`: a node's view of its cluster (`status`) and membership changes
 //! (`init`, `add-learner`, `promote`, `remove`). Membership changes are forwarded to the
 //! leader by the node, so any member's endpoint will do. Output is a table of members, or
-//! with `--json` the API's answer.
+//! with `--json` the API's answer. `init --wait SECS --ok-if-initialized` waits for a
+//! node that is still starting and leaves an initialized cluster alone, so a deployment
+//! (a compose project's init job, a systemd oneshot) can run it on every start.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use aspen_api::admin::{AddLearnerRequest, InitRequest, MemberStatus, NodeStatus, RouterStatus};
+use aspen_api::admin::{
+    AddLearnerRequest, InitRequest, MemberStatus, MembershipResponse, NodeStatus, RouterStatus,
+};
 use aspen_api::client::AnyStatus;
+use aspen_api::{AspenClient, ClientError};
 use clap::{Args, Subcommand};
+use tokio::time::Instant;
 
 use super::endpoint::{explain, EndpointArgs};
 use super::parse;
@@ -16,6 +23,14 @@ use super::render;
 
 /// Characters of an endpoint id shown in tables; enough to tell members apart.
 const SHORT_ID_CHARS: usize = 10;
+
+/// Longest `init --wait`, in seconds: a node that has not come up within 10 minutes of
+/// its init job will not come up by waiting longer; a container or unit starting on a
+/// slow, busy host needs well under a minute.
+const MAX_INIT_WAIT_SECS: u64 = 600;
+
+/// How often `init --wait` asks again whether the node answers.
+const INIT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Arguments of `aspen cluster`.
 #[derive(Debug, Args)]
@@ -42,6 +57,16 @@ enum ClusterCommand {
         /// be configured peers. Default: this node and every configured peer.
         #[arg(long, value_name = "IDS", value_delimiter = ',')]
         members: Vec<u64>,
+        /// Wait up to this many seconds for the node to answer (it may still be
+        /// starting, as in a container started at the same time), instead of failing
+        /// at once when nothing listens.
+        #[arg(long, value_name = "SECS", default_value_t = 0,
+              value_parser = clap::value_parser!(u64).range(0..=MAX_INIT_WAIT_SECS))]
+        wait: u64,
+        /// Succeed without changing anything when the cluster is already initialized,
+        /// so a deployment can run the same init job on every start.
+        #[arg(long)]
+        ok_if_initialized: bool,
     },
     /// Add a node as a learner: it receives the log but does not vote yet.
     AddLearner {
@@ -82,7 +107,37 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        ClusterCommand::Init { members } => client.cluster_init(&InitRequest { members }).await,
+        ClusterCommand::Init {
+            members,
+            wait,
+            ok_if_initialized,
+        } => {
+            if wait > 0 || ok_if_initialized {
+                let deadline = Instant::now() + Duration::from_secs(wait);
+                let status = status_when_up(&client, deadline)
+                    .await
+                    .map_err(|e| explain(e, &client))?;
+                if ok_if_initialized && status.initialized {
+                    let note = format!(
+                        "cluster {:?} is already initialized; nothing changed",
+                        status.cluster
+                    );
+                    // stdout carries only the JSON answer with --json.
+                    if args.json {
+                        eprintln!("{note}");
+                    } else {
+                        println!("{note}");
+                    }
+                    return finish_membership(
+                        MembershipResponse {
+                            members: status.members,
+                        },
+                        args.json,
+                    );
+                }
+            }
+            client.cluster_init(&InitRequest { members }).await
+        }
         ClusterCommand::AddLearner {
             node_id,
             endpoint_id,
@@ -101,7 +156,12 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         ClusterCommand::Remove { node_id } => client.cluster_remove(node_id).await,
     };
     let answer = answer.map_err(|e| explain(e, &client))?;
-    if args.json {
+    finish_membership(answer, args.json)
+}
+
+/// Prints the membership a change left (a table, or with `--json` the API's answer).
+fn finish_membership(answer: MembershipResponse, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
         render::json(&answer)?;
     } else {
         println!("membership is now:");
@@ -111,6 +171,25 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The node's status, asking again while nothing listens at its address until
+/// `deadline`: a node started at the same moment as its init job binds its port a little
+/// later.
+async fn status_when_up(
+    client: &AspenClient,
+    deadline: Instant,
+) -> Result<NodeStatus, ClientError> {
+    loop {
+        match client.status().await {
+            Err(ClientError::Transport { source, .. })
+                if source.is_connect() && Instant::now() + INIT_POLL_INTERVAL < deadline =>
+            {
+                tokio::time::sleep(INIT_POLL_INTERVAL).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn print_status(status: &NodeStatus) {

@@ -76,6 +76,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
         endpoints: (1..=3).map(|id| cluster.url(id)).collect(),
         clients: args.clients,
         keys: args.keys as usize,
+        key_prefixes: Vec::new(),
         duration,
         request_timeout: Duration::from_secs(15),
         seed: args.seed,

@@ -2,7 +2,9 @@
 //! cluster: output piped into a reader that goes away (`aspen kv get k | head -c 10`)
 //! ends the command quietly instead of with a panic; `aspen lock` gives mutual exclusion
 //! to processes, frees a killed holder's lock after its TTL, and kills its command (with
-//! the command's children) when it loses its lease.
+//! the command's children) when it loses its lease; `aspen cluster init --wait
+//! --ok-if-initialized` waits for a node that starts after it and leaves a running cluster
+//! alone.
 
 use crate::support;
 
@@ -389,4 +391,101 @@ fn keygen_prints_an_endpoint_id_and_never_overwrites_the_key() {
     assert_eq!(again, id);
     assert!(said.contains("kept the existing key"), "{said}");
     assert_eq!(std::fs::read(&file).unwrap(), written);
+}
+
+/// Runs `aspen ARGS...` to its end: (success, stdout, stderr).
+fn aspen(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A deployment starts a cluster's init job with its nodes: `aspen cluster init --wait`
+/// started before its node still initializes it; run again with `--ok-if-initialized`
+/// (every start of the deployment) it succeeds and changes nothing, while a plain init of
+/// the running cluster is refused. With nothing ever listening, `--wait` gives up after
+/// its bound, not before and not never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_init_waits_for_its_node_and_leaves_an_initialized_cluster_alone() {
+    use support::process::{free_tcp_port, free_udp_port, write_identity, Proc};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node-1");
+    let endpoint_id = write_identity(&data);
+    let http = free_tcp_port();
+    let config = dir.path().join("node-1.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = 1\ncluster = \"init\"\ndata_dir = {data:?}\nhttp_addr = \"{http}\"\n\
+             iroh_bind_addr = \"{}\"\n",
+            free_udp_port()
+        ),
+    )
+    .unwrap();
+    let url = format!("http://{http}");
+    let init = Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(["cluster", "init", "--endpoint", &url, "--wait", "60"])
+        .arg("--ok-if-initialized")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut node = Proc {
+        id: 1,
+        endpoint_id,
+        config,
+        log: dir.path().join("node-1.log"),
+        http,
+        child: None,
+    };
+    node.spawn();
+    let out = tokio::task::spawn_blocking(move || init.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("membership is now"),
+        "{out:?}"
+    );
+    let status = aspen_api::AspenClient::new(&url).status().await.unwrap();
+    assert!(status.initialized, "{status:?}");
+
+    let (ok, stdout, stderr) = aspen(&[
+        "cluster",
+        "init",
+        "--endpoint",
+        &url,
+        "--wait",
+        "5",
+        "--ok-if-initialized",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("already initialized; nothing changed"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = aspen(&["cluster", "init", "--endpoint", &url]);
+    assert!(!ok, "a second plain init must be refused: {stdout}");
+    assert!(stderr.contains("cannot initialize"), "{stderr}");
+
+    // Nothing listens here: the wait is spent, then the usual error.
+    let nobody = format!("http://{}", free_tcp_port());
+    let started = Instant::now();
+    let (ok, _, stderr) = aspen(&["cluster", "init", "--endpoint", &nobody, "--wait", "2"]);
+    let waited = started.elapsed();
+    assert!(!ok);
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(20),
+        "waited {waited:?}"
+    );
+    assert!(stderr.contains("error:"), "{stderr}");
 }

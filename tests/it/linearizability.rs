@@ -20,6 +20,7 @@ async fn histories_under_leader_kill_partition_and_follower_kill_are_linearizabl
         endpoints: (1..=3).map(|id| t.cluster.url(id)).collect(),
         clients: 8,
         keys: 4,
+        key_prefixes: Vec::new(),
         duration: Duration::from_secs(14),
         request_timeout: Duration::from_secs(12),
         seed: 0x5eed,

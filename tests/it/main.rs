@@ -15,6 +15,7 @@
 //! - `auth`, `tls`: bearer tokens and their grants, at a node and through a router; TLS
 //!   (mutual) on the HTTP API from the CLI and curl.
 //! - `cli`: the `aspen` binary as a user runs it.
+//! - `fuzz_corpus`: every committed fuzz input through its target's body (`aspen-fuzz`).
 //! - `support`: starting clusters, polling with a deadline, child processes.
 
 mod support;
@@ -24,6 +25,7 @@ mod cli;
 mod cluster_faults;
 mod federation;
 mod federation_process;
+mod fuzz_corpus;
 mod http_errors;
 mod kv_basics;
 mod kv_wire;

@@ -25,6 +25,7 @@ async fn single_key_operations_through_the_router_stay_linearizable_under_faults
         endpoints: vec![router.url()],
         clients: 8,
         keys: 4,
+        key_prefixes: Vec::new(),
         duration: Duration::from_secs(12),
         request_timeout: Duration::from_secs(12),
         seed: 0x7007e,

@@ -429,9 +429,10 @@ pub(super) async fn wait_for_change<B: KvBackend>(
     index: u64,
     wait_ms: u64,
 ) -> Result<(), HttpError> {
+    // No revision follows the largest: such a read waits its whole `wait`.
     let request = WatchRequest {
         filter,
-        start_revision: Some(index + 1),
+        start_revision: Some(index.saturating_add(1)),
         resume: ResumeToken::default(),
     };
     let mut stream = match backend.watch(request).await {

@@ -32,7 +32,7 @@ pub enum KvRequest {
     /// order with a [`KvResponse::Batch`]: a router sends the requests that queue up for
     /// one cluster in one message. At most [`MAX_WIRE_BATCH`]; no nested batches, no
     /// membership changes.
-    Batch(Vec<KvRequest>),
+    Batch(#[serde(deserialize_with = "crate::codec::nested")] Vec<KvRequest>),
     /// A stale read of this node's replica of another region's cluster.
     ReplicaRead(ReplicaReadRequest),
     /// The state of every replica this node keeps.
@@ -93,7 +93,7 @@ pub enum KvResponse {
     /// The answer to [`KvRequest::Status`].
     Status(StatusReport),
     /// The answers to a [`KvRequest::Batch`], one per request, in order.
-    Batch(Vec<KvResponse>),
+    Batch(#[serde(deserialize_with = "crate::codec::nested")] Vec<KvResponse>),
     /// This node is not the leader; `leader` is the one it knows of, if any.
     NotLeader {
         /// Raft node id of the leader, when known.

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
-use crate::limits::{MAX_PAYLOAD_ENTRIES_LIMIT, MIN_HEARTBEAT_INTERVAL_MS};
+use crate::limits::{
+    MAX_ELECTION_TIMEOUT_MS, MAX_PAYLOAD_ENTRIES_LIMIT, MIN_HEARTBEAT_INTERVAL_MS,
+};
 
 /// Raft settings of one node. All members of a cluster should use the same values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +79,17 @@ impl RaftConfig {
                     "is {}, but must be greater than election_timeout_min_ms ({}): the random \
                      spread between them keeps followers from starting elections together",
                     self.election_timeout_max_ms, self.election_timeout_min_ms
+                ),
+            ));
+        }
+        if self.election_timeout_max_ms > MAX_ELECTION_TIMEOUT_MS {
+            return Err(FieldError::new(
+                "election_timeout_max_ms",
+                format!(
+                    "is {}, above the maximum of {MAX_ELECTION_TIMEOUT_MS} ms: a cluster whose \
+                     leader died refuses writes for up to this long. Use {MAX_ELECTION_TIMEOUT_MS} \
+                     or less (default 800)",
+                    self.election_timeout_max_ms
                 ),
             ));
         }
@@ -158,6 +171,21 @@ mod tests {
         config.check().unwrap();
         config.election_timeout_max_ms = 400;
         assert_eq!(field_of(&config), "election_timeout_max_ms");
+    }
+
+    #[test]
+    fn election_timeout_max_of_a_minute_accepted_and_one_ms_more_refused() {
+        let mut config = RaftConfig {
+            election_timeout_max_ms: MAX_ELECTION_TIMEOUT_MS,
+            ..Default::default()
+        };
+        config.check().unwrap();
+        // Past the bound, including the values whose lease floor (1.5 election timeouts,
+        // `aspen_api::lease::min_lease_ttl_secs`) overflowed before the bound existed.
+        for bad in [MAX_ELECTION_TIMEOUT_MS + 1, u64::MAX / 3 + 1, u64::MAX] {
+            config.election_timeout_max_ms = bad;
+            assert_eq!(field_of(&config), "election_timeout_max_ms", "{bad}");
+        }
     }
 
     #[test]

@@ -1,0 +1,4 @@
+//! `kv_message`: see `aspen_fuzz::wire::kv_message`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| aspen_fuzz::wire::kv_message(data));

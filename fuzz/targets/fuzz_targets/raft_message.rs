@@ -1,0 +1,4 @@
+//! `raft_message`: see `aspen_fuzz::wire::raft_message`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| aspen_fuzz::wire::raft_message(data));

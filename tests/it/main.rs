@@ -7,7 +7,9 @@
 //! - `cluster_faults`, `linearizability`, `process_kill`: clusters under leader kills,
 //!   restarts and partitions, in one process and as `aspen node` processes, checked by
 //!   `aspen-checker`.
-//! - `snapshots`: `aspen/snapshot/1` refusing bad snapshots from a member and strangers.
+//! - `snapshots`: `aspen/snapshot/1` refusing bad snapshots from a member and strangers;
+//!   `aspen snapshot save`, `inspect` and `restore` into a new cluster.
+//! - `operations`: a dead member replaced with the CLI, on `aspen node` processes.
 //! - `router`, `router_linearizability`, `router_process`: the router in front of
 //!   several clusters.
 //! - `federation`, `federation_process`: regions replicating through iroh-docs.
@@ -30,6 +32,7 @@ mod http_errors;
 mod kv_basics;
 mod kv_wire;
 mod linearizability;
+mod operations;
 mod process_kill;
 mod router;
 mod router_linearizability;

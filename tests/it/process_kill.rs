@@ -7,54 +7,17 @@
 
 use crate::support;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use aspen_api::admin::{InitRequest, PartitionRequest};
 use aspen_api::AspenClient;
 use aspen_checker::workload::{self, WorkloadSpec};
 use support::poll;
-use support::process::{free_tcp_port, free_udp_port, leader, wait_healthy, write_identity, Proc};
+use support::process::{leader, start_nodes, wait_healthy, Proc};
 
 fn start_processes(root: &Path, fault_injection: bool) -> Vec<Proc> {
-    let iroh: Vec<SocketAddr> = (0..3).map(|_| free_udp_port()).collect();
-    let http: Vec<SocketAddr> = (0..3).map(|_| free_tcp_port()).collect();
-    let dirs: Vec<PathBuf> = (1..=3).map(|i| root.join(format!("node-{i}"))).collect();
-    let ids: Vec<String> = dirs.iter().map(|d| write_identity(d)).collect();
-    let mut procs = Vec::new();
-    for i in 0..3 {
-        let mut toml = format!(
-            "node_id = {}\ncluster = \"kill9\"\ndata_dir = {:?}\nhttp_addr = \"{}\"\niroh_bind_addr = \"{}\"\n\
-             fault_injection = {fault_injection}\n\
-             [raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n",
-            i + 1,
-            dirs[i],
-            http[i],
-            iroh[i]
-        );
-        for j in (0..3).filter(|j| *j != i) {
-            toml.push_str(&format!(
-                "[[peers]]\nnode_id = {}\nendpoint_id = \"{}\"\naddrs = [\"{}\"]\n",
-                j + 1,
-                ids[j],
-                iroh[j]
-            ));
-        }
-        let config = root.join(format!("node-{}.toml", i + 1));
-        std::fs::write(&config, toml).unwrap();
-        let mut p = Proc {
-            id: i as u64 + 1,
-            endpoint_id: ids[i].clone(),
-            config,
-            log: root.join(format!("node-{}.log", i + 1)),
-            http: http[i],
-            child: None,
-        };
-        p.spawn();
-        procs.push(p);
-    }
-    procs
+    start_nodes(root, "kill9", 3, fault_injection).0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -87,6 +87,122 @@ pub fn free_tcp_port() -> SocketAddr {
         .unwrap()
 }
 
+/// A member's address as its peers' configs name it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub id: u64,
+    pub endpoint_id: String,
+    pub iroh: SocketAddr,
+}
+
+/// Writes node `id`'s config and identity under `root` (fast elections, `peers` as its
+/// `[[peers]]`) and starts it; also returns its address as a peer.
+pub fn start_node(
+    root: &Path,
+    cluster: &str,
+    id: u64,
+    fault_injection: bool,
+    peers: &[Peer],
+) -> (Proc, Peer) {
+    let (http, iroh) = (free_tcp_port(), free_udp_port());
+    let dir = root.join(format!("node-{id}"));
+    let endpoint_id = write_identity(&dir);
+    let config = root.join(format!("node-{id}.toml"));
+    std::fs::write(
+        &config,
+        node_toml(id, cluster, &dir, http, iroh, fault_injection, peers),
+    )
+    .unwrap();
+    let mut p = Proc {
+        id,
+        endpoint_id: endpoint_id.clone(),
+        config,
+        log: root.join(format!("node-{id}.log")),
+        http,
+        child: None,
+    };
+    p.spawn();
+    (
+        p,
+        Peer {
+            id,
+            endpoint_id,
+            iroh,
+        },
+    )
+}
+
+/// Starts nodes 1..=count of a new cluster, each with the others as peers (identities
+/// written first, so every config is whole before any node starts).
+pub fn start_nodes(
+    root: &Path,
+    cluster: &str,
+    count: u64,
+    fault_injection: bool,
+) -> (Vec<Proc>, Vec<Peer>) {
+    let peers: Vec<Peer> = (1..=count)
+        .map(|id| Peer {
+            id,
+            endpoint_id: write_identity(&root.join(format!("node-{id}"))),
+            iroh: free_udp_port(),
+        })
+        .collect();
+    let procs = peers
+        .iter()
+        .map(|me| {
+            let http = free_tcp_port();
+            let dir = root.join(format!("node-{}", me.id));
+            let others: Vec<Peer> = peers.iter().filter(|p| p.id != me.id).cloned().collect();
+            let config = root.join(format!("node-{}.toml", me.id));
+            let toml = node_toml(
+                me.id,
+                cluster,
+                &dir,
+                http,
+                me.iroh,
+                fault_injection,
+                &others,
+            );
+            std::fs::write(&config, toml).unwrap();
+            let mut p = Proc {
+                id: me.id,
+                endpoint_id: me.endpoint_id.clone(),
+                config,
+                log: root.join(format!("node-{}.log", me.id)),
+                http,
+                child: None,
+            };
+            p.spawn();
+            p
+        })
+        .collect();
+    (procs, peers)
+}
+
+fn node_toml(
+    id: u64,
+    cluster: &str,
+    dir: &Path,
+    http: SocketAddr,
+    iroh: SocketAddr,
+    fault_injection: bool,
+    peers: &[Peer],
+) -> String {
+    let mut toml = format!(
+        "node_id = {id}\ncluster = \"{cluster}\"\ndata_dir = {dir:?}\nhttp_addr = \"{http}\"\n\
+         iroh_bind_addr = \"{iroh}\"\nfault_injection = {fault_injection}\n\
+         [raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\n\
+         election_timeout_max_ms = 600\n"
+    );
+    for p in peers {
+        toml.push_str(&format!(
+            "[[peers]]\nnode_id = {}\nendpoint_id = \"{}\"\naddrs = [\"{}\"]\n",
+            p.id, p.endpoint_id, p.iroh
+        ));
+    }
+    toml
+}
+
 /// Writes the node's identity key so its endpoint id is known before it starts.
 pub fn write_identity(dir: &Path) -> String {
     std::fs::create_dir_all(dir).unwrap();

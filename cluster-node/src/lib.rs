@@ -42,6 +42,7 @@ pub mod admission;
 pub mod batcher;
 pub mod faults;
 pub mod federation;
+pub mod handoff;
 pub mod http;
 pub mod kv_server;
 pub mod leader_contact;

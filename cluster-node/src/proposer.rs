@@ -20,6 +20,7 @@ use aspen_api::{ApiError, Command, ErrorCode, WriteResult};
 use openraft::error::{ClientWriteError, RaftError};
 
 use crate::batcher::{BatchLimits, Batcher, Stopped};
+use crate::handoff::{other_leader, Leaving};
 use crate::raft_types::{AspenRaft, MemberNode, NodeId, Proposal};
 
 /// Most commands in one proposal. Each is at most 100 keys, so an entry stays a few
@@ -56,26 +57,46 @@ type Answer = Result<WriteResult, ProposeError>;
 /// proposals in flight are answered.
 pub struct Proposer {
     batcher: Batcher<Command, Answer>,
+    raft: AspenRaft,
+    leaving: Leaving,
 }
 
 impl Proposer {
-    /// Starts the proposing task for `raft` on the current tokio runtime.
-    pub fn start(raft: AspenRaft) -> Proposer {
+    /// Starts the proposing task for `raft` on the current tokio runtime. Once `leaving`
+    /// is set (the node hands its leadership over), writes are refused as "not the
+    /// leader".
+    pub fn start(raft: AspenRaft, leaving: Leaving) -> Proposer {
         let limits = BatchLimits {
             max_items: MAX_PROPOSAL_COMMANDS,
             max_weight: MAX_PROPOSAL_BYTES,
             max_in_flight: MAX_PROPOSALS_IN_FLIGHT,
             max_queued: MAX_QUEUED_WRITES,
         };
+        let (proposing, left) = (raft.clone(), leaving.clone());
         let batcher = Batcher::start(limits, Command::payload_bytes, move |commands| {
-            let raft = raft.clone();
-            async move { propose(&raft, commands).await }
+            let (raft, leaving) = (proposing.clone(), left.clone());
+            async move {
+                // Checked as each proposal is taken, so writes queued before the handover
+                // began are refused too, unproposed.
+                if leaving.is_set() {
+                    let leader = other_leader(&raft);
+                    return vec![Err(ProposeError::NotLeader(leader)); commands.len()];
+                }
+                propose(&raft, commands).await
+            }
         });
-        Proposer { batcher }
+        Proposer {
+            batcher,
+            raft,
+            leaving,
+        }
     }
 
     /// Proposes `command` (already validated) and waits for its result.
     pub async fn propose(&self, command: Command) -> Answer {
+        if self.leaving.is_set() {
+            return Err(ProposeError::NotLeader(other_leader(&self.raft)));
+        }
         self.batcher
             .submit(command)
             .await
@@ -86,6 +107,10 @@ impl Proposer {
     /// share proposals, and waits for their results: one per command, in order. Each is
     /// still applied, and succeeds or fails, on its own.
     pub async fn propose_all(&self, commands: Vec<Command>) -> Vec<Answer> {
+        if self.leaving.is_set() {
+            let leader = other_leader(&self.raft);
+            return vec![Err(ProposeError::NotLeader(leader)); commands.len()];
+        }
         self.batcher
             .submit_all(commands)
             .await

@@ -16,6 +16,7 @@
 use openraft::error::{CheckIsLeaderError, RaftError};
 
 use crate::batcher::{BatchLimits, Batcher, Stopped};
+use crate::handoff::{other_leader, Leaving};
 use crate::raft_types::{AspenRaft, MemberNode, NodeId};
 
 /// Most reads one round answers. A round costs the same for any number of reads; the
@@ -44,9 +45,15 @@ pub struct ReadIndex {
     batcher: Batcher<(), Result<(), ReadIndexError>>,
 }
 
+/// A round's answer to every read it serves.
+type Round = Result<(), ReadIndexError>;
+
 impl ReadIndex {
-    /// Starts the task running rounds for `raft`, on the current tokio runtime.
-    pub fn start(raft: AspenRaft) -> ReadIndex {
+    /// Starts the task running rounds for `raft`, on the current tokio runtime. Once
+    /// `leaving` is set (the node hands its leadership over), no round runs: reads are
+    /// sent to the leader instead (a round's heartbeat would renew the followers' leader
+    /// lease and hold the election off).
+    pub fn start(raft: AspenRaft, leaving: Leaving) -> ReadIndex {
         let limits = BatchLimits {
             max_items: MAX_READS_PER_ROUND,
             max_weight: MAX_READS_PER_ROUND,
@@ -57,8 +64,15 @@ impl ReadIndex {
             limits,
             |_| 1,
             move |reads: Vec<()>| {
-                let raft = raft.clone();
-                async move { vec![round(&raft).await; reads.len()] }
+                let (raft, leaving) = (raft.clone(), leaving.clone());
+                async move {
+                    let answer: Round = if leaving.is_set() {
+                        Err(ReadIndexError::NotLeader(other_leader(&raft)))
+                    } else {
+                        round(&raft).await
+                    };
+                    vec![answer; reads.len()]
+                }
             },
         );
         ReadIndex { batcher }

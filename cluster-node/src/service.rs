@@ -25,6 +25,7 @@ use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tokio::time::Instant;
 
+use crate::handoff::{HandOff, Leaving};
 use crate::leader_contact::LeaderContact;
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft_types::{AspenRaft, MemberNode, NodeId};
@@ -75,6 +76,8 @@ pub struct KvService {
     proposer: Proposer,
     /// Shares ReadIndex rounds among concurrent linearizable reads.
     read_index: ReadIndex,
+    /// Set while this node hands its leadership over before stopping.
+    leaving: Leaving,
     sm: StateMachine,
     /// Reads the state machine (a batch's reads, together).
     state: Arc<StateReads>,
@@ -107,6 +110,7 @@ impl KvService {
         contact: Arc<LeaderContact>,
         replicas: Option<Arc<Replicas>>,
     ) -> Arc<KvService> {
+        let leaving = Leaving::default();
         let state = Arc::new(StateReads {
             node_id,
             raft: raft.clone(),
@@ -117,8 +121,9 @@ impl KvService {
         Arc::new(KvService {
             node_id,
             cluster,
-            proposer: Proposer::start(raft.clone()),
-            read_index: ReadIndex::start(raft.clone()),
+            proposer: Proposer::start(raft.clone(), leaving.clone()),
+            read_index: ReadIndex::start(raft.clone(), leaving.clone()),
+            leaving,
             reads: ReadQueue::start(state.clone()),
             state,
             raft,
@@ -190,6 +195,12 @@ impl KvService {
                 "a snapshot was built but none is current",
             )
         })
+    }
+
+    /// Before this node stops: if it leads, hands leadership to another voter
+    /// ([`crate::handoff`]). It takes no new writes or linearizable reads afterwards.
+    pub async fn hand_off_leadership(&self) -> HandOff {
+        crate::handoff::hand_off(&self.raft, &self.leaving).await
     }
 
     /// The current snapshot's metadata and size, if there is one.

@@ -1,12 +1,14 @@
 //! `aspen node --config FILE`: run one cluster member. Loads and validates the config,
 //! binds the HTTP listener and the iroh endpoint (so a taken port fails before anything
 //! starts), starts the node, prints one line saying who and where it is, and runs until
-//! Ctrl-C or SIGTERM, then shuts down HTTP, Raft and iroh in order.
+//! Ctrl-C or SIGTERM, then (a leader first handing its leadership to another member)
+//! shuts down HTTP, Raft and iroh in order.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use aspen_cluster_node::handoff::HandOff;
 use aspen_cluster_node::node::{bind, Node};
 use aspen_config::NodeConfig;
 use clap::Args;
@@ -59,6 +61,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     let signal = shutdown_requested().await?;
     tracing::info!("{signal} received; shutting down");
+    // A leader hands over first, so a rolling restart fails no request (see
+    // aspen_cluster_node::handoff).
+    match node.service.hand_off_leadership().await {
+        HandOff::NotLeader => {}
+        HandOff::To(leader) => tracing::info!("leadership handed over to node {leader}"),
+        other => tracing::warn!("leadership not handed over: {other:?}; stopping anyway"),
+    }
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
-//! Operations a user runs on a cluster of `aspen node` processes, with the CLI as
-//! docs/OPERATIONS.md tells them to: replacing a member whose host is gone for good.
+//! Operations a user runs on a cluster of `aspen node` processes, as docs/OPERATIONS.md
+//! tells them to: replacing a member whose host is gone for good (with the CLI), and
+//! restarting every node in turn under load through a router, which fails no request.
 
 use crate::support;
 
@@ -9,8 +10,11 @@ use std::time::Duration;
 
 use aspen_api::admin::InitRequest;
 use aspen_api::{AspenClient, Consistency};
+use aspen_checker::workload::{self, WorkloadSpec};
+use aspen_config::{ClusterConfig, PeerConfig, RouteConfig, RouterConfig};
+use aspen_router::RunningRouter;
 use support::poll;
-use support::process::{leader, start_node, start_nodes, wait_healthy, Proc};
+use support::process::{leader, start_node, start_nodes, wait_healthy, Peer, Proc};
 
 /// Runs `aspen cluster ARGS --endpoint URL`; fails the test, with its output, if it fails.
 fn cluster_cli(url: &str, args: &[&str]) {
@@ -141,4 +145,105 @@ async fn a_dead_member_replaced_by_a_new_node_leaves_a_cluster_with_every_key_an
         .unwrap()
         .expect("the key written after the replacement");
     assert_eq!(read.mod_revision, written.revision);
+}
+
+/// A router in front of the one cluster `name` made of `peers`, owning every key.
+async fn router_for(name: &str, peers: &[Peer]) -> RunningRouter {
+    let nodes = peers
+        .iter()
+        .map(|p| PeerConfig {
+            node_id: p.id,
+            endpoint_id: p.endpoint_id.clone(),
+            addrs: vec![p.iroh],
+        })
+        .collect();
+    let cluster = ClusterConfig {
+        name: name.into(),
+        region: "us".into(),
+        nodes,
+    };
+    let route = RouteConfig {
+        prefix: String::new(),
+        cluster: name.into(),
+    };
+    let mut config =
+        RouterConfig::dev("us", support::client_key_file(), vec![cluster], vec![route]);
+    config.iroh_bind_addr = "127.0.0.1:0".parse().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    RunningRouter::start(&config, listener).await.unwrap()
+}
+
+/// Waits until node `p` has applied at least `index`.
+async fn caught_up(p: &Proc, index: u64) {
+    let client = AspenClient::with_timeout(&p.url(), Duration::from_secs(2));
+    poll(
+        &format!("node {} to apply index {index}", p.id),
+        Duration::from_secs(30),
+        || async {
+            let status = client.status().await.ok()?;
+            (status.applied_index >= index).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_load_through_a_router_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, peers) = start_nodes(dir.path(), "roll", 3, false);
+    for p in &procs {
+        wait_healthy(p).await;
+    }
+    AspenClient::new(&procs[0].url())
+        .cluster_init(&InitRequest::default())
+        .await
+        .unwrap();
+    let first = leader(&procs).await;
+    let router = router_for("roll", &peers).await;
+    let spec = WorkloadSpec {
+        endpoints: vec![router.url()],
+        clients: 8,
+        keys: 6,
+        key_prefixes: Vec::new(),
+        duration: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(15),
+        seed: 0x5011,
+    };
+    let run = tokio::spawn(async move { workload::run(&spec).await });
+    // Every node in turn, the leader last (so the others have been restarted under it,
+    // and then it hands over), each stopped with SIGTERM as systemd or docker would, started
+    // again and caught up before the next.
+    let mut order: Vec<u64> = (1..=3).filter(|id| *id != first).collect();
+    order.push(first);
+    let mut faults = Vec::new();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in order {
+        let was_leader = leader(&procs).await == id;
+        let p = &mut procs[id as usize - 1];
+        p.terminate(Duration::from_secs(15));
+        faults.push(format!("SIGTERM node {id} (leader: {was_leader})"));
+        p.spawn();
+        wait_healthy(p).await;
+        let now = leader(&procs).await;
+        let index = AspenClient::new(&procs[now as usize - 1].url())
+            .status()
+            .await
+            .unwrap()
+            .applied_index;
+        caught_up(&procs[id as usize - 1], index).await;
+        faults.push(format!("node {id} restarted and caught up"));
+    }
+    assert!(
+        !run.is_finished(),
+        "the workload ended before the rolling restart did: lengthen it"
+    );
+    let (history, stats) = run.await.unwrap().unwrap();
+    assert_ne!(leader(&procs).await, 0);
+    assert_eq!(
+        (stats.unknown, stats.refused),
+        (0, 0),
+        "requests failed during the rolling restart ({faults:?}): {stats:?}"
+    );
+    support::assert_linearizable("aspen-rolling-restart", &history, &stats, &faults, 200);
+    router.shutdown().await;
 }

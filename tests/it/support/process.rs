@@ -38,6 +38,35 @@ impl Proc {
         self.child = Some(child);
     }
 
+    /// SIGTERM, as systemd or docker stop a node, then waits for the process to exit;
+    /// fails the test if it does not within `grace`.
+    pub fn terminate(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid, which has not been waited for yet.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGTERM) },
+            0,
+            "SIGTERM to node {}",
+            self.id
+        );
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "node {} exited with {status}", self.id);
+                return;
+            }
+            if start.elapsed() > grace {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("node {} still running {grace:?} after SIGTERM", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -188,9 +217,12 @@ fn node_toml(
     fault_injection: bool,
     peers: &[Peer],
 ) -> String {
+    // The test client identity (routers and tools of the tests) may use aspen/kv/2.
+    let kv_clients = super::kv_clients();
     let mut toml = format!(
         "node_id = {id}\ncluster = \"{cluster}\"\ndata_dir = {dir:?}\nhttp_addr = \"{http}\"\n\
          iroh_bind_addr = \"{iroh}\"\nfault_injection = {fault_injection}\n\
+         kv_clients = {kv_clients:?}\n\
          [raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 300\n\
          election_timeout_max_ms = 600\n"
     );

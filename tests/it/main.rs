@@ -9,7 +9,8 @@
 //!   `aspen-checker`.
 //! - `router`, `router_linearizability`, `router_process`: the router in front of
 //!   several clusters.
-//! - `federation`, `federation_process`: regions replicating through iroh-docs.
+//! - `federation`, `federation_process`, `federation_reads`: regions replicating through
+//!   iroh-docs.
 //! - `watch` (with `watch::leases`): the change feed, watches and leases.
 //! - `auth`, `tls`: bearer tokens and their grants, at a node and through a router; TLS
 //!   (mutual) on the HTTP API from the CLI and curl.
@@ -23,6 +24,7 @@ mod cli;
 mod cluster_faults;
 mod federation;
 mod federation_process;
+mod federation_reads;
 mod http_errors;
 mod kv_basics;
 mod kv_wire;

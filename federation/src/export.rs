@@ -33,8 +33,8 @@ use crate::checkpoint::{self, Built};
 use crate::content::{self, CHECKPOINT_DOWNLOAD_TIMEOUT};
 use crate::format::{CheckpointMeta, Heartbeat, Segment, CHECKPOINT_META, HEARTBEAT, SEGMENT};
 use crate::keys::{
-    group_of, group_prefix, SegmentKey, CHECKPOINT_BLOB_KEY, CHECKPOINT_META_KEY, GROUP_SEGMENTS,
-    HEARTBEAT_KEY, SEGMENT_SLOTS,
+    group_prefix, RingSize, SegmentKey, CHECKPOINT_BLOB_KEY, CHECKPOINT_META_KEY, GROUP_SEGMENTS,
+    HEARTBEAT_KEY,
 };
 use crate::ring::{stack_err, Ring, Seg};
 use crate::source::FeedSource;
@@ -60,10 +60,6 @@ pub const MAX_SEGMENT_BYTES: usize = 1024 * 1024;
 /// How often the leader confirms its head with a quorum and writes a heartbeat. A caught-up
 /// replica's time lag is at most about this plus the delivery time.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Segments written since the latest checkpoint after which a new one is started: eight
-/// groups before the ring would have to reuse a group the checkpoint does not cover.
-pub const CHECKPOINT_AFTER_SEGMENTS: u64 = SEGMENT_SLOTS - 8 * GROUP_SEGMENTS;
 
 /// How often a node that is not the leader checks whether it has become one.
 const LEADER_POLL: Duration = Duration::from_millis(100);
@@ -91,6 +87,8 @@ pub struct Exporter {
     /// A new checkpoint is built once the segments since the last hold more bytes than
     /// this and than the checkpoint (a new region then replays at most about that much).
     pub checkpoint_replay_bytes: u64,
+    /// The document's ring of segment slots.
+    pub ring_size: RingSize,
 }
 
 /// What the exporter tells the node about itself, for status.
@@ -371,8 +369,9 @@ impl Exporter {
             last: last.revision,
             first_time_ms: first.time_ms,
         };
+        let group = self.ring_size.group_of(key.seq);
         if key.seq.is_multiple_of(GROUP_SEGMENTS) {
-            self.reuse_group(at, group_of(key.seq), building).await?;
+            self.reuse_group(at, group, building).await?;
         }
         let segment = Segment {
             source: self.source.clone(),
@@ -383,19 +382,19 @@ impl Exporter {
         let segment_bytes = encoded.len() as u64;
         let hash = self
             .stack
-            .put(&self.doc, self.author, key.encode(), encoded)
+            .put(&self.doc, self.author, self.ring_size.encode(&key), encoded)
             .await
             .map_err(|e| {
                 // Most likely a clock behind the previous writer's; the next try will
                 // succeed once the clock passes it.
                 FederationError::Stack(format!("writing segment {}: {e}", key.seq))
             })?;
-        at.ring.insert(Seg { key, hash });
+        at.ring.insert(Seg { key, group, hash });
         at.exported = key.last;
         at.next_seq += 1;
         at.since_checkpoint += 1;
         at.bytes_since_checkpoint += segment_bytes;
-        let by_ring = at.since_checkpoint >= CHECKPOINT_AFTER_SEGMENTS;
+        let by_ring = at.since_checkpoint >= self.ring_size.checkpoint_after();
         // A new region loads the checkpoint and then every segment after it: keep that
         // within about twice the data's size.
         let by_bytes =

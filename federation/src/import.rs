@@ -294,9 +294,10 @@ impl Importer {
                     }
                 }
                 key => {
-                    if let Some(key) = SegmentKey::decode(key) {
+                    if let Some((group, key)) = SegmentKey::decode(key) {
                         v.ring.insert(Seg {
                             key,
+                            group,
                             hash: arrival.hash,
                         });
                     }

@@ -57,7 +57,7 @@ pub mod secret;
 pub mod source;
 pub mod stack;
 
-pub use node::{Federation, FederationSetup, ImportSetup, Replicas};
+pub use node::{DocumentInfo, Federation, FederationSetup, ImportSetup, Replicas};
 pub use source::FeedSource;
 
 /// Errors of federation.

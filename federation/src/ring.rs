@@ -12,7 +12,7 @@ use iroh_docs::api::Doc;
 use iroh_docs::store::Query;
 use iroh_docs::AuthorId;
 
-use crate::keys::{group_of, SegmentKey, SEGMENT_PREFIX};
+use crate::keys::{SegmentKey, SEGMENT_PREFIX};
 use crate::FederationError;
 
 /// One segment entry of the document.
@@ -20,6 +20,8 @@ use crate::FederationError;
 pub struct Seg {
     /// What its key says.
     pub key: SegmentKey,
+    /// The slot group its key is in (what deleting that group removes).
+    pub group: u16,
     /// The hash of its content (the encoded segment).
     pub hash: Hash,
 }
@@ -41,9 +43,10 @@ impl Ring {
         let mut ring = Ring::default();
         while let Some(entry) = stream.next().await {
             let entry = entry.map_err(stack_err)?;
-            if let Some(key) = SegmentKey::decode(entry.key()) {
+            if let Some((group, key)) = SegmentKey::decode(entry.key()) {
                 ring.insert(Seg {
                     key,
+                    group,
                     hash: entry.content_hash(),
                 });
             }
@@ -108,14 +111,24 @@ impl Ring {
     pub fn max_last_in_group(&self, group: u16) -> Option<u64> {
         self.segments
             .values()
-            .filter(|s| group_of(s.key.seq) == group)
+            .filter(|s| s.group == group)
             .map(|s| s.key.last)
             .max()
     }
 
+    /// The groups that hold at least one known segment.
+    pub fn groups(&self) -> std::collections::BTreeSet<u16> {
+        self.segments.values().map(|s| s.group).collect()
+    }
+
+    /// Every known segment, by first revision.
+    pub fn segments(&self) -> impl Iterator<Item = &Seg> {
+        self.segments.values()
+    }
+
     /// Forgets the segments of `group` (after the exporter deleted it).
     pub fn remove_group(&mut self, group: u16) {
-        self.segments.retain(|_, s| group_of(s.key.seq) != group);
+        self.segments.retain(|_, s| s.group != group);
     }
 }
 
@@ -136,6 +149,7 @@ mod tests {
                 last,
                 first_time_ms: 0,
             },
+            group: crate::keys::RingSize::default().group_of(seq),
             hash: Hash::new([seq as u8]),
         }
     }

@@ -9,8 +9,8 @@
 //!   `aspen-checker`.
 //! - `router`, `router_linearizability`, `router_process`: the router in front of
 //!   several clusters.
-//! - `federation`, `federation_process`, `federation_reads`: regions replicating through
-//!   iroh-docs.
+//! - `federation`, `federation_process`, `federation_reads`, `federation_ring`: regions
+//!   replicating through iroh-docs.
 //! - `watch` (with `watch::leases`): the change feed, watches and leases.
 //! - `auth`, `tls`: bearer tokens and their grants, at a node and through a router; TLS
 //!   (mutual) on the HTTP API from the CLI and curl.
@@ -25,6 +25,7 @@ mod cluster_faults;
 mod federation;
 mod federation_process;
 mod federation_reads;
+mod federation_ring;
 mod http_errors;
 mod kv_basics;
 mod kv_wire;

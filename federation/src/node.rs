@@ -339,6 +339,11 @@ impl Federation {
         }))
     }
 
+    /// The exporter's status, watched, if this node's cluster exports.
+    pub fn export_watch(&self) -> Option<watch::Receiver<ExportStatus>> {
+        self.export.clone()
+    }
+
     /// The stack's protocol handlers, to register on the node's iroh router.
     pub fn handlers(&self) -> Vec<(&'static [u8], Box<dyn iroh::protocol::DynProtocolHandler>)> {
         self.stack.handlers()

@@ -342,7 +342,7 @@ impl Exporter {
     async fn held_end(&self, ring: &Ring, from: u64) -> Result<u64, FederationError> {
         let mut end = from;
         while let Some(seg) = ring.covering(end + 1) {
-            if !self.stack.blobs.has(seg.hash).await.map_err(stack_err)? {
+            if !self.stack.has(seg.hash).await? {
                 tracing::info!(source = %self.source, seq = seg.key.seq, first = seg.key.first, "a segment's content is missing here; exporting from its first revision again");
                 break;
             }

@@ -339,6 +339,17 @@ impl Federation {
         }))
     }
 
+    /// Fault injection for tests: this node acts from now on as if the blob `hash` were
+    /// gone here and from every peer (see [`DocsStack::withhold`]).
+    pub fn withhold_blob(&self, hash: iroh_blobs::Hash) {
+        self.stack.withhold(hash);
+    }
+
+    /// Fault injection for tests: ends [`Federation::withhold_blob`] of `hash` on this node.
+    pub fn release_blob(&self, hash: iroh_blobs::Hash) {
+        self.stack.release(hash);
+    }
+
     /// The exporter's status, watched, if this node's cluster exports.
     pub fn export_watch(&self) -> Option<watch::Receiver<ExportStatus>> {
         self.export.clone()

@@ -4,7 +4,7 @@
 //! their own replica of the document, so it reflects what the document really holds there,
 //! not what anyone intended to write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use futures::StreamExt;
 use iroh_blobs::Hash;
@@ -71,10 +71,16 @@ impl Ring {
 
     /// The segment holding `revision` that reaches furthest, if any.
     pub fn covering(&self, revision: u64) -> Option<&Seg> {
+        self.covering_except(revision, &HashSet::new())
+    }
+
+    /// The segment holding `revision` that reaches furthest, leaving out those whose
+    /// content is in `skip` (known not to be downloadable right now), if any.
+    pub fn covering_except(&self, revision: u64, skip: &HashSet<Hash>) -> Option<&Seg> {
         self.segments
             .range(..=(revision, u64::MAX))
             .map(|(_, s)| s)
-            .filter(|s| s.key.covers(revision))
+            .filter(|s| s.key.covers(revision) && !skip.contains(&s.hash))
             .max_by_key(|s| (s.key.last, s.key.seq))
     }
 
@@ -169,6 +175,13 @@ mod tests {
             "the one that reaches furthest"
         );
         assert!(ring.covering(13).is_none());
+        let skip = HashSet::from([ring.covering(9).unwrap().hash]);
+        assert_eq!(
+            ring.covering_except(9, &skip).unwrap().key.seq,
+            1,
+            "another segment holding it when the furthest cannot be had"
+        );
+        assert!(ring.covering_except(10, &skip).is_none());
         assert_eq!(
             (ring.max_seq(), ring.max_last(), ring.min_first()),
             (Some(4), 25, Some(1))

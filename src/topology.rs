@@ -84,6 +84,8 @@ pub struct TopologySpec {
     pub extra_readers: Vec<(String, String)>,
     /// Every exporter's `[federation] checkpoint_replay_bytes`.
     pub checkpoint_replay_bytes: u64,
+    /// Every exporter's `[federation] segment_slots`.
+    pub segment_slots: u64,
 }
 
 impl TopologySpec {
@@ -123,6 +125,7 @@ impl TopologySpec {
             request_deadline_ms: aspen_config::DEFAULT_REQUEST_DEADLINE_MS,
             extra_readers: Vec::new(),
             checkpoint_replay_bytes: aspen_config::limits::DEFAULT_CHECKPOINT_REPLAY_BYTES,
+            segment_slots: aspen_config::limits::DEFAULT_SEGMENT_SLOTS,
         }
     }
 
@@ -431,5 +434,6 @@ fn federation_config(
         export,
         import,
         checkpoint_replay_bytes: spec.checkpoint_replay_bytes,
+        segment_slots: spec.segment_slots,
     }
 }

@@ -49,6 +49,34 @@ pub struct NodeStatus {
     /// The federation replicas this node keeps of other regions' clusters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaHealth>,
+    /// Where the export of this node's cluster to other regions stands, as this node sees
+    /// it (absent when the cluster exports nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<Box<ExportHealth>>,
+}
+
+/// The export of a node's cluster, as `/v1/status` of that node shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportHealth {
+    /// Whether this node exports (it leads its cluster).
+    pub active: bool,
+    /// The last revision in the cluster's document: as written, on the exporting node; as
+    /// this node's copy holds it, on any other.
+    pub exported: u64,
+    /// The latest checkpoint's revision (on the exporting node).
+    pub checkpoint: Option<u64>,
+    /// The next segment's sequence number (on another node: the one it would continue
+    /// from if it took over).
+    pub next_seq: u64,
+    /// On the exporting node: the sequence number its export began at when it took over.
+    pub resumed_seq: Option<u64>,
+    /// Sync rounds this node started with the cluster's other nodes while not exporting.
+    pub follower_syncs: u64,
+    /// On another node: entries of its copy of the document whose content it could not
+    /// fetch in its last round.
+    pub missing_content: u64,
+    /// The last error, if the last step failed.
+    pub error: Option<String>,
 }
 
 /// `POST /v1/cluster/init`: start a new cluster.

@@ -137,6 +137,7 @@ pub fn setup(config: &NodeConfig) -> Result<Option<FederationSetup>, NodeError> 
         cluster_peers,
         imports,
         checkpoint_replay_bytes: federation.checkpoint_replay_bytes,
+        segment_slots: federation.segment_slots,
     }))
 }
 

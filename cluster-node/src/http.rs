@@ -36,6 +36,8 @@ pub struct NodeBackend {
     pub metrics: Arc<NodeMetrics>,
     /// Serves watches.
     pub hub: Arc<FeedHub>,
+    /// The federation exporter's status, when the node's cluster exports.
+    pub export: Option<tokio::sync::watch::Receiver<aspen_federation::export::ExportStatus>>,
 }
 
 impl KvBackend for NodeBackend {

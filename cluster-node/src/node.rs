@@ -270,6 +270,7 @@ impl Node {
             service: service.clone(),
             metrics,
             hub: hub.clone(),
+            export: federation.as_ref().and_then(Federation::export_watch),
         };
         let (http_stop, stopped) = oneshot::channel::<()>();
         let policy = PolicyCell::new(config.auth.as_ref().map(Policy::from_config));

@@ -120,3 +120,27 @@ pub const MAX_CHECKPOINT_REPLAY_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 
 /// The default of `checkpoint_replay_bytes`: replaying 64 MiB takes a few seconds.
 pub const DEFAULT_CHECKPOINT_REPLAY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Segments in one group of a federation document's ring: the unit the exporter deletes
+/// (one prefix delete, one tombstone) before reusing slots. `segment_slots` is a multiple of
+/// it.
+pub const SEGMENT_GROUP_SLOTS: u64 = 64;
+
+/// Fewest segment slots in a federation document's ring (`[federation] segment_slots`):
+/// two groups. The exporter deletes a whole group before reusing its slots; with a single
+/// group it would delete every segment after the checkpoint at once, and importers just
+/// behind would always have to load the checkpoint.
+pub const MIN_SEGMENT_SLOTS: u64 = 2 * SEGMENT_GROUP_SLOTS;
+
+/// Most segment slots in a federation document's ring: 1,024 groups. iroh-docs holds a
+/// whole document in memory for a first sync (about 200 bytes per entry, so about 13 MB
+/// here) and the blob collector walks every entry each run; more history than this is
+/// better served by a checkpoint.
+pub const MAX_SEGMENT_SLOTS: u64 = 1_024 * SEGMENT_GROUP_SLOTS;
+
+/// The default ring: 4,096 segments, minutes of history at 1,000 writes/s (about 200 s,
+/// docs/BENCHMARKS.md) and far more when writes are sparse.
+pub const DEFAULT_SEGMENT_SLOTS: u64 = 4_096;
+
+const _: () = assert!(DEFAULT_SEGMENT_SLOTS.is_multiple_of(SEGMENT_GROUP_SLOTS));
+const _: () = assert!(MAX_SEGMENT_SLOTS / SEGMENT_GROUP_SLOTS <= u16::MAX as u64);

@@ -29,7 +29,13 @@ pub async fn ensure(
     providers: &[EndpointId],
     timeout: Duration,
 ) -> Result<(), FederationError> {
-    if stack.blobs.has(hash).await.map_err(stack_err)? {
+    if stack.is_withheld(hash) {
+        return Err(FederationError::Stack(format!(
+            "blob {} is withheld on this node (fault injection)",
+            hash.fmt_short()
+        )));
+    }
+    if stack.has(hash).await? {
         return Ok(());
     }
     if providers.is_empty() {

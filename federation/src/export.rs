@@ -1,16 +1,19 @@
 //! The owner side: the leader of a cluster writes its change feed into the cluster's
 //! document as segments, a heartbeat, and checkpoints.
 //!
-//! Every node of the owner cluster runs an [`Exporter`]; only the leader writes. Whenever
-//! a node becomes leader it rebuilds its view of the document ([`Ring`]) from its own
-//! replica of it, and resumes from what the document really holds there: the end of the
-//! contiguous run of segments after the latest checkpoint. A segment the previous leader
-//! wrote but this node's replica lacks (iroh-docs makes writes durable up to 500 ms late,
-//! and syncs in no order) is simply exported again: segments are cut from the committed,
-//! totally ordered feed, so two segments that hold the same revision hold the same change,
-//! and importers apply each revision once whichever segment brings it. Nothing is lost
-//! either: the feed itself is durable, and a revision is in the document before the
-//! exporter moves past it.
+//! Every node of the owner cluster runs an [`Exporter`]; only the leader writes. The others
+//! keep their copy of the document in sync with the other owner nodes (a sync round every
+//! [`FOLLOWER_SYNC_INTERVAL`], besides what gossip brings), so that a node that takes over
+//! holds nearly all its predecessor wrote. Whenever a node becomes leader it rebuilds its
+//! view of the document ([`Ring`]) from its own replica of it, and resumes from what the
+//! document really holds there: the end of the contiguous run of segments after the
+//! latest checkpoint, numbering on from the highest segment it holds. A segment the
+//! previous leader wrote but this node's replica lacks (iroh-docs makes writes durable up
+//! to 500 ms late, and syncs in no order) is simply exported again: segments are cut from
+//! the committed, totally ordered feed, so two segments that hold the same revision hold
+//! the same change, and importers apply each revision once whichever segment brings it.
+//! Nothing is lost either: the feed itself is durable, and a revision is in the document
+//! before the exporter moves past it.
 //!
 //! The ring of segment slots is reused group by group. Before a group is reused, every
 //! revision it holds must be at or below the latest checkpoint, so that the checkpoint
@@ -33,8 +36,8 @@ use crate::checkpoint::{self, Built};
 use crate::content::{self, CHECKPOINT_DOWNLOAD_TIMEOUT};
 use crate::format::{CheckpointMeta, Heartbeat, Segment, CHECKPOINT_META, HEARTBEAT, SEGMENT};
 use crate::keys::{
-    group_of, group_prefix, SegmentKey, CHECKPOINT_BLOB_KEY, CHECKPOINT_META_KEY, GROUP_SEGMENTS,
-    HEARTBEAT_KEY, SEGMENT_SLOTS,
+    group_prefix, RingSize, SegmentKey, CHECKPOINT_BLOB_KEY, CHECKPOINT_META_KEY, GROUP_SEGMENTS,
+    HEARTBEAT_KEY,
 };
 use crate::ring::{stack_err, Ring, Seg};
 use crate::source::FeedSource;
@@ -61,10 +64,6 @@ pub const MAX_SEGMENT_BYTES: usize = 1024 * 1024;
 /// replica's time lag is at most about this plus the delivery time.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Segments written since the latest checkpoint after which a new one is started: eight
-/// groups before the ring would have to reuse a group the checkpoint does not cover.
-pub const CHECKPOINT_AFTER_SEGMENTS: u64 = SEGMENT_SLOTS - 8 * GROUP_SEGMENTS;
-
 /// How often a node that is not the leader checks whether it has become one.
 const LEADER_POLL: Duration = Duration::from_millis(100);
 
@@ -73,6 +72,15 @@ const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// How long a new leader waits for one sync round with the other owner nodes.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a node that does not lead starts a sync round with the other owner nodes,
+/// keeping its copy of the document (entries and their content) close to the leader's.
+/// Gossip brings most entries at once but drops them under load, and iroh-docs has no
+/// periodic anti-entropy of its own; so a node that takes over lacks at most about this
+/// much of its predecessor's last segments, and continues its ring instead of starting a
+/// new one. Each round is one set reconciliation per other owner node over a document of
+/// at most a few thousand entries: a fingerprint exchange when nothing differs.
+pub const FOLLOWER_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything an exporter needs.
 pub struct Exporter {
@@ -91,19 +99,31 @@ pub struct Exporter {
     /// A new checkpoint is built once the segments since the last hold more bytes than
     /// this and than the checkpoint (a new region then replays at most about that much).
     pub checkpoint_replay_bytes: u64,
+    /// The document's ring of segment slots.
+    pub ring_size: RingSize,
 }
 
-/// What the exporter tells the node about itself, for status.
+/// What the exporter tells the node about itself, for status. On a node that does not
+/// lead, `exported` and `next_seq` describe its own copy of the document: what it would
+/// continue from if it took over.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportStatus {
     /// Whether this node is exporting (it leads its cluster).
     pub active: bool,
     /// The last revision in the document.
     pub exported: u64,
-    /// The latest checkpoint's revision.
+    /// The latest checkpoint's revision (known to the leader only).
     pub checkpoint: Option<u64>,
     /// The next segment's sequence number.
     pub next_seq: u64,
+    /// The sequence number this node's export began at when it last took over: one past
+    /// the highest segment its copy of the document held (0 for a new document).
+    pub resumed_seq: Option<u64>,
+    /// Sync rounds this node started with the other owner nodes while not leading.
+    pub follower_syncs: u64,
+    /// On a node that does not lead: entries of its copy of the document (the checkpoint,
+    /// segments) whose content it could not fetch in its last round.
+    pub missing_content: u64,
     /// The last error, if the last step failed.
     pub error: Option<String>,
 }
@@ -121,8 +141,14 @@ struct Position {
 }
 
 impl Exporter {
-    /// Runs until `stop` turns true, reporting on `status`.
+    /// Runs until `stop` turns true, reporting on `status`: exports while this node
+    /// leads, and keeps its copy of the document in sync with the other owner nodes while
+    /// it does not.
     pub async fn run(self, mut stop: watch::Receiver<bool>, status: watch::Sender<ExportStatus>) {
+        // Before the first round: iroh-docs accepts sync requests (from the other owner
+        // nodes and from importers) only for a document it was asked to sync.
+        let mut last_sync: Option<Instant> = None;
+        let mut held = std::collections::HashSet::new();
         loop {
             if *stop.borrow() {
                 return;
@@ -136,6 +162,20 @@ impl Exporter {
                     s.active = false;
                     s.error = led.err().map(|e| e.to_string());
                 });
+                last_sync = None;
+            } else if last_sync.is_none_or(|t| t.elapsed() >= FOLLOWER_SYNC_INTERVAL) {
+                last_sync = Some(Instant::now());
+                // A round may wait on a download from a peer that is gone (say, the
+                // leader that just died): leading does not wait for it.
+                let synced = tokio::select! {
+                    r = self.follow_round(&mut held, &status) => r,
+                    _ = self.became_leader() => Ok(()),
+                    _ = stop.changed() => return,
+                };
+                if let Err(e) = synced {
+                    tracing::debug!(source = %self.source, "syncing the document while following: {e}");
+                    status.send_modify(|s| s.error = Some(e.to_string()));
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(LEADER_POLL) => {}
@@ -144,10 +184,18 @@ impl Exporter {
         }
     }
 
+    /// Returns once this node leads (checked every [`LEADER_POLL`]).
+    async fn became_leader(&self) {
+        while !self.feed.is_leader() {
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
     /// Exports while this node leads. Returns `Ok` when leadership is lost.
     async fn lead(&self, status: &watch::Sender<ExportStatus>) -> Result<(), FederationError> {
         self.catch_up_with_peers().await?;
         let mut at = self.resume().await?;
+        let resumed_seq = at.next_seq;
         tracing::info!(source = %self.source, exported = at.exported, checkpoint = at.checkpoint.revision, next_seq = at.next_seq, "exporting");
         let mut revisions = self.feed.watch_revision();
         let mut next_beat = Instant::now();
@@ -158,12 +206,17 @@ impl Exporter {
             if !self.feed.is_leader() {
                 return Ok(());
             }
-            status.send_replace(ExportStatus {
-                active: true,
-                exported: at.exported,
-                checkpoint: Some(at.checkpoint.revision),
-                next_seq: at.next_seq,
-                error: None,
+            status.send_modify(|s| {
+                *s = ExportStatus {
+                    active: true,
+                    exported: at.exported,
+                    checkpoint: Some(at.checkpoint.revision),
+                    next_seq: at.next_seq,
+                    resumed_seq: Some(resumed_seq),
+                    follower_syncs: s.follower_syncs,
+                    missing_content: 0,
+                    error: None,
+                }
             });
             if building.as_ref().is_some_and(|b| b.is_finished()) {
                 let built = building.take().expect("checked just above");
@@ -215,13 +268,23 @@ impl Exporter {
     /// if the document has none, or a new one if the feed no longer reaches it.
     async fn resume(&self) -> Result<Position, FederationError> {
         let ring = Ring::load(&self.doc, self.author).await?;
-        let checkpoint = match self.read_meta().await? {
-            Some(meta) if self.checkpoint_available(&meta).await => meta,
-            // None yet, or the node that built it died before anyone fetched it: importers
-            // could not bootstrap from it.
-            _ => self.checkpoint_now().await?,
+        // The segments go on from the checkpoint the document had, whether or not its
+        // content can still be had: replicas past it continue with segments.
+        let (checkpoint, from) = match self.read_meta().await? {
+            Some(meta) if self.checkpoint_available(&meta).await => (meta, meta.revision),
+            // The node that built it died before anyone fetched it: new replicas could
+            // not bootstrap from it.
+            Some(meta) => {
+                tracing::info!(source = %self.source, revision = meta.revision, "no owner node can provide the latest checkpoint's content; building a new one");
+                (self.checkpoint_now().await?, meta.revision)
+            }
+            None => {
+                tracing::info!(source = %self.source, segments = ring.len(), "the document here holds no checkpoint; building one");
+                let meta = self.checkpoint_now().await?;
+                (meta, meta.revision)
+            }
         };
-        let exported = self.held_end(&ring, checkpoint.revision).await?;
+        let exported = self.held_end(&ring, from).await?;
         let next_seq = ring.max_seq().map_or(0, |s| s + 1);
         let mut at = Position {
             ring,
@@ -279,7 +342,7 @@ impl Exporter {
     async fn held_end(&self, ring: &Ring, from: u64) -> Result<u64, FederationError> {
         let mut end = from;
         while let Some(seg) = ring.covering(end + 1) {
-            if !self.stack.blobs.has(seg.hash).await.map_err(stack_err)? {
+            if !self.stack.has(seg.hash).await? {
                 tracing::info!(source = %self.source, seq = seg.key.seq, first = seg.key.first, "a segment's content is missing here; exporting from its first revision again");
                 break;
             }
@@ -371,8 +434,9 @@ impl Exporter {
             last: last.revision,
             first_time_ms: first.time_ms,
         };
+        let group = self.ring_size.group_of(key.seq);
         if key.seq.is_multiple_of(GROUP_SEGMENTS) {
-            self.reuse_group(at, group_of(key.seq), building).await?;
+            self.reuse_group(at, group, building).await?;
         }
         let segment = Segment {
             source: self.source.clone(),
@@ -383,19 +447,19 @@ impl Exporter {
         let segment_bytes = encoded.len() as u64;
         let hash = self
             .stack
-            .put(&self.doc, self.author, key.encode(), encoded)
+            .put(&self.doc, self.author, self.ring_size.encode(&key), encoded)
             .await
             .map_err(|e| {
                 // Most likely a clock behind the previous writer's; the next try will
                 // succeed once the clock passes it.
                 FederationError::Stack(format!("writing segment {}: {e}", key.seq))
             })?;
-        at.ring.insert(Seg { key, hash });
+        at.ring.insert(Seg { key, group, hash });
         at.exported = key.last;
         at.next_seq += 1;
         at.since_checkpoint += 1;
         at.bytes_since_checkpoint += segment_bytes;
-        let by_ring = at.since_checkpoint >= CHECKPOINT_AFTER_SEGMENTS;
+        let by_ring = at.since_checkpoint >= self.ring_size.checkpoint_after();
         // A new region loads the checkpoint and then every segment after it: keep that
         // within about twice the data's size.
         let by_bytes =

@@ -16,6 +16,7 @@
 //! importer drains its subscription into a wake-up signal at once and does the work from
 //! its own view of the document.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -294,9 +295,10 @@ impl Importer {
                     }
                 }
                 key => {
-                    if let Some(key) = SegmentKey::decode(key) {
+                    if let Some((group, key)) = SegmentKey::decode(key) {
                         v.ring.insert(Seg {
                             key,
+                            group,
                             hash: arrival.hash,
                         });
                     }
@@ -442,26 +444,44 @@ impl Importer {
     /// Applies segments from the ring while one continues the replica: the next run of up
     /// to [`APPLY_RUN_SEGMENTS`] consecutive segments is fetched [`FETCHES_IN_FLIGHT`] at a
     /// time and applied in one replica transaction, so a backlog costs neither a round
-    /// trip nor a commit per segment.
+    /// trip nor a commit per segment. A segment whose content cannot be fetched gives way
+    /// to another that holds the same revisions, if the ring has one (a new leader exports
+    /// again what its predecessor wrote but it never received, and the predecessor may be
+    /// gone with the only copy).
     async fn apply_ring(&self, ring: &Ring, revision: &mut u64) -> Result<(), FederationError> {
+        let mut unavailable = HashSet::new();
+        let mut failures = HashMap::new();
         loop {
             let mut run = Vec::new();
             let mut end = *revision;
             while run.len() < APPLY_RUN_SEGMENTS {
-                let Some(seg) = ring.covering(end + 1) else {
+                let Some(seg) = ring.covering_except(end + 1, &unavailable) else {
                     break;
                 };
                 end = seg.key.last;
                 run.push(seg.clone());
             }
             if run.is_empty() {
-                return Ok(());
+                // Either the ring ends here, or every segment holding the next revision
+                // failed: then the error is that of the one that would carry it furthest.
+                return match ring.covering(*revision + 1) {
+                    Some(seg) => Err(failures.remove(&seg.hash).unwrap_or_else(|| {
+                        FederationError::Stack(format!(
+                            "segment {} could not be applied",
+                            seg.key.seq
+                        ))
+                    })),
+                    None => Ok(()),
+                };
             }
             let owners = self.owner_ids();
             let fetches: Vec<_> = run
                 .into_iter()
                 .map(|seg| {
-                    fetch_segment(self.stack.clone(), self.source.clone(), seg, owners.clone())
+                    let hash = seg.hash;
+                    let fetch =
+                        fetch_segment(self.stack.clone(), self.source.clone(), seg, owners.clone());
+                    async move { (hash, fetch.await) }
                 })
                 .collect();
             let mut fetched =
@@ -469,11 +489,11 @@ impl Importer {
             // What arrived in order before a failed fetch is still applied.
             let mut sets = Vec::new();
             let mut failed = None;
-            while let Some(result) = futures::StreamExt::next(&mut fetched).await {
+            while let Some((hash, result)) = futures::StreamExt::next(&mut fetched).await {
                 match result {
                     Ok(more) => sets.extend(more),
                     Err(e) => {
-                        failed = Some(e);
+                        failed = Some((hash, e));
                         break;
                     }
                 }
@@ -491,8 +511,10 @@ impl Importer {
                 state.sets_applied += applied;
                 state.inputs.revision = new;
             }
-            if let Some(e) = failed {
-                return Err(e);
+            if let Some((hash, e)) = failed {
+                tracing::debug!(source = %self.source, "segment {}: {e}", hash.fmt_short());
+                unavailable.insert(hash);
+                failures.insert(hash, e);
             }
         }
     }

@@ -35,6 +35,7 @@
 //! - [`stack`]: a node's iroh-docs, gossip and blobs on its endpoint.
 //! - [`source`]: [`FeedSource`], what the exporter needs from the node.
 //! - [`export`]: the owner side: segments, heartbeats, checkpoints.
+//! - `follow`: an owner node that does not lead keeps its copy of the document in sync.
 //! - [`checkpoint`]: building and loading checkpoints as streams.
 //! - [`content`]: fetching an entry's content, locally or from peers.
 //! - [`import`]: the replica side: in-order apply, gaps, bootstrap.
@@ -46,6 +47,7 @@
 pub mod checkpoint;
 pub mod content;
 pub mod export;
+mod follow;
 pub mod format;
 pub mod import;
 pub mod keys;
@@ -57,7 +59,7 @@ pub mod secret;
 pub mod source;
 pub mod stack;
 
-pub use node::{Federation, FederationSetup, ImportSetup, Replicas};
+pub use node::{DocumentInfo, Federation, FederationSetup, ImportSetup, Replicas};
 pub use source::FeedSource;
 
 /// Errors of federation.

@@ -17,9 +17,9 @@ use tokio::task::JoinHandle;
 
 use crate::export::{ExportStatus, Exporter};
 use crate::import::{ImportState, Importer};
-use crate::keys::CHECKPOINT_BLOB_KEY;
+use crate::keys::{RingSize, CHECKPOINT_BLOB_KEY};
 use crate::replica::ReplicaStore;
-use crate::ring::stack_err;
+use crate::ring::{stack_err, Ring};
 use crate::secret::FederationSecret;
 use crate::source::FeedSource;
 use crate::stack::{stack_dir, DocsStack};
@@ -49,6 +49,8 @@ pub struct FederationSetup {
     pub imports: Vec<ImportSetup>,
     /// See [`Exporter::checkpoint_replay_bytes`].
     pub checkpoint_replay_bytes: u64,
+    /// The document's ring of segment slots when exporting (`[federation] segment_slots`).
+    pub segment_slots: u64,
 }
 
 /// One source cluster to import.
@@ -210,6 +212,15 @@ impl Replicas {
 /// is in: a download, a replica transaction) before it is aborted.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// What one node's copy of a federation document holds (for tests and diagnostics).
+#[derive(Debug, Clone)]
+pub struct DocumentInfo {
+    /// Every entry of the document's author, tombstones included.
+    pub entries: usize,
+    /// Its segments.
+    pub ring: Ring,
+}
+
 /// One node's running federation.
 pub struct Federation {
     stack: DocsStack,
@@ -217,6 +228,9 @@ pub struct Federation {
     tasks: Vec<JoinHandle<()>>,
     export: Option<watch::Receiver<ExportStatus>>,
     replicas: Arc<Replicas>,
+    /// Every document this node holds (its cluster's, those it imports), by cluster, with
+    /// the author its entries carry.
+    docs: BTreeMap<String, (iroh_docs::api::Doc, AuthorId)>,
 }
 
 impl std::fmt::Debug for Federation {
@@ -236,10 +250,12 @@ impl Federation {
         feed: Arc<dyn FeedSource>,
         replicas: Arc<Replicas>,
     ) -> Result<Federation, FederationError> {
+        let ring_size = RingSize::new(setup.segment_slots).map_err(FederationError::Config)?;
         let stack = DocsStack::spawn(endpoint, &stack_dir(&setup.data_dir)).await?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut export = None;
+        let mut docs = BTreeMap::new();
         if let Some(secret) = &setup.secret {
             stack
                 .docs
@@ -251,6 +267,7 @@ impl Federation {
                 .import_namespace(Capability::Write(secret.namespace()))
                 .await
                 .map_err(stack_err)?;
+            docs.insert(setup.cluster.clone(), (doc.clone(), secret.author_id()));
             let (status_tx, status_rx) = watch::channel(ExportStatus::default());
             let exporter = Exporter {
                 source: setup.cluster.clone(),
@@ -260,6 +277,7 @@ impl Federation {
                 author: secret.author_id(),
                 peers: setup.cluster_peers.clone(),
                 checkpoint_replay_bytes: setup.checkpoint_replay_bytes,
+                ring_size,
             };
             tasks.push(tokio::spawn(exporter.run(stopped.clone(), status_tx)));
             export = Some(status_rx);
@@ -279,6 +297,7 @@ impl Federation {
             )]))
             .await
             .map_err(stack_err)?;
+            docs.insert(import.cluster.clone(), (doc.clone(), import.author));
             let importer = Importer {
                 source: import.cluster.clone(),
                 stack: stack.clone(),
@@ -296,7 +315,44 @@ impl Federation {
             tasks,
             export,
             replicas,
+            docs,
         })
+    }
+
+    /// What this node's copy of `cluster`'s document holds (its own cluster's, or one it
+    /// imports); `None` if it holds no such document.
+    pub async fn document(&self, cluster: &str) -> Result<Option<DocumentInfo>, FederationError> {
+        let Some((doc, author)) = self.docs.get(cluster) else {
+            return Ok(None);
+        };
+        let query = iroh_docs::store::Query::author(*author).include_empty();
+        let stream = doc.get_many(query).await.map_err(stack_err)?;
+        let mut stream = std::pin::pin!(stream);
+        let mut entries = 0;
+        while let Some(entry) = futures::StreamExt::next(&mut stream).await {
+            entry.map_err(stack_err)?;
+            entries += 1;
+        }
+        Ok(Some(DocumentInfo {
+            entries,
+            ring: Ring::load(doc, *author).await?,
+        }))
+    }
+
+    /// Fault injection for tests: this node acts from now on as if the blob `hash` were
+    /// gone here and from every peer (see [`DocsStack::withhold`]).
+    pub fn withhold_blob(&self, hash: iroh_blobs::Hash) {
+        self.stack.withhold(hash);
+    }
+
+    /// Fault injection for tests: ends [`Federation::withhold_blob`] of `hash` on this node.
+    pub fn release_blob(&self, hash: iroh_blobs::Hash) {
+        self.stack.release(hash);
+    }
+
+    /// The exporter's status, watched, if this node's cluster exports.
+    pub fn export_watch(&self) -> Option<watch::Receiver<ExportStatus>> {
+        self.export.clone()
     }
 
     /// The stack's protocol handlers, to register on the node's iroh router.

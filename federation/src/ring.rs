@@ -4,7 +4,7 @@
 //! their own replica of the document, so it reflects what the document really holds there,
 //! not what anyone intended to write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use futures::StreamExt;
 use iroh_blobs::Hash;
@@ -12,7 +12,7 @@ use iroh_docs::api::Doc;
 use iroh_docs::store::Query;
 use iroh_docs::AuthorId;
 
-use crate::keys::{group_of, SegmentKey, SEGMENT_PREFIX};
+use crate::keys::{SegmentKey, SEGMENT_PREFIX};
 use crate::FederationError;
 
 /// One segment entry of the document.
@@ -20,6 +20,8 @@ use crate::FederationError;
 pub struct Seg {
     /// What its key says.
     pub key: SegmentKey,
+    /// The slot group its key is in (what deleting that group removes).
+    pub group: u16,
     /// The hash of its content (the encoded segment).
     pub hash: Hash,
 }
@@ -41,9 +43,10 @@ impl Ring {
         let mut ring = Ring::default();
         while let Some(entry) = stream.next().await {
             let entry = entry.map_err(stack_err)?;
-            if let Some(key) = SegmentKey::decode(entry.key()) {
+            if let Some((group, key)) = SegmentKey::decode(entry.key()) {
                 ring.insert(Seg {
                     key,
+                    group,
                     hash: entry.content_hash(),
                 });
             }
@@ -68,10 +71,16 @@ impl Ring {
 
     /// The segment holding `revision` that reaches furthest, if any.
     pub fn covering(&self, revision: u64) -> Option<&Seg> {
+        self.covering_except(revision, &HashSet::new())
+    }
+
+    /// The segment holding `revision` that reaches furthest, leaving out those whose
+    /// content is in `skip` (known not to be downloadable right now), if any.
+    pub fn covering_except(&self, revision: u64, skip: &HashSet<Hash>) -> Option<&Seg> {
         self.segments
             .range(..=(revision, u64::MAX))
             .map(|(_, s)| s)
-            .filter(|s| s.key.covers(revision))
+            .filter(|s| s.key.covers(revision) && !skip.contains(&s.hash))
             .max_by_key(|s| (s.key.last, s.key.seq))
     }
 
@@ -108,14 +117,24 @@ impl Ring {
     pub fn max_last_in_group(&self, group: u16) -> Option<u64> {
         self.segments
             .values()
-            .filter(|s| group_of(s.key.seq) == group)
+            .filter(|s| s.group == group)
             .map(|s| s.key.last)
             .max()
     }
 
+    /// The groups that hold at least one known segment.
+    pub fn groups(&self) -> std::collections::BTreeSet<u16> {
+        self.segments.values().map(|s| s.group).collect()
+    }
+
+    /// Every known segment, by first revision.
+    pub fn segments(&self) -> impl Iterator<Item = &Seg> {
+        self.segments.values()
+    }
+
     /// Forgets the segments of `group` (after the exporter deleted it).
     pub fn remove_group(&mut self, group: u16) {
-        self.segments.retain(|_, s| group_of(s.key.seq) != group);
+        self.segments.retain(|_, s| s.group != group);
     }
 }
 
@@ -136,6 +155,7 @@ mod tests {
                 last,
                 first_time_ms: 0,
             },
+            group: crate::keys::RingSize::default().group_of(seq),
             hash: Hash::new([seq as u8]),
         }
     }
@@ -155,6 +175,13 @@ mod tests {
             "the one that reaches furthest"
         );
         assert!(ring.covering(13).is_none());
+        let skip = HashSet::from([ring.covering(9).unwrap().hash]);
+        assert_eq!(
+            ring.covering_except(9, &skip).unwrap().key.seq,
+            1,
+            "another segment holding it when the furthest cannot be had"
+        );
+        assert!(ring.covering_except(10, &skip).is_none());
         assert_eq!(
             (ring.max_seq(), ring.max_last(), ring.min_first()),
             (Some(4), 25, Some(1))

@@ -16,7 +16,7 @@
 //! the node's one iroh `Router` together with Raft and KV: iroh sets an endpoint's ALPNs to
 //! exactly those of its router.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,6 +78,8 @@ pub struct DocsStack {
     pub downloader: iroh_blobs::api::downloader::Downloader,
     endpoint: Endpoint,
     holds: Arc<Mutex<VecDeque<(Instant, TempTag)>>>,
+    /// Fault injection: blobs this node acts as if it lacked and could not download.
+    withheld: Arc<Mutex<HashSet<Hash>>>,
 }
 
 /// The directory of the stack under a node's data dir.
@@ -122,7 +124,37 @@ impl DocsStack {
             downloader,
             endpoint: endpoint.clone(),
             holds: Arc::default(),
+            withheld: Arc::default(),
         })
+    }
+
+    /// Whether the blob `hash` is complete here (and not withheld, see
+    /// [`DocsStack::withhold`]).
+    pub async fn has(&self, hash: Hash) -> Result<bool, FederationError> {
+        if self.is_withheld(hash) {
+            return Ok(false);
+        }
+        self.blobs
+            .has(hash)
+            .await
+            .map_err(|e| err("reading the blob store")(&e))
+    }
+
+    /// Fault injection for tests: from now on this node acts as if the blob `hash` were
+    /// missing here and no peer could provide it (as when garbage collection removed it
+    /// everywhere). Withholding it on every node of both sides drops it from the system.
+    pub fn withhold(&self, hash: Hash) {
+        self.withheld.lock().expect("withheld lock").insert(hash);
+    }
+
+    /// Fault injection for tests: ends [`DocsStack::withhold`] of `hash` on this node.
+    pub fn release(&self, hash: Hash) {
+        self.withheld.lock().expect("withheld lock").remove(&hash);
+    }
+
+    /// Whether `hash` is withheld (see [`DocsStack::withhold`]).
+    pub fn is_withheld(&self, hash: Hash) -> bool {
+        self.withheld.lock().expect("withheld lock").contains(&hash)
     }
 
     /// Writes `bytes` as the entry `key` of `doc` by `author`, keeping the blob protected

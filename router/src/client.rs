@@ -30,7 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aspen_api::wire::{
-    FeedReadRequest, FeedReadResponse, KvRequest, KvResponse, StatusReport, MAX_WIRE_BATCH,
+    FeedReadRequest, FeedReadResponse, KvRequest, KvResponse, ReplicaReadRequest,
+    ReplicaReadResponse, StatusReport, MAX_WIRE_BATCH,
 };
 use aspen_api::{ApiError, ErrorCode, ReadRequest};
 use aspen_config::ClusterConfig;
@@ -40,6 +41,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 pub use breaker::{PROBE_DEADLINE, PROBE_INTERVAL};
+pub(crate) use link::refusal_rank;
 pub use link::RETRY_BACKOFF;
 use link::{Link, Member};
 
@@ -140,6 +142,7 @@ impl ClusterClient {
             transport,
             deadline,
             leader: AtomicUsize::new(0),
+            replica_member: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
             breaker: Default::default(),
             me: me.clone(),
@@ -204,12 +207,24 @@ impl ClusterClient {
         result
     }
 
-    async fn call_admitted(&self, request: KvRequest) -> Result<KvResponse, ApiError> {
-        if let Some(refused) = self.link.refused() {
-            return Err(refused);
-        }
-        let _running = match self.running.try_acquire() {
-            Ok(permit) => permit,
+    /// Serves a stale read from this cluster's replica of another region's cluster, on
+    /// the first member whose replica can (see `Link::replica_read`), within `deadline`.
+    /// It takes an admission slot like any request, but skips the breaker: a cluster
+    /// without a leader still serves replica reads.
+    pub async fn replica_read(
+        &self,
+        request: ReplicaReadRequest,
+        deadline: Instant,
+    ) -> Result<ReplicaReadResponse, ApiError> {
+        let _running = self.admit().await?;
+        self.link.replica_read(request, deadline).await
+    }
+
+    /// A running slot, waiting for one if all are taken and fewer than as many wait;
+    /// refused at once beyond that, or when none frees within the deadline.
+    async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        match self.running.try_acquire() {
+            Ok(permit) => Ok(permit),
             Err(_) => {
                 if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limit {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -221,16 +236,24 @@ impl ClusterClient {
                 }
                 let _waiting = Waiting(&self.waiting);
                 let deadline = self.link.deadline;
-                tokio::time::timeout(deadline, self.running.acquire())
+                let permit = tokio::time::timeout(deadline, self.running.acquire())
                     .await
                     .map_err(|_| {
                         self.link.unavailable(format!(
                             "no request slot freed within {deadline:?}; nothing was applied"
                         ))
                     })?
-                    .expect("the semaphore is never closed")
+                    .expect("the semaphore is never closed");
+                Ok(permit)
             }
-        };
+        }
+    }
+
+    async fn call_admitted(&self, request: KvRequest) -> Result<KvResponse, ApiError> {
+        if let Some(refused) = self.link.refused() {
+            return Err(refused);
+        }
+        let _running = self.admit().await?;
         match request {
             // Scans go alone: one can take far longer and answer far more than a get, and
             // a batch is answered only when its slowest item is done.

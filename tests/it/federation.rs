@@ -11,94 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen::topology::{Topology, TopologySpec};
 use aspen_api::json::{BatchRequest, JsonWrite};
-use aspen_api::{AspenClient, Consistency, ErrorCode, KvEntry};
-use aspen_cluster_node::local_cluster::LocalCluster;
-use support::{fast_raft, poll};
-
-async fn start(nodes: usize, deadline_ms: u64) -> (tempfile::TempDir, Topology) {
-    support::init_test_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let mut spec = TopologySpec::design(dir.path(), "127.0.0.1:0".parse().unwrap(), nodes);
-    spec.raft = fast_raft();
-    spec.request_deadline_ms = deadline_ms;
-    let topology = Topology::start(spec).await.expect("topology starts");
-    for (_, name, cluster) in topology.clusters() {
-        cluster
-            .wait_for_leader(Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|| panic!("{name} elects a leader"));
-    }
-    (dir, topology)
-}
-
-fn client(t: &Topology, region: &str) -> AspenClient {
-    AspenClient::with_timeout(&t.router(region).url(), Duration::from_secs(30))
-}
-
-/// Every key of `cluster`, read from its leader's state machine.
-fn owner_entries(cluster: &LocalCluster) -> (u64, Vec<KvEntry>) {
-    let leader = cluster.leader().expect("a leader");
-    let sm = cluster
-        .node(leader)
-        .unwrap()
-        .service
-        .state_machine()
-        .clone();
-    let mut entries = Vec::new();
-    let (revision, _) = sm
-        .read(|r| {
-            r.scan_all(1_000, &mut |page| {
-                entries.extend(page);
-                Ok(())
-            })
-        })
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    (revision, entries)
-}
-
-/// The replica of `source` kept by node `id` of `cluster`: its revision and entries.
-fn replica(cluster: &LocalCluster, id: u64, source: &str) -> (u64, Vec<KvEntry>) {
-    let node = cluster.node(id).expect("running");
-    let store = node
-        .federation()
-        .expect("federated")
-        .replicas()
-        .store()
-        .clone();
-    let revision = store.state(source).unwrap().map_or(0, |s| s.revision);
-    (revision, store.entries(source).unwrap())
-}
-
-/// Waits until every running node of `importer` holds `source`'s replica exactly equal to
-/// the owner's state (same revision, same entries).
-async fn wait_converged(t: &Topology, source: &str, importer: &str, within: Duration) {
-    let owner = t.cluster(source);
-    poll(
-        &format!("{importer}'s replicas of {source} to equal it"),
-        within,
-        || async {
-            let (head, expected) = owner_entries(owner);
-            let cluster = t.cluster(importer);
-            for id in cluster.running() {
-                let (revision, entries) = replica(cluster, id, source);
-                if revision != head {
-                    return None;
-                }
-                // Compared without printing: a failure would print thousands of entries.
-                assert!(
-                    entries == expected,
-                    "{importer} node {id} is at {source}'s revision {head} but holds other data"
-                );
-            }
-            Some(())
-        },
-    )
-    .await;
-}
+use aspen_api::{Consistency, ErrorCode};
+use support::federation::{
+    client, owner_entries, replica, replica_status, start, start_with, wait_converged,
+};
+use support::poll;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_thousand_keys_written_in_us_appear_in_eu_exactly_with_each_batch_whole() {
@@ -181,24 +99,6 @@ async fn five_thousand_keys_written_in_us_appear_in_eu_exactly_with_each_batch_w
     assert!(checked > 5, "the batch checker ran {checked} times");
     wait_converged(&t, "us-2", "eu-1", Duration::from_secs(30)).await;
     t.shutdown().await;
-}
-
-/// `/v1/status` of `region`'s router: the replica of `source` (revision, lag seconds).
-async fn replica_status(t: &Topology, region: &str, source: &str) -> Option<(u64, Option<f64>)> {
-    let http = aspen_api::client::http_client(Duration::from_secs(10));
-    let status: serde_json::Value = http
-        .get(format!("{}/v1/status", t.router(region).url()))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let r = status["replicas"]
-        .as_array()?
-        .iter()
-        .find(|r| r["source"] == source)?;
-    Some((r["revision"].as_u64()?, r["lag_seconds"].as_f64()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -457,19 +357,11 @@ async fn an_unknown_endpoint_is_refused_on_every_federation_protocol() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_lost_with_its_federation_data_comes_back_from_a_checkpoint_not_from_history() {
-    support::init_test_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let mut spec = TopologySpec::design(dir.path(), "127.0.0.1:0".parse().unwrap(), 3);
-    spec.raft = fast_raft();
     // Checkpoints follow the data closely, so a fresh replica has little to replay.
-    spec.checkpoint_replay_bytes = aspen_config::limits::MIN_CHECKPOINT_REPLAY_BYTES;
-    let mut t = Topology::start(spec).await.expect("topology starts");
-    for (_, name, cluster) in t.clusters() {
-        cluster
-            .wait_for_leader(Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|| panic!("{name} elects a leader"));
-    }
+    let (_dir, mut t) = start_with(3, aspen_config::DEFAULT_REQUEST_DEADLINE_MS, |spec| {
+        spec.checkpoint_replay_bytes = aspen_config::limits::MIN_CHECKPOINT_REPLAY_BYTES;
+    })
+    .await;
     let us = client(&t, "us");
     let value = vec![b'v'; 1_000];
     for b in 0..100 {

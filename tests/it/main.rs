@@ -9,10 +9,12 @@
 //!   `aspen-checker`.
 //! - `snapshots`: `aspen/snapshot/1` refusing bad snapshots from a member and strangers;
 //!   `aspen snapshot save`, `inspect` and `restore` into a new cluster.
-//! - `operations`: a dead member replaced with the CLI, on `aspen node` processes.
+//! - `operations`: a dead member replaced with the CLI, and a rolling restart through a
+//!   router failing no request, on `aspen node` processes.
 //! - `router`, `router_linearizability`, `router_process`: the router in front of
 //!   several clusters.
-//! - `federation`, `federation_process`: regions replicating through iroh-docs.
+//! - `federation`, `federation_process`, `federation_reads`, `federation_ring`: regions
+//!   replicating through iroh-docs.
 //! - `watch` (with `watch::leases`): the change feed, watches and leases.
 //! - `auth`, `tls`: bearer tokens and their grants, at a node and through a router; TLS
 //!   (mutual) on the HTTP API from the CLI and curl.
@@ -27,6 +29,8 @@ mod cli;
 mod cluster_faults;
 mod federation;
 mod federation_process;
+mod federation_reads;
+mod federation_ring;
 mod fuzz_corpus;
 mod http_errors;
 mod kv_basics;

@@ -78,6 +78,7 @@ impl From<StatusReport> for NodeStatus {
             initialized: s.initialized,
             members: s.members.into_iter().map(MemberStatus::from).collect(),
             replicas: Vec::new(),
+            export: None,
         }
     }
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use aspen_api::admin::{
-    AddLearnerRequest, InitRequest, MemberStatus, MembershipResponse, NodeIdRequest, NodeStatus,
-    PartitionRequest, ReplicaHealth,
+    AddLearnerRequest, ExportHealth, InitRequest, MemberStatus, MembershipResponse, NodeIdRequest,
+    NodeStatus, PartitionRequest, ReplicaHealth,
 };
 use aspen_api::server::{parse_json, HttpError, HttpResult};
 use aspen_api::wire::MembershipChange;
@@ -44,6 +44,19 @@ pub async fn status(State(state): State<Arc<NodeBackend>>) -> Json<NodeStatus> {
         .into_iter()
         .map(|r| ReplicaHealth::reported_by(r, &state.service.cluster))
         .collect();
+    status.export = state.export.as_ref().map(|e| {
+        let e = e.borrow();
+        Box::new(ExportHealth {
+            active: e.active,
+            exported: e.exported,
+            checkpoint: e.checkpoint,
+            next_seq: e.next_seq,
+            resumed_seq: e.resumed_seq,
+            follower_syncs: e.follower_syncs,
+            missing_content: e.missing_content,
+            error: e.error.clone(),
+        })
+    });
     Json(status)
 }
 

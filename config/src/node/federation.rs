@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::peer::{check_addrs, check_endpoint_id};
 use crate::error::FieldError;
 use crate::limits::{
-    DEFAULT_CHECKPOINT_REPLAY_BYTES, MAX_CHECKPOINT_REPLAY_BYTES, MAX_CLUSTER_NODES,
-    MAX_FEDERATION_IMPORTS, MAX_FEDERATION_READERS, MIN_CHECKPOINT_REPLAY_BYTES,
+    DEFAULT_CHECKPOINT_REPLAY_BYTES, DEFAULT_SEGMENT_SLOTS, MAX_CHECKPOINT_REPLAY_BYTES,
+    MAX_CLUSTER_NODES, MAX_FEDERATION_IMPORTS, MAX_FEDERATION_READERS, MAX_SEGMENT_SLOTS,
+    MIN_CHECKPOINT_REPLAY_BYTES, MIN_SEGMENT_SLOTS, SEGMENT_GROUP_SLOTS,
 };
 use crate::name::check_name;
 
@@ -40,10 +41,21 @@ pub struct FederationConfig {
     /// replays at most about that much after loading the checkpoint.
     #[serde(default = "default_checkpoint_replay_bytes")]
     pub checkpoint_replay_bytes: u64,
+    /// When exporting: how many segments the cluster's document holds at most (its ring of
+    /// slots, reused group by group). A replica further behind than the ring loads the
+    /// checkpoint instead. Every node of the cluster should use the same value, chosen
+    /// before the cluster first exports: the exporter only deletes the groups of its
+    /// current ring, so lowering it later does not shrink the document.
+    #[serde(default = "default_segment_slots")]
+    pub segment_slots: u64,
 }
 
 fn default_checkpoint_replay_bytes() -> u64 {
     DEFAULT_CHECKPOINT_REPLAY_BYTES
+}
+
+fn default_segment_slots() -> u64 {
+    DEFAULT_SEGMENT_SLOTS
 }
 
 /// One region this cluster exports to.
@@ -142,6 +154,19 @@ impl FederationConfig {
                     "is {}; use {MIN_CHECKPOINT_REPLAY_BYTES} to {MAX_CHECKPOINT_REPLAY_BYTES} \
                      bytes (default {DEFAULT_CHECKPOINT_REPLAY_BYTES})",
                     self.checkpoint_replay_bytes
+                ),
+            ));
+        }
+        let slots = MIN_SEGMENT_SLOTS..=MAX_SEGMENT_SLOTS;
+        if !slots.contains(&self.segment_slots)
+            || !self.segment_slots.is_multiple_of(SEGMENT_GROUP_SLOTS)
+        {
+            return Err(FieldError::new(
+                "segment_slots",
+                format!(
+                    "is {}; use a multiple of {SEGMENT_GROUP_SLOTS} from {MIN_SEGMENT_SLOTS} to \
+                     {MAX_SEGMENT_SLOTS} (default {DEFAULT_SEGMENT_SLOTS})",
+                    self.segment_slots
                 ),
             ));
         }
@@ -259,6 +284,36 @@ mod tests {
                 }],
             }],
             checkpoint_replay_bytes: DEFAULT_CHECKPOINT_REPLAY_BYTES,
+            segment_slots: DEFAULT_SEGMENT_SLOTS,
+        }
+    }
+
+    #[test]
+    fn segment_slots_are_whole_groups_within_bounds() {
+        let with = |slots| FederationConfig {
+            segment_slots: slots,
+            ..config()
+        };
+        with(MIN_SEGMENT_SLOTS).check("us-1").unwrap();
+        with(MAX_SEGMENT_SLOTS).check("us-1").unwrap();
+        with(MIN_SEGMENT_SLOTS + SEGMENT_GROUP_SLOTS)
+            .check("us-1")
+            .unwrap();
+        for bad in [
+            0,
+            MIN_SEGMENT_SLOTS - SEGMENT_GROUP_SLOTS,
+            MAX_SEGMENT_SLOTS + SEGMENT_GROUP_SLOTS,
+            MIN_SEGMENT_SLOTS + 1,
+            1000,
+        ] {
+            let err = with(bad).check("us-1").unwrap_err();
+            assert_eq!(err.field, "segment_slots", "{bad}");
+            assert!(
+                err.reason
+                    .contains(&format!("is {bad}; use a multiple of 64 from 128 to 65536")),
+                "{}",
+                err.reason
+            );
         }
     }
 

@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use aspen_api::wire::{self, KvRequest, KvResponse, KV_ALPN, MAX_WIRE_MESSAGE_BYTES};
+use aspen_api::wire::{
+    self, KvRequest, KvResponse, ReplicaReadRequest, ReplicaReadResponse, KV_ALPN,
+    MAX_WIRE_MESSAGE_BYTES,
+};
 use aspen_api::{ApiError, ErrorCode};
 use aspen_net::{PeerAddr, Transport, TransportError};
 use futures::future::join_all;
@@ -39,6 +42,9 @@ pub(super) struct Link {
     pub(super) deadline: Duration,
     /// Index in `members` of the node believed to lead.
     pub(super) leader: AtomicUsize,
+    /// Index in `members` of the node that last served a replica read: any member serves
+    /// those, so they start where the last one succeeded, apart from the leader's.
+    pub(super) replica_member: AtomicUsize,
     pub(super) health: Mutex<Health>,
     pub(super) breaker: Breaker,
     /// This link, for the breaker's probe task.
@@ -59,6 +65,32 @@ fn retry_is_safe(request: &KvRequest) -> bool {
                     | aspen_api::lease::LeaseRequest::Get { .. }
             )
     )
+}
+
+/// Whether a replica read refused with `code` may succeed on another member: a refusal
+/// about that member's replica or its health, not about the request itself.
+fn member_specific(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::ReplicaBehind
+            | ErrorCode::ReplicaUnavailable
+            | ErrorCode::ClusterUnavailable
+            | ErrorCode::NoLeader
+            | ErrorCode::Overloaded
+            | ErrorCode::Timeout
+            | ErrorCode::Internal
+    )
+}
+
+/// How much a replica read's refusal says about the replicas (higher says more): one that
+/// is behind says a replica exists and is catching up, so waiting briefly may help.
+pub(crate) fn refusal_rank(code: ErrorCode) -> u8 {
+    match code {
+        ErrorCode::ReplicaBehind => 3,
+        ErrorCode::ReplicaUnavailable => 2,
+        ErrorCode::ClusterUnavailable => 0,
+        _ => 1,
+    }
 }
 
 impl Link {
@@ -228,6 +260,73 @@ impl Link {
             }
             target = next;
         }
+    }
+
+    /// Serves a replica read from the first member whose replica can: every member keeps
+    /// its own replica, at its own revision, so one that refuses (behind the revision the
+    /// router already returned, staler than `max_lag`, still bootstrapping) or cannot be
+    /// reached gives way to the next, starting with the one that served last (or the one
+    /// after a member that could not be reached). Each member
+    /// is asked once, within `deadline`. The refusal returned is the most telling one:
+    /// `replica_behind` over `replica_unavailable` over an unreachable member. A request
+    /// every member would refuse alike (malformed) is returned at once. Leadership and the
+    /// breaker play no part: followers serve replica reads, with or without a leader.
+    pub(super) async fn replica_read(
+        &self,
+        request: ReplicaReadRequest,
+        deadline: Instant,
+    ) -> Result<ReplicaReadResponse, ApiError> {
+        let payload = wire::encode(&KvRequest::ReplicaRead(request))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let count = self.members.len();
+        let start = self.replica_member.load(Ordering::Relaxed) % count;
+        let mut refusal: Option<ApiError> = None;
+        for i in (0..count).map(|k| (start + k) % count) {
+            if deadline.saturating_duration_since(Instant::now()) < MIN_ATTEMPT_TIME {
+                break;
+            }
+            let member = &self.members[i];
+            let problem = match self.exchange(member, &payload, deadline).await {
+                Ok(bytes) => match wire::decode::<KvResponse>(&bytes) {
+                    Ok(KvResponse::ReplicaRead(answer)) => {
+                        self.replica_member.store(i, Ordering::Relaxed);
+                        return Ok(answer);
+                    }
+                    Ok(KvResponse::Error(e)) if !member_specific(e.code) => return Err(e),
+                    Ok(KvResponse::Error(e)) => e,
+                    Ok(other) => ApiError::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "node {} of cluster {} answered a replica read with {other:?}",
+                            member.node_id, self.name
+                        ),
+                    ),
+                    Err(e) => self.malformed(member.node_id, e),
+                },
+                Err(e) => {
+                    // Start the next read past a member that cannot be reached.
+                    let _ = self.replica_member.compare_exchange(
+                        i,
+                        (i + 1) % count,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    self.unavailable(format!("node {}: {e}", member.node_id))
+                }
+            };
+            if refusal
+                .as_ref()
+                .is_none_or(|r| refusal_rank(problem.code) > refusal_rank(r.code))
+            {
+                refusal = Some(problem);
+            }
+        }
+        Err(refusal.unwrap_or_else(|| {
+            self.unavailable(format!(
+                "no member could be asked a replica read within {:?}",
+                self.deadline
+            ))
+        }))
     }
 
     /// The deadline passed with no leader answering: trips the breaker, and says so.

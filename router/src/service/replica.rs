@@ -2,13 +2,18 @@
 //! router's region (DESIGN.md, "Federation rules").
 //!
 //! A router sends such a read to a cluster of its own region, whose nodes keep replicas of
-//! the owner (`KvRequest::ReplicaRead`), trying its region's clusters in table order. The
-//! router remembers, per owner, the highest replica revision it has returned, and asks
-//! every later read for at least that revision: a replica behind it answers
-//! `replica_behind`, so the router moves to another node or waits briefly for it to catch
-//! up. A client reading through one router therefore never sees a key go back to an older
-//! revision, whichever node serves it. (The memory is the router's own: a restarted router
-//! starts from what its replicas hold.) A region without clusters has no replicas; its
+//! the owner (`KvRequest::ReplicaRead`), trying its region's clusters in table order and,
+//! in each, one member after another: every node keeps its own replica, at its own
+//! revision. The router remembers, per owner, the highest replica revision it has
+//! returned, and asks every later read for at least that revision: a replica behind it
+//! answers `replica_behind`, so the router moves to another node, and when none is fresh
+//! enough waits briefly ([`REPLICA_CATCH_UP_WAIT`]) for one to catch up before answering
+//! 503 `replica_behind`. A client reading through one router therefore never sees a key go
+//! back to an older revision, whichever node serves it.
+//!
+//! The memory is the router's own and lives in its memory only: a restarted router, or a
+//! client that switches to another router, starts from what the replicas hold and may see
+//! an older revision than it saw before. A region without clusters has no replicas; its
 //! routers serve stale reads from the owner, as within one region.
 
 use std::collections::HashMap;
@@ -21,7 +26,8 @@ use aspen_api::wire::{KvRequest, KvResponse, ReplicaReadRequest, ReplicaReport};
 use aspen_api::{ApiError, ErrorCode, ReadRequest};
 use tokio::time::Instant;
 
-use super::{client_of, unexpected, RouterService, Routing};
+use super::{client_of, RouterService, Routing};
+use crate::client::refusal_rank;
 
 /// How long a replica read waits for this region's replicas to reach the revision this
 /// router already returned (or to meet `max_lag`) before it answers `replica_behind`.
@@ -91,7 +97,9 @@ impl RouterService {
         if hosts.is_empty() {
             return Ok(None);
         }
-        let give_up = Instant::now() + REPLICA_CATCH_UP_WAIT;
+        let now = Instant::now();
+        let deadline = now + self.deadline;
+        let give_up = (now + REPLICA_CATCH_UP_WAIT).min(deadline);
         loop {
             let ask = ReplicaReadRequest {
                 source: source.to_string(),
@@ -99,11 +107,11 @@ impl RouterService {
                 min_revision: self.floors.get(source),
                 max_lag_ms,
             };
-            let mut last: Option<ApiError> = None;
+            let mut refusal: Option<ApiError> = None;
             for host in &hosts {
                 let client = client_of(routing, host)?;
-                match client.call(KvRequest::ReplicaRead(ask.clone())).await {
-                    Ok(KvResponse::ReplicaRead(r)) => {
+                match client.replica_read(ask.clone(), deadline).await {
+                    Ok(r) => {
                         self.floors.raise(source, r.revision);
                         let lag = ReplicaLag {
                             revisions: r.lag_revisions,
@@ -118,13 +126,21 @@ impl RouterService {
                         };
                         return Ok(Some((response, lag)));
                     }
-                    Ok(other) => last = Some(unexpected(host, other)),
-                    Err(e) => last = Some(e),
+                    Err(e) if e.code == ErrorCode::BadRequest => return Err(e),
+                    Err(e) => {
+                        if refusal
+                            .as_ref()
+                            .is_none_or(|r| refusal_rank(e.code) > refusal_rank(r.code))
+                        {
+                            refusal = Some(e);
+                        }
+                    }
                 }
             }
-            let last = last.unwrap_or_else(|| {
+            let last = refusal.unwrap_or_else(|| {
                 ApiError::new(ErrorCode::ReplicaUnavailable, "no replica answered")
             });
+            // Only a replica that is behind may catch up soon enough to be worth waiting for.
             let worth_waiting = last.code == ErrorCode::ReplicaBehind;
             if !worth_waiting || Instant::now() + RETRY_PAUSE >= give_up {
                 return Err(ApiError::new(

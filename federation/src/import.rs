@@ -502,14 +502,13 @@ impl Importer {
             if !sets.is_empty() {
                 let replicas = self.replicas.clone();
                 let source = self.source.clone();
-                let new = tokio::task::spawn_blocking(move || replicas.apply(&source, &sets))
+                let applied = tokio::task::spawn_blocking(move || replicas.apply(&source, &sets))
                     .await
                     .map_err(|e| FederationError::Replica(e.to_string()))??;
-                let applied = new - *revision;
-                *revision = new;
+                *revision = applied.revision;
                 let mut state = self.state.lock().expect("import state");
-                state.sets_applied += applied;
-                state.inputs.revision = new;
+                state.sets_applied += applied.sets;
+                state.inputs.revision = applied.revision;
             }
             if let Some((hash, e)) = failed {
                 tracing::debug!(source = %self.source, "segment {}: {e}", hash.fmt_short());

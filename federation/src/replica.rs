@@ -39,6 +39,15 @@ pub struct SourceState {
     pub time_ms: u64,
 }
 
+/// What one [`ReplicaStore::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The copy's revision after it.
+    pub revision: u64,
+    /// Change sets applied (each one owner revision); sets already applied are not counted.
+    pub sets: u64,
+}
+
 /// The replica store of one node.
 pub struct ReplicaStore {
     path: std::path::PathBuf,
@@ -152,17 +161,22 @@ impl ReplicaStore {
     }
 
     /// Applies the change sets after the copy's revision, in order, in one transaction.
-    /// Sets at or below the revision are skipped (already applied); a set that does not
-    /// follow on is an error and nothing is applied. Returns the new revision.
-    pub fn apply(&self, source: &str, sets: &[ChangeSet]) -> Result<u64, FederationError> {
+    /// Sets at or below the revision reached so far are skipped (already applied, or the
+    /// same revision from another segment); a set that does not follow on is an error and
+    /// nothing is applied. Returns the new revision and how many sets were applied.
+    pub fn apply(&self, source: &str, sets: &[ChangeSet]) -> Result<Applied, FederationError> {
         let mut conn = self.writer.lock().expect("replica writer lock");
         let state = read_state(&conn, source)
             .map_err(sql)?
             .ok_or_else(|| FederationError::Replica(format!("{source} is not registered")))?;
         let mut revision = state.revision;
         let mut time_ms = state.time_ms;
+        let mut applied = 0;
         let tx = conn.transaction().map_err(sql)?;
-        for set in sets.iter().filter(|s| s.revision > state.revision) {
+        for set in sets {
+            if set.revision <= revision {
+                continue;
+            }
             if set.revision != revision + 1 {
                 return Err(FederationError::Gap {
                     source_cluster: source.to_string(),
@@ -173,6 +187,7 @@ impl ReplicaStore {
             apply_set(&tx, source, set).map_err(sql)?;
             revision = set.revision;
             time_ms = set.time_ms;
+            applied += 1;
         }
         tx.execute(
             "UPDATE replica_sources SET revision = ?2, time_ms = ?3 WHERE source = ?1",
@@ -180,7 +195,10 @@ impl ReplicaStore {
         )
         .map_err(sql)?;
         tx.commit().map_err(sql)?;
-        Ok(revision)
+        Ok(Applied {
+            revision,
+            sets: applied,
+        })
     }
 
     /// Replaces `source`'s copy with a checkpoint at `revision`: the entries arrive in
@@ -392,14 +410,24 @@ mod tests {
             store
                 .apply("us-1", &[put(1, "a", "1"), put(2, "b", "2")])
                 .unwrap(),
-            2
+            Applied {
+                revision: 2,
+                sets: 2
+            }
         );
-        // Revision 2 again, then 3: 2 is skipped, 3 applies.
+        // Revision 2 again, then 3, then 3 again (a second segment over the same
+        // revisions): only 3 applies, once.
         assert_eq!(
             store
-                .apply("us-1", &[put(2, "b", "x"), put(3, "c", "3")])
+                .apply(
+                    "us-1",
+                    &[put(2, "b", "x"), put(3, "c", "3"), put(3, "c", "y")]
+                )
                 .unwrap(),
-            3
+            Applied {
+                revision: 3,
+                sets: 1
+            }
         );
         let err = store.apply("us-1", &[put(5, "e", "5")]).unwrap_err();
         assert!(

@@ -96,12 +96,7 @@ impl FederationSecret {
         }
         let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, hex + "\n").map_err(io)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        }
+        aspen_net::transport::write_owner_only(&tmp, (hex + "\n").as_bytes()).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     }
 

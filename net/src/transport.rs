@@ -89,17 +89,29 @@ pub fn create_secret_key_file(path: &Path) -> std::io::Result<SecretKey> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, hex)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    }
+    write_owner_only(&tmp, hex.as_bytes())?;
     // A hard link fails if `path` exists, where a rename would replace it.
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     linked?;
     Ok(key)
+}
+
+/// Writes `contents` to a new or truncated file at `path` that is readable by its owner
+/// only from the moment it exists (never, even briefly, with the umask's mode), and
+/// flushes it to disk.
+pub fn write_owner_only(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    std::io::Write::write_all(&mut file, contents)?;
+    file.sync_all()
 }
 
 /// Binds an iroh endpoint with `key` on `bind_addr`, relays on or off, every connection

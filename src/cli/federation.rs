@@ -4,6 +4,7 @@
 //! the `[[federation.import]]` block other regions paste to import its cluster and the
 //! `readers` line the clusters it imports list it in.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -39,6 +40,11 @@ enum FederationCommand {
         /// The node's TOML config file.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// An address other regions reach this node's iroh endpoint at (repeat for
+        /// several). Defaults to the config's `iroh_bind_addr`, which must then be one
+        /// others can dial: not 0.0.0.0 or [::], and not port 0.
+        #[arg(long = "addr", value_name = "HOST:PORT")]
+        addrs: Vec<SocketAddr>,
     },
 }
 
@@ -46,7 +52,7 @@ enum FederationCommand {
 pub async fn run(args: FederationArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         FederationCommand::Keygen { out } => keygen(&out),
-        FederationCommand::Info { config } => info(&config),
+        FederationCommand::Info { config, addrs } => info(&config, &addrs),
     }
 }
 
@@ -59,7 +65,39 @@ fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn info(path: &Path) -> anyhow::Result<ExitCode> {
+/// Where other regions dial this node: `given`, or else the config's bind address if
+/// others can dial it.
+fn own_addrs(
+    path: &Path,
+    config: &NodeConfig,
+    given: &[SocketAddr],
+) -> anyhow::Result<Vec<SocketAddr>> {
+    if !given.is_empty() {
+        if let Some(bad) = given.iter().find(|a| !dialable(a)) {
+            anyhow::bail!(
+                "--addr {bad} cannot be dialed by another host; give the address (not 0.0.0.0 \
+                 or [::], not port 0) other regions reach this node's iroh endpoint at"
+            );
+        }
+        return Ok(given.to_vec());
+    }
+    let bind = config.iroh_bind_addr;
+    if !dialable(&bind) {
+        anyhow::bail!(
+            "iroh_bind_addr in {} is {bind}, which other regions cannot dial; pass --addr \
+             HOST:PORT, the address they reach this node's iroh endpoint at (and set a fixed \
+             port in iroh_bind_addr)",
+            path.display()
+        );
+    }
+    Ok(vec![bind])
+}
+
+fn dialable(addr: &SocketAddr) -> bool {
+    !addr.ip().is_unspecified() && addr.port() != 0
+}
+
+fn info(path: &Path, given_addrs: &[SocketAddr]) -> anyhow::Result<ExitCode> {
     let config = NodeConfig::load(path)?;
     let federation = config.federation.as_ref().with_context(|| {
         format!(
@@ -74,7 +112,7 @@ fn info(path: &Path) -> anyhow::Result<ExitCode> {
         )
     })?;
     let endpoint_id = key.public().to_string();
-    let addrs = |addrs: &[std::net::SocketAddr]| {
+    let addrs = |addrs: &[SocketAddr]| {
         addrs
             .iter()
             .map(|a| format!("\"{a}\""))
@@ -88,6 +126,7 @@ fn info(path: &Path) -> anyhow::Result<ExitCode> {
     println!("# endpoint id: {endpoint_id}");
     match &federation.secret_file {
         Some(secret_file) => {
+            let own = own_addrs(path, &config, given_addrs)?;
             let secret = FederationSecret::load(secret_file)?;
             println!();
             println!(
@@ -102,7 +141,7 @@ fn info(path: &Path) -> anyhow::Result<ExitCode> {
             println!("nodes = [");
             println!(
                 "  {{ endpoint_id = \"{endpoint_id}\", addrs = [{}] }},  # node {}",
-                addrs(&[config.iroh_bind_addr]),
+                addrs(&own),
                 config.node_id
             );
             for peer in &config.peers {

@@ -11,12 +11,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen_api::json::{BatchRequest, JsonWrite};
+use aspen_api::client::TxnOutcome;
+use aspen_api::json::{BatchRequest, JsonWrite, TxnRequest};
 use aspen_api::{Consistency, ErrorCode};
 use support::federation::{
-    client, owner_entries, replica, replica_status, start, start_with, wait_converged,
+    client, owner_entries, replica, replica_status, router_lag_gauge, stale_read_lag, start,
+    start_with, wait_converged,
 };
 use support::poll;
+
+/// The keys of each batch the first test writes (and some transactions delete) together.
+const BATCH_KEYS: [&str; 4] = ["a", "b", "c", "d"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_thousand_keys_written_in_us_appear_in_eu_exactly_with_each_batch_whole() {
@@ -24,7 +29,8 @@ async fn five_thousand_keys_written_in_us_appear_in_eu_exactly_with_each_batch_w
     let us = client(&t, "us");
     let eu = client(&t, "eu");
     let done = Arc::new(AtomicBool::new(false));
-    // A reader in eu checks, while the writes go on, that a batch's keys are seen together.
+    // A reader in eu checks, while the writes go on, that a batch's keys are seen together,
+    // whether written or deleted.
     let checker = {
         let (eu, done) = (eu.clone(), done.clone());
         tokio::spawn(async move {
@@ -49,7 +55,11 @@ async fn five_thousand_keys_written_in_us_appear_in_eu_exactly_with_each_batch_w
                         .push((value, e.mod_revision));
                 }
                 for (batch, keys) in &batches {
-                    assert_eq!(keys.len(), 4, "{batch} is seen in part: {keys:?}");
+                    assert_eq!(
+                        keys.len(),
+                        BATCH_KEYS.len(),
+                        "{batch} is seen in part: {keys:?}"
+                    );
                     assert!(keys.windows(2).all(|w| w[0] == w[1]), "{batch}: {keys:?}");
                 }
                 checked += 1;
@@ -72,17 +82,31 @@ async fn five_thousand_keys_written_in_us_appear_in_eu_exactly_with_each_batch_w
                         us.delete(&key).await.unwrap();
                     }
                     if i % 20 == 0 {
-                        let n = format!("batch/{w}-{i}");
-                        let writes = ["a", "b", "c", "d"]
-                            .iter()
-                            .map(|k| JsonWrite::new(format!("{n}/{k}"), format!("{i}").as_bytes()))
+                        let keys = |i: usize| BATCH_KEYS.map(|k| format!("batch/{w}-{i}/{k}"));
+                        let writes = keys(i)
+                            .into_iter()
+                            .map(|key| JsonWrite::new(key, format!("{i}").as_bytes()))
                             .collect();
-                        us.batch(&BatchRequest {
-                            writes,
-                            deletes: vec![],
-                        })
-                        .await
-                        .unwrap();
+                        if i % 80 == 40 {
+                            // A transaction that writes this batch and deletes the one
+                            // before: both sets of keys change together.
+                            let outcome = us
+                                .txn(&TxnRequest {
+                                    preconditions: vec![],
+                                    writes,
+                                    deletes: keys(i - 20).to_vec(),
+                                })
+                                .await
+                                .unwrap();
+                            assert!(matches!(outcome, TxnOutcome::Applied(_)), "{outcome:?}");
+                        } else {
+                            us.batch(&BatchRequest {
+                                writes,
+                                deletes: vec![],
+                            })
+                            .await
+                            .unwrap();
+                        }
                     }
                 }
             })
@@ -116,25 +140,22 @@ async fn regions_cut_apart_while_both_write_converge_once_healed_and_lag_rises_t
         eu.put(&format!("eu/cut/{i}"), b"y").await.unwrap();
     }
     us.delete("before/us").await.unwrap();
-    // Heartbeats no longer arrive: each side's replica of the other grows stale.
-    poll(
-        "eu's replica of us-1 to be seen stale",
-        Duration::from_secs(30),
-        || async {
-            let (_, lag) = replica_status(&t, "eu", "us-1").await?;
-            (lag? > 2.0).then_some(())
-        },
-    )
-    .await;
-    poll(
-        "us's replica of eu-1 to be seen stale",
-        Duration::from_secs(30),
-        || async {
-            let (_, lag) = replica_status(&t, "us", "eu-1").await?;
-            (lag? > 2.0).then_some(())
-        },
-    )
-    .await;
+    // Heartbeats no longer arrive: each side's replica of the other grows stale, and says
+    // so everywhere a user looks: the router's /v1/status, a stale read's headers and the
+    // router's /metrics.
+    for (region, source, key) in [("eu", "us-1", "before/us"), ("us", "eu-1", "eu/before")] {
+        poll(
+            &format!("{region}'s replica of {source} to be seen stale"),
+            Duration::from_secs(30),
+            || async {
+                let (_, status_lag) = replica_status(&t, region, source).await?;
+                let (_, _, header_lag) = stale_read_lag(&t, region, key).await?;
+                let gauge = router_lag_gauge(&t, region, source).await?;
+                (status_lag? > 2.0 && header_lag? > 2.0 && gauge > 2.0).then_some(())
+            },
+        )
+        .await;
+    }
     // A bounded stale read refuses rather than serve the stale copy.
     let err = eu
         .get_with_max_lag("cut/us/0", Duration::from_secs(1))
@@ -143,18 +164,29 @@ async fn regions_cut_apart_while_both_write_converge_once_healed_and_lag_rises_t
     assert_eq!(err.code(), Some(ErrorCode::ReplicaBehind), "{err}");
 
     t.heal();
-    wait_converged(&t, "us-1", "eu-1", Duration::from_secs(60)).await;
-    wait_converged(&t, "eu-1", "us-1", Duration::from_secs(60)).await;
-    poll(
-        "the lag figures to come back down",
-        Duration::from_secs(30),
-        || async {
-            let (_, eu_lag) = replica_status(&t, "eu", "us-1").await?;
-            let (_, us_lag) = replica_status(&t, "us", "eu-1").await?;
-            (eu_lag? < 1.5 && us_lag? < 1.5).then_some(())
-        },
-    )
-    .await;
+    // Every replica converges with its owner, in both directions and for both us clusters.
+    for (owner, replica_of) in [
+        ("us-1", "eu-1"),
+        ("eu-1", "us-1"),
+        ("us-2", "eu-1"),
+        ("eu-1", "us-2"),
+    ] {
+        wait_converged(&t, owner, replica_of, Duration::from_secs(60)).await;
+    }
+    for (region, source, key) in [("eu", "us-1", "cut/us/199"), ("us", "eu-1", "eu/cut/199")] {
+        poll(
+            &format!("{region}'s lag figures for {source} to come back down"),
+            Duration::from_secs(30),
+            || async {
+                let (_, status_lag) = replica_status(&t, region, source).await?;
+                let (_, revisions, header_lag) = stale_read_lag(&t, region, key).await?;
+                let gauge = router_lag_gauge(&t, region, source).await?;
+                let down = status_lag? < 1.5 && header_lag? < 1.5 && gauge < 1.5;
+                (down && revisions == 0).then_some(())
+            },
+        )
+        .await;
+    }
     let entry = eu
         .get_with_max_lag("cut/us/199", Duration::from_secs(2))
         .await

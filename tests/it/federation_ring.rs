@@ -18,7 +18,7 @@ use aspen_config::limits::{MIN_CHECKPOINT_REPLAY_BYTES, MIN_SEGMENT_SLOTS};
 use aspen_federation::export::ExportStatus;
 use aspen_federation::keys::GROUP_SEGMENTS;
 use aspen_federation::{DocumentInfo, Federation};
-use support::federation::{client, replica, start_with, wait_converged};
+use support::federation::{client, replica, stale_read_lag, start_with, wait_converged};
 use support::poll;
 
 /// The ring of these tests: two groups.
@@ -353,6 +353,19 @@ async fn a_segment_whose_content_cannot_be_fetched_gives_way_to_another_holding_
         )
         .await;
     }
+    // Every eu node knows of a revision it cannot apply yet: a stale read through eu's
+    // router says the replica is behind in revisions, not only in time.
+    let (revision, lag_revisions, _) = poll(
+        "eu's router to report the replica behind",
+        Duration::from_secs(30),
+        || async { stale_read_lag(&t, "eu", "again/start").await },
+    )
+    .await;
+    assert_eq!(revision, at);
+    assert!(
+        lag_revisions >= 1,
+        "lag of {lag_revisions} revisions at {at}"
+    );
     // The first segment's content can be had again (us-1's nodes serve it): the importers
     // go on with it instead of the new one, and load no checkpoint.
     for id in &eu_nodes {

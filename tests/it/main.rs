@@ -14,11 +14,12 @@
 //! - `router`, `router_linearizability`, `router_process`: the router in front of
 //!   several clusters.
 //! - `federation`, `federation_process`, `federation_reads`, `federation_ring`: regions
-//!   replicating through iroh-docs.
+//!   replicating through iroh-docs; `federation_cli`: `aspen federation keygen` and `info`.
 //! - `watch` (with `watch::leases`): the change feed, watches and leases.
 //! - `auth`, `tls`: bearer tokens and their grants, at a node and through a router; TLS
 //!   (mutual) on the HTTP API from the CLI and curl.
-//! - `cli`: the `aspen` binary as a user runs it.
+//! - `cli`, `dev`: the `aspen` binary as a user runs it; `aspen dev` started, used across
+//!   both regions, stopped and resumed.
 //! - `fuzz_corpus`: every committed fuzz input through its target's body (`aspen-fuzz`).
 //! - `support`: starting clusters, polling with a deadline, child processes.
 
@@ -27,7 +28,9 @@ mod support;
 mod auth;
 mod cli;
 mod cluster_faults;
+mod dev;
 mod federation;
+mod federation_cli;
 mod federation_process;
 mod federation_reads;
 mod federation_ring;

@@ -50,6 +50,12 @@ const _: () = assert!(MAX_CLUSTER_NODES == aspen_config::limits::MAX_CLUSTER_NOD
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause between attempts while there is no leader or the leader is unreachable.
 const RETRY_BACKOFF: Duration = Duration::from_millis(25);
+/// How long adding a learner waits for it to catch up before answering with where it is.
+/// A learner that needs a snapshot of gigabytes takes longer than a request may; the
+/// caller asks again (adding the same learner again changes nothing) until its matched
+/// index reaches the leader's, as `aspen cluster add-learner` does.
+pub const ADD_LEARNER_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+const _: () = assert!(ADD_LEARNER_CATCH_UP_WAIT.as_millis() * 2 <= REQUEST_DEADLINE.as_millis());
 
 /// What one local attempt came to.
 enum Attempt<T> {
@@ -474,9 +480,24 @@ impl KvService {
                 let node = member_node(req)?;
                 let membership = self.raft.metrics().borrow().membership_config.clone();
                 let members = membership.nodes().count();
-                let known = membership.nodes().any(|(id, _)| *id == req.node_id);
-                check_member_limit(members, known)?;
-                self.raft.add_learner(req.node_id, node, true).await
+                let known = membership
+                    .nodes()
+                    .find(|(id, _)| **id == req.node_id)
+                    .map(|(_, n)| n.clone());
+                check_member_limit(members, known.is_some())?;
+                if let Some(known) = known.filter(|k| k.endpoint_id != node.endpoint_id) {
+                    return Err(ApiError::bad_request(format!(
+                        "node {} is already a member, with endpoint id {}; remove it first to \
+                         add another endpoint under that id",
+                        req.node_id, known.endpoint_id
+                    )));
+                }
+                // Not blocking: a learner fed a large snapshot would outlast the request.
+                let added = self.raft.add_learner(req.node_id, node, false).await;
+                if let Ok(added) = &added {
+                    self.wait_for_learner(req.node_id, added.log_id.index).await;
+                }
+                added
             }
             MembershipChange::Promote(id) => {
                 self.require_member(*id)?;
@@ -516,6 +537,31 @@ impl KvService {
                 Err(unavailable(format!("this node's Raft has stopped: {f}")))
             }
         }
+    }
+
+    /// Waits up to [`ADD_LEARNER_CATCH_UP_WAIT`] for learner `id` to hold the log up to
+    /// `added_at` and up to the leader's last index now, whichever is later.
+    async fn wait_for_learner(&self, id: NodeId, added_at: u64) {
+        let target = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0)
+            .max(added_at);
+        let _caught_up = self
+            .raft
+            .wait(Some(ADD_LEARNER_CATCH_UP_WAIT))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|l| l.index >= target)
+                },
+                "the new learner to catch up",
+            )
+            .await;
     }
 
     fn require_member(&self, id: NodeId) -> Result<(), ApiError> {

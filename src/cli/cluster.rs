@@ -29,6 +29,14 @@ const SHORT_ID_CHARS: usize = 10;
 /// slow, busy host needs well under a minute.
 const MAX_INIT_WAIT_SECS: u64 = 600;
 
+/// Default of `add-learner --wait`, in seconds: time for a snapshot of several gigabytes
+/// to reach a new node over a LAN, with margin.
+const DEFAULT_LEARNER_WAIT_SECS: u64 = 3_600;
+
+/// Pause between the `add-learner` requests that wait for a learner (each of which waits
+/// up to a few seconds on the leader).
+const LEARNER_POLL_PAUSE: Duration = Duration::from_millis(250);
+
 /// How often `init --wait` asks again whether the node answers.
 const INIT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -79,6 +87,13 @@ enum ClusterCommand {
         /// An ip:port of the new node's iroh endpoint (repeatable).
         #[arg(long = "addr", value_name = "IP:PORT", required = true)]
         addrs: Vec<SocketAddr>,
+        /// How long to wait, in seconds, for the learner to catch up (hold the log up to
+        /// the leader's index when it was added: a snapshot of a large cluster takes
+        /// minutes), showing its progress on a terminal; it fails if the learner has not
+        /// caught up by then (it stays a learner). 0 answers once it is added. Promote a
+        /// learner only once it has caught up.
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LEARNER_WAIT_SECS)]
+        wait: u64,
     },
     /// Make a learner a voter.
     Promote {
@@ -142,21 +157,81 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             node_id,
             endpoint_id,
             addrs,
+            wait,
         } => {
-            let addrs = addrs.iter().map(SocketAddr::to_string).collect();
-            client
-                .cluster_add_learner(&AddLearnerRequest {
-                    node_id,
-                    endpoint_id,
-                    addrs,
-                })
+            let request = AddLearnerRequest {
+                node_id,
+                endpoint_id,
+                addrs: addrs.iter().map(SocketAddr::to_string).collect(),
+            };
+            let answer = add_learner(&client, &request, Duration::from_secs(wait))
                 .await
+                .map_err(|e| match e.downcast::<ClientError>() {
+                    Ok(e) => explain(e, &client),
+                    Err(e) => e,
+                })?;
+            return finish_membership(answer, args.json);
         }
         ClusterCommand::Promote { node_id } => client.cluster_promote(node_id).await,
         ClusterCommand::Remove { node_id } => client.cluster_remove(node_id).await,
     };
     let answer = answer.map_err(|e| explain(e, &client))?;
     finish_membership(answer, args.json)
+}
+
+/// Adds the learner, then asks again (adding the same learner again changes nothing; the
+/// leader waits a few seconds for it each time) until its matched index reaches the
+/// highest index in the first answer, the leader's own log, or `wait` has passed.
+async fn add_learner(
+    client: &AspenClient,
+    request: &AddLearnerRequest,
+    wait: Duration,
+) -> anyhow::Result<MembershipResponse> {
+    let matched = |answer: &MembershipResponse| {
+        answer
+            .members
+            .iter()
+            .find(|m| m.node_id == request.node_id)
+            .and_then(|m| m.matched_index)
+            .unwrap_or(0)
+    };
+    let mut answer = client.cluster_add_learner(request).await?;
+    // The leader's own entry is the highest; none at all only from a node that is not
+    // the leader, which does not happen (the change is made by the leader).
+    let Some(target) = answer.members.iter().filter_map(|m| m.matched_index).max() else {
+        return Ok(answer);
+    };
+    if wait.is_zero() || matched(&answer) >= target {
+        return Ok(answer);
+    }
+    let progress = indicatif::ProgressBar::new(target);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "node {msg} catching up: log index {pos}/{len} [{bar:30}] {elapsed}",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
+    );
+    progress.set_message(request.node_id.to_string());
+    let start = Instant::now();
+    while matched(&answer) < target {
+        progress.set_position(matched(&answer));
+        if start.elapsed() >= wait {
+            progress.abandon();
+            anyhow::bail!(
+                "node {} is a learner but has not caught up within {}s (log index {} of {target}); \
+                 it goes on receiving the log (or a snapshot): see `aspen cluster status` on the \
+                 leader, and promote it only once its matched index reaches the leader's",
+                request.node_id,
+                wait.as_secs(),
+                matched(&answer)
+            );
+        }
+        tokio::time::sleep(LEARNER_POLL_PAUSE).await;
+        answer = client.cluster_add_learner(request).await?;
+    }
+    progress.finish_and_clear();
+    Ok(answer)
 }
 
 /// Prints the membership a change left (a table, or with `--json` the API's answer).

@@ -1,6 +1,7 @@
 //! Operations a user runs on a cluster of `aspen node` processes, as docs/OPERATIONS.md
-//! tells them to: replacing a member whose host is gone for good (with the CLI), and
-//! restarting every node in turn under load through a router, which fails no request.
+//! tells them to: replacing a member whose host is gone for good (with the CLI), adding a
+//! learner that takes longer to catch up than a request may, and restarting every node in
+//! turn under load through a router, which fails no request.
 
 use crate::support;
 
@@ -246,4 +247,121 @@ async fn a_rolling_restart_under_load_through_a_router_fails_no_request() {
     );
     support::assert_linearizable("aspen-rolling-restart", &history, &stats, &faults, 200);
     router.shutdown().await;
+}
+
+/// Runs `aspen cluster ARGS --endpoint URL` to its end: (success, stdout and stderr).
+fn cluster_cli_output(url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .arg("cluster")
+        .args(args)
+        .args(["--endpoint", url])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A learner that cannot catch up within a request (here: not running yet) does not make
+/// `add-learner` time out: the leader answers with where the learner is, the CLI waits
+/// as long as `--wait` says and then fails saying so, and once the node runs, the same
+/// command again waits until it holds the leader's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn add_learner_waits_for_the_learner_to_catch_up_within_its_bound_and_can_be_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (procs, peers) = start_nodes(dir.path(), "grow", 3, false);
+    for p in &procs {
+        wait_healthy(p).await;
+    }
+    AspenClient::new(&procs[0].url())
+        .cluster_init(&InitRequest::default())
+        .await
+        .unwrap();
+    let first = leader(&procs).await;
+    let url = procs[first as usize - 1].url();
+    let c = AspenClient::new(&url);
+    for i in 0..20 {
+        c.put(&format!("grow/{i}"), b"v").await.unwrap();
+    }
+    let (mut new, new_peer) = start_node(dir.path(), "grow", 4, false, &peers);
+    new.kill9();
+    let addr = new_peer.iroh.to_string();
+    let add = |wait: &str| {
+        vec![
+            "add-learner".to_string(),
+            "--node-id".into(),
+            "4".into(),
+            "--endpoint-id".into(),
+            new_peer.endpoint_id.clone(),
+            "--addr".into(),
+            addr.clone(),
+            "--wait".into(),
+            wait.into(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let started = std::time::Instant::now();
+                let (ok, out) = cluster_cli_output(&url, &args);
+                (ok, out, started.elapsed())
+            })
+            .await
+            .unwrap()
+        }
+    };
+
+    // --wait 0: added, answered within the leader's short wait, not after a timeout.
+    let (ok, out, took) = run(add("0")).await;
+    assert!(ok, "{out}");
+    assert!(
+        took < aspen_cluster_node::service::ADD_LEARNER_CATCH_UP_WAIT + Duration::from_secs(3),
+        "{took:?}: {out}"
+    );
+    assert!(out.contains("learner"), "{out}");
+    // A bound it cannot meet: a failure that says where the learner is.
+    let (ok, out, took) = run(add("2")).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("has not caught up within 2s"), "{out}");
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    // Another endpoint under the same id is refused, not silently ignored.
+    let mut other = add("0");
+    other[4] = peers[0].endpoint_id.clone();
+    let (ok, out, _) = run(other).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("already a member"), "{out}");
+
+    // The node starts: the same command waits until it holds the leader's log.
+    new.spawn();
+    wait_healthy(&new).await;
+    let (ok, out, _) = run(add("60")).await;
+    assert!(ok, "{out}");
+    let status = c.status().await.unwrap();
+    let matched = |id: u64| {
+        status
+            .members
+            .iter()
+            .find(|m| m.node_id == id)
+            .and_then(|m| m.matched_index)
+    };
+    assert!(
+        matched(4).unwrap() >= status.applied_index,
+        "node 4 at {:?}, the leader applied {}",
+        matched(4),
+        status.applied_index
+    );
+    let n = AspenClient::new(&new.url());
+    poll(
+        "the learner to apply the last write",
+        Duration::from_secs(10),
+        || async { n.get("grow/19", Consistency::Stale).await.ok().flatten() },
+    )
+    .await;
 }

@@ -10,7 +10,30 @@ use std::time::Duration;
 use aspen_api::{AspenClient, Consistency};
 
 use crate::support::poll;
-use crate::support::process::free_tcp_port;
+
+/// The ports `aspen dev` takes at and above its `--http` port: region eu's router and the
+/// first node of us-1, us-2 and eu-1 (see `aspen dev --help`).
+const DEV_PORT_OFFSETS: [u16; 5] = [0, 1, 31, 131, 231];
+
+/// Where the test looks for a free `--http` port: below Linux's ephemeral range (32768 and
+/// up), where the ports other tests bind with port 0 never land.
+const DEV_BASE_PORTS: std::ops::Range<u16> = 20_000..30_000;
+
+/// Attempts at starting `aspen dev` on free ports before the test gives up.
+const DEV_START_ATTEMPTS: usize = 5;
+
+/// A `--http` address whose every port `aspen dev` takes is free now.
+fn free_dev_base() -> SocketAddr {
+    loop {
+        let port = rand::random_range(DEV_BASE_PORTS);
+        let free = DEV_PORT_OFFSETS
+            .iter()
+            .all(|offset| std::net::TcpListener::bind(("127.0.0.1", port + offset)).is_ok());
+        if free {
+            return SocketAddr::from(([127, 0, 0, 1], port));
+        }
+    }
+}
 
 /// A running `aspen dev`, killed if the test ends without stopping it.
 struct Dev {
@@ -72,6 +95,43 @@ impl Dev {
     fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Starts `aspen dev` on `data` on free ports, starting again on others if one was
+    /// taken in between (it then exits saying so); waits until region us's router
+    /// answers. Returns it and region us's router address.
+    async fn start_on_free_ports(data: &Path, log: PathBuf) -> (Dev, SocketAddr) {
+        for _ in 0..DEV_START_ATTEMPTS {
+            let http = free_dev_base();
+            let mut dev = Dev::start(data, http, log.clone());
+            let health = format!("http://{http}/healthz");
+            let up = poll(
+                "aspen dev to answer or exit",
+                Duration::from_secs(60),
+                || {
+                    let child = dev.child.as_mut().expect("running");
+                    let exited = child.try_wait().unwrap().is_some();
+                    let health = health.clone();
+                    async move {
+                        if exited {
+                            return Some(false);
+                        }
+                        crate::support::http_text(&health).await.ok().map(|_| true)
+                    }
+                },
+            )
+            .await;
+            if up {
+                return (dev, http);
+            }
+            let output = dev.output();
+            assert!(
+                output.contains("already in use"),
+                "aspen dev exited: {output}"
+            );
+            dev.child = None;
+        }
+        panic!("aspen dev found a port taken {DEV_START_ATTEMPTS} times in a row");
+    }
 }
 
 impl Drop for Dev {
@@ -90,11 +150,8 @@ impl Drop for Dev {
 async fn aspen_dev_serves_both_regions_replicates_between_them_and_resumes_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // Region eu's router and the first nodes take ports above this one; `aspen dev` says
-    // so and exits if one is taken.
-    let http = free_tcp_port();
+    let (mut dev, http) = Dev::start_on_free_ports(&data, dir.path().join("dev.log")).await;
     let eu_http = SocketAddr::new(http.ip(), http.port() + 1);
-    let mut dev = Dev::start(&data, http, dir.path().join("dev.log"));
     let us = AspenClient::with_timeout(&format!("http://{http}"), Duration::from_secs(10));
     let eu = AspenClient::with_timeout(&format!("http://{eu_http}"), Duration::from_secs(10));
 

@@ -485,12 +485,21 @@ impl KvService {
                     .find(|(id, _)| **id == req.node_id)
                     .map(|(_, n)| n.clone());
                 check_member_limit(members, known.is_some())?;
-                if let Some(known) = known.filter(|k| k.endpoint_id != node.endpoint_id) {
-                    return Err(ApiError::bad_request(format!(
-                        "node {} is already a member, with endpoint id {}; remove it first to \
-                         add another endpoint under that id",
-                        req.node_id, known.endpoint_id
-                    )));
+                if let Some(known) = known {
+                    if known.endpoint_id != node.endpoint_id {
+                        return Err(ApiError::bad_request(format!(
+                            "node {} is already a member, with endpoint id {}; remove it first \
+                             to add another endpoint under that id",
+                            req.node_id, known.endpoint_id
+                        )));
+                    }
+                    // Added already: only wait again, at the leader. openraft would append
+                    // another membership entry, the same as the last, for every repeat.
+                    if let Some(leader) = self.other_leader() {
+                        return Ok(Attempt::Forward(leader));
+                    }
+                    self.wait_for_learner(req.node_id, 0).await;
+                    return Ok(Attempt::Done(self.members()));
                 }
                 // Not blocking: a learner fed a large snapshot would outlast the request.
                 let added = self.raft.add_learner(req.node_id, node, false).await;
@@ -562,6 +571,22 @@ impl KvService {
                 "the new learner to catch up",
             )
             .await;
+    }
+
+    /// `None` when this node leads; otherwise `Some` of the leader it knows, if any, to
+    /// forward to.
+    fn other_leader(&self) -> Option<Option<(NodeId, MemberNode)>> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(self.node_id) {
+            return None;
+        }
+        Some(metrics.current_leader.and_then(|id| {
+            metrics
+                .membership_config
+                .nodes()
+                .find(|(n, _)| **n == id)
+                .map(|(n, node)| (*n, node.clone()))
+        }))
     }
 
     fn require_member(&self, id: NodeId) -> Result<(), ApiError> {

@@ -357,6 +357,14 @@ async fn add_learner_waits_for_the_learner_to_catch_up_within_its_bound_and_can_
         matched(4),
         status.applied_index
     );
+    // Asking again only waits: no membership entry is appended.
+    let (ok, out, _) = run(add("0")).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        c.status().await.unwrap().last_log_index,
+        status.last_log_index,
+        "a repeated add-learner appended to the log"
+    );
     let n = AspenClient::new(&new.url());
     poll(
         "the learner to apply the last write",

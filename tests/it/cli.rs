@@ -7,6 +7,7 @@
 //! alone.
 
 use crate::support;
+use crate::support::process::run_aspen as aspen;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -391,20 +392,6 @@ fn keygen_prints_an_endpoint_id_and_never_overwrites_the_key() {
     assert_eq!(again, id);
     assert!(said.contains("kept the existing key"), "{said}");
     assert_eq!(std::fs::read(&file).unwrap(), written);
-}
-
-/// Runs `aspen ARGS...` to its end: (success, stdout, stderr).
-fn aspen(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_aspen"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A deployment starts a cluster's init job with its nodes: `aspen cluster init --wait`

@@ -24,8 +24,8 @@ const DEV_START_ATTEMPTS: usize = 5;
 
 /// A `--http` address whose every port `aspen dev` takes is free now.
 fn free_dev_base() -> SocketAddr {
-    loop {
-        let port = rand::random_range(DEV_BASE_PORTS);
+    for _ in 0..1_000 {
+        let port = rand::random_range(DEV_BASE_PORTS.clone());
         let free = DEV_PORT_OFFSETS
             .iter()
             .all(|offset| std::net::TcpListener::bind(("127.0.0.1", port + offset)).is_ok());
@@ -33,6 +33,7 @@ fn free_dev_base() -> SocketAddr {
             return SocketAddr::from(([127, 0, 0, 1], port));
         }
     }
+    panic!("no free run of ports for aspen dev in {DEV_BASE_PORTS:?} after 1,000 draws");
 }
 
 /// A running `aspen dev`, killed if the test ends without stopping it.

@@ -2,23 +2,10 @@
 //! printed, and an import block that pastes into another region's config as it is.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use aspen_config::ImportConfig;
 
-/// Runs `aspen ARGS...` to its end: (success, stdout, stderr).
-fn aspen(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_aspen"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use crate::support::process::run_aspen as aspen;
 
 /// The value of `name = "..."` in `aspen federation keygen`'s output.
 fn printed(out: &str, name: &str) -> String {

@@ -6,31 +6,32 @@
 use crate::support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use aspen_api::admin::InitRequest;
 use aspen_api::{AspenClient, Consistency};
 use aspen_checker::workload::{self, WorkloadSpec};
 use aspen_config::{ClusterConfig, PeerConfig, RouteConfig, RouterConfig};
 use aspen_router::RunningRouter;
 use support::poll;
-use support::process::{leader, start_node, start_nodes, wait_healthy, Peer, Proc};
+use support::process::{
+    init_when_healthy, leader, run_aspen, start_node, start_nodes, wait_healthy, Peer, Proc,
+};
+
+/// Runs `aspen cluster ARGS --endpoint URL` to its end: (success, stdout and stderr).
+fn cluster_cli_output(url: &str, args: &[&str]) -> (bool, String) {
+    let args: Vec<&str> = ["cluster"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(["--endpoint", url])
+        .collect();
+    let (ok, stdout, stderr) = run_aspen(&args);
+    (ok, format!("{stdout}{stderr}"))
+}
 
 /// Runs `aspen cluster ARGS --endpoint URL`; fails the test, with its output, if it fails.
 fn cluster_cli(url: &str, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_aspen"))
-        .arg("cluster")
-        .args(args)
-        .args(["--endpoint", url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aspen cluster {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = cluster_cli_output(url, args);
+    assert!(ok, "aspen cluster {args:?} failed: {out}");
 }
 
 /// The voters of the cluster as node `p` sees it.
@@ -50,13 +51,7 @@ async fn voters(p: &Proc) -> Vec<u64> {
 async fn a_dead_member_replaced_by_a_new_node_leaves_a_cluster_with_every_key_and_a_quorum() {
     let dir = tempfile::tempdir().unwrap();
     let (mut procs, peers) = start_nodes(dir.path(), "ops", 3, false);
-    for p in &procs {
-        wait_healthy(p).await;
-    }
-    AspenClient::new(&procs[0].url())
-        .cluster_init(&InitRequest::default())
-        .await
-        .unwrap();
+    init_when_healthy(&procs).await;
     let mut expected = BTreeMap::new();
     let first = leader(&procs).await;
     let c = AspenClient::new(&procs[first as usize - 1].url());
@@ -192,13 +187,7 @@ async fn caught_up(p: &Proc, index: u64) {
 async fn a_rolling_restart_under_load_through_a_router_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let (mut procs, peers) = start_nodes(dir.path(), "roll", 3, false);
-    for p in &procs {
-        wait_healthy(p).await;
-    }
-    AspenClient::new(&procs[0].url())
-        .cluster_init(&InitRequest::default())
-        .await
-        .unwrap();
+    init_when_healthy(&procs).await;
     let first = leader(&procs).await;
     let router = router_for("roll", &peers).await;
     let spec = WorkloadSpec {
@@ -249,24 +238,6 @@ async fn a_rolling_restart_under_load_through_a_router_fails_no_request() {
     router.shutdown().await;
 }
 
-/// Runs `aspen cluster ARGS --endpoint URL` to its end: (success, stdout and stderr).
-fn cluster_cli_output(url: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_aspen"))
-        .arg("cluster")
-        .args(args)
-        .args(["--endpoint", url])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// A learner that cannot catch up within a request (here: not running yet) does not make
 /// `add-learner` time out: the leader answers with where the learner is, the CLI waits
 /// as long as `--wait` says and then fails saying so, and once the node runs, the same
@@ -275,13 +246,7 @@ fn cluster_cli_output(url: &str, args: &[&str]) -> (bool, String) {
 async fn add_learner_waits_for_the_learner_to_catch_up_within_its_bound_and_can_be_repeated() {
     let dir = tempfile::tempdir().unwrap();
     let (procs, peers) = start_nodes(dir.path(), "grow", 3, false);
-    for p in &procs {
-        wait_healthy(p).await;
-    }
-    AspenClient::new(&procs[0].url())
-        .cluster_init(&InitRequest::default())
-        .await
-        .unwrap();
+    init_when_healthy(&procs).await;
     let first = leader(&procs).await;
     let url = procs[first as usize - 1].url();
     let c = AspenClient::new(&url);

@@ -10,11 +10,11 @@ use crate::support;
 use std::path::Path;
 use std::time::Duration;
 
-use aspen_api::admin::{InitRequest, PartitionRequest};
+use aspen_api::admin::PartitionRequest;
 use aspen_api::AspenClient;
 use aspen_checker::workload::{self, WorkloadSpec};
 use support::poll;
-use support::process::{leader, start_nodes, wait_healthy, Proc};
+use support::process::{init_when_healthy, leader, start_nodes, wait_healthy, Proc};
 
 fn start_processes(root: &Path, fault_injection: bool) -> Vec<Proc> {
     start_nodes(root, "kill9", 3, fault_injection).0
@@ -24,13 +24,7 @@ fn start_processes(root: &Path, fault_injection: bool) -> Vec<Proc> {
 async fn nodes_killed_with_sigkill_mid_write_lose_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut procs = start_processes(dir.path(), false);
-    for p in &procs {
-        wait_healthy(p).await;
-    }
-    AspenClient::new(&procs[0].url())
-        .cluster_init(&InitRequest::default())
-        .await
-        .unwrap();
+    init_when_healthy(&procs).await;
     leader(&procs).await;
 
     let spec = WorkloadSpec {
@@ -99,13 +93,7 @@ async fn heal(procs: &[Proc]) {
 async fn a_leader_process_cut_off_from_its_peers_and_healed_stays_linearizable() {
     let dir = tempfile::tempdir().unwrap();
     let procs = start_processes(dir.path(), true);
-    for p in &procs {
-        wait_healthy(p).await;
-    }
-    AspenClient::new(&procs[0].url())
-        .cluster_init(&InitRequest::default())
-        .await
-        .unwrap();
+    init_when_healthy(&procs).await;
     let first = leader(&procs).await;
 
     let spec = WorkloadSpec {

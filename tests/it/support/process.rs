@@ -244,6 +244,18 @@ pub fn write_identity(dir: &Path) -> String {
     key.public().to_string()
 }
 
+/// Waits until every process in `procs` serves HTTP, then initializes their cluster
+/// through the first (it and its configured peers become the members).
+pub async fn init_when_healthy(procs: &[Proc]) {
+    for p in procs {
+        wait_healthy(p).await;
+    }
+    AspenClient::new(&procs[0].url())
+        .cluster_init(&aspen_api::admin::InitRequest::default())
+        .await
+        .unwrap();
+}
+
 pub async fn wait_healthy(p: &Proc) {
     let client = AspenClient::with_timeout(&p.url(), Duration::from_secs(2));
     poll(
@@ -268,4 +280,19 @@ pub async fn leader(procs: &[Proc]) -> u64 {
         None
     })
     .await
+}
+
+/// Runs `aspen ARGS...` to its end, as a user at a shell would (no stdin): (success,
+/// stdout, stderr).
+pub fn run_aspen(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

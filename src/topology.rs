@@ -339,8 +339,8 @@ impl Topology {
     }
 
     /// Cuts regions `a` and `b` apart at the iroh level (fault injection): no node or
-    /// router of one reaches a node of the other on any protocol, Raft, KV, docs, gossip
-    /// and blobs alike. [`Topology::heal`] undoes it.
+    /// router of one reaches a node of the other on any protocol, Raft, KV, docs sync,
+    /// docs push and blobs alike. [`Topology::heal`] undoes it.
     pub fn partition_regions(&self, a: &str, b: &str) {
         for (this, other) in [(a, b), (b, a)] {
             let cut: std::collections::HashSet<_> =

@@ -6,7 +6,7 @@
 //! - `aspen/kv/2` (every key, read and write): members and `kv_clients`, the routers
 //!   and tools the operator listed. Everyone else is refused at the handshake and counted
 //!   in `aspen_connections_refused{alpn}`.
-//! - The federation protocols (docs, gossip, blobs): see [`crate::federation::restrict`].
+//! - The federation protocols (docs sync, docs push, blobs): see [`crate::federation::restrict`].
 //!
 //! `aspen/raft/2` stays open at the hook: its handler checks the caller against the
 //! configured peers and the membership itself, and answers a stranger with an error.

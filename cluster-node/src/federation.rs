@@ -1,6 +1,6 @@
 //! The node's side of federation (the `aspen-federation` crate): its change feed and
 //! leadership as a [`FeedSource`], the federation setup read from the node's config, and
-//! the access rules that keep iroh-docs, gossip and blobs to the endpoints the config names.
+//! the access rules that keep docs sync, docs push and blobs to the endpoints the config names.
 
 use aspen_api::feed::{ChangeSet, Compacted};
 use aspen_api::KvEntry;
@@ -141,7 +141,7 @@ pub fn setup(config: &NodeConfig) -> Result<Option<FederationSetup>, NodeError> 
     }))
 }
 
-/// Restricts the docs, gossip and blob protocols to the endpoints the federation config
+/// Restricts the docs sync, docs push and blob protocols to the endpoints the federation config
 /// names (readers of this cluster, nodes of imported clusters) and to this cluster's own
 /// members (configured peers and the current membership), which hold the same document.
 pub fn restrict(access: &Access, config: &NodeConfig, raft: AspenRaft) -> Result<(), NodeError> {

@@ -32,7 +32,7 @@
 //!   that keep a leader change from ending a lease early; `service/lease.rs` serves lease
 //!   operations and runs the leader's expiry task.
 //! - [`federation`]: the node's side of federation: its feed for the exporter, the setup
-//!   from config, and the access rules of the docs, gossip and blob protocols.
+//!   from config, and the access rules of the docs sync, docs push and blob protocols.
 
 // openraft's `StorageError` is large and its storage traits require it as the error type,
 // so results carrying it are large by design; boxing it at every call would only add noise.

@@ -241,26 +241,18 @@ impl Exporter {
         }
     }
 
-    /// Syncs the document with the other owner nodes and waits (briefly) for one round
-    /// to finish, so a new leader starts from what the previous one wrote.
+    /// Syncs the document with the other owner nodes (each for at most
+    /// [`CATCH_UP_WAIT`]), so a new leader starts from what the previous one wrote.
     async fn catch_up_with_peers(&self) -> Result<(), FederationError> {
-        let mut events = self.doc.subscribe().await.map_err(stack_err)?;
-        self.doc
-            .start_sync(self.peers.clone())
-            .await
-            .map_err(stack_err)?;
-        if self.peers.is_empty() {
-            return Ok(());
-        }
-        let finished = async {
-            while let Some(event) = futures::StreamExt::next(&mut events).await {
-                if matches!(event, Ok(iroh_docs::engine::LiveEvent::SyncFinished(_))) {
-                    return;
-                }
-            }
-        };
+        let (received, failures) = self
+            .stack
+            .peers
+            .reconcile_all(self.doc.id(), &self.peers, CATCH_UP_WAIT)
+            .await;
         // Either way the exporter goes on: a segment this node lacks is exported again.
-        let _ = tokio::time::timeout(CATCH_UP_WAIT, finished).await;
+        if !failures.is_empty() {
+            tracing::debug!(source = %self.source, received, "catching up with the other owner nodes: {}", failures.join("; "));
+        }
         Ok(())
     }
 

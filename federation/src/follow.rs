@@ -2,14 +2,14 @@
 //! included, close to the leader's, so that if it takes over it continues the leader's
 //! ring and checkpoint instead of starting new ones.
 //!
-//! iroh-docs accepts sync requests only for a document it was asked to sync, joins its
-//! gossip only then, delivers nothing again that gossip dropped until the next
-//! reconciliation round (there is no periodic one), and does not retry a content download
-//! that failed. So every [`crate::export::FOLLOWER_SYNC_INTERVAL`] a follower starts a
-//! round with the other owner nodes, then makes sure it holds the content of every segment
-//! and of the checkpoint its copy references, fetching what is missing from them.
+//! Every [`crate::export::FOLLOWER_SYNC_INTERVAL`] a follower reconciles its copy with the
+//! other owner nodes (each bounded by [`FOLLOWER_SYNC_TIMEOUT`], so an unreachable one
+//! does not hold the round up), then makes sure it holds the content of every segment and
+//! of the checkpoint its copy references, fetching what is missing from them (iroh-docs
+//! downloads nothing by itself here).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use futures::StreamExt;
 use iroh_blobs::Hash;
@@ -25,6 +25,10 @@ use crate::FederationError;
 /// [`crate::export::MAX_SEGMENT_BYTES`], so this bounds what a round holds in memory).
 const FETCHES_IN_FLIGHT: usize = 16;
 
+/// Longest a follower's reconciliation with one other owner node may take. A round runs
+/// every second; one owner node cut off must not stall it for long.
+pub const FOLLOWER_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Exporter {
     /// One round while following: starts a sync round with the other owner nodes (it runs
     /// on in the background), fetches the content its copy lacks, and reports what the
@@ -35,10 +39,17 @@ impl Exporter {
         held: &mut HashSet<Hash>,
         status: &watch::Sender<ExportStatus>,
     ) -> Result<(), FederationError> {
-        self.doc
-            .start_sync(self.peers.clone())
-            .await
-            .map_err(stack_err)?;
+        let (_, failures) = self
+            .stack
+            .peers
+            .reconcile_all(self.doc.id(), &self.peers, FOLLOWER_SYNC_TIMEOUT)
+            .await;
+        if failures.len() == self.peers.len() && !failures.is_empty() {
+            tracing::debug!(
+                "following: no other owner node answered: {}",
+                failures.join("; ")
+            );
+        }
         let ring = Ring::load(&self.doc, self.author).await?;
         let mut small: HashSet<Hash> = ring.segments().map(|s| s.hash).collect();
         if let Some(meta) = self.entry_hash(CHECKPOINT_META_KEY).await? {

@@ -35,6 +35,8 @@ use crate::content::{self, CHECKPOINT_DOWNLOAD_TIMEOUT};
 use crate::format::{CheckpointMeta, Heartbeat, Segment, CHECKPOINT_META, HEARTBEAT, SEGMENT};
 use crate::keys::{SegmentKey, CHECKPOINT_META_KEY, HEARTBEAT_KEY};
 use crate::lag::{Lag, LagInputs};
+use crate::pull::{Puller, SyncFailures};
+use crate::push;
 use crate::replica::ReplicaStore;
 use crate::ring::{stack_err, Ring, Seg};
 use crate::stack::DocsStack;
@@ -60,9 +62,14 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// importer counts as hearing nothing.
 pub const QUIET_AFTER: Duration = Duration::from_secs(2);
 
-/// How often the importer asks for a sync round even when all looks well (gossip may have
-/// dropped an entry that nothing else would bring).
-const IDLE_RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the importer reconciles with each owner node even when all looks well (a
+/// push link may have been cut between two entries).
+pub const IDLE_RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a gap lasts before the importer reconciles for it. A heartbeat announces a
+/// head a little before the segment that reaches it is written, so a gap that short is
+/// the normal course of things, not a missed entry.
+pub const KICK_AFTER: Duration = Duration::from_millis(500);
 
 /// How often the importer looks at its document even without news (heartbeats arrive
 /// every half second; this bounds how stale its lag figures can get).
@@ -81,12 +88,19 @@ pub struct ImportState {
     pub sets_applied: u64,
     /// The last error, if the last step failed.
     pub error: Option<String>,
+    /// Why no owner node could be synced with, while none could.
+    pub sync_error: Option<String>,
 }
 
 impl ImportState {
     /// The lag at `now_ms`.
     pub fn lag(&self, now_ms: u64) -> Lag {
         self.inputs.lag(now_ms)
+    }
+
+    /// What to report as the importer's error: the last step's, else the sync error.
+    pub fn reported_error(&self) -> Option<String> {
+        self.error.clone().or_else(|| self.sync_error.clone())
     }
 }
 
@@ -106,6 +120,8 @@ pub struct Importer {
     pub replicas: Arc<ReplicaStore>,
     /// Shared with readers.
     pub state: Arc<Mutex<ImportState>>,
+    /// The owner nodes' last reconciliations (one slot per owner node).
+    pub failures: SyncFailures,
 }
 
 /// The importer's working knowledge of the document: loaded whole at start (and now and
@@ -149,10 +165,10 @@ impl Importer {
         let overflow = Arc::new(AtomicBool::new(false));
         let (arrivals_tx, mut arrivals) = mpsc::channel(MAX_PENDING_ARRIVALS);
         let drain = self.spawn_drain(wake.clone(), arrivals_tx, overflow.clone());
-        let mut last_sync = Instant::now();
-        if let Err(e) = self.doc.start_sync(self.owners.clone()).await {
-            self.note_error(&stack_err(e));
-        }
+        let (kick, kicked) = watch::channel(0u64);
+        let kick = Arc::new(kick);
+        let links = self.spawn_links(&kick, kicked, &stop);
+        let mut last_kick = Instant::now();
         let mut gap_since: Option<Instant> = None;
         let mut confirmed: Option<u64> = None;
         let mut view: Option<View> = None;
@@ -179,16 +195,13 @@ impl Importer {
                     view = None;
                 }
             }
-            // A gap, or no heartbeat for a while (the link to the owner broke and healed,
-            // or gossip dropped messages): ask for the document again.
-            let stuck = gap_since.is_some() || last_news.elapsed() >= QUIET_AFTER;
-            if (stuck || last_sync.elapsed() >= IDLE_RESYNC_INTERVAL)
-                && last_sync.elapsed() >= RESYNC_INTERVAL
-            {
-                last_sync = Instant::now();
-                if let Err(e) = self.doc.start_sync(self.owners.clone()).await {
-                    self.note_error(&stack_err(e));
-                }
+            // A gap, or no heartbeat for a while (the link to the owner broke and healed):
+            // reconcile with the owner nodes.
+            let stuck = gap_since.is_some_and(|s| s.elapsed() >= KICK_AFTER)
+                || last_news.elapsed() >= QUIET_AFTER;
+            if stuck && last_kick.elapsed() >= RESYNC_INTERVAL {
+                last_kick = Instant::now();
+                kick.send_modify(|n| *n += 1);
             }
             tokio::select! {
                 _ = wake.notified() => {}
@@ -197,6 +210,42 @@ impl Importer {
             }
         }
         drain.abort();
+        for link in links {
+            let _ = link.await;
+        }
+    }
+
+    /// Per owner node: a task that reconciles with it when kicked (at most once per
+    /// [`RESYNC_INTERVAL`], and at least once per [`IDLE_RESYNC_INTERVAL`]), and a push
+    /// link to it (which kicks each time it is made). They stop with `stop`.
+    fn spawn_links(
+        &self,
+        kick: &Arc<watch::Sender<u64>>,
+        kicked: watch::Receiver<u64>,
+        stop: &watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for (i, owner) in self.owners.iter().enumerate() {
+            let pull = Puller {
+                peers: self.stack.peers.clone(),
+                namespace: self.doc.id(),
+                owner: owner.clone(),
+                index: i,
+                failures: self.failures.clone(),
+                state: self.state.clone(),
+            };
+            tasks.push(tokio::spawn(pull.run(kicked.clone(), stop.clone())));
+            let (kick, source) = (kick.clone(), self.source.clone());
+            tasks.push(tokio::spawn(push::follow(
+                self.stack.peers.clone(),
+                self.doc.id(),
+                owner.clone(),
+                move || kick.send_modify(|n| *n += 1),
+                move |e| tracing::debug!(source = %source, "push link: {e}"),
+                stop.clone(),
+            )));
+        }
+        tasks
     }
 
     fn note_error(&self, e: &FederationError) {
@@ -242,8 +291,10 @@ impl Importer {
         })
     }
 
+    /// The owner nodes to fetch content from, those that answered last time first.
     fn owner_ids(&self) -> Vec<EndpointId> {
-        self.owners.iter().map(|o| o.id).collect()
+        let ids: Vec<EndpointId> = self.owners.iter().map(|o| o.id).collect();
+        self.failures.answering_first(&ids)
     }
 
     /// Brings the view up to date: the arrivals since the last step, or the whole document
@@ -372,10 +423,19 @@ impl Importer {
         let past = view.checkpoint.filter(|c| c.revision > revision);
         let next_known = view.ring.covering(revision + 1).is_some();
         let behind_ring = past.is_some() && (fresh || !next_known);
+        // The owner is known to be past the replica, and nothing known continues it: the
+        // segments in between are missing here (a heartbeat arrives a little before the
+        // segment it announces, so this counts only once it has lasted).
+        let head_past = view.heartbeat.is_some_and(|b| b.head > revision);
         let mut phase = "live";
         if waiting {
             gap_since.get_or_insert_with(Instant::now);
             phase = "bootstrapping";
+        } else if head_past && !behind_ring && !next_known {
+            let since = *gap_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= KICK_AFTER {
+                phase = "gap";
+            }
         } else if behind_ring || next_known {
             let since = *gap_since.get_or_insert_with(Instant::now);
             phase = "gap";

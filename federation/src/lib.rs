@@ -13,7 +13,14 @@
 //! never grows with history, and a new or far-behind region bootstraps from the
 //! checkpoint and the segments after it, never replaying all history.
 //!
-//! iroh-docs delivers entries in no order, twice, or late, so an importer ([`import`])
+//! Documents move between nodes in two ways, both started by this crate rather than by
+//! iroh-docs' live engine (which can stop for good under a large reconciliation, see
+//! [`peersync`]): each owner node pushes every entry that lands in its copy to the
+//! importers linked to it ([`push`]), and importers reconcile with the owner nodes when a
+//! link is made, while they have a gap or hear nothing, and every ten seconds
+//! ([`peersync`]).
+//!
+//! Entries arrive in no order, twice, or late, so an importer ([`import`])
 //! does not apply entries as they come: it keeps an index of the segments it knows of and
 //! applies the one that continues its revision, a change set per revision, in order
 //! ([`replica`]). It knows when it has a gap (no known segment holds its next revision),
@@ -23,16 +30,19 @@
 //!
 //! Only the owner can write its document: the write key derives from a secret its nodes
 //! share ([`secret`]); other regions hold the document id (read access) and the author id
-//! to check entries against. iroh-docs, gossip and blobs serve any peer that asks, so the
-//! node's endpoint refuses those protocols to every endpoint its configuration does not
-//! name (`aspen_net::Access`).
+//! to check entries against. A node serves only its own cluster's document, and its
+//! endpoint refuses the docs, push and blob protocols to every endpoint its configuration
+//! does not name (`aspen_net::Access`).
 //!
 //! # Layout
 //!
 //! - [`keys`]: the document's keys, prefix-free, and the segment ring.
 //! - [`format`]: segment, checkpoint and heartbeat encodings.
 //! - [`secret`]: the cluster's federation secret and the ids derived from it.
-//! - [`stack`]: a node's iroh-docs, gossip and blobs on its endpoint.
+//! - [`stack`]: a node's iroh-docs and blobs on its endpoint.
+//! - [`peersync`]: reconciling a document with one peer, and serving that.
+//! - [`push`]: live entries from owner nodes to importers (`aspen/docs-push/1`).
+//! - [`pull`]: an importer's reconciliations with one owner node.
 //! - [`source`]: [`FeedSource`], what the exporter needs from the node.
 //! - [`export`]: the owner side: segments, heartbeats, checkpoints.
 //! - `follow`: an owner node that does not lead keeps its copy of the document in sync.
@@ -53,6 +63,9 @@ pub mod import;
 pub mod keys;
 pub mod lag;
 pub mod node;
+pub mod peersync;
+pub mod pull;
+pub mod push;
 pub mod replica;
 pub mod ring;
 pub mod secret;

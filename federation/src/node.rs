@@ -10,14 +10,14 @@ use std::time::Duration;
 use aspen_api::wire::{ReplicaReadRequest, ReplicaReadResponse, ReplicaReport};
 use aspen_api::{ApiError, ErrorCode};
 use iroh::{Endpoint, EndpointAddr};
-use iroh_docs::store::{DownloadPolicy, FilterKind};
 use iroh_docs::{AuthorId, Capability, NamespaceId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::export::{ExportStatus, Exporter};
 use crate::import::{ImportState, Importer};
-use crate::keys::{RingSize, CHECKPOINT_BLOB_KEY};
+use crate::keys::RingSize;
+use crate::pull::SyncFailures;
 use crate::replica::ReplicaStore;
 use crate::ring::{stack_err, Ring};
 use crate::secret::FederationSecret;
@@ -201,7 +201,7 @@ impl Replicas {
                     phase: state.phase.to_string(),
                     checkpoints_loaded: state.checkpoints_loaded,
                     sets_applied: state.sets_applied,
-                    error: state.error.clone(),
+                    error: state.reported_error(),
                 }
             })
             .collect()
@@ -267,6 +267,8 @@ impl Federation {
                 .import_namespace(Capability::Write(secret.namespace()))
                 .await
                 .map_err(stack_err)?;
+            stack.peers.open(doc.id()).await?;
+            stack.peers.serve(doc.id());
             docs.insert(setup.cluster.clone(), (doc.clone(), secret.author_id()));
             let (status_tx, status_rx) = watch::channel(ExportStatus::default());
             let exporter = Exporter {
@@ -291,12 +293,8 @@ impl Federation {
                 .import_namespace(Capability::Read(import.namespace))
                 .await
                 .map_err(stack_err)?;
-            // Checkpoints are fetched only when needed, not every time one is published.
-            doc.set_download_policy(DownloadPolicy::EverythingExcept(vec![FilterKind::Exact(
-                CHECKPOINT_BLOB_KEY.to_vec().into(),
-            )]))
-            .await
-            .map_err(stack_err)?;
+            // Synced only by its importer, from its owner nodes: never served.
+            stack.peers.open(doc.id()).await?;
             docs.insert(import.cluster.clone(), (doc.clone(), import.author));
             let importer = Importer {
                 source: import.cluster.clone(),
@@ -306,6 +304,7 @@ impl Federation {
                 owners: import.nodes.clone(),
                 replicas: replicas.store.clone(),
                 state: replicas.add(&import.cluster, &import.region)?,
+                failures: SyncFailures::new(import.nodes.len()),
             };
             tasks.push(tokio::spawn(importer.run(stopped.clone())));
         }
@@ -388,6 +387,6 @@ impl Federation {
 
     /// Closes the blob store, once the iroh router is down.
     pub async fn close_store(&self) {
-        self.stack.shutdown_blobs().await;
+        self.stack.close().await;
     }
 }

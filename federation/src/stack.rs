@@ -1,6 +1,13 @@
-//! One node's iroh-docs stack: a persistent iroh-blobs store, gossip and docs, on the
-//! node's own endpoint, with the blob garbage collector protecting every blob a document
-//! references (iroh-docs hands its hashes to the collector before each run).
+//! One node's iroh-docs stack: a persistent iroh-blobs store and docs on the node's own
+//! endpoint, with the blob garbage collector protecting every blob a document references
+//! (iroh-docs hands its hashes to the collector before each run).
+//!
+//! Documents are synced by this crate ([`crate::peersync`], [`crate::push`]), not by
+//! iroh-docs' live engine, which can stop for good under a large reconciliation (see
+//! `peersync`). The engine still runs (the docs API needs it) but is never asked to sync,
+//! and neither its protocol handler nor gossip's is registered: the endpoint serves
+//! reconciliation through [`crate::peersync::ReconcileHandler`] on iroh-docs' ALPN, pushes
+//! on [`crate::push::ALPN`], and blobs.
 //!
 //! That protection has a window: iroh-docs lists the referenced hashes *before* the
 //! collector clears the store's record of blobs added since the last run, so a blob added
@@ -33,10 +40,12 @@ use iroh_blobs::store::fs::options::Options;
 use iroh_blobs::store::fs::FsStore;
 use iroh_blobs::store::GcConfig;
 use iroh_blobs::BlobsProtocol;
-use iroh_docs::engine::ProtectCallbackHandler;
+use iroh_docs::engine::{DefaultAuthorStorage, Engine, ProtectCallbackHandler};
 use iroh_docs::protocol::Docs;
 use iroh_gossip::net::Gossip;
 
+use crate::peersync::PeerSync;
+use crate::push::PushHandler;
 use crate::FederationError;
 
 /// How often unreferenced blobs (segments and heartbeats that were replaced, old
@@ -50,7 +59,7 @@ pub const GC_INTERVAL: Duration = Duration::from_secs(60);
 pub const WRITE_HOLD: Duration = Duration::from_secs(3 * GC_INTERVAL.as_secs());
 
 /// The ALPNs the stack serves, which the endpoint's access policy restricts.
-pub const ALPNS: [&[u8]; 3] = [iroh_docs::ALPN, iroh_gossip::ALPN, iroh_blobs::ALPN];
+pub const ALPNS: [&[u8]; 3] = [iroh_docs::ALPN, crate::push::ALPN, iroh_blobs::ALPN];
 
 /// iroh-blobs' protocol handler without its shutdown (see [`DocsStack::handlers`]).
 #[derive(Debug, Clone)]
@@ -70,10 +79,10 @@ impl iroh::protocol::ProtocolHandler for BlobsHandler {
 pub struct DocsStack {
     /// The blob store (segment contents, checkpoints).
     pub blobs: FsStore,
-    /// Gossip, which iroh-docs uses for live updates.
-    pub gossip: Gossip,
     /// The documents.
     pub docs: Docs,
+    /// Reconciliation with peers, and what this node serves.
+    pub peers: PeerSync,
     /// Fetches blobs from peers by hash.
     pub downloader: iroh_blobs::api::downloader::Downloader,
     endpoint: Endpoint,
@@ -110,17 +119,29 @@ impl DocsStack {
         let blobs = FsStore::load_with_opts(blobs_dir.join("blobs.db"), options)
             .await
             .map_err(|e| err("opening the blob store")(&e))?;
+        // The engine takes a gossip instance; with no gossip handler registered and no
+        // document ever joined, it stays idle.
         let gossip = Gossip::builder().spawn(endpoint.clone());
-        let docs = Docs::persistent(docs_dir)
-            .protect_handler(protect)
-            .spawn(endpoint.clone(), (*blobs).clone(), gossip.clone())
-            .await
-            .map_err(|e| err("starting iroh-docs")(&e))?;
+        let replica_store = iroh_docs::store::Store::persistent(docs_dir.join("docs.redb"))
+            .map_err(|e| err("opening the docs store")(&format!("{e:#}")))?;
+        let engine = Engine::spawn(
+            endpoint.clone(),
+            gossip,
+            replica_store,
+            (*blobs).clone(),
+            blobs.downloader(endpoint),
+            DefaultAuthorStorage::Persistent(docs_dir.join("default-author")),
+            Some(protect),
+        )
+        .await
+        .map_err(|e| err("starting iroh-docs")(&format!("{e:#}")))?;
+        let peers = PeerSync::new(endpoint.clone(), engine.sync.clone());
+        let docs = Docs::new(engine);
         let downloader = blobs.downloader(endpoint);
         Ok(DocsStack {
             blobs,
-            gossip,
             docs,
+            peers,
             downloader,
             endpoint: endpoint.clone(),
             holds: Arc::default(),
@@ -200,11 +221,11 @@ impl DocsStack {
     /// The iroh router shuts all handlers down at once, and iroh-blobs' handler shuts the
     /// blob store down with it, while iroh-docs may still be using the store (a panic in
     /// the store's threads was seen here). So the blobs handler registered here leaves the
-    /// store alone, and [`DocsStack::shutdown_blobs`] closes it after the router is down.
+    /// store alone, and [`DocsStack::close`] closes it after the router is down.
     pub fn handlers(&self) -> Vec<(&'static [u8], Box<dyn DynProtocolHandler>)> {
         vec![
-            (iroh_docs::ALPN, Box::new(self.docs.clone())),
-            (iroh_gossip::ALPN, Box::new(self.gossip.clone())),
+            (iroh_docs::ALPN, Box::new(self.peers.handler())),
+            (crate::push::ALPN, Box::new(PushHandler(self.peers.clone()))),
             (
                 iroh_blobs::ALPN,
                 Box::new(BlobsHandler(BlobsProtocol::new(&self.blobs, None))),
@@ -212,8 +233,9 @@ impl DocsStack {
         ]
     }
 
-    /// Closes the blob store; call once the iroh router (and with it iroh-docs) is down.
-    pub async fn shutdown_blobs(&self) {
+    /// Stops iroh-docs, then closes the blob store; call once the iroh router is down.
+    pub async fn close(&self) {
+        iroh::protocol::ProtocolHandler::shutdown(&self.docs).await;
         if let Err(e) = self.blobs.shutdown().await {
             tracing::warn!("closing the blob store: {e}");
         }
@@ -257,7 +279,7 @@ mod tests {
         }
         let router = router.spawn();
         router.shutdown().await.unwrap();
-        stack.shutdown_blobs().await;
+        stack.close().await;
         drop(stack);
         drop(router);
         drop(endpoint);

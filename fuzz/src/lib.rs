@@ -14,8 +14,9 @@
 //! # Layout
 //!
 //! - [`wire`]: `kv_message` (`aspen/kv/2` requests a node decodes and answers a router
-//!   decodes), `raft_message` (`aspen/raft/2` RPCs and answers) and `snapshot`
-//!   (`aspen/snapshot/1` offers and replies, snapshot streams).
+//!   decodes), `raft_message` (`aspen/raft/2` RPCs and answers), `snapshot`
+//!   (`aspen/snapshot/1` offers and replies, snapshot streams) and `docs_push`
+//!   (`aspen/docs-push/1` requests and entries).
 //! - [`http`]: the shared harness (the real KV app over a recording backend, one request
 //!   at a time) and the checks every answer passes.
 //! - `http/body.rs`: `http_body`, the JSON bodies of `/v1/batch`, `/v1/cas`, `/v1/cad`,
@@ -79,6 +80,11 @@ pub const TARGETS: &[Target] = &[
         name: "snapshot",
         body: wire::snapshot,
         covers: "aspen/snapshot/1 offers and replies, and snapshot streams read through and written again",
+    },
+    Target {
+        name: "docs_push",
+        body: wire::docs_push,
+        covers: "aspen/docs-push/1 requests and signed entries: decode, re-encode, decode again",
     },
     Target {
         name: "http_body",

@@ -268,6 +268,36 @@ fn snapshot() -> Vec<Vec<u8>> {
     ]
 }
 
+fn docs_push() -> Vec<Vec<u8>> {
+    use iroh_docs::{Author, NamespaceSecret, Record, SignedEntry};
+    let namespace = NamespaceSecret::from_bytes(&[7; 32]);
+    let author = Author::from_bytes(&[9; 32]);
+    let entry = |key: &[u8], content: &[u8], timestamp| {
+        let record = Record::new(
+            iroh_blobs::Hash::new(content),
+            content.len() as u64,
+            timestamp,
+        );
+        let entry = SignedEntry::from_parts(&namespace, &author, key, record);
+        aspen_federation::push::encode_entry(&entry).expect("encodes")
+    };
+    vec![
+        namespace.id().as_bytes().to_vec(),
+        entry(
+            b"s/0001/0000000000000001",
+            b"segment",
+            1_700_000_000_000_000,
+        ),
+        entry(b"h", b"heartbeat", 1_700_000_000_500_000),
+        // A tombstone: a group's prefix delete.
+        {
+            let record = Record::new(iroh_blobs::Hash::EMPTY, 0, 1_700_000_001_000_000);
+            let entry = SignedEntry::from_parts(&namespace, &author, b"s/0001/", record);
+            aspen_federation::push::encode_entry(&entry).expect("encodes")
+        },
+    ]
+}
+
 /// The seeds of target `name`.
 fn seeds(name: &str) -> Vec<Vec<u8>> {
     match name {
@@ -277,6 +307,7 @@ fn seeds(name: &str) -> Vec<Vec<u8>> {
         "http_request" => http_request(),
         "config" => config(),
         "snapshot" => snapshot(),
+        "docs_push" => docs_push(),
         other => panic!("no seeds for target {other}: add them in fuzz/src/seeds.rs"),
     }
 }

@@ -15,6 +15,7 @@ use aspen_cluster_node::raft_network::snapshot::{
 };
 use aspen_cluster_node::raft_network::MAX_RAFT_MESSAGE_BYTES;
 use aspen_cluster_node::storage::snapshot::stream::{Item, StreamReader, StreamWriter};
+use aspen_federation::push;
 
 /// `aspen/kv/2`: the bytes as a request a node decodes and as an answer a router decodes.
 pub fn kv_message(data: &[u8]) {
@@ -153,4 +154,28 @@ fn snapshot_stream(data: &[u8]) {
     }
     assert_eq!(again.next_item().expect("a written stream ends"), None);
     assert_eq!(again.counts(), reader.counts());
+}
+
+/// `aspen/docs-push/1`: the bytes as the request an owner node decodes (a namespace id)
+/// and as an entry message a reader decodes. A decoded entry encodes to bytes that decode
+/// to the same entry, and encoding that is stable. (Its signatures are checked by the
+/// store that takes it, not by the decoder.)
+pub fn docs_push(data: &[u8]) {
+    if let Ok(namespace) = push::decode_request(data) {
+        assert_eq!(
+            namespace.as_bytes().as_slice(),
+            data,
+            "a request is the id's bytes"
+        );
+    }
+    // The reader refuses a longer message before reading it.
+    if data.len() > push::MAX_ENTRY_BYTES {
+        return;
+    }
+    if let Ok(entry) = push::decode_entry(data) {
+        let bytes = push::encode_entry(&entry).expect("a decoded entry encodes");
+        let back = push::decode_entry(&bytes).expect("an encoded entry decodes");
+        assert_eq!(back, entry, "decode(encode(e)) != e");
+        assert_eq!(push::encode_entry(&back).expect("encodes"), bytes);
+    }
 }

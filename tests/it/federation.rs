@@ -196,6 +196,61 @@ async fn regions_cut_apart_while_both_write_converge_once_healed_and_lag_rises_t
     t.shutdown().await;
 }
 
+/// Segments the next test's cut must make the importers miss: more than the 1,024 events
+/// iroh-docs' live engine queues, past which one reconciliation could stop it for good.
+const MISSED_SEGMENTS: u64 = 1_100;
+
+/// The segments us-1's exporter has written (its next sequence number), if a node of it
+/// exports.
+fn exported_segments(t: &aspen::topology::Topology) -> Option<u64> {
+    let cluster = t.cluster("us-1");
+    cluster.running().into_iter().find_map(|id| {
+        let status = cluster.node(id)?.federation()?.export_status()?;
+        status.active.then_some(status.next_seq)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_that_misses_over_a_thousand_segments_converges_once_healed() {
+    let (_dir, t) = start(3, 5_000).await;
+    let us = client(&t, "us");
+    us.put("before", b"1").await.unwrap();
+    wait_converged(&t, "us-1", "eu-1", Duration::from_secs(30)).await;
+
+    t.partition_regions("us", "eu");
+    let first = poll("us-1 exporting", Duration::from_secs(30), || async {
+        exported_segments(&t)
+    })
+    .await;
+    let done = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (us, done) = (us.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    us.put(&format!("cut/{w}/{i}"), b"x").await.unwrap();
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // The exporter writes at most one segment per linger (20 ms) while writes go on.
+    poll(
+        &format!("{MISSED_SEGMENTS} segments exported during the cut"),
+        Duration::from_secs(180),
+        || async { exported_segments(&t).filter(|n| n - first >= MISSED_SEGMENTS) },
+    )
+    .await;
+    done.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    t.heal();
+    wait_converged(&t, "us-1", "eu-1", Duration::from_secs(90)).await;
+    t.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_foreign_write_lands_at_the_owner_and_fails_without_trace_when_the_owner_is_cut_off() {
     let (_dir, t) = start(1, 2_000).await;
@@ -339,7 +394,7 @@ async fn an_unknown_endpoint_is_refused_on_every_federation_protocol() {
     )
     .await
     .unwrap();
-    let alpns: [&[u8]; 3] = [b"/iroh-sync/1", b"/iroh-gossip/1", b"/iroh-bytes/4"];
+    let alpns = aspen_federation::stack::ALPNS;
     for alpn in alpns {
         let refused = async {
             let conn = match stranger.connect(addr.clone(), alpn).await {

@@ -65,7 +65,8 @@ pub struct ExportConfig {
     /// The region.
     pub region: String,
     /// iroh endpoint ids (64 hex characters) of that region's nodes that import this
-    /// cluster; every other endpoint is refused on the docs, gossip and blob protocols.
+    /// cluster; every other endpoint is refused on the docs sync, docs push and blob
+    /// protocols.
     pub readers: Vec<String>,
 }
 

@@ -1,0 +1,135 @@
+//! An importer's reconciliations with one owner node ([`Puller`]): one at start, then one
+//! each time the importer (or a new push link) asks, at most one per
+//! [`RESYNC_INTERVAL`], and at least one per [`IDLE_RESYNC_INTERVAL`]. Their outcomes
+//! ([`SyncFailures`]) are the importer's sync error while no owner node answers, and put
+//! the owner nodes that answer first when content is fetched: a download tries its
+//! providers in turn, and one stuck on a node that is down holds the importer up.
+
+use std::sync::{Arc, Mutex};
+
+use iroh::EndpointAddr;
+use iroh_docs::NamespaceId;
+use tokio::sync::watch;
+
+use crate::import::{ImportState, IDLE_RESYNC_INTERVAL, RESYNC_INTERVAL};
+use crate::peersync::PeerSync;
+
+/// The last reconciliation's failure per owner node (`None` until one fails, and again once
+/// one succeeds), shared by an importer's pullers.
+#[derive(Debug, Clone, Default)]
+pub struct SyncFailures(Arc<Mutex<Vec<Option<String>>>>);
+
+impl SyncFailures {
+    /// For `owners` owner nodes, none failed yet.
+    pub fn new(owners: usize) -> SyncFailures {
+        SyncFailures(Arc::new(Mutex::new(vec![None; owners])))
+    }
+
+    /// Notes owner node `index`'s last outcome; returns the sync error to report (when
+    /// every owner node's last round failed).
+    fn set(&self, index: usize, failure: Option<String>) -> Option<String> {
+        let mut failures = self.0.lock().expect("sync failures lock");
+        if let Some(slot) = failures.get_mut(index) {
+            *slot = failure;
+        }
+        failures.iter().all(Option::is_some).then(|| {
+            format!(
+                "no owner node could be synced with: {}",
+                failures
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })
+    }
+
+    /// `items` (one per owner node, in the same order), those whose last round did not
+    /// fail first.
+    pub fn answering_first<T: Clone>(&self, items: &[T]) -> Vec<T> {
+        let failures = self.0.lock().expect("sync failures lock");
+        let failed = |i: usize| failures.get(i).is_some_and(Option::is_some);
+        let (mut first, mut last) = (Vec::new(), Vec::new());
+        for (i, item) in items.iter().enumerate() {
+            if failed(i) {
+                last.push(item.clone());
+            } else {
+                first.push(item.clone());
+            }
+        }
+        first.extend(last);
+        first
+    }
+}
+
+/// Reconciles one imported document with one owner node.
+pub(crate) struct Puller {
+    pub peers: PeerSync,
+    pub namespace: NamespaceId,
+    pub owner: EndpointAddr,
+    /// This owner node's place in `failures`.
+    pub index: usize,
+    /// Every owner node's last outcome.
+    pub failures: SyncFailures,
+    pub state: Arc<Mutex<ImportState>>,
+}
+
+impl Puller {
+    /// Runs until `stop` turns true.
+    pub async fn run(self, mut kicked: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+        loop {
+            // Asks made from here on call for another round after this one.
+            kicked.borrow_and_update();
+            let result = tokio::select! {
+                r = self.peers.reconcile(self.namespace, self.owner.clone()) => r,
+                _ = stop.changed() => return,
+            };
+            match &result {
+                Ok(received) => {
+                    tracing::debug!(owner = %self.owner.id.fmt_short(), received, "reconciled")
+                }
+                Err(e) => tracing::debug!(owner = %self.owner.id.fmt_short(), "reconciling: {e}"),
+            }
+            self.record(result.err().map(|e| e.to_string()));
+            tokio::select! {
+                _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+            tokio::select! {
+                _ = kicked.changed() => {}
+                _ = tokio::time::sleep(IDLE_RESYNC_INTERVAL.saturating_sub(RESYNC_INTERVAL)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Notes this round's outcome; the importer reports a sync error only while every
+    /// owner node's last round failed.
+    fn record(&self, failure: Option<String>) {
+        let error = self.failures.set(self.index, failure);
+        self.state.lock().expect("import state").sync_error = error;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_nodes_that_answer_come_first_and_the_error_waits_for_all() {
+        let f = SyncFailures::new(3);
+        assert_eq!(f.answering_first(&[1, 2, 3]), vec![1, 2, 3]);
+        assert_eq!(f.set(0, Some("down".into())), None);
+        assert_eq!(f.answering_first(&[1, 2, 3]), vec![2, 3, 1]);
+        assert_eq!(f.set(2, Some("cut".into())), None);
+        assert_eq!(f.answering_first(&[1, 2, 3]), vec![2, 1, 3]);
+        let all = f.set(1, Some("gone".into())).expect("every one failed");
+        assert!(
+            all.contains("down") && all.contains("gone") && all.contains("cut"),
+            "{all}"
+        );
+        assert_eq!(f.set(0, None), None);
+        assert_eq!(f.answering_first(&[1, 2, 3]), vec![1, 2, 3]);
+    }
+}

@@ -115,14 +115,28 @@ async fn serve(peers: &PeerSync, connection: Connection) -> Result<(), Federatio
         .map_err(|_| stream_err("request")(&"none within the exchange timeout"))??;
     if !peers.serves(&namespace) {
         let _ = aspen_net::write_message(&mut send, &[NOT_SERVED]).await;
+        // Closing the connection at once would drop the answer in flight.
+        let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, send.stopped()).await;
         return Ok(());
     }
     let (events_tx, events) = async_channel::bounded(SUBSCRIPTION_EVENTS);
     peers
         .handle()
-        .subscribe(namespace, events_tx)
+        .subscribe(namespace, events_tx.clone())
         .await
         .map_err(|e| stream_err("subscribing")(&format!("{e:#}")))?;
+    let linked = forward(&connection, &mut send, events).await;
+    // Otherwise the storage thread would drop the subscription only at the next entry.
+    let _ = peers.handle().unsubscribe(namespace, events_tx).await;
+    linked
+}
+
+/// Sends what the subscription brings until the reader goes away or falls behind.
+async fn forward(
+    connection: &Connection,
+    send: &mut SendStream,
+    events: async_channel::Receiver<iroh_docs::Event>,
+) -> Result<(), FederationError> {
     // Moves events into the link's queue at once, so the storage thread never waits on
     // this reader; when the queue is full it stops, which unsubscribes and ends the link.
     let (queue_tx, mut queue) = mpsc::channel::<SignedEntry>(PUSH_QUEUE);
@@ -141,9 +155,15 @@ async fn serve(peers: &PeerSync, connection: Connection) -> Result<(), Federatio
         }
     });
     let _mover = AbortOnDrop(mover);
-    write(&mut send, &[LINKED]).await?;
-    while let Some(entry) = queue.recv().await {
-        write(&mut send, &encode_entry(&entry)?).await?;
+    write(send, &[LINKED]).await?;
+    loop {
+        // A reader that goes away ends the link at once, not at the next entry.
+        let entry = tokio::select! {
+            entry = queue.recv() => entry,
+            _ = connection.closed() => return Ok(()),
+        };
+        let Some(entry) = entry else { break };
+        write(send, &encode_entry(&entry)?).await?;
     }
     let _ = send.finish();
     Ok(())
@@ -248,4 +268,91 @@ async fn next(recv: &mut RecvStream) -> Result<Vec<u8>, FederationError> {
         .await
         .map_err(|_| stream_err("reading")(&format!("nothing for {IDLE_TIMEOUT:?}")))?
         .map_err(stream_err("reading"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::DocsStack;
+    use iroh::Endpoint;
+    use iroh_docs::{Capability, NamespaceSecret};
+
+    async fn bind() -> Endpoint {
+        Endpoint::builder(iroh::endpoint::presets::Minimal)
+            .relay_mode(iroh::RelayMode::Disabled)
+            .clear_ip_transports()
+            .bind_addr("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+            .unwrap()
+            .bind()
+            .await
+            .unwrap()
+    }
+
+    async fn subscribers(stack: &DocsStack, namespace: NamespaceId) -> usize {
+        let state = stack.peers.handle().get_state(namespace).await.unwrap();
+        state.subscribers
+    }
+
+    /// A reader that links and goes away leaves nothing behind on the owner node: its
+    /// subscription to the owner's storage thread ends with the connection, not at the
+    /// next entry. A document nobody serves is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_holds_a_subscription_only_while_the_reader_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = bind().await;
+        let stack = DocsStack::spawn(&owner, dir.path()).await.unwrap();
+        let secret = NamespaceSecret::from_bytes(&[3; 32]);
+        let doc = stack
+            .docs
+            .import_namespace(Capability::Write(secret.clone()))
+            .await
+            .unwrap();
+        let namespace = doc.id();
+        stack.peers.open(namespace).await.unwrap();
+        stack.peers.serve(namespace);
+        let mut router = iroh::protocol::Router::builder(owner.clone());
+        for (alpn, handler) in stack.handlers() {
+            router = router.accept(alpn, handler);
+        }
+        let router = router.spawn();
+        let addr = iroh::EndpointAddr::new(owner.id()).with_addrs(
+            owner
+                .bound_sockets()
+                .into_iter()
+                .map(iroh::TransportAddr::Ip),
+        );
+        let before = subscribers(&stack, namespace).await;
+
+        let reader = bind().await;
+        let ask = |namespace: NamespaceId| {
+            let (reader, addr) = (reader.clone(), addr.clone());
+            async move {
+                let conn = reader.connect(addr, ALPN).await.unwrap();
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                aspen_net::write_frame(&mut send, namespace.as_bytes())
+                    .await
+                    .unwrap();
+                let answer = aspen_net::read_message(&mut recv, 1).await.unwrap();
+                (conn, send, recv, answer)
+            }
+        };
+        let unknown = NamespaceSecret::from_bytes(&[4; 32]).id();
+        assert_eq!(ask(unknown).await.3, vec![NOT_SERVED]);
+
+        let (conn, send, recv, answer) = ask(namespace).await;
+        assert_eq!(answer, vec![LINKED]);
+        assert_eq!(subscribers(&stack, namespace).await, before + 1);
+        conn.close(0u32.into(), b"gone");
+        drop((send, recv));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while subscribers(&stack, namespace).await != before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the link's subscription outlived its reader"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        router.shutdown().await.unwrap();
+        stack.close().await;
+    }
 }

@@ -99,17 +99,19 @@ impl PeerSync {
         self.served.lock().expect("served lock").contains(namespace)
     }
 
-    /// One reconciliation of `namespace` with `peer`, bounded by [`SYNC_TIMEOUT`]. Returns
-    /// how many entries it brought.
+    /// One reconciliation of `namespace` with `peer`, bounded by `limit` (at most
+    /// [`SYNC_TIMEOUT`]). Returns how many entries it brought (0 when iroh-docs lost the
+    /// count, see `closed_after_the_end`).
     pub async fn reconcile(
         &self,
         namespace: NamespaceId,
         peer: EndpointAddr,
+        limit: Duration,
     ) -> Result<usize, FederationError> {
-        let id = peer.id;
+        let (id, limit) = (peer.id, limit.min(SYNC_TIMEOUT));
         let sync =
             iroh_docs::net::connect_and_sync(&self.endpoint, &self.sync, namespace, peer, None);
-        match tokio::time::timeout(SYNC_TIMEOUT, sync).await {
+        match tokio::time::timeout(limit, sync).await {
             Ok(Ok(finished)) => Ok(finished.outcome.num_recv),
             Ok(Err(e)) if closed_after_the_end(&e) => Ok(0),
             Ok(Err(e)) => Err(FederationError::Stack(format!(
@@ -118,29 +120,23 @@ impl PeerSync {
                 chain(&e)
             ))),
             Err(_) => Err(FederationError::Stack(format!(
-                "syncing with {}: no result within {SYNC_TIMEOUT:?}",
+                "syncing with {}: no result within {limit:?}",
                 id.fmt_short()
             ))),
         }
     }
 
-    /// Reconciles `namespace` with every peer at once, each bounded by `limit` (at most
-    /// [`SYNC_TIMEOUT`]). Returns the entries brought and the failures.
+    /// Reconciles `namespace` with every peer at once, each bounded by `limit`. Returns the
+    /// entries brought and the failures.
     pub async fn reconcile_all(
         &self,
         namespace: NamespaceId,
         peers: &[EndpointAddr],
         limit: Duration,
     ) -> (usize, Vec<String>) {
-        let rounds = peers.iter().map(|peer| async move {
-            match tokio::time::timeout(limit, self.reconcile(namespace, peer.clone())).await {
-                Ok(result) => result,
-                Err(_) => Err(FederationError::Stack(format!(
-                    "syncing with {}: no result within {limit:?}",
-                    peer.id.fmt_short()
-                ))),
-            }
-        });
+        let rounds = peers
+            .iter()
+            .map(|peer| self.reconcile(namespace, peer.clone(), limit));
         let mut received = 0;
         let mut failures = Vec::new();
         for result in futures::future::join_all(rounds).await {

@@ -12,7 +12,7 @@ use iroh_docs::NamespaceId;
 use tokio::sync::watch;
 
 use crate::import::{ImportState, IDLE_RESYNC_INTERVAL, RESYNC_INTERVAL};
-use crate::peersync::PeerSync;
+use crate::peersync::{PeerSync, SYNC_TIMEOUT};
 
 /// The last reconciliation's failure per owner node (`None` until one fails, and again once
 /// one succeeds), shared by an importer's pullers.
@@ -82,7 +82,7 @@ impl Puller {
             // Asks made from here on call for another round after this one.
             kicked.borrow_and_update();
             let result = tokio::select! {
-                r = self.peers.reconcile(self.namespace, self.owner.clone()) => r,
+                r = self.peers.reconcile(self.namespace, self.owner.clone(), SYNC_TIMEOUT) => r,
                 _ = stop.changed() => return,
             };
             match &result {

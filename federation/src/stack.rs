@@ -122,6 +122,8 @@ impl DocsStack {
         // The engine takes a gossip instance; with no gossip handler registered and no
         // document ever joined, it stays idle.
         let gossip = Gossip::builder().spawn(endpoint.clone());
+        // One downloader (one connection pool) for iroh-docs and for this crate's fetches.
+        let downloader = blobs.downloader(endpoint);
         let replica_store = iroh_docs::store::Store::persistent(docs_dir.join("docs.redb"))
             .map_err(|e| err("opening the docs store")(&format!("{e:#}")))?;
         let engine = Engine::spawn(
@@ -129,7 +131,7 @@ impl DocsStack {
             gossip,
             replica_store,
             (*blobs).clone(),
-            blobs.downloader(endpoint),
+            downloader.clone(),
             DefaultAuthorStorage::Persistent(docs_dir.join("default-author")),
             Some(protect),
         )
@@ -137,7 +139,6 @@ impl DocsStack {
         .map_err(|e| err("starting iroh-docs")(&format!("{e:#}")))?;
         let peers = PeerSync::new(endpoint.clone(), engine.sync.clone());
         let docs = Docs::new(engine);
-        let downloader = blobs.downloader(endpoint);
         Ok(DocsStack {
             blobs,
             docs,

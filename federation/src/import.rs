@@ -236,12 +236,24 @@ impl Importer {
             };
             tasks.push(tokio::spawn(pull.run(kicked.clone(), stop.clone())));
             let (kick, source) = (kick.clone(), self.source.clone());
+            let (linked, failed) = (self.failures.clone(), self.failures.clone());
+            let (state, refused_state) = (self.state.clone(), self.state.clone());
             tasks.push(tokio::spawn(push::follow(
                 self.stack.peers.clone(),
                 self.doc.id(),
                 owner.clone(),
-                move || kick.send_modify(|n| *n += 1),
-                move |e| tracing::debug!(source = %source, "push link: {e}"),
+                move || {
+                    let error = linked.set_refused(i, None);
+                    state.lock().expect("import state").sync_error = error;
+                    kick.send_modify(|n| *n += 1)
+                },
+                move |e| {
+                    tracing::debug!(source = %source, "push link: {e}");
+                    if let FederationError::NotServed { .. } = e {
+                        let error = failed.set_refused(i, Some(e.to_string()));
+                        refused_state.lock().expect("import state").sync_error = error;
+                    }
+                },
                 stop.clone(),
             )));
         }

@@ -14,42 +14,66 @@ use tokio::sync::watch;
 use crate::import::{ImportState, IDLE_RESYNC_INTERVAL, RESYNC_INTERVAL};
 use crate::peersync::{PeerSync, SYNC_TIMEOUT};
 
-/// The last reconciliation's failure per owner node (`None` until one fails, and again once
-/// one succeeds), shared by an importer's pullers.
+/// Per owner node, why it cannot be synced with: its last reconciliation's failure, and
+/// its refusal of the document on the push link (a reconciliation with a node that does not
+/// serve the document ends like an empty one, so only the link tells). Shared by an
+/// importer's pullers and push links.
 #[derive(Debug, Clone, Default)]
-pub struct SyncFailures(Arc<Mutex<Vec<Option<String>>>>);
+pub struct SyncFailures(Arc<Mutex<Vec<OwnerFailure>>>);
+
+#[derive(Debug, Clone, Default)]
+struct OwnerFailure {
+    /// The last reconciliation's failure (`None` once one succeeds).
+    sync: Option<String>,
+    /// The last push link's refusal (`None` once a link is made).
+    refused: Option<String>,
+}
+
+impl OwnerFailure {
+    fn failed(&self) -> bool {
+        self.sync.is_some() || self.refused.is_some()
+    }
+}
 
 impl SyncFailures {
     /// For `owners` owner nodes, none failed yet.
     pub fn new(owners: usize) -> SyncFailures {
-        SyncFailures(Arc::new(Mutex::new(vec![None; owners])))
+        SyncFailures(Arc::new(Mutex::new(vec![OwnerFailure::default(); owners])))
     }
 
-    /// Notes owner node `index`'s last outcome; returns the sync error to report (when
-    /// every owner node's last round failed).
-    fn set(&self, index: usize, failure: Option<String>) -> Option<String> {
+    /// Notes owner node `index`'s last reconciliation; returns the sync error to report.
+    pub fn set_sync(&self, index: usize, failure: Option<String>) -> Option<String> {
+        self.update(index, |slot| slot.sync = failure)
+    }
+
+    /// Notes whether owner node `index` refused the document on the push link (`None`
+    /// when a link was made); returns the sync error to report.
+    pub fn set_refused(&self, index: usize, refusal: Option<String>) -> Option<String> {
+        self.update(index, |slot| slot.refused = refusal)
+    }
+
+    /// The sync error to report: set when every owner node failed, naming why each did.
+    fn update(&self, index: usize, change: impl FnOnce(&mut OwnerFailure)) -> Option<String> {
         let mut failures = self.0.lock().expect("sync failures lock");
         if let Some(slot) = failures.get_mut(index) {
-            *slot = failure;
+            change(slot);
         }
-        failures.iter().all(Option::is_some).then(|| {
+        failures.iter().all(OwnerFailure::failed).then(|| {
+            let reasons = failures
+                .iter()
+                .flat_map(|f| f.refused.iter().chain(f.sync.iter()))
+                .cloned();
             format!(
                 "no owner node could be synced with: {}",
-                failures
-                    .iter()
-                    .flatten()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                reasons.collect::<Vec<_>>().join("; ")
             )
         })
     }
 
-    /// `items` (one per owner node, in the same order), those whose last round did not
-    /// fail first.
+    /// `items` (one per owner node, in the same order), those that did not fail first.
     pub fn answering_first<T: Clone>(&self, items: &[T]) -> Vec<T> {
         let failures = self.0.lock().expect("sync failures lock");
-        let failed = |i: usize| failures.get(i).is_some_and(Option::is_some);
+        let failed = |i: usize| failures.get(i).is_some_and(OwnerFailure::failed);
         let (mut first, mut last) = (Vec::new(), Vec::new());
         for (i, item) in items.iter().enumerate() {
             if failed(i) {
@@ -107,7 +131,7 @@ impl Puller {
     /// Notes this round's outcome; the importer reports a sync error only while every
     /// owner node's last round failed.
     fn record(&self, failure: Option<String>) {
-        let error = self.failures.set(self.index, failure);
+        let error = self.failures.set_sync(self.index, failure);
         self.state.lock().expect("import state").sync_error = error;
     }
 }
@@ -120,16 +144,41 @@ mod tests {
     fn owner_nodes_that_answer_come_first_and_the_error_waits_for_all() {
         let f = SyncFailures::new(3);
         assert_eq!(f.answering_first(&[1, 2, 3]), vec![1, 2, 3]);
-        assert_eq!(f.set(0, Some("down".into())), None);
+        assert_eq!(f.set_sync(0, Some("down".into())), None);
         assert_eq!(f.answering_first(&[1, 2, 3]), vec![2, 3, 1]);
-        assert_eq!(f.set(2, Some("cut".into())), None);
+        assert_eq!(f.set_sync(2, Some("cut".into())), None);
         assert_eq!(f.answering_first(&[1, 2, 3]), vec![2, 1, 3]);
-        let all = f.set(1, Some("gone".into())).expect("every one failed");
+        let all = f
+            .set_sync(1, Some("gone".into()))
+            .expect("every one failed");
         assert!(
             all.contains("down") && all.contains("gone") && all.contains("cut"),
             "{all}"
         );
-        assert_eq!(f.set(0, None), None);
+        assert_eq!(f.set_sync(0, None), None);
         assert_eq!(f.answering_first(&[1, 2, 3]), vec![1, 2, 3]);
+    }
+
+    /// A node that refuses the document stays failed while its reconciliations "succeed"
+    /// (a refused reconciliation ends like an empty one), until a link is made.
+    #[test]
+    fn a_refusal_outlasts_reconciliations_until_a_link_is_made() {
+        let f = SyncFailures::new(2);
+        assert_eq!(f.set_refused(0, Some("not served by a".into())), None);
+        assert_eq!(f.set_sync(0, None), None, "node 1 has not failed");
+        assert_eq!(f.answering_first(&[1, 2]), vec![2, 1]);
+        let all = f
+            .set_refused(1, Some("not served by b".into()))
+            .expect("both refuse");
+        assert!(
+            all.contains("not served by a") && all.contains("not served by b"),
+            "{all}"
+        );
+        assert!(
+            f.set_sync(1, None).is_some(),
+            "a reconciliation does not clear a refusal"
+        );
+        assert_eq!(f.set_refused(1, None), None, "a link does");
+        assert_eq!(f.answering_first(&[1, 2]), vec![2, 1]);
     }
 }

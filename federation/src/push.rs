@@ -137,21 +137,10 @@ async fn forward(
     send: &mut SendStream,
     events: async_channel::Receiver<iroh_docs::Event>,
 ) -> Result<(), FederationError> {
-    // Moves events into the link's queue at once, so the storage thread never waits on
-    // this reader; when the queue is full it stops, which unsubscribes and ends the link.
-    let (queue_tx, mut queue) = mpsc::channel::<SignedEntry>(PUSH_QUEUE);
+    let (queue_tx, mut queue) = link_queue();
     let mover = tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
-            let entry = match event {
-                iroh_docs::Event::LocalInsert { entry, .. } => entry,
-                iroh_docs::Event::RemoteInsert { entry, .. } => entry,
-            };
-            if queue_tx.try_send(entry).is_err() {
-                tracing::debug!(
-                    "docs push: a reader fell {PUSH_QUEUE} entries behind; cutting it off"
-                );
-                return;
-            }
+        if move_events(events, queue_tx).await == Moved::ReaderBehind {
+            tracing::debug!("docs push: a reader fell {PUSH_QUEUE} entries behind; cutting it off");
         }
     });
     let _mover = AbortOnDrop(mover);
@@ -167,6 +156,39 @@ async fn forward(
     }
     let _ = send.finish();
     Ok(())
+}
+
+/// A link's queue of entries waiting to be sent: [`PUSH_QUEUE`] of them.
+fn link_queue() -> (mpsc::Sender<SignedEntry>, mpsc::Receiver<SignedEntry>) {
+    mpsc::channel(PUSH_QUEUE)
+}
+
+/// Why [`move_events`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    /// The subscription ended.
+    SubscriptionEnded,
+    /// The queue was full: the reader is [`PUSH_QUEUE`] entries behind.
+    ReaderBehind,
+}
+
+/// Moves a subscription's entries into a link's queue (of [`PUSH_QUEUE`]) as they come,
+/// so the storage thread never waits on the reader; stops when the queue is full, which
+/// drops the subscription and, once the queue is sent, ends the link.
+async fn move_events(
+    events: async_channel::Receiver<iroh_docs::Event>,
+    queue: mpsc::Sender<SignedEntry>,
+) -> Moved {
+    while let Ok(event) = events.recv().await {
+        let entry = match event {
+            iroh_docs::Event::LocalInsert { entry, .. } => entry,
+            iroh_docs::Event::RemoteInsert { entry, .. } => entry,
+        };
+        if queue.try_send(entry).is_err() {
+            return Moved::ReaderBehind;
+        }
+    }
+    Moved::SubscriptionEnded
 }
 
 async fn write(send: &mut SendStream, bytes: &[u8]) -> Result<(), FederationError> {
@@ -236,9 +258,15 @@ async fn link(
     let (_connection, _send, mut recv, answer) = opened
         .await
         .map_err(|_| stream_err("linking")(&"no answer within the exchange timeout"))??;
+    if answer == [NOT_SERVED] {
+        return Err(FederationError::NotServed {
+            node: owner.id.to_string(),
+            namespace: namespace.to_string(),
+        });
+    }
     if answer != [LINKED] {
         return Err(stream_err("linking")(&format!(
-            "{} does not serve this document",
+            "{} answered {answer:?}, neither linked nor not served",
             owner.id.fmt_short()
         )));
     }
@@ -271,155 +299,4 @@ async fn next(recv: &mut RecvStream) -> Result<Vec<u8>, FederationError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::peersync::SYNC_TIMEOUT;
-    use crate::stack::DocsStack;
-    use iroh::Endpoint;
-    use iroh_docs::{Capability, NamespaceSecret};
-
-    async fn bind() -> Endpoint {
-        let access = aspen_net::Access::open();
-        let addr = "127.0.0.1:0".parse().unwrap();
-        aspen_net::bind_endpoint(iroh::SecretKey::generate(), addr, false, &access)
-            .await
-            .unwrap()
-    }
-
-    async fn subscribers(stack: &DocsStack, namespace: NamespaceId) -> usize {
-        let state = stack.peers.handle().get_state(namespace).await.unwrap();
-        state.subscribers
-    }
-
-    /// A docs stack on its own endpoint, serving the stack's protocols.
-    struct Node {
-        endpoint: Endpoint,
-        stack: DocsStack,
-        router: iroh::protocol::Router,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Node {
-        async fn start() -> Node {
-            let dir = tempfile::tempdir().unwrap();
-            let endpoint = bind().await;
-            let stack = DocsStack::spawn(&endpoint, dir.path()).await.unwrap();
-            let mut router = iroh::protocol::Router::builder(endpoint.clone());
-            for (alpn, handler) in stack.handlers() {
-                router = router.accept(alpn, handler);
-            }
-            let router = router.spawn();
-            Node {
-                endpoint,
-                stack,
-                router,
-                _dir: dir,
-            }
-        }
-
-        async fn hold(&self, capability: Capability) -> iroh_docs::api::Doc {
-            let doc = self.stack.docs.import_namespace(capability).await.unwrap();
-            self.stack.peers.open(doc.id()).await.unwrap();
-            doc
-        }
-
-        fn addr(&self) -> iroh::EndpointAddr {
-            let addrs = self.endpoint.bound_sockets().into_iter();
-            iroh::EndpointAddr::new(self.endpoint.id())
-                .with_addrs(addrs.map(iroh::TransportAddr::Ip))
-        }
-
-        async fn stop(self) {
-            self.router.shutdown().await.unwrap();
-            self.stack.close().await;
-        }
-    }
-
-    /// Reconciliation serves only the documents a node serves (its own cluster's): of a
-    /// document it merely holds, such as one it imports, nothing reaches a peer that asks.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reconciliation_serves_only_the_served_document() {
-        let owner = Node::start().await;
-        let served = NamespaceSecret::from_bytes(&[5; 32]);
-        let held = NamespaceSecret::from_bytes(&[6; 32]);
-        let author = owner.stack.docs.author_create().await.unwrap();
-        for secret in [&served, &held] {
-            let doc = owner.hold(Capability::Write(secret.clone())).await;
-            owner
-                .stack
-                .put(&doc, author, &b"k"[..], &b"v"[..])
-                .await
-                .unwrap();
-        }
-        owner.stack.peers.serve(served.id());
-
-        let reader = Node::start().await;
-        for secret in [&served, &held] {
-            reader.hold(Capability::Read(secret.id())).await;
-        }
-        let peers = &reader.stack.peers;
-        let got = peers
-            .reconcile(served.id(), owner.addr(), SYNC_TIMEOUT)
-            .await;
-        assert!(got.is_ok(), "{got:?}");
-        // The refusal itself is not seen here: iroh-docs reports the close after it, which
-        // `closed_after_the_end` takes for a finished exchange (see there).
-        let _ = peers.reconcile(held.id(), owner.addr(), SYNC_TIMEOUT).await;
-        let docs = &reader.stack.docs;
-        let count = |id: NamespaceId| async move {
-            let doc = docs.open(id).await.unwrap().unwrap();
-            let entries = doc.get_many(iroh_docs::store::Query::all()).await.unwrap();
-            futures::StreamExt::count(entries).await
-        };
-        assert_eq!(count(served.id()).await, 1, "the served document came over");
-        assert_eq!(count(held.id()).await, 0, "the held one did not");
-        reader.stop().await;
-        owner.stop().await;
-    }
-
-    /// A reader that links and goes away leaves nothing behind on the owner node: its
-    /// subscription to the owner's storage thread ends with the connection, not at the
-    /// next entry. A document nobody serves is refused.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_link_holds_a_subscription_only_while_the_reader_is_there() {
-        let owner = Node::start().await;
-        let namespace = owner
-            .hold(Capability::Write(NamespaceSecret::from_bytes(&[3; 32])))
-            .await
-            .id();
-        owner.stack.peers.serve(namespace);
-        let (stack, addr) = (&owner.stack, owner.addr());
-        let before = subscribers(stack, namespace).await;
-
-        let reader = bind().await;
-        let ask = |namespace: NamespaceId| {
-            let (reader, addr) = (reader.clone(), addr.clone());
-            async move {
-                let conn = reader.connect(addr, ALPN).await.unwrap();
-                let (mut send, mut recv) = conn.open_bi().await.unwrap();
-                aspen_net::write_frame(&mut send, namespace.as_bytes())
-                    .await
-                    .unwrap();
-                let answer = aspen_net::read_message(&mut recv, 1).await.unwrap();
-                (conn, send, recv, answer)
-            }
-        };
-        let unknown = NamespaceSecret::from_bytes(&[4; 32]).id();
-        assert_eq!(ask(unknown).await.3, vec![NOT_SERVED]);
-
-        let (conn, send, recv, answer) = ask(namespace).await;
-        assert_eq!(answer, vec![LINKED]);
-        assert_eq!(subscribers(stack, namespace).await, before + 1);
-        conn.close(0u32.into(), b"gone");
-        drop((send, recv));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while subscribers(stack, namespace).await != before {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the link's subscription outlived its reader"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        owner.stop().await;
-    }
-}
+mod tests;

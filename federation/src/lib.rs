@@ -102,10 +102,6 @@ pub enum FederationError {
     Config(String),
     /// A node named as an owner node answered that it does not serve the document: the
     /// importing side's configuration names the wrong nodes or namespace.
-    #[error(
-        "owner node {node} does not serve document {namespace}: check the owner's endpoint \
-         ids and namespace in this region's federation config (`aspen federation info` \
-         prints them on the owner's side)"
-    )]
+    #[error("owner node {node} does not serve document {namespace}")]
     NotServed { node: String, namespace: String },
 }

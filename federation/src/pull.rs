@@ -14,6 +14,10 @@ use tokio::sync::watch;
 use crate::import::{ImportState, IDLE_RESYNC_INTERVAL, RESYNC_INTERVAL};
 use crate::peersync::{PeerSync, SYNC_TIMEOUT};
 
+/// What an operator should check when an owner node refuses the document.
+const REFUSED_HINT: &str = " (check the owner's endpoint ids and namespace in this region's \
+     federation import config: `aspen federation info` prints them on the owner's side)";
+
 /// Per owner node, why it cannot be synced with: its last reconciliation's failure, and
 /// its refusal of the document on the push link (a reconciliation with a node that does not
 /// serve the document ends like an empty one, so only the link tells). Shared by an
@@ -63,8 +67,13 @@ impl SyncFailures {
                 .iter()
                 .flat_map(|f| f.refused.iter().chain(f.sync.iter()))
                 .cloned();
+            let hint = if failures.iter().any(|f| f.refused.is_some()) {
+                REFUSED_HINT
+            } else {
+                ""
+            };
             format!(
-                "no owner node could be synced with: {}",
+                "no owner node could be synced with: {}{hint}",
                 reasons.collect::<Vec<_>>().join("; ")
             )
         })

@@ -45,6 +45,11 @@ fn peer(id: u64, endpoint_id: &str, addr: SocketAddr) -> PeerConfig {
 /// Writes the configs of us-1's three nodes (with `us_federation`, more `[federation]`
 /// settings) and eu-1's one, and starts them.
 fn start(root: &Path, us_federation: &str) -> Layout {
+    start_importing(root, us_federation, None)
+}
+
+/// [`start`], with eu-1 told to import document `namespace` instead of us-1's own.
+fn start_importing(root: &Path, us_federation: &str, namespace: Option<String>) -> Layout {
     let secret_file = root.join("us-1.federation.key");
     let secret = FederationSecret::generate();
     secret.save(&secret_file).unwrap();
@@ -85,7 +90,7 @@ fn start(root: &Path, us_federation: &str) -> Layout {
     toml.push_str(&format!(
         "[federation]\nregion = \"eu\"\n[[federation.import]]\ncluster = \"us-1\"\n\
          region = \"us\"\nnamespace = \"{}\"\nauthor = \"{}\"\nnodes = [{}]\n",
-        secret.namespace_id(),
+        namespace.unwrap_or_else(|| secret.namespace_id().to_string()),
         secret.author_id(),
         (0..3)
             .map(|j| format!(
@@ -560,4 +565,39 @@ async fn a_killed_exporting_leader_is_continued_by_the_next_losing_and_duplicati
         before.revision,
         after.revision
     );
+}
+
+/// An importing region whose config names the wrong document (a namespace the owner nodes
+/// do not serve) says so: its replica's error names every owner node as refusing that
+/// document, instead of a replica that silently stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_importer_given_the_wrong_document_names_every_owner_node_refusing_it() {
+    support::init_test_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = FederationSecret::generate().namespace_id().to_string();
+    let l = start_importing(dir.path(), "", Some(wrong.clone()));
+    for p in l.us.iter().chain([&l.eu]) {
+        wait_healthy(p).await;
+    }
+    for url in [l.us[0].url(), l.eu.url()] {
+        AspenClient::new(&url)
+            .cluster_init(&InitRequest::default())
+            .await
+            .unwrap();
+    }
+    leader(&l.us).await;
+    let error = poll(
+        "eu's replica error naming every owner node",
+        Duration::from_secs(60),
+        || async {
+            let status = status(&l.eu).await?;
+            let error = status["replicas"].as_array()?.first()?["error"].as_str()?;
+            let all = l.us.iter().all(|p| error.contains(&p.endpoint_id));
+            all.then(|| error.to_string())
+        },
+    )
+    .await;
+    assert!(error.contains("does not serve"), "{error}");
+    assert!(error.contains("aspen federation info"), "{error}");
+    assert!(error.contains(&wrong), "{error}");
 }

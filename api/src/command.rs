@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
@@ -21,11 +22,7 @@ pub enum Precondition {
     /// The key must not exist.
     NotExists { key: String },
     /// The key must exist and hold exactly this value.
-    Equals {
-        key: String,
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-    },
+    Equals { key: String, value: Bytes },
     /// The key's `mod_revision` must be exactly this (0 means: the key must not exist).
     ModRevision { key: String, revision: u64 },
 }
@@ -56,16 +53,9 @@ impl Precondition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Set one key.
-    Set {
-        key: String,
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-    },
+    Set { key: String, value: Bytes },
     /// Set up to [`MAX_KEYS_PER_COMMAND`] keys atomically.
-    SetMulti {
-        #[serde(with = "pairs")]
-        writes: Vec<(String, Vec<u8>)>,
-    },
+    SetMulti { writes: Vec<(String, Bytes)> },
     /// Delete one key (not an error if it is absent).
     Delete { key: String },
     /// Delete up to [`MAX_KEYS_PER_COMMAND`] keys atomically.
@@ -73,22 +63,15 @@ pub enum Command {
     /// Set `key` to `new_value` only if its value is `expected` (`None`: must not exist).
     CompareAndSwap {
         key: String,
-        #[serde(with = "serde_bytes")]
-        expected: Option<Vec<u8>>,
-        #[serde(with = "serde_bytes")]
-        new_value: Vec<u8>,
+        expected: Option<Bytes>,
+        new_value: Bytes,
     },
     /// Delete `key` only if its value is `expected`.
-    CompareAndDelete {
-        key: String,
-        #[serde(with = "serde_bytes")]
-        expected: Vec<u8>,
-    },
+    CompareAndDelete { key: String, expected: Bytes },
     /// Apply `writes` and `deletes` only if every precondition holds.
     ConditionalSetMulti {
         preconditions: Vec<Precondition>,
-        #[serde(with = "pairs")]
-        writes: Vec<(String, Vec<u8>)>,
+        writes: Vec<(String, Bytes)>,
         deletes: Vec<String>,
     },
     /// Grant lease `lease` (a number the proposing node picked) for `ttl_ms`. Uses no
@@ -106,23 +89,6 @@ pub enum Command {
         #[serde(deserialize_with = "crate::codec::nested")]
         command: Box<Command>,
     },
-}
-
-/// Encodes `(key, value)` lists with values as byte strings, so binary encodings copy
-/// them whole instead of element by element (values are up to 1 MiB).
-mod pairs {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(pairs: &[(String, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(pairs.iter().map(|(k, v)| (k, serde_bytes::Bytes::new(v))))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(String, Vec<u8>)>, D::Error> {
-        let pairs: Vec<(String, serde_bytes::ByteBuf)> = Deserialize::deserialize(d)?;
-        Ok(pairs.into_iter().map(|(k, v)| (k, v.into_vec())).collect())
-    }
 }
 
 impl Command {
@@ -247,7 +213,7 @@ impl Command {
             Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => vec![],
             Command::Leased { command, .. } => command.values(),
             Command::Set { value, .. } => vec![value],
-            Command::SetMulti { writes } => writes.iter().map(|(_, v)| v.as_slice()).collect(),
+            Command::SetMulti { writes } => writes.iter().map(|(_, v)| &v[..]).collect(),
             Command::Delete { .. } | Command::DeleteMulti { .. } => vec![],
             Command::CompareAndSwap {
                 expected,
@@ -255,8 +221,8 @@ impl Command {
                 ..
             } => expected
                 .iter()
-                .map(Vec::as_slice)
-                .chain([new_value.as_slice()])
+                .map(|v| &v[..])
+                .chain([&new_value[..]])
                 .collect(),
             Command::CompareAndDelete { expected, .. } => vec![expected],
             Command::ConditionalSetMulti {
@@ -266,10 +232,10 @@ impl Command {
             } => preconditions
                 .iter()
                 .filter_map(|p| match p {
-                    Precondition::Equals { value, .. } => Some(value.as_slice()),
+                    Precondition::Equals { value, .. } => Some(&value[..]),
                     _ => None,
                 })
-                .chain(writes.iter().map(|(_, v)| v.as_slice()))
+                .chain(writes.iter().map(|(_, v)| &v[..]))
                 .collect(),
         }
     }
@@ -375,7 +341,7 @@ mod tests {
     fn set(key: &str, len: usize) -> Command {
         Command::Set {
             key: key.into(),
-            value: vec![7; len],
+            value: vec![7; len].into(),
         }
     }
 
@@ -409,7 +375,7 @@ mod tests {
     fn multi_key_command_takes_at_most_the_key_limit_counting_preconditions() {
         let writes = |n: usize| {
             (0..n)
-                .map(|i| (format!("k{i}"), vec![1]))
+                .map(|i| (format!("k{i}"), bytes::Bytes::from_static(&[1])))
                 .collect::<Vec<_>>()
         };
         let ok = Command::SetMulti {
@@ -439,11 +405,15 @@ mod tests {
         let per = MAX_INLINE_VALUE_BYTES;
         let n = MAX_COMMAND_VALUE_BYTES / per;
         let fits = Command::SetMulti {
-            writes: (0..n).map(|i| (format!("k{i}"), vec![0; per])).collect(),
+            writes: (0..n)
+                .map(|i| (format!("k{i}"), vec![0; per].into()))
+                .collect(),
         };
         assert!(fits.validate().is_ok());
         let over = Command::SetMulti {
-            writes: (0..=n).map(|i| (format!("k{i}"), vec![0; per])).collect(),
+            writes: (0..=n)
+                .map(|i| (format!("k{i}"), vec![0; per].into()))
+                .collect(),
         };
         assert!(matches!(
             over.validate(),
@@ -455,7 +425,7 @@ mod tests {
     fn a_key_written_twice_in_one_command_is_refused() {
         let cmd = Command::ConditionalSetMulti {
             preconditions: vec![],
-            writes: vec![("a".into(), vec![1])],
+            writes: vec![("a".into(), vec![1].into())],
             deletes: vec!["a".into()],
         };
         assert_eq!(

@@ -35,8 +35,7 @@ pub enum ChangeKind {
     /// The key now holds `value`.
     Put {
         /// The new value.
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
+        value: bytes::Bytes,
         /// Revision of the write that created the key (this one, if `version` is 1).
         create_revision: u64,
         /// Writes since creation, this one included.

@@ -6,6 +6,7 @@
 //! unknown fields, so a typo is an error rather than a silently ignored option.
 
 use base64::Engine;
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::command::{Command, Precondition};
@@ -28,10 +29,10 @@ pub fn decode_value(
     field: &str,
     text: Option<String>,
     base64: Option<String>,
-) -> Result<Vec<u8>, ValidationError> {
+) -> Result<Bytes, ValidationError> {
     match (text, base64) {
-        (Some(text), None) => Ok(text.into_bytes()),
-        (None, Some(b64)) => B64.decode(b64.as_bytes()).map_err(|e| {
+        (Some(text), None) => Ok(Bytes::from(text.into_bytes())),
+        (None, Some(b64)) => B64.decode(b64.as_bytes()).map(Bytes::from).map_err(|e| {
             ValidationError::field(format!("{field}_base64"), format!("not valid base64: {e}"))
         }),
         (Some(_), Some(_)) => Err(ValidationError::field(
@@ -92,7 +93,7 @@ impl JsonWrite {
 }
 
 /// Decoded writes and the leases some of them take.
-type Writes = (Vec<(String, Vec<u8>)>, Vec<(String, LeaseId)>);
+type Writes = (Vec<(String, Bytes)>, Vec<(String, LeaseId)>);
 
 fn decode_writes(writes: Vec<JsonWrite>) -> Result<Writes, ValidationError> {
     let mut pairs = Vec::with_capacity(writes.len());
@@ -432,7 +433,7 @@ impl JsonEntry {
     /// Back to an entry (for clients).
     pub fn into_entry(self) -> Result<KvEntry, ValidationError> {
         Ok(KvEntry {
-            value: decode_value("value", self.value, self.value_base64)?,
+            value: decode_value("value", self.value, self.value_base64)?.into(),
             key: self.key,
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,

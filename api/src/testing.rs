@@ -30,19 +30,24 @@ pub fn value() -> impl Strategy<Value = Vec<u8>> {
     vec(any::<u8>(), 0..24)
 }
 
+/// A value as commands carry it.
+pub fn shared_value() -> impl Strategy<Value = bytes::Bytes> {
+    value().prop_map(bytes::Bytes::from)
+}
+
 /// Any precondition.
 pub fn precondition() -> impl Strategy<Value = Precondition> {
     prop_oneof![
         key().prop_map(|key| Precondition::Exists { key }),
         key().prop_map(|key| Precondition::NotExists { key }),
-        (key(), value()).prop_map(|(key, value)| Precondition::Equals { key, value }),
+        (key(), shared_value()).prop_map(|(key, value)| Precondition::Equals { key, value }),
         (key(), any::<u64>())
             .prop_map(|(key, revision)| Precondition::ModRevision { key, revision }),
     ]
 }
 
-fn pairs() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
-    vec((key(), value()), 0..4)
+fn pairs() -> impl Strategy<Value = Vec<(String, bytes::Bytes)>> {
+    vec((key(), shared_value()), 0..4)
 }
 
 /// Any command (not necessarily valid: encodings must carry invalid ones too).
@@ -109,18 +114,21 @@ pub fn lease_answer() -> impl Strategy<Value = LeaseAnswer> {
 /// Any command on keys (no lease commands).
 fn key_command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        (key(), value()).prop_map(|(key, value)| Command::Set { key, value }),
+        (key(), shared_value()).prop_map(|(key, value)| Command::Set { key, value }),
         pairs().prop_map(|writes| Command::SetMulti { writes }),
         key().prop_map(|key| Command::Delete { key }),
         vec(key(), 0..4).prop_map(|keys| Command::DeleteMulti { keys }),
-        (key(), option::of(value()), value()).prop_map(|(key, expected, new_value)| {
-            Command::CompareAndSwap {
-                key,
-                expected,
-                new_value,
+        (key(), option::of(shared_value()), shared_value()).prop_map(
+            |(key, expected, new_value)| {
+                Command::CompareAndSwap {
+                    key,
+                    expected,
+                    new_value,
+                }
             }
-        }),
-        (key(), value()).prop_map(|(key, expected)| Command::CompareAndDelete { key, expected }),
+        ),
+        (key(), shared_value())
+            .prop_map(|(key, expected)| Command::CompareAndDelete { key, expected }),
         (vec(precondition(), 0..3), pairs(), vec(key(), 0..3)).prop_map(
             |(preconditions, writes, deletes)| Command::ConditionalSetMulti {
                 preconditions,
@@ -342,7 +350,7 @@ pub fn change_set() -> impl Strategy<Value = ChangeSet> {
                 key,
                 kind: match put {
                     Some((value, create_revision, version)) => ChangeKind::Put {
-                        value,
+                        value: value.into(),
                         create_revision,
                         version,
                     },

@@ -273,7 +273,7 @@ mod tests {
                 KeyChange {
                     key: "a".into(),
                     kind: ChangeKind::Put {
-                        value: vec![0xff],
+                        value: vec![0xff].into(),
                         create_revision: 3,
                         version: 2,
                     },

@@ -207,7 +207,7 @@ mod tests {
             changes: vec![KeyChange {
                 key: "k".into(),
                 kind: ChangeKind::Put {
-                    value: b"v".to_vec(),
+                    value: b"v".to_vec().into(),
                     create_revision: 1,
                     version: revision,
                 },

@@ -316,7 +316,7 @@ fn apply_set(tx: &rusqlite::Transaction, source: &str, set: &ChangeSet) -> rusql
                 .execute(params![
                     source,
                     change.key.as_bytes(),
-                    value,
+                    &value[..],
                     *create_revision as i64,
                     set.revision as i64,
                     *version as i64
@@ -388,7 +388,7 @@ mod tests {
             changes: vec![KeyChange {
                 key: key.into(),
                 kind: ChangeKind::Put {
-                    value: value.into(),
+                    value: value.as_bytes().to_vec().into(),
                     create_revision: revision,
                     version: 1,
                 },

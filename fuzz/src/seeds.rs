@@ -227,7 +227,7 @@ fn snapshot() -> Vec<Vec<u8>> {
         (
             5,
             ChangeKind::Put {
-                value: b"c".to_vec(),
+                value: b"c".to_vec().into(),
                 create_revision: 2,
                 version: 2,
             },

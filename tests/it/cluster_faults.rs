@@ -337,7 +337,7 @@ async fn a_write_cut_short_by_its_leader_stopping_reports_an_unknown_outcome() {
     let write = tokio::spawn(async move {
         let command = aspen_api::Command::Set {
             key: "cut".into(),
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
         };
         service.write(command).await
     });

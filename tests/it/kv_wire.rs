@@ -110,7 +110,7 @@ async fn an_endpoint_not_listed_in_kv_clients_is_refused_at_connection_and_count
 fn set(key: &str, value: &str) -> KvRequest {
     KvRequest::Write(Command::Set {
         key: key.into(),
-        value: value.into(),
+        value: value.as_bytes().to_vec().into(),
     })
 }
 
@@ -126,8 +126,8 @@ async fn each_request_in_a_batch_gets_its_own_answer_in_order() {
     let t = support::start_cluster().await;
     let failing_cas = KvRequest::Write(Command::CompareAndSwap {
         key: "a".into(),
-        expected: Some(b"nope".to_vec()),
-        new_value: b"x".to_vec(),
+        expected: Some(b"nope".to_vec().into()),
+        new_value: b"x".to_vec().into(),
     });
     let bad_key = set("", "v");
     let answer = send(

@@ -501,7 +501,7 @@ mod tests {
                 changes: vec![crate::feed::KeyChange {
                     key: "k".into(),
                     kind: crate::feed::ChangeKind::Put {
-                        value: vec![0; WATCH_BUFFER_BYTES / 2 - 1],
+                        value: vec![0; WATCH_BUFFER_BYTES / 2 - 1].into(),
                         create_revision: 1,
                         version: 1,
                     },
@@ -522,7 +522,7 @@ mod tests {
                 changes: vec![crate::feed::KeyChange {
                     key: "k".into(),
                     kind: crate::feed::ChangeKind::Put {
-                        value: vec![0; WATCH_BUFFER_BYTES + 1],
+                        value: vec![0; WATCH_BUFFER_BYTES + 1].into(),
                         create_revision: 1,
                         version: 1,
                     },

@@ -62,7 +62,7 @@ async fn put_value<B: KvBackend>(
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
     let lease = put_lease(query)?;
-    let value = body_bytes(body)?.to_vec();
+    let value = body_bytes(body)?;
     let leases = lease.map(|l| vec![(key.clone(), l)]).unwrap_or_default();
     let command = with_leases(Command::Set { key, value }, leases)?;
     let written = backend.write(command).await?;

@@ -24,14 +24,14 @@ fn a_conditional_write_request_has_its_pinned_bytes() {
             preconditions: vec![
                 Precondition::Equals {
                     key: "a".into(),
-                    value: vec![0, 255],
+                    value: vec![0, 255].into(),
                 },
                 Precondition::ModRevision {
                     key: "b".into(),
                     revision: 300,
                 },
             ],
-            writes: vec![("c".into(), vec![1])],
+            writes: vec![("c".into(), vec![1].into())],
             deletes: vec!["d".into()],
         }),
         "020006020201610200ff030162ac020101630101010164",

@@ -35,7 +35,7 @@ fn hostile(outer: &[u8], header: &[u8], levels: usize, innermost: &[u8]) -> Vec<
 fn set() -> Command {
     Command::Set {
         key: "k".into(),
-        value: b"v".to_vec(),
+        value: b"v".to_vec().into(),
     }
 }
 

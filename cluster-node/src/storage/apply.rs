@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use aspen_api::lease::LeaseFailure;
 use aspen_api::types::PreconditionFailure;
 use aspen_api::{Command, KeyState, KvEntry, Precondition, WriteOutcome};
+use bytes::Bytes;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::feed::FeedWriter;
@@ -37,7 +38,7 @@ fn put(
     tx: &Transaction,
     feed: &mut FeedWriter,
     key: &str,
-    value: &[u8],
+    value: &Bytes,
     revision: u64,
     attach: &Attach,
 ) -> rusqlite::Result<()> {
@@ -52,7 +53,7 @@ fn put(
                  lease = excluded.lease
              RETURNING create_revision, version",
         )?
-        .query_row(params![key.as_bytes(), value, rev, lease], |r| {
+        .query_row(params![key.as_bytes(), &value[..], rev, lease], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
         })?;
     feed.put(key, value, create_revision, version)

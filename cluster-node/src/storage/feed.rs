@@ -15,6 +15,7 @@
 //! compacted through is kept in `sm_meta` and moves with the rows.
 
 use aspen_api::feed::{ChangeKind, ChangeSet, Compacted, KeyChange};
+use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// The tables of the feed.
@@ -99,7 +100,7 @@ impl<'t> FeedWriter<'t> {
     pub(crate) fn put(
         &mut self,
         key: &str,
-        value: &[u8],
+        value: &Bytes,
         create_revision: u64,
         version: u64,
     ) -> rusqlite::Result<()> {
@@ -114,7 +115,7 @@ impl<'t> FeedWriter<'t> {
     fn row(
         &mut self,
         key: &str,
-        value: Option<&[u8]>,
+        value: Option<&Bytes>,
         create_revision: u64,
         version: u64,
     ) -> rusqlite::Result<()> {
@@ -132,15 +133,16 @@ impl<'t> FeedWriter<'t> {
                 self.revision as i64,
                 self.position,
                 key.as_bytes(),
-                value,
+                value.map(|v| &v[..]),
                 create_revision as i64,
                 version as i64
             ])?;
         self.position += 1;
         if let Some(captured) = &mut self.captured {
             let kind = match value {
+                // Shared with the command, not copied.
                 Some(value) => ChangeKind::Put {
-                    value: value.to_vec(),
+                    value: value.clone(),
                     create_revision,
                     version,
                 },
@@ -235,7 +237,7 @@ pub(crate) fn read_after(
                 let value: Option<Vec<u8>> = r.get(1)?;
                 let kind = match value {
                     Some(value) => ChangeKind::Put {
-                        value,
+                        value: value.into(),
                         create_revision: r.get::<_, i64>(2)? as u64,
                         version: r.get::<_, i64>(3)? as u64,
                     },

@@ -19,7 +19,7 @@ fn entry(index: u64, time_ms: u64, commands: Vec<Command>) -> Entry {
 fn set(key: &str, value: &str) -> Command {
     Command::Set {
         key: key.into(),
-        value: value.into(),
+        value: bytes::Bytes::copy_from_slice(value.as_bytes()),
     }
 }
 
@@ -27,7 +27,7 @@ fn put(key: &str, value: &str, create_revision: u64, version: u64) -> KeyChange 
     KeyChange {
         key: key.into(),
         kind: ChangeKind::Put {
-            value: value.into(),
+            value: value.as_bytes().to_vec().into(),
             create_revision,
             version,
         },
@@ -57,13 +57,16 @@ async fn every_change_is_recorded_once_in_order_with_a_commands_keys_together() 
     let mut sm = open(dir.path(), FeedRetention::default());
     let txn = Command::ConditionalSetMulti {
         preconditions: vec![Precondition::Exists { key: "a".into() }],
-        writes: vec![("b".into(), b"2".to_vec()), ("c".into(), b"3".to_vec())],
+        writes: vec![
+            ("b".into(), b"2".to_vec().into()),
+            ("c".into(), b"3".to_vec().into()),
+        ],
         deletes: vec!["a".into(), "absent".into()],
     };
     let failing = Command::CompareAndSwap {
         key: "b".into(),
-        expected: Some(b"nope".to_vec()),
-        new_value: b"x".to_vec(),
+        expected: Some(b"nope".to_vec().into()),
+        new_value: b"x".to_vec().into(),
     };
     let commands = vec![
         set("a", "1"),
@@ -259,7 +262,10 @@ async fn sets_kept_in_memory_are_the_feed_rows_and_a_snapshot_install_drops_them
     sm.keep_recent(true);
     let txn = Command::ConditionalSetMulti {
         preconditions: vec![],
-        writes: vec![("b".into(), b"2".to_vec()), ("c".into(), vec![0xff])],
+        writes: vec![
+            ("b".into(), b"2".to_vec().into()),
+            ("c".into(), vec![0xff].into()),
+        ],
         deletes: vec!["before".into(), "absent".into()],
     };
     let failing = Command::Delete { key: "zz".into() };

@@ -43,12 +43,12 @@ fn a_log_entry_of_commands_has_its_pinned_bytes() {
             commands: vec![
                 Command::Set {
                     key: "k".into(),
-                    value: vec![0, 255],
+                    value: vec![0, 255].into(),
                 },
                 Command::CompareAndSwap {
                     key: "c".into(),
                     expected: None,
-                    new_value: b"v".to_vec(),
+                    new_value: b"v".to_vec().into(),
                 },
             ],
             time_ms: 1_700_000_000_000,
@@ -125,7 +125,7 @@ fn items() -> Vec<Item> {
             changes: vec![KeyChange {
                 key: "a/b".into(),
                 kind: ChangeKind::Put {
-                    value: b"x".to_vec(),
+                    value: b"x".to_vec().into(),
                     create_revision: 2,
                     version: 3,
                 },
@@ -315,7 +315,7 @@ fn a_log_entry_of_lease_commands_has_its_pinned_bytes() {
                     attach: vec![("k".into(), 9)],
                     command: Box::new(Command::Set {
                         key: "k".into(),
-                        value: b"v".to_vec(),
+                        value: b"v".to_vec().into(),
                     }),
                 },
                 Command::LeaseRevoke { lease: 9 },

@@ -63,7 +63,7 @@ fn leased_set(keys: &[&str], lease: u64) -> Command {
         command: Box::new(Command::SetMulti {
             writes: keys
                 .iter()
-                .map(|k| (k.to_string(), b"v".to_vec()))
+                .map(|k| (k.to_string(), bytes::Bytes::from_static(b"v")))
                 .collect(),
         }),
     }
@@ -85,7 +85,7 @@ async fn a_revoke_deletes_the_leases_keys_in_one_revision_and_a_plain_put_detach
     assert_eq!(sm.run(leased_set(&["a", "b", "c"], 7)).await.revision, 1);
     sm.run(Command::Set {
         key: "c".into(),
-        value: b"plain".to_vec(),
+        value: b"plain".to_vec().into(),
     })
     .await;
     assert_eq!(

@@ -114,7 +114,7 @@ mod tests {
             changes: vec![KeyChange {
                 key: String::new(),
                 kind: ChangeKind::Put {
-                    value: vec![0; value_bytes],
+                    value: vec![0; value_bytes].into(),
                     create_revision: revision,
                     version: 1,
                 },

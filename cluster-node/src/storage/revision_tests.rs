@@ -20,7 +20,7 @@ fn entry(index: u64, commands: Vec<Command>) -> Entry {
 fn set(key: &str, value: &str) -> Command {
     Command::Set {
         key: key.into(),
-        value: value.into(),
+        value: bytes::Bytes::copy_from_slice(value.as_bytes()),
     }
 }
 
@@ -66,8 +66,8 @@ async fn commands_that_change_nothing_take_no_revision_and_fail_alone() {
     let mut sm = StateMachine::open(dir.path(), FeedRetention::default()).unwrap();
     let failing_cas = Command::CompareAndSwap {
         key: "a".into(),
-        expected: Some(b"nope".to_vec()),
-        new_value: b"x".to_vec(),
+        expected: Some(b"nope".to_vec().into()),
+        new_value: b"x".to_vec().into(),
     };
     let absent_delete = Command::Delete { key: "zz".into() };
     let results = apply(

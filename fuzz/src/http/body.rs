@@ -103,7 +103,7 @@ fn values(command: &Command) -> Vec<usize> {
             expected,
             new_value,
             ..
-        } => vec![expected.as_ref().map_or(0, Vec::len), new_value.len()],
+        } => vec![expected.as_ref().map_or(0, |v| v.len()), new_value.len()],
         Command::CompareAndDelete { expected, .. } => vec![expected.len()],
         Command::ConditionalSetMulti {
             preconditions,

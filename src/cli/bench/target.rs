@@ -138,7 +138,9 @@ impl Target {
             {
                 CasOutcome::Applied(_) => Ok(Cas::Swapped),
                 CasOutcome::Mismatch(actual) => Ok(Cas::Mismatch(if actual.exists {
-                    decode_value("value", actual.value, actual.value_base64).ok()
+                    decode_value("value", actual.value, actual.value_base64)
+                        .ok()
+                        .map(Vec::from)
                 } else {
                     None
                 })),

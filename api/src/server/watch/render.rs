@@ -150,7 +150,7 @@ mod tests {
         let put = |key: &str, value: &[u8]| KeyChange {
             key: key.into(),
             kind: ChangeKind::Put {
-                value: value.to_vec(),
+                value: value.to_vec().into(),
                 create_revision: 3,
                 version: 2,
             },

@@ -1,0 +1,269 @@
+//! [`BlobStore`]: a node's iroh-blobs store on disk, with imports bounded in size, fetches
+//! from named peers, and every blob it hands out durable first (see [`crate::durable`]).
+
+use std::collections::HashSet;
+use std::fmt::Display;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, Stream, StreamExt};
+use iroh::{Endpoint, EndpointAddr};
+use iroh_blobs::api::blobs::{BlobReader, BlobStatus};
+use iroh_blobs::api::TempTag;
+use iroh_blobs::store::fs::options::Options;
+use iroh_blobs::store::fs::FsStore;
+use iroh_blobs::store::{GcConfig, ProtectCb, ProtectOutcome};
+use iroh_blobs::Hash;
+
+use crate::{durable, BlobError, BlobRef};
+
+/// Chunks of an import waiting between its source and the store: the most of a value an
+/// import holds in memory is this many of its source's chunks.
+pub const IMPORT_CHUNKS: usize = 4;
+
+/// The hashes the caller keeps alive (the blobs the state machine references, and those
+/// in their grace period), asked for on every collection run.
+pub type Protect = Arc<dyn Fn() -> Vec<Hash> + Send + Sync>;
+
+/// Garbage collection: how often, and what besides temporary tags it keeps.
+pub struct GcSettings {
+    /// Pause between two collection runs (the first comes one interval after opening).
+    pub interval: Duration,
+    /// What the caller keeps alive.
+    pub protect: Protect,
+}
+
+/// A blob complete and durable in this store, kept from garbage collection while this
+/// value lives (by a temporary tag); once the caller's [`Protect`] names it, it may go.
+#[derive(Debug)]
+pub struct Held {
+    blob: BlobRef,
+    _tag: TempTag,
+}
+
+impl Held {
+    /// The blob.
+    pub fn blob(&self) -> BlobRef {
+        self.blob
+    }
+}
+
+/// A node's blob store.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    store: FsStore,
+    options: Arc<Options>,
+}
+
+fn store_err(what: &str) -> impl Fn(&dyn Display) -> BlobError + '_ {
+    move |e| BlobError::Store(format!("{what}: {e}"))
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the store in `dir`; with `gc`, unreferenced blobs are
+    /// collected.
+    pub async fn open(dir: &Path, gc: Option<GcSettings>) -> Result<BlobStore, BlobError> {
+        std::fs::create_dir_all(dir).map_err(|e| store_err("creating its directory")(&e))?;
+        let mut options = Options::new(dir);
+        sweep_temp(&options.path.temp_path).map_err(|e| store_err("clearing temp/")(&e))?;
+        let kept = Arc::new(options.clone());
+        options.gc = gc.map(|gc| GcConfig {
+            interval: gc.interval,
+            add_protected: Some(protect_cb(gc.protect)),
+        });
+        let store = FsStore::load_with_opts(dir.join("blobs.db"), options)
+            .await
+            .map_err(|e| store_err("opening")(&e))?;
+        Ok(BlobStore {
+            store,
+            options: kept,
+        })
+    }
+
+    /// Takes a value from `body` into the store: at most `limit` bytes (more is
+    /// [`BlobError::TooLarge`]), never more than [`IMPORT_CHUNKS`] chunks of it in memory.
+    /// A body that fails or passes the limit is an error, and what came of it is left to
+    /// collection (an unreferenced blob).
+    pub async fn import<S, E>(&self, body: S, limit: u64) -> Result<Held, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        let (mut tx, rx) = futures::channel::mpsc::channel::<io::Result<Bytes>>(IMPORT_CHUNKS);
+        // A failed body ends the stream as if it were whole: the store keeps what came as a
+        // blob of its own, unreferenced, which collection removes. Sending the store an error
+        // instead, or dropping the import, leaves its temporary file behind for good
+        // (iroh-blobs 0.103, STACK.md).
+        let pump = tokio::spawn(async move {
+            let mut body = std::pin::pin!(body);
+            let mut total = 0u64;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(chunk) => {
+                        total = total.saturating_add(chunk.len() as u64);
+                        if total > limit {
+                            return Some(BlobError::TooLarge { limit });
+                        }
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Err(e) => return Some(BlobError::Body(e.to_string())),
+                }
+            }
+            None
+        });
+        let added = self.store.add_stream(rx).await.temp_tag().await;
+        let failure = pump
+            .await
+            .unwrap_or_else(|e| Some(BlobError::Body(format!("reading the body stopped: {e}"))));
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        let tag = added.map_err(|e| store_err("importing")(&e))?;
+        let size = self
+            .complete_size(tag.hash())
+            .await?
+            .ok_or_else(|| store_err("importing")(&"the imported blob is not complete"))?;
+        self.make_durable(tag.hash(), size).await?;
+        Ok(Held {
+            blob: BlobRef {
+                hash: tag.hash(),
+                size,
+            },
+            _tag: tag,
+        })
+    }
+
+    /// Makes sure `blob` is complete and durable here, fetching what is missing from
+    /// `providers` in turn (each attempt bounded by `timeout`), verified as it streams.
+    pub async fn fetch(
+        &self,
+        endpoint: &Endpoint,
+        blob: BlobRef,
+        providers: &[EndpointAddr],
+        timeout: Duration,
+    ) -> Result<Held, BlobError> {
+        let tag = self
+            .store
+            .tags()
+            .temp_tag(blob.hash)
+            .await
+            .map_err(|e| store_err("protecting a fetch")(&e))?;
+        let fetch_err = |reason: String| BlobError::Fetch {
+            hash: blob.hash,
+            providers: providers.len(),
+            reason,
+        };
+        let mut reasons = Vec::new();
+        for provider in providers {
+            if self.complete_size(blob.hash).await?.is_some() {
+                break;
+            }
+            let attempt = async {
+                let connection = endpoint
+                    .connect(provider.clone(), iroh_blobs::ALPN)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let fetched = self.store.remote().fetch(connection, blob.hash).await;
+                fetched.map(|_| ()).map_err(|e| e.to_string())
+            };
+            let outcome = tokio::time::timeout(timeout, attempt).await;
+            let id = provider.id.fmt_short();
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => reasons.push(format!("{id}: {e}")),
+                Err(_) => reasons.push(format!("{id}: no whole blob within {timeout:?}")),
+            }
+        }
+        match self.complete_size(blob.hash).await? {
+            Some(size) if size == blob.size => {}
+            Some(size) => {
+                return Err(fetch_err(format!(
+                    "its content has {size} bytes, not the {} the reference says",
+                    blob.size
+                )))
+            }
+            None if reasons.is_empty() => return Err(fetch_err("no peer to ask".into())),
+            None => return Err(fetch_err(reasons.join("; "))),
+        }
+        self.make_durable(blob.hash, blob.size).await?;
+        Ok(Held { blob, _tag: tag })
+    }
+
+    /// The size of blob `hash` if it is complete here.
+    pub async fn complete_size(&self, hash: Hash) -> Result<Option<u64>, BlobError> {
+        let status = self
+            .store
+            .status(hash)
+            .await
+            .map_err(|e| store_err("reading a blob's status")(&e))?;
+        Ok(match status {
+            BlobStatus::Complete { size } => Some(size),
+            BlobStatus::NotFound | BlobStatus::Partial { .. } => None,
+        })
+    }
+
+    /// Reads blob `hash` (seekable; every byte read is verified against the hash).
+    pub fn reader(&self, hash: Hash) -> BlobReader {
+        self.store.reader(hash)
+    }
+
+    /// The iroh-blobs store, for serving it to peers.
+    pub fn inner(&self) -> &FsStore {
+        &self.store
+    }
+
+    /// Stops the store; every clone is unusable afterwards.
+    pub async fn shutdown(&self) {
+        let _ = self.store.shutdown().await;
+    }
+
+    /// Flushes the blob's files, then commits the store's metadata (see [`durable`]).
+    async fn make_durable(&self, hash: Hash, size: u64) -> Result<(), BlobError> {
+        let options = self.options.clone();
+        tokio::task::spawn_blocking(move || durable::flush_files(&options, &hash, size))
+            .await
+            .map_err(|e| store_err("flushing a blob")(&e))?
+            .map_err(|e| store_err("flushing a blob")(&e))?;
+        self.store
+            .sync_db()
+            .await
+            .map_err(|e| store_err("committing the blob store")(&e))
+    }
+}
+
+/// Removes what imports cut off by a crash left in `temp/`: no import runs before the
+/// store is open, and nothing else in the store keeps a file there.
+fn sweep_temp(temp: &Path) -> io::Result<()> {
+    let entries = match std::fs::read_dir(temp) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_file() {
+            tracing::info!(path = %path.display(), "removing an abandoned import's file");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The collector's callback: adds what `protect` names to the live set.
+fn protect_cb(protect: Protect) -> ProtectCb {
+    Arc::new(move |live: &mut HashSet<Hash>| {
+        let hashes = protect();
+        Box::pin(async move {
+            live.extend(hashes);
+            ProtectOutcome::Continue
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,354 @@
+//! Tests of the blob store on disk, with real endpoints for fetches.
+
+use super::*;
+use std::convert::Infallible;
+use std::sync::Mutex;
+
+const MIB: usize = 1024 * 1024;
+
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+/// `bytes` as a body of 64 KiB chunks.
+fn body(bytes: &[u8]) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let chunks: Vec<_> = bytes
+        .chunks(64 * 1024)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    futures::stream::iter(chunks)
+}
+
+async fn read_all(store: &BlobStore, hash: Hash) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut store.reader(hash), &mut out)
+        .await
+        .unwrap();
+    out
+}
+
+/// Files under `dir` (recursively), sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_blob_is_whole_and_still_there_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = content(3 * MIB + 5, 1);
+    let store = BlobStore::open(dir.path(), None).await.unwrap();
+    let held = store.import(body(&bytes), MAX_TEST_LIMIT).await.unwrap();
+    let blob = held.blob();
+    assert_eq!(blob.size, bytes.len() as u64);
+    assert_eq!(blob.hash, Hash::new(&bytes));
+    drop(held);
+    store.shutdown().await;
+    // What an import cut off by a crash left behind goes when the store opens.
+    let abandoned = dir.path().join("temp").join("0123.temp");
+    std::fs::write(&abandoned, b"cut off").unwrap();
+
+    let store = BlobStore::open(dir.path(), None).await.unwrap();
+    assert!(
+        !abandoned.exists(),
+        "an abandoned import's file survived opening"
+    );
+    assert_eq!(
+        store.complete_size(blob.hash).await.unwrap(),
+        Some(blob.size)
+    );
+    assert!(
+        read_all(&store, blob.hash).await == bytes,
+        "the bytes read back differ"
+    );
+    store.shutdown().await;
+}
+
+const MAX_TEST_LIMIT: u64 = 8 * MIB as u64;
+
+/// A body of exactly the limit is taken; one byte more is refused, as is a body that
+/// fails midway, and after a collection run neither has left a file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_is_taken_up_to_its_limit_and_a_refused_one_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let gc = GcSettings {
+        interval: Duration::from_millis(20),
+        protect: Arc::new(Vec::new),
+    };
+    let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
+    let limit = MIB as u64 + 1;
+    let at_limit = content(limit as usize, 2);
+    let held = store.import(body(&at_limit), limit).await.unwrap();
+    assert_eq!(held.blob().size, limit);
+    let not_db = |files: Vec<String>| -> Vec<String> {
+        let db = dir.path().join("blobs.db").display().to_string();
+        files.into_iter().filter(|f| !f.starts_with(&db)).collect()
+    };
+    let before = not_db(files(dir.path()));
+
+    let over = content(limit as usize + 1, 3);
+    match store.import(body(&over), limit).await {
+        Err(BlobError::TooLarge { limit: l }) => assert_eq!(l, limit),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(store.complete_size(Hash::new(&over)).await.unwrap(), None);
+
+    let half: Vec<Result<Bytes, String>> = vec![
+        Ok(Bytes::from(content(MIB / 2, 4))),
+        Err("the client went away".to_string()),
+    ];
+    match store.import(futures::stream::iter(half), limit).await {
+        Err(BlobError::Body(reason)) => assert!(reason.contains("went away"), "{reason}"),
+        other => panic!("expected a body error, got {other:?}"),
+    }
+    // A run removes a blob's files after committing its removal: poll.
+    a_collection_run(&store, 5).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = not_db(files(dir.path()));
+        if now == before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a refused import left files behind: {now:?}, not {before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(read_all(&store, held.blob().hash).await == at_limit);
+    drop(held);
+    store.shutdown().await;
+}
+
+async fn bind() -> Endpoint {
+    let access = aspen_net::Access::open();
+    let addr = "127.0.0.1:0".parse().unwrap();
+    aspen_net::bind_endpoint(iroh::SecretKey::generate(), addr, false, &access)
+        .await
+        .unwrap()
+}
+
+fn addr_of(endpoint: &Endpoint) -> EndpointAddr {
+    let addrs = endpoint.bound_sockets().into_iter();
+    EndpointAddr::new(endpoint.id()).with_addrs(addrs.map(iroh::TransportAddr::Ip))
+}
+
+/// A blob is fetched from the providers in turn, past one that lacks it, and is whole
+/// and durable here; with no provider that has it, the error names every attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_is_fetched_from_the_first_provider_that_has_it() {
+    let (dir_a, dir_b, dir_c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let serve = |store: &BlobStore, endpoint: Endpoint| {
+        let protocol = iroh_blobs::BlobsProtocol::new(store.inner(), None);
+        iroh::protocol::Router::builder(endpoint)
+            .accept(iroh_blobs::ALPN, protocol)
+            .spawn()
+    };
+    let has = BlobStore::open(dir_a.path(), None).await.unwrap();
+    let bytes = content(2 * MIB + 3, 5);
+    let held = has.import(body(&bytes), MAX_TEST_LIMIT).await.unwrap();
+    let (has_ep, empty_ep) = (bind().await, bind().await);
+    let has_router = serve(&has, has_ep.clone());
+    let empty = BlobStore::open(dir_b.path(), None).await.unwrap();
+    let empty_router = serve(&empty, empty_ep.clone());
+
+    let fetcher = BlobStore::open(dir_c.path(), None).await.unwrap();
+    let ep = bind().await;
+    let timeout = Duration::from_secs(10);
+    let nowhere = fetcher
+        .fetch(&ep, held.blob(), &[addr_of(&empty_ep)], timeout)
+        .await;
+    match nowhere {
+        Err(BlobError::Fetch {
+            providers, reason, ..
+        }) => {
+            assert_eq!(providers, 1);
+            assert!(
+                reason.contains(&empty_ep.id().fmt_short().to_string()),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a fetch error, got {other:?}"),
+    }
+    let providers = [addr_of(&empty_ep), addr_of(&has_ep)];
+    let fetched = fetcher
+        .fetch(&ep, held.blob(), &providers, timeout)
+        .await
+        .unwrap();
+    assert_eq!(fetched.blob(), held.blob());
+    assert!(read_all(&fetcher, held.blob().hash).await == bytes);
+
+    drop((held, fetched));
+    ep.close().await;
+    fetcher.shutdown().await;
+    has_router.shutdown().await.unwrap();
+    empty_router.shutdown().await.unwrap();
+}
+
+/// Collection keeps a blob while it is held or protected, and removes it after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_keeps_what_is_held_or_protected_and_removes_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let protected: Arc<Mutex<Vec<Hash>>> = Arc::default();
+    let named = protected.clone();
+    let gc = GcSettings {
+        interval: Duration::from_millis(100),
+        protect: Arc::new(move || named.lock().unwrap().clone()),
+    };
+    let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
+    let mut blobs = Vec::new();
+    for seed in 0..3 {
+        let bytes = content(MIB + 1, 10 + seed);
+        blobs.push(store.import(body(&bytes), MAX_TEST_LIMIT).await.unwrap());
+    }
+    let kept_by_tag = blobs.pop().unwrap();
+    let (by_protect, unkept) = (blobs[0].blob(), blobs[1].blob());
+    protected.lock().unwrap().push(by_protect.hash);
+    drop(blobs);
+
+    let gone = |hash: Hash| {
+        let store = store.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while store.complete_size(hash).await.unwrap().is_some() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{hash} not collected in 20 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    gone(unkept.hash).await;
+    // That run came after both lost their temporary tags.
+    assert!(store
+        .complete_size(by_protect.hash)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .complete_size(kept_by_tag.blob().hash)
+        .await
+        .unwrap()
+        .is_some());
+
+    protected.lock().unwrap().clear();
+    gone(by_protect.hash).await;
+    assert!(store
+        .complete_size(kept_by_tag.blob().hash)
+        .await
+        .unwrap()
+        .is_some());
+    drop(kept_by_tag);
+    store.shutdown().await;
+}
+
+/// Waits until a collection run has finished since the call: a blob nobody keeps is
+/// imported and dropped, and is gone only once a run has swept it.
+async fn a_collection_run(store: &BlobStore, seed: u8) {
+    let sentinel = store
+        .import(body(&content(20_000, seed)), MAX_TEST_LIMIT)
+        .await
+        .unwrap()
+        .blob();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.complete_size(sentinel.hash).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no collection run in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// With collection running every few milliseconds while imports and fetches go on, no
+/// held blob is ever removed, and content imported twice is one blob kept while either
+/// holder lives (iroh-blobs has open bugs in exactly this interplay: STACK.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_during_imports_and_fetches_never_removes_a_held_blob() {
+    const ROUNDS: u8 = 12;
+    let (dir, provider_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let gc = GcSettings {
+        interval: Duration::from_millis(5),
+        protect: Arc::new(Vec::new),
+    };
+    let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
+    let provider = BlobStore::open(provider_dir.path(), None).await.unwrap();
+    let provider_ep = bind().await;
+    let provider_router = iroh::protocol::Router::builder(provider_ep.clone())
+        .accept(
+            iroh_blobs::ALPN,
+            iroh_blobs::BlobsProtocol::new(provider.inner(), None),
+        )
+        .spawn();
+    let ep = bind().await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..ROUNDS {
+        // Inlined (small), file-backed, and one the provider has, fetched here.
+        for (i, len) in [3_000usize, 200_000, 700_000].into_iter().enumerate() {
+            let bytes = content(len + round as usize, round.wrapping_mul(7) ^ i as u8);
+            let store = store.clone();
+            tasks.spawn(async move {
+                let held = store.import(body(&bytes), MAX_TEST_LIMIT).await.unwrap();
+                (held, bytes)
+            });
+        }
+        let bytes = content(400_000 + round as usize, 200 ^ round);
+        let kept = provider.import(body(&bytes), MAX_TEST_LIMIT).await.unwrap();
+        let (store, ep, from) = (store.clone(), ep.clone(), addr_of(&provider_ep));
+        tasks.spawn(async move {
+            let timeout = Duration::from_secs(20);
+            let held = store
+                .fetch(&ep, kept.blob(), &[from], timeout)
+                .await
+                .unwrap();
+            drop(kept);
+            (held, bytes)
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        held.push(done.unwrap());
+    }
+    // The same content twice: one blob, kept by the second holder after the first goes.
+    let twice = content(300_000, 99);
+    let first = store.import(body(&twice), MAX_TEST_LIMIT).await.unwrap();
+    let second = store.import(body(&twice), MAX_TEST_LIMIT).await.unwrap();
+    assert_eq!(first.blob(), second.blob());
+    drop(first);
+
+    a_collection_run(&store, 1).await;
+    a_collection_run(&store, 2).await;
+    for (blob, bytes) in &held {
+        let hash = blob.blob().hash;
+        assert_eq!(
+            store.complete_size(hash).await.unwrap(),
+            Some(bytes.len() as u64)
+        );
+        assert!(
+            read_all(&store, hash).await == *bytes,
+            "held blob {hash} changed"
+        );
+    }
+    assert!(read_all(&store, second.blob().hash).await == twice);
+
+    drop(held);
+    drop(second);
+    ep.close().await;
+    provider_router.shutdown().await.unwrap();
+    store.shutdown().await;
+}

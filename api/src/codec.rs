@@ -116,6 +116,12 @@ pub enum CodecError {
     },
 }
 
+/// The length of `value` encoded by [`Format::encode`]: the version byte and postcard.
+fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    // Measuring fails only where encoding would (sequences of unknown length): see encode.
+    1 + postcard::experimental::serialized_size(value).expect("measuring an encoding cannot fail")
+}
+
 impl Format {
     /// A format named `name` at `version`.
     pub const fn new(name: &'static str, version: u8) -> Format {
@@ -124,28 +130,37 @@ impl Format {
 
     /// Encodes `value`: the version byte, then postcard.
     pub fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Vec<u8> {
-        let mut out = vec![self.version];
-        // Writing into a Vec cannot fail, and every type given here has sequences of
-        // known length (postcard's only other failure).
-        postcard::to_io(value, &mut out).expect("encoding into a Vec cannot fail");
-        out
+        let len = encoded_len(value);
+        self.encode_sized(value, len)
     }
 
-    /// Encodes `value`, refusing a result over `max` bytes.
+    /// Encodes `value`, refusing a result over `max` bytes (before writing any of it).
     pub fn encode_within<T: Serialize + ?Sized>(
         &self,
         value: &T,
         max: usize,
     ) -> Result<Vec<u8>, CodecError> {
-        let bytes = self.encode(value);
-        if bytes.len() > max {
+        let len = encoded_len(value);
+        if len > max {
             return Err(CodecError::TooLarge {
                 format: self.name,
-                len: bytes.len(),
+                len,
                 max,
             });
         }
-        Ok(bytes)
+        Ok(self.encode_sized(value, len))
+    }
+
+    /// Encodes `value` into a buffer of its encoded length `len`, found first so a large
+    /// value is written once instead of copied as the buffer grows.
+    fn encode_sized<T: Serialize + ?Sized>(&self, value: &T, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        out.push(self.version);
+        // Writing into a Vec cannot fail, and every type given here has sequences of
+        // known length (postcard's only other failure).
+        postcard::to_io(value, &mut out).expect("encoding into a Vec cannot fail");
+        debug_assert_eq!(out.len(), len, "the encoded length was measured wrong");
+        out
     }
 
     /// Decodes bytes written by [`Format::encode`] at this format's version. Trailing
@@ -243,5 +258,18 @@ mod tests {
             F.encode_within(&value, len - 1),
             Err(CodecError::TooLarge { .. })
         ));
+    }
+
+    /// The buffer is allocated once at the encoded length: a 1 MiB value is not copied
+    /// through a chain of growing buffers.
+    #[test]
+    fn an_encoding_is_written_into_one_buffer_of_its_length() {
+        let value = (
+            String::from("key"),
+            bytes::Bytes::from(vec![7u8; 1024 * 1024 + 3]),
+        );
+        let out = F.encode(&value);
+        assert_eq!(out.capacity(), out.len());
+        assert_eq!(F.decode::<(String, bytes::Bytes)>(&out).unwrap(), value);
     }
 }

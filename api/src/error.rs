@@ -53,6 +53,9 @@ pub enum ErrorCode {
     /// 403: the request's token does not grant what the request does (a key outside its
     /// prefixes, a write with a read-only grant, an admin endpoint); nothing changed.
     Forbidden,
+    /// 405: the path exists but does not take the request's method; the `Allow` header
+    /// lists those it takes.
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -63,6 +66,7 @@ impl ErrorCode {
             ErrorCode::NotFound | ErrorCode::LeaseNotFound => 404,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PreconditionFailed => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::CrossCluster => 422,
@@ -98,6 +102,7 @@ impl ErrorCode {
             ErrorCode::LeaseNotFound => "lease_not_found",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
     }
 }
@@ -116,7 +121,7 @@ impl std::str::FromStr for ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::PreconditionFailed,
@@ -134,6 +139,7 @@ impl ErrorCode {
         ErrorCode::LeaseNotFound,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
+        ErrorCode::MethodNotAllowed,
     ];
 }
 

@@ -19,7 +19,7 @@
 //!   between a backend and its client, and blocking reads (`?index=R&wait=30s`).
 //!
 //! A process builds its app as [`kv_routes`] merged with its own routes (status, health,
-//! metrics), adds [`not_found`] as the fallback, wraps it in [`auth::guard`], and runs it
+//! metrics), adds [`fallbacks`] (404 and 405 answers), wraps it in [`auth::guard`], and runs it
 //! with [`serve`] (`listen`: the listener's bounds on connections and request heads).
 
 pub mod auth;
@@ -219,7 +219,7 @@ impl Freshness {
 /// and `/v1/kv/{*key}` (GET, PUT, DELETE; a body is one value, at most
 /// [`MAX_INLINE_VALUE_BYTES`]), and `POST /v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`
 /// (JSON bodies of at most [`MAX_JSON_BODY_BYTES`]). The router has no fallback: merge
-/// it with the process's own routes and then add [`not_found`].
+/// it with the process's own routes and then add [`fallbacks`].
 pub fn kv_routes<B: KvBackend>(backend: Arc<B>) -> axum::Router {
     let value_routes = axum::Router::new()
         .route(
@@ -266,11 +266,30 @@ pub fn kv_routes<B: KvBackend>(backend: Arc<B>) -> axum::Router {
         .with_state(backend)
 }
 
-/// The fallback of a whole app: 404 `not_found` naming the path and the API reference.
+/// Adds the fallbacks of a whole app, once every route is in it: [`not_found`] for a path
+/// no route has, [`method_not_allowed`] for a method a route does not take.
+pub fn fallbacks(app: axum::Router) -> axum::Router {
+    app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// 404 `not_found` naming the path and the API reference.
 pub async fn not_found(uri: axum::http::Uri) -> HttpError {
     HttpError::new(
         ErrorCode::NotFound,
         format!("no such endpoint: {}; see docs/API.md", uri.path()),
+    )
+}
+
+/// 405 `method_not_allowed` naming the method and the path (the `Allow` header, which
+/// axum adds, lists the methods the path takes).
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> HttpError {
+    HttpError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} does not take {method}; the Allow header lists what it takes (see docs/API.md)",
+            uri.path()
+        ),
     )
 }
 
@@ -372,7 +391,7 @@ mod tests {
             options: Mutex::new(Vec::new()),
         });
         let app = auth::guard(
-            kv_routes(backend.clone()).fallback(not_found),
+            fallbacks(kv_routes(backend.clone())),
             auth::PolicyCell::default(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -438,6 +457,41 @@ mod tests {
         let (status, _, body) = get(&format!("{url}/v1/kv/?prefix=true")).await;
         assert_eq!(status, 500);
         assert_eq!(body["error"]["code"], "internal");
+    }
+
+    /// A path that exists with a method it does not take is a 405 with the error body and
+    /// the methods it takes; a path that does not exist is a 404 naming it.
+    #[tokio::test]
+    async fn a_wrong_method_is_a_405_naming_what_the_path_takes() {
+        let answer = ReadAnswer {
+            result: ReadResult::Get(None),
+            clusters: AnswerClusters::One("us-1".into()),
+            freshness: Some(FRESH),
+            next: None,
+        };
+        let (url, backend) = start(answer).await;
+        let client = http_client(Duration::from_secs(10));
+        let response = client.get(format!("{url}/v1/txn")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 405);
+        assert_eq!(response.headers()["allow"], "POST");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("/v1/txn") && message.contains("GET"),
+            "{message}"
+        );
+
+        let response = client.post(format!("{url}/v1/kv/k")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 405);
+        let allow = response.headers()["allow"].to_str().unwrap().to_string();
+        for method in ["GET", "PUT", "DELETE"] {
+            assert!(allow.contains(method), "{allow}");
+        }
+        let (status, _, body) = get(&format!("{url}/v1/nothing")).await;
+        assert_eq!(status, 404);
+        assert_eq!(body["error"]["code"], "not_found");
+        assert!(backend.observed.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use aspen_api::lease::{cross_cluster, LeaseOp, LeaseRequest};
 use aspen_api::limits::MAX_JSON_BODY_BYTES;
 use aspen_api::server::auth::require_admin;
 use aspen_api::server::{
-    kv_routes, not_found, KvBackend, LeaseReply, ReadAnswer, ReadOptions, WatchStream, Written,
+    fallbacks, kv_routes, KvBackend, LeaseReply, ReadAnswer, ReadOptions, WatchStream, Written,
 };
 use aspen_api::watch::WatchRequest;
 use aspen_api::{ApiError, Command, ErrorCode, ReadRequest};
@@ -129,5 +129,5 @@ pub fn router(backend: NodeBackend, fault_injection: bool) -> axum::Router {
         .route("/metrics", get(admin::metrics))
         .merge(membership)
         .with_state(backend.clone());
-    kv_routes(backend).merge(admin).fallback(not_found)
+    fallbacks(kv_routes(backend).merge(admin))
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aspen_api::server::{
-    kv_routes, not_found, AnswerClusters, HttpError, KvBackend, ReadAnswer, ReadOptions, Written,
+    fallbacks, kv_routes, AnswerClusters, HttpError, KvBackend, ReadAnswer, ReadOptions, Written,
 };
 use aspen_api::{ApiError, Command, ReadRequest, ReadResult, ScanPage};
 use axum::extract::rejection::QueryRejection;
@@ -106,9 +106,7 @@ pub fn app(service: Arc<RouterService>, metrics: Arc<RouterMetrics>) -> axum::Ro
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics_text))
         .with_state(admin);
-    kv_routes(Arc::new(RouterBackend { service, metrics }))
-        .merge(own)
-        .fallback(not_found)
+    fallbacks(kv_routes(Arc::new(RouterBackend { service, metrics })).merge(own))
 }
 
 /// `GET /v1/routes`, and `?key=K` for one key's owner.

@@ -16,17 +16,30 @@
 //!
 //! # Layout
 //!
-//! - [`store`]: [`BlobStore`]: open, import with a size limit, fetch from peers, read.
+//! - [`store`]: [`BlobStore`]: open, import with a size limit, fetch from peers, read,
+//!   serve to peers ([`ServeBlobs`]).
 //! - [`durable`]: flushing a blob's files and the store's metadata to disk.
 
 pub mod durable;
 pub mod store;
 
-pub use store::{BlobStore, GcSettings, Held, Protect};
+pub use store::{BlobStore, GcSettings, Held, Protect, ServeBlobs};
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub use iroh_blobs::Hash;
+pub use iroh_blobs::{Hash, ALPN};
+
+/// How often a node collects unreferenced blobs. A run walks every federation document's
+/// entries (bounded by design), so once a minute costs little.
+pub const GC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A node's blob store directory under its data dir: one store for values and for the
+/// blobs of federation documents.
+pub fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("blobs")
+}
 
 /// The largest value kept as a blob (DESIGN.md, "Limits": 4 GiB).
 pub const MAX_BLOB_BYTES: u64 = 4 * 1024 * 1024 * 1024;

@@ -34,6 +34,25 @@ pub struct GcSettings {
     pub interval: Duration,
     /// What the caller keeps alive.
     pub protect: Protect,
+    /// Another user's callback, asked first (iroh-docs' for the blobs its documents
+    /// reference: iroh-blobs has one slot). When it aborts, the run is skipped.
+    pub also: Option<ProtectCb>,
+}
+
+/// iroh-blobs' protocol handler for a store that outlives the iroh router: the router
+/// shuts every handler down at once, and iroh-blobs' handler would shut the store down
+/// with it while others (iroh-docs) may still use it. Close the store with
+/// [`BlobStore::shutdown`] once the router is down.
+#[derive(Debug, Clone)]
+pub struct ServeBlobs(iroh_blobs::BlobsProtocol);
+
+impl iroh::protocol::ProtocolHandler for ServeBlobs {
+    async fn accept(
+        &self,
+        connection: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        iroh::protocol::ProtocolHandler::accept(&self.0, connection).await
+    }
 }
 
 /// A blob complete and durable in this store, kept from garbage collection while this
@@ -72,7 +91,7 @@ impl BlobStore {
         let kept = Arc::new(options.clone());
         options.gc = gc.map(|gc| GcConfig {
             interval: gc.interval,
-            add_protected: Some(protect_cb(gc.protect)),
+            add_protected: Some(protect_cb(gc.protect, gc.also)),
         });
         let store = FsStore::load_with_opts(dir.join("blobs.db"), options)
             .await
@@ -212,9 +231,15 @@ impl BlobStore {
         self.store.reader(hash)
     }
 
-    /// The iroh-blobs store, for serving it to peers.
+    /// The iroh-blobs store (for iroh-docs).
     pub fn inner(&self) -> &FsStore {
         &self.store
+    }
+
+    /// The handler serving this store's blobs to peers on [`iroh_blobs::ALPN`] (any peer
+    /// the endpoint admits may read any blob: restrict the ALPN).
+    pub fn serve(&self) -> ServeBlobs {
+        ServeBlobs(iroh_blobs::BlobsProtocol::new(&self.store, None))
     }
 
     /// Stops the store; every clone is unusable afterwards.
@@ -254,12 +279,19 @@ fn sweep_temp(temp: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The collector's callback: adds what `protect` names to the live set.
-fn protect_cb(protect: Protect) -> ProtectCb {
+/// The collector's callback: asks `also` first (its abort skips the run), then adds what
+/// `protect` names to the live set.
+fn protect_cb(protect: Protect, also: Option<ProtectCb>) -> ProtectCb {
     Arc::new(move |live: &mut HashSet<Hash>| {
-        let hashes = protect();
+        let also = also.clone();
+        let protect = protect.clone();
         Box::pin(async move {
-            live.extend(hashes);
+            if let Some(also) = also {
+                if let ProtectOutcome::Abort = also(live).await {
+                    return ProtectOutcome::Abort;
+                }
+            }
+            live.extend(protect());
             ProtectOutcome::Continue
         })
     })

@@ -6,6 +6,8 @@
 //! - `aspen/kv/2` (every key, read and write): members and `kv_clients`, the routers
 //!   and tools the operator listed. Everyone else is refused at the handshake and counted
 //!   in `aspen_connections_refused{alpn}`.
+//! - Blobs (`/iroh-bytes/4`, the node's blob store): members ([`restrict_blobs`]); with
+//!   federation, the federation rule below covers it.
 //! - The federation protocols (docs sync, docs push, blobs): see [`crate::federation::restrict`].
 //!
 //! `aspen/raft/2` stays open at the hook: its handler checks the caller against the
@@ -28,6 +30,18 @@ pub fn restrict_kv(access: &Access, config: &NodeConfig, raft: AspenRaft) -> Res
         named.insert(parse_id(&format!("kv_clients[{i}]"), hex)?);
     }
     access.restrict(aspen_api::wire::KV_ALPN, members_or(named, raft));
+    Ok(())
+}
+
+/// Restricts serving the node's blobs to its cluster's members and configured peers. (A
+/// federated node restricts them with the federation's ALPNs instead: members, readers and
+/// the owner nodes it imports from.)
+pub fn restrict_blobs(
+    access: &Access,
+    config: &NodeConfig,
+    raft: AspenRaft,
+) -> Result<(), NodeError> {
+    access.restrict(aspen_blobs::ALPN, members_or(peer_ids(config)?, raft));
     Ok(())
 }
 

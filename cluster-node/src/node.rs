@@ -19,6 +19,8 @@ use openraft::SnapshotPolicy;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use aspen_blobs::{BlobStore, GcSettings};
+use aspen_federation::stack::DocsProtection;
 use aspen_federation::{Federation, Replicas};
 
 use crate::federation::{self, NodeFeed};
@@ -59,6 +61,9 @@ pub enum NodeError {
     /// Federation could not start.
     #[error("starting federation failed: {0}")]
     Federation(#[from] aspen_federation::FederationError),
+    /// The node's blob store could not be opened.
+    #[error("opening the blob store failed: {0}")]
+    Blobs(#[from] aspen_blobs::BlobError),
 }
 
 /// A node's iroh endpoint, bound, with the access policy every connection to it passes
@@ -128,6 +133,7 @@ pub struct Node {
     raft: AspenRaft,
     transport: Arc<Transport>,
     federation: Option<Federation>,
+    blobs: BlobStore,
     protocols: ProtocolRouter,
     http_addr: SocketAddr,
     http_stop: Option<oneshot::Sender<()>>,
@@ -153,6 +159,30 @@ pub fn openraft_config(config: &NodeConfig) -> Result<openraft::Config, NodeErro
     }
     .validate()
     .map_err(|e| NodeError::Config(e.to_string()))
+}
+
+/// Opens the node's blob store (`blobs/` under `data_dir`, taking over the store an earlier
+/// version kept for federation). With federation, iroh-docs' protection comes with it and
+/// unreferenced blobs are collected every [`aspen_blobs::GC_INTERVAL`]; without, nothing is
+/// collected yet: the only blobs are a federation's (kept for when it is configured again).
+async fn open_blobs(
+    data_dir: &std::path::Path,
+    federated: bool,
+) -> Result<(BlobStore, Option<DocsProtection>), NodeError> {
+    let dir = aspen_blobs::store_dir(data_dir);
+    aspen_federation::stack::move_old_blob_store(data_dir, &dir)?;
+    let (protection, gc) = if federated {
+        let (protection, callback) = aspen_federation::stack::docs_protection();
+        let gc = GcSettings {
+            interval: aspen_blobs::GC_INTERVAL,
+            protect: Arc::new(Vec::new),
+            also: Some(callback),
+        };
+        (Some(protection), Some(gc))
+    } else {
+        (None, None)
+    };
+    Ok((BlobStore::open(&dir, gc).await?, protection))
 }
 
 impl Node {
@@ -202,6 +232,8 @@ impl Node {
             );
         }
         let federation_setup = federation::setup(&config)?;
+        let (blobs, docs_protection) =
+            open_blobs(&config.data_dir, federation_setup.is_some()).await?;
         let (log_store, state_machine) = storage::open(&config.data_dir, (&config.feed).into())?;
         let raft = AspenRaft::new(
             config.node_id,
@@ -241,9 +273,14 @@ impl Node {
                     Some(r) => r,
                     None => Replicas::open(&config.data_dir)?,
                 };
-                Some(Federation::start(setup, &endpoint, feed, replicas).await?)
+                let protection = docs_protection.expect("made when federation is configured");
+                let store = blobs.clone();
+                Some(Federation::start(setup, &endpoint, feed, replicas, store, protection).await?)
             }
-            None => None,
+            None => {
+                crate::admission::restrict_blobs(transport.access(), &config, raft.clone())?;
+                None
+            }
         };
         let raft_protocol = RaftProtocol::new(raft.clone(), transport.clone(), configured, contact);
         let mut protocols = ProtocolRouter::builder(endpoint)
@@ -252,7 +289,8 @@ impl Node {
             .accept(
                 aspen_api::wire::KV_ALPN,
                 KvProtocol::new(service.clone(), transport.clone()),
-            );
+            )
+            .accept(aspen_blobs::ALPN, blobs.serve());
         for (alpn, handler) in federation.iter().flat_map(|f| f.handlers()) {
             protocols = protocols.accept(alpn, handler);
         }
@@ -292,6 +330,7 @@ impl Node {
             raft,
             transport,
             federation,
+            blobs,
             protocols,
             http_addr,
             http_stop: Some(http_stop),
@@ -326,6 +365,11 @@ impl Node {
         &self.transport
     }
 
+    /// The node's blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
     /// The node's federation, if configured.
     pub fn federation(&self) -> Option<&Federation> {
         self.federation.as_ref()
@@ -357,7 +401,12 @@ impl Node {
         bounded_step(node_id, "raft", self.raft.shutdown()).await;
         bounded_step(node_id, "the iroh router", self.protocols.shutdown()).await;
         if let Some(federation) = self.federation.take() {
-            federation.close_store().await;
+            federation.close_docs().await;
         }
+        bounded_step(node_id, "the blob store", async {
+            self.blobs.shutdown().await;
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .await;
     }
 }

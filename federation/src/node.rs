@@ -242,16 +242,20 @@ impl std::fmt::Debug for Federation {
 }
 
 impl Federation {
-    /// Starts the stack on `endpoint`, the exporter over `feed` (if `setup` has a secret)
-    /// and an importer per source, keeping replicas in `replicas`.
+    /// Starts the stack on `endpoint` with the node's blob `store` (opened with the callback
+    /// of `protection`, see [`crate::stack::docs_protection`]), the exporter over `feed` (if
+    /// `setup` has a secret) and an importer per source, keeping replicas in `replicas`.
     pub async fn start(
         setup: FederationSetup,
         endpoint: &Endpoint,
         feed: Arc<dyn FeedSource>,
         replicas: Arc<Replicas>,
+        store: aspen_blobs::BlobStore,
+        protection: crate::stack::DocsProtection,
     ) -> Result<Federation, FederationError> {
         let ring_size = RingSize::new(setup.segment_slots).map_err(FederationError::Config)?;
-        let stack = DocsStack::spawn(endpoint, &stack_dir(&setup.data_dir)).await?;
+        let dir = stack_dir(&setup.data_dir);
+        let stack = DocsStack::spawn_on(endpoint, &dir, store, protection).await?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut export = None;
@@ -369,8 +373,8 @@ impl Federation {
         &self.replicas
     }
 
-    /// Stops the exporter and importers. (Docs and gossip stop with the iroh router; call
-    /// [`Federation::close_store`] after it.)
+    /// Stops the exporter and importers. (Gossip stops with the iroh router; call
+    /// [`Federation::close_docs`] after it.)
     pub async fn shutdown(&mut self) {
         let _ = self.stop.send(true);
         for mut task in self.tasks.drain(..) {
@@ -385,8 +389,9 @@ impl Federation {
         }
     }
 
-    /// Closes the blob store, once the iroh router is down.
-    pub async fn close_store(&self) {
+    /// Stops iroh-docs, once the iroh router is down (and before the node closes its blob
+    /// store, which iroh-docs uses).
+    pub async fn close_docs(&self) {
         self.stack.close().await;
     }
 }

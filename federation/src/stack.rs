@@ -18,10 +18,14 @@
 //! [`DocsStack::put`], which keeps the blob's temporary tag for [`WRITE_HOLD`], past any
 //! collection that began before the entry existed.
 //!
-//! Layout under the node's data dir: `federation/blobs/` (the blob store) and
-//! `federation/docs/` (`docs.redb`). The protocol handlers it returns must be registered on
-//! the node's one iroh `Router` together with Raft and KV: iroh sets an endpoint's ALPNs to
-//! exactly those of its router.
+//! The blob store is the node's one store (`aspen-blobs`, `blobs/` under the data dir), which
+//! also keeps large values: the node opens it with iroh-docs' protection from
+//! [`docs_protection`] and hands it to [`DocsStack::spawn_on`], serves it and closes it.
+//! [`DocsStack::spawn`] opens a store of its own instead (tests). Layout under the node's
+//! data dir: `federation/docs/` (`docs.redb`); a `federation/blobs/` of an earlier version is
+//! moved to the node's store by [`move_old_blob_store`]. The protocol handlers it returns
+//! must be registered on the node's one iroh `Router` together with Raft and KV: iroh sets an
+//! endpoint's ALPNs to exactly those of its router.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -34,12 +38,11 @@ use iroh_blobs::Hash;
 use iroh_docs::api::Doc;
 use iroh_docs::AuthorId;
 
+use aspen_blobs::{BlobStore, GcSettings, GC_INTERVAL};
 use iroh::protocol::DynProtocolHandler;
 use iroh::Endpoint;
-use iroh_blobs::store::fs::options::Options;
 use iroh_blobs::store::fs::FsStore;
-use iroh_blobs::store::GcConfig;
-use iroh_blobs::BlobsProtocol;
+use iroh_blobs::store::ProtectCb;
 use iroh_docs::engine::{DefaultAuthorStorage, Engine, ProtectCallbackHandler};
 use iroh_docs::protocol::Docs;
 use iroh_gossip::net::Gossip;
@@ -47,11 +50,6 @@ use iroh_gossip::net::Gossip;
 use crate::peersync::PeerSync;
 use crate::push::PushHandler;
 use crate::FederationError;
-
-/// How often unreferenced blobs (segments and heartbeats that were replaced, old
-/// checkpoints) are collected. Each run walks every document's entries, which are bounded
-/// by design (see `keys`), so once a minute costs little.
-pub const GC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a blob this node wrote to a document stays protected by its own temporary
 /// tag: longer than two collection intervals, so the next collection that starts after
@@ -61,24 +59,47 @@ pub const WRITE_HOLD: Duration = Duration::from_secs(3 * GC_INTERVAL.as_secs());
 /// The ALPNs the stack serves, which the endpoint's access policy restricts.
 pub const ALPNS: [&[u8]; 3] = [iroh_docs::ALPN, crate::push::ALPN, iroh_blobs::ALPN];
 
-/// iroh-blobs' protocol handler without its shutdown (see [`DocsStack::handlers`]).
-#[derive(Debug, Clone)]
-struct BlobsHandler(BlobsProtocol);
+/// iroh-docs' side of blob protection: made before the node's blob store opens (which takes
+/// the callback of [`docs_protection`]) and given to [`DocsStack::spawn_on`].
+pub struct DocsProtection(ProtectCallbackHandler);
 
-impl iroh::protocol::ProtocolHandler for BlobsHandler {
-    async fn accept(
-        &self,
-        connection: iroh::endpoint::Connection,
-    ) -> Result<(), iroh::protocol::AcceptError> {
-        iroh::protocol::ProtocolHandler::accept(&self.0, connection).await
+impl std::fmt::Debug for DocsProtection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DocsProtection")
     }
+}
+
+/// iroh-docs' protection, and the collection callback for the node's blob store
+/// ([`GcSettings::also`]) that keeps every blob a document references (segments, replaced
+/// heartbeats and checkpoints go; see [`WRITE_HOLD`] for the window this leaves).
+pub fn docs_protection() -> (DocsProtection, ProtectCb) {
+    let (handler, callback) = ProtectCallbackHandler::new();
+    (DocsProtection(handler), callback)
+}
+
+/// Moves the blob store an earlier version kept under `federation/blobs/` to `to` (the
+/// node's store), once: its blobs are the segments and checkpoints the node's documents
+/// reference, which peers fetch from it. Does nothing when there is none or `to` exists.
+pub fn move_old_blob_store(data_dir: &Path, to: &Path) -> Result<(), FederationError> {
+    let old = stack_dir(data_dir).join("blobs");
+    if !old.exists() || to.exists() {
+        return Ok(());
+    }
+    std::fs::rename(&old, to).map_err(|e| {
+        err("moving the blob store")(&format!("{} to {}: {e}", old.display(), to.display()))
+    })?;
+    tracing::info!(from = %old.display(), to = %to.display(), "moved the federation blob store to the node's");
+    Ok(())
 }
 
 /// A node's docs, gossip and blobs.
 #[derive(Debug, Clone)]
 pub struct DocsStack {
-    /// The blob store (segment contents, checkpoints).
+    /// The blob store (segment contents, checkpoints), as iroh-blobs' API.
     pub blobs: FsStore,
+    /// The same store, and whether this stack opened it (and so serves and closes it).
+    store: BlobStore,
+    owns_store: bool,
     /// The documents.
     pub docs: Docs,
     /// Reconciliation with peers, and what this node serves.
@@ -101,24 +122,37 @@ fn err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> FederationError + '_ {
 }
 
 impl DocsStack {
-    /// Opens (creating if needed) the stack under `dir` on `endpoint`.
+    /// Opens (creating if needed) the stack under `dir` on `endpoint`, with a blob store of
+    /// its own in `dir/blobs`, which it serves and closes.
     pub async fn spawn(endpoint: &Endpoint, dir: &Path) -> Result<DocsStack, FederationError> {
-        let blobs_dir = dir.join("blobs");
-        let docs_dir = dir.join("docs");
-        for d in [&blobs_dir, &docs_dir] {
-            std::fs::create_dir_all(d).map_err(|e| {
-                err("creating the federation dirs")(&format!("{}: {e}", d.display()))
-            })?;
-        }
-        let (protect, protect_cb) = ProtectCallbackHandler::new();
-        let mut options = Options::new(&blobs_dir);
-        options.gc = Some(GcConfig {
+        let (protection, callback) = docs_protection();
+        let gc = GcSettings {
             interval: GC_INTERVAL,
-            add_protected: Some(protect_cb),
-        });
-        let blobs = FsStore::load_with_opts(blobs_dir.join("blobs.db"), options)
+            protect: Arc::new(Vec::new),
+            also: Some(callback),
+        };
+        let store = BlobStore::open(&dir.join("blobs"), Some(gc))
             .await
             .map_err(|e| err("opening the blob store")(&e))?;
+        let mut stack = DocsStack::spawn_on(endpoint, dir, store, protection).await?;
+        stack.owns_store = true;
+        Ok(stack)
+    }
+
+    /// Opens (creating if needed) the stack under `dir` on `endpoint`, keeping document
+    /// contents in the node's `store`, which was opened with the callback of `protection`
+    /// and which the node serves and closes.
+    pub async fn spawn_on(
+        endpoint: &Endpoint,
+        dir: &Path,
+        store: BlobStore,
+        protection: DocsProtection,
+    ) -> Result<DocsStack, FederationError> {
+        let docs_dir = dir.join("docs");
+        std::fs::create_dir_all(&docs_dir).map_err(|e| {
+            err("creating the federation dirs")(&format!("{}: {e}", docs_dir.display()))
+        })?;
+        let blobs = store.inner().clone();
         // The engine takes a gossip instance; with no gossip handler registered and no
         // document ever joined, it stays idle.
         let gossip = Gossip::builder().spawn(endpoint.clone());
@@ -133,7 +167,7 @@ impl DocsStack {
             (*blobs).clone(),
             downloader.clone(),
             DefaultAuthorStorage::Persistent(docs_dir.join("default-author")),
-            Some(protect),
+            Some(protection.0),
         )
         .await
         .map_err(|e| err("starting iroh-docs")(&format!("{e:#}")))?;
@@ -141,6 +175,8 @@ impl DocsStack {
         let docs = Docs::new(engine);
         Ok(DocsStack {
             blobs,
+            store,
+            owns_store: false,
             docs,
             peers,
             downloader,
@@ -217,28 +253,26 @@ impl DocsStack {
         holds.push_back((now, tag));
     }
 
-    /// The protocol handlers to register on the node's iroh router, by ALPN.
-    ///
-    /// The iroh router shuts all handlers down at once, and iroh-blobs' handler shuts the
-    /// blob store down with it, while iroh-docs may still be using the store (a panic in
-    /// the store's threads was seen here). So the blobs handler registered here leaves the
-    /// store alone, and [`DocsStack::close`] closes it after the router is down.
+    /// The protocol handlers to register on the node's iroh router, by ALPN: blobs too
+    /// when the stack opened its own store (the node serves its store itself).
     pub fn handlers(&self) -> Vec<(&'static [u8], Box<dyn DynProtocolHandler>)> {
-        vec![
+        let mut handlers: Vec<(&'static [u8], Box<dyn DynProtocolHandler>)> = vec![
             (iroh_docs::ALPN, Box::new(self.peers.handler())),
             (crate::push::ALPN, Box::new(PushHandler(self.peers.clone()))),
-            (
-                iroh_blobs::ALPN,
-                Box::new(BlobsHandler(BlobsProtocol::new(&self.blobs, None))),
-            ),
-        ]
+        ];
+        if self.owns_store {
+            handlers.push((iroh_blobs::ALPN, Box::new(self.store.serve())));
+        }
+        handlers
     }
 
-    /// Stops iroh-docs, then closes the blob store; call once the iroh router is down.
+    /// Stops iroh-docs, then closes the blob store if the stack opened it; call once the
+    /// iroh router is down (iroh-blobs' own handler would close the store with the router
+    /// while iroh-docs still uses it: a panic in the store's threads was seen here).
     pub async fn close(&self) {
         iroh::protocol::ProtocolHandler::shutdown(&self.docs).await;
-        if let Err(e) = self.blobs.shutdown().await {
-            tracing::warn!("closing the blob store: {e}");
+        if self.owns_store {
+            self.store.shutdown().await;
         }
     }
 
@@ -261,6 +295,30 @@ mod tests {
             .bind()
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// The store an earlier version kept under `federation/blobs/` becomes the node's,
+    /// once; a node that has its store already, or never had the old one, keeps what it has.
+    #[test]
+    fn an_old_federation_blob_store_becomes_the_nodes() {
+        let data = tempfile::tempdir().unwrap();
+        let to = aspen_blobs::store_dir(data.path());
+        move_old_blob_store(data.path(), &to).unwrap();
+        assert!(!to.exists(), "made a store out of nothing");
+
+        let old = stack_dir(data.path()).join("blobs");
+        std::fs::create_dir_all(old.join("data")).unwrap();
+        std::fs::write(old.join("blobs.db"), b"old store").unwrap();
+        move_old_blob_store(data.path(), &to).unwrap();
+        assert!(!old.exists());
+        assert_eq!(std::fs::read(to.join("blobs.db")).unwrap(), b"old store");
+        assert!(to.join("data").is_dir());
+
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("blobs.db"), b"another").unwrap();
+        move_old_blob_store(data.path(), &to).unwrap();
+        assert_eq!(std::fs::read(to.join("blobs.db")).unwrap(), b"old store");
+        assert!(old.exists(), "a second old store replaced the node's");
     }
 
     /// iroh-blobs 0.103's downloader keeps its endpoint (and so its UDP socket) until the

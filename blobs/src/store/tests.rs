@@ -83,6 +83,7 @@ async fn an_import_is_taken_up_to_its_limit_and_a_refused_one_leaves_nothing() {
     let gc = GcSettings {
         interval: Duration::from_millis(20),
         protect: Arc::new(Vec::new),
+        also: None,
     };
     let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
     let limit = MIB as u64 + 1;
@@ -152,9 +153,8 @@ async fn a_blob_is_fetched_from_the_first_provider_that_has_it() {
         tempfile::tempdir().unwrap(),
     );
     let serve = |store: &BlobStore, endpoint: Endpoint| {
-        let protocol = iroh_blobs::BlobsProtocol::new(store.inner(), None);
         iroh::protocol::Router::builder(endpoint)
-            .accept(iroh_blobs::ALPN, protocol)
+            .accept(iroh_blobs::ALPN, store.serve())
             .spawn()
     };
     let has = BlobStore::open(dir_a.path(), None).await.unwrap();
@@ -207,6 +207,7 @@ async fn collection_keeps_what_is_held_or_protected_and_removes_the_rest() {
     let gc = GcSettings {
         interval: Duration::from_millis(100),
         protect: Arc::new(move || named.lock().unwrap().clone()),
+        also: None,
     };
     let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
     let mut blobs = Vec::new();
@@ -284,15 +285,13 @@ async fn collection_during_imports_and_fetches_never_removes_a_held_blob() {
     let gc = GcSettings {
         interval: Duration::from_millis(5),
         protect: Arc::new(Vec::new),
+        also: None,
     };
     let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
     let provider = BlobStore::open(provider_dir.path(), None).await.unwrap();
     let provider_ep = bind().await;
     let provider_router = iroh::protocol::Router::builder(provider_ep.clone())
-        .accept(
-            iroh_blobs::ALPN,
-            iroh_blobs::BlobsProtocol::new(provider.inner(), None),
-        )
+        .accept(iroh_blobs::ALPN, provider.serve())
         .spawn();
     let ep = bind().await;
 
@@ -350,5 +349,67 @@ async fn collection_during_imports_and_fetches_never_removes_a_held_blob() {
     drop(second);
     ep.close().await;
     provider_router.shutdown().await.unwrap();
+    store.shutdown().await;
+}
+
+/// Another user's callback (iroh-docs') is asked too: what it names is kept, and while it
+/// aborts no run removes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_asks_the_other_callback_and_skips_a_run_it_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let named: Arc<Mutex<Option<Vec<Hash>>>> = Arc::new(Mutex::new(Some(Vec::new())));
+    let aborts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (other, aborted) = (named.clone(), aborts.clone());
+    let also: ProtectCb = Arc::new(move |live: &mut HashSet<Hash>| {
+        let answer = other.lock().unwrap().clone();
+        if answer.is_none() {
+            aborted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Box::pin(async move {
+            match answer {
+                Some(hashes) => {
+                    live.extend(hashes);
+                    ProtectOutcome::Continue
+                }
+                None => ProtectOutcome::Abort,
+            }
+        })
+    });
+    let gc = GcSettings {
+        interval: Duration::from_millis(20),
+        protect: Arc::new(Vec::new),
+        also: Some(also),
+    };
+    let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
+    let kept = store
+        .import(body(&content(MIB, 30)), MAX_TEST_LIMIT)
+        .await
+        .unwrap()
+        .blob();
+    *named.lock().unwrap() = Some(vec![kept.hash]);
+    a_collection_run(&store, 31).await;
+    assert!(store.complete_size(kept.hash).await.unwrap().is_some());
+
+    // Aborting: an unkept blob outlives three runs that were asked for.
+    *named.lock().unwrap() = None;
+    let unkept = store
+        .import(body(&content(MIB, 32)), MAX_TEST_LIMIT)
+        .await
+        .unwrap()
+        .blob();
+    let asked = aborts.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while aborts.load(std::sync::atomic::Ordering::SeqCst) < asked + 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no collection asked in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(store.complete_size(unkept.hash).await.unwrap().is_some());
+    assert!(store.complete_size(kept.hash).await.unwrap().is_some());
+    *named.lock().unwrap() = Some(Vec::new());
+    a_collection_run(&store, 33).await;
+    assert_eq!(store.complete_size(unkept.hash).await.unwrap(), None);
     store.shutdown().await;
 }

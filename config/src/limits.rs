@@ -22,6 +22,13 @@ pub const MIN_HEARTBEAT_INTERVAL_MS: u64 = 10;
 /// lease, 1.5 election timeouts, and timer deadlines) far from overflowing.
 pub const MAX_ELECTION_TIMEOUT_MS: u64 = 60_000;
 
+/// Most applied entries between two snapshots (`snapshot_every_logs`), and most entries
+/// kept after one (`logs_kept_after_snapshot`). The log between snapshots stays on disk
+/// and a member that falls behind receives it entry by entry, so a value past this (1,000
+/// times the default of 10,000; up to tens of GiB of log at 4 MiB commands) is a typo, not
+/// a choice: past it the log would in effect never be trimmed.
+pub const MAX_SNAPSHOT_LOGS: u64 = 10_000_000;
+
 /// Most log entries one AppendEntries RPC may carry. A follower appends and fsyncs a batch
 /// in one go and a heartbeat queued behind it waits; 4096 small KV entries is a few MiB,
 /// enough for a lagging follower to catch up quickly without starving heartbeats.

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
 use crate::limits::{
-    MAX_ELECTION_TIMEOUT_MS, MAX_PAYLOAD_ENTRIES_LIMIT, MIN_HEARTBEAT_INTERVAL_MS,
+    MAX_ELECTION_TIMEOUT_MS, MAX_PAYLOAD_ENTRIES_LIMIT, MAX_SNAPSHOT_LOGS,
+    MIN_HEARTBEAT_INTERVAL_MS,
 };
 
 /// Raft settings of one node. All members of a cluster should use the same values.
@@ -23,10 +24,12 @@ pub struct RaftConfig {
     /// so that they do not all start elections at once.
     pub election_timeout_max_ms: u64,
     /// Build a snapshot of the state machine after this many entries have been applied
-    /// since the last one, so the log can be trimmed and new members catch up fast.
+    /// since the last one, so the log can be trimmed and new members catch up fast; 1 to
+    /// [`MAX_SNAPSHOT_LOGS`].
     pub snapshot_every_logs: u64,
     /// Entries kept in the log after a snapshot, so a follower only slightly behind can
-    /// catch up from the log instead of receiving the whole snapshot.
+    /// catch up from the log instead of receiving the whole snapshot; at most
+    /// [`MAX_SNAPSHOT_LOGS`].
     pub logs_kept_after_snapshot: u64,
     /// Most entries one AppendEntries RPC carries; at most
     /// [`MAX_PAYLOAD_ENTRIES_LIMIT`].
@@ -93,10 +96,24 @@ impl RaftConfig {
                 ),
             ));
         }
-        if self.snapshot_every_logs == 0 {
+        if !(1..=MAX_SNAPSHOT_LOGS).contains(&self.snapshot_every_logs) {
             return Err(FieldError::new(
                 "snapshot_every_logs",
-                "is 0; set how many applied entries trigger a snapshot (1 or more, default 10000)",
+                format!(
+                    "is {}; set how many applied entries trigger a snapshot, 1 to \
+                     {MAX_SNAPSHOT_LOGS} (default 10000): past that the log is never trimmed",
+                    self.snapshot_every_logs
+                ),
+            ));
+        }
+        if self.logs_kept_after_snapshot > MAX_SNAPSHOT_LOGS {
+            return Err(FieldError::new(
+                "logs_kept_after_snapshot",
+                format!(
+                    "is {}, above the maximum of {MAX_SNAPSHOT_LOGS}: past that the log is \
+                     never trimmed. Use {MAX_SNAPSHOT_LOGS} or less (default 1000)",
+                    self.logs_kept_after_snapshot
+                ),
             ));
         }
         if !(1..=MAX_PAYLOAD_ENTRIES_LIMIT).contains(&self.max_payload_entries) {
@@ -189,14 +206,44 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_every_zero_logs_refused_and_one_accepted() {
-        let mut config = RaftConfig {
-            snapshot_every_logs: 1,
+    fn snapshot_every_logs_is_taken_from_one_to_its_maximum() {
+        for ok in [1, MAX_SNAPSHOT_LOGS] {
+            RaftConfig {
+                snapshot_every_logs: ok,
+                ..Default::default()
+            }
+            .check()
+            .unwrap();
+        }
+        for bad in [0, MAX_SNAPSHOT_LOGS + 1, u64::MAX] {
+            let config = RaftConfig {
+                snapshot_every_logs: bad,
+                ..Default::default()
+            };
+            assert_eq!(field_of(&config), "snapshot_every_logs", "{bad}");
+        }
+    }
+
+    #[test]
+    fn logs_kept_after_snapshot_is_taken_up_to_its_maximum() {
+        for ok in [0, MAX_SNAPSHOT_LOGS] {
+            RaftConfig {
+                logs_kept_after_snapshot: ok,
+                ..Default::default()
+            }
+            .check()
+            .unwrap();
+        }
+        let config = RaftConfig {
+            logs_kept_after_snapshot: MAX_SNAPSHOT_LOGS + 1,
             ..Default::default()
         };
-        config.check().unwrap();
-        config.snapshot_every_logs = 0;
-        assert_eq!(field_of(&config), "snapshot_every_logs");
+        assert_eq!(field_of(&config), "logs_kept_after_snapshot");
+        let message = config.check().unwrap_err().reason;
+        assert!(
+            message.contains(&MAX_SNAPSHOT_LOGS.to_string()),
+            "{message}"
+        );
     }
 
     #[test]

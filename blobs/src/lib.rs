@@ -18,11 +18,14 @@
 //!
 //! - [`store`]: [`BlobStore`]: open, import with a size limit, fetch from peers, read,
 //!   serve to peers ([`ServeBlobs`]).
+//! - [`pending`]: blobs kept for a while before a reference protects them.
 //! - [`durable`]: flushing a blob's files and the store's metadata to disk.
 
 pub mod durable;
+pub mod pending;
 pub mod store;
 
+pub use pending::{Pending, PENDING_GRACE};
 pub use store::{BlobStore, GcSettings, Held, Protect, ServeBlobs};
 
 use std::fmt;

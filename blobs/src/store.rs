@@ -298,4 +298,4 @@ fn protect_cb(protect: Protect, also: Option<ProtectCb>) -> ProtectCb {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

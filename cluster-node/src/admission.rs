@@ -6,8 +6,8 @@
 //! - `aspen/kv/2` (every key, read and write): members and `kv_clients`, the routers
 //!   and tools the operator listed. Everyone else is refused at the handshake and counted
 //!   in `aspen_connections_refused{alpn}`.
-//! - Blobs (`/iroh-bytes/4`, the node's blob store): members ([`restrict_blobs`]); with
-//!   federation, the federation rule below covers it.
+//! - Blobs (`/iroh-bytes/4`, the node's blob store) and `aspen/blob-hold/1`: members
+//!   ([`restrict_blobs`]); with federation, the federation rule below covers iroh-blobs'.
 //! - The federation protocols (docs sync, docs push, blobs): see [`crate::federation::restrict`].
 //!
 //! `aspen/raft/2` stays open at the hook: its handler checks the caller against the

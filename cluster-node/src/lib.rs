@@ -17,8 +17,11 @@
 //! - [`read_index`]: concurrent linearizable reads share one leadership confirmation.
 //! - [`batcher`]: the queue-and-batch task both of those are built on.
 //! - [`kv_server`]: `aspen/kv/2`, the serving side of forwarded and router requests.
-//! - [`admission`]: who may use `aspen/kv/2` (members and the configured `kv_clients`)
-//!   and the federation protocols, decided when a connection is made.
+//! - [`admission`]: who may use `aspen/kv/2` (members and the configured `kv_clients`),
+//!   the node's blob protocols and the federation protocols, decided when a connection is
+//!   made.
+//! - [`blob_hold`]: `aspen/blob-hold/1`, asking the other members to hold a blob before a
+//!   reference to it is proposed, and serving those asks.
 //! - [`leader_contact`]: when a follower last heard from its leader, for stale reads.
 //! - [`http`]: the public HTTP API: `aspen_api::server`'s KV routes over the KV service,
 //!   plus status, membership, health and metrics.
@@ -40,6 +43,7 @@
 
 pub mod admission;
 pub mod batcher;
+pub mod blob_hold;
 pub mod faults;
 pub mod federation;
 pub mod handoff;

@@ -19,10 +19,11 @@ use openraft::SnapshotPolicy;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use aspen_blobs::{BlobStore, GcSettings};
+use aspen_blobs::{BlobStore, GcSettings, Held, Pending};
 use aspen_federation::stack::DocsProtection;
 use aspen_federation::{Federation, Replicas};
 
+use crate::blob_hold::{hold_on_majority, HoldProtocol, NotOnMajority, BLOB_HOLD_ALPN};
 use crate::federation::{self, NodeFeed};
 use crate::http::{self, NodeBackend};
 use crate::kv_server::KvProtocol;
@@ -260,6 +261,9 @@ impl Node {
             replicas.clone(),
         );
         crate::admission::restrict_kv(transport.access(), &config, raft.clone())?;
+        // Members only; with federation, its rule then takes over iroh-blobs' ALPN.
+        crate::admission::restrict_blobs(transport.access(), &config, raft.clone())?;
+        let pending_blobs = Pending::default();
         let state_machine_for_watch = state_machine.clone();
         let federation = match federation_setup {
             Some(setup) => {
@@ -277,10 +281,7 @@ impl Node {
                 let store = blobs.clone();
                 Some(Federation::start(setup, &endpoint, feed, replicas, store, protection).await?)
             }
-            None => {
-                crate::admission::restrict_blobs(transport.access(), &config, raft.clone())?;
-                None
-            }
+            None => None,
         };
         let raft_protocol = RaftProtocol::new(raft.clone(), transport.clone(), configured, contact);
         let mut protocols = ProtocolRouter::builder(endpoint)
@@ -290,7 +291,16 @@ impl Node {
                 aspen_api::wire::KV_ALPN,
                 KvProtocol::new(service.clone(), transport.clone()),
             )
-            .accept(aspen_blobs::ALPN, blobs.serve());
+            .accept(aspen_blobs::ALPN, blobs.serve())
+            .accept(
+                BLOB_HOLD_ALPN,
+                HoldProtocol::new(
+                    blobs.clone(),
+                    service.clone(),
+                    transport.clone(),
+                    pending_blobs,
+                ),
+            );
         for (alpn, handler) in federation.iter().flat_map(|f| f.handlers()) {
             protocols = protocols.accept(alpn, handler);
         }
@@ -368,6 +378,13 @@ impl Node {
     /// The node's blob store.
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
+    }
+
+    /// Asks the other members to hold `held` (see [`crate::blob_hold`]); returns once a
+    /// majority of the voters hold it, with their node ids.
+    pub async fn hold_on_majority(&self, held: &Held) -> Result<Vec<u64>, NotOnMajority> {
+        let members = self.service.members();
+        hold_on_majority(&self.transport, self.node_id, &members, held).await
     }
 
     /// The node's federation, if configured.

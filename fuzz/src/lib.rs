@@ -15,8 +15,9 @@
 //!
 //! - [`wire`]: `kv_message` (`aspen/kv/2` requests a node decodes and answers a router
 //!   decodes), `raft_message` (`aspen/raft/2` RPCs and answers), `snapshot`
-//!   (`aspen/snapshot/1` offers and replies, snapshot streams) and `docs_push`
-//!   (`aspen/docs-push/1` requests and entries).
+//!   (`aspen/snapshot/1` offers and replies, snapshot streams), `docs_push`
+//!   (`aspen/docs-push/1` requests and entries) and `blob_hold_message`
+//!   (`aspen/blob-hold/1` requests and answers).
 //! - [`http`]: the shared harness (the real KV app over a recording backend, one request
 //!   at a time) and the checks every answer passes.
 //! - `http/body.rs`: `http_body`, the JSON bodies of `/v1/batch`, `/v1/cas`, `/v1/cad`,
@@ -85,6 +86,11 @@ pub const TARGETS: &[Target] = &[
         name: "docs_push",
         body: wire::docs_push,
         covers: "aspen/docs-push/1 requests and signed entries: decode, re-encode, decode again",
+    },
+    Target {
+        name: "blob_hold_message",
+        body: wire::blob_hold_message,
+        covers: "aspen/blob-hold/1 requests and answers: decode, re-encode, decode again",
     },
     Target {
         name: "http_body",

@@ -268,6 +268,24 @@ fn snapshot() -> Vec<Vec<u8>> {
     ]
 }
 
+fn blob_hold_message() -> Vec<Vec<u8>> {
+    use aspen_cluster_node::blob_hold::{encode_answer, encode_request, HoldAnswer, HoldRequest};
+    vec![
+        encode_request(&HoldRequest {
+            hash: [3; 32],
+            size: 1_048_577,
+        }),
+        encode_request(&HoldRequest {
+            hash: [0xab; 32],
+            size: 4 * 1024 * 1024 * 1024,
+        }),
+        encode_answer(&HoldAnswer::Held),
+        encode_answer(&HoldAnswer::Failed {
+            reason: "fetching blob ab..: no whole blob within 10s".into(),
+        }),
+    ]
+}
+
 fn docs_push() -> Vec<Vec<u8>> {
     use iroh_docs::{Author, NamespaceSecret, Record, SignedEntry};
     let namespace = NamespaceSecret::from_bytes(&[7; 32]);
@@ -308,6 +326,7 @@ fn seeds(name: &str) -> Vec<Vec<u8>> {
         "config" => config(),
         "snapshot" => snapshot(),
         "docs_push" => docs_push(),
+        "blob_hold_message" => blob_hold_message(),
         other => panic!("no seeds for target {other}: add them in fuzz/src/seeds.rs"),
     }
 }

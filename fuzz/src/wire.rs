@@ -179,3 +179,23 @@ pub fn docs_push(data: &[u8]) {
         assert_eq!(push::encode_entry(&back).expect("encodes"), bytes);
     }
 }
+
+/// `aspen/blob-hold/1` requests a member receives and answers the asking member receives:
+/// decode, re-encode, decode again; what decodes fits the protocol's message limit.
+pub fn blob_hold_message(data: &[u8]) {
+    use aspen_cluster_node::blob_hold::{self as hold, MAX_HOLD_MESSAGE_BYTES};
+    // The reader refuses a longer message before reading it.
+    if data.len() > MAX_HOLD_MESSAGE_BYTES {
+        return;
+    }
+    if let Ok(request) = hold::decode_request(data) {
+        let bytes = hold::encode_request(&request);
+        assert_eq!(hold::decode_request(&bytes).expect("decodes"), request);
+        assert_eq!(bytes, data, "a request has one encoding");
+    }
+    if let Ok(answer) = hold::decode_answer(data) {
+        let bytes = hold::encode_answer(&answer);
+        assert_eq!(hold::decode_answer(&bytes).expect("decodes"), answer);
+        assert!(bytes.len() <= MAX_HOLD_MESSAGE_BYTES);
+    }
+}

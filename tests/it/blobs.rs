@@ -79,3 +79,71 @@ async fn a_nodes_blobs_are_served_to_its_members_and_refused_to_strangers() {
     stranger_store.shutdown().await;
     t.cluster.shutdown().await;
 }
+
+async fn import(node: &Node, bytes: &[u8]) -> aspen_blobs::Held {
+    let body = futures::stream::iter([Ok::<_, Infallible>(Bytes::copy_from_slice(bytes))]);
+    node.blobs().import(body, MAX_BLOB_BYTES).await.unwrap()
+}
+
+/// A blob is whole and durable on a majority of the voters when the hold returns, the
+/// member that answered late gets it too, one voter down still leaves a majority, and two
+/// down is an error naming what each member said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_returns_once_a_majority_holds_the_blob_and_fails_without_one() {
+    let mut t = support::start_cluster().await;
+    let content = |seed: u8| -> Vec<u8> {
+        (0..2 * 1024 * 1024)
+            .map(|i| (i % 241) as u8 ^ seed)
+            .collect()
+    };
+    let one = t.cluster.node(1).unwrap();
+    let held = import(one, &content(1)).await;
+    let blob = held.blob();
+    let holders = one.hold_on_majority(&held).await.unwrap();
+    assert!(holders.contains(&1) && holders.len() >= 2, "{holders:?}");
+    for id in &holders {
+        let node = t.cluster.node(*id).unwrap();
+        assert_eq!(
+            node.blobs().complete_size(blob.hash).await.unwrap(),
+            Some(blob.size)
+        );
+    }
+    for id in [2, 3] {
+        let node = t.cluster.node(id).unwrap();
+        support::poll(
+            &format!("node {id} holds the blob"),
+            Duration::from_secs(30),
+            || async {
+                node.blobs()
+                    .complete_size(blob.hash)
+                    .await
+                    .unwrap()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    t.cluster.stop(3).await;
+    let one = t.cluster.node(1).unwrap();
+    let held = import(one, &content(2)).await;
+    let mut holders = one.hold_on_majority(&held).await.unwrap();
+    holders.sort();
+    assert_eq!(holders, vec![1, 2]);
+    let two = t.cluster.node(2).unwrap();
+    assert_eq!(
+        two.blobs().complete_size(held.blob().hash).await.unwrap(),
+        Some(held.blob().size)
+    );
+
+    t.cluster.stop(2).await;
+    let one = t.cluster.node(1).unwrap();
+    let held = import(one, &content(3)).await;
+    let refused = one.hold_on_majority(&held).await.unwrap_err();
+    assert_eq!((refused.held, refused.needed, refused.voters), (1, 2, 3));
+    let text = refused.to_string();
+    for named in ["node 2", "node 3", &held.blob().hash.to_string()] {
+        assert!(text.contains(named), "{named} not in: {text}");
+    }
+    t.cluster.shutdown().await;
+}

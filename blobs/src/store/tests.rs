@@ -6,12 +6,12 @@ use std::sync::Mutex;
 
 const MIB: usize = 1024 * 1024;
 
-fn content(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn content(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
 }
 
 /// `bytes` as a body of 64 KiB chunks.
-fn body(bytes: &[u8]) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+pub(crate) fn body(bytes: &[u8]) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let chunks: Vec<_> = bytes
         .chunks(64 * 1024)
         .map(|c| Ok(Bytes::copy_from_slice(c)))

@@ -1,0 +1,70 @@
+//! Blobs kept while no committed reference protects them yet: one a member fetched because
+//! another asked it to hold it before proposing a reference (the reference commits, or the
+//! write is abandoned, well within [`PENDING_GRACE`]). Each is kept by its [`Held`]
+//! temporary tag, dropped once its grace has passed; the queue is pruned whenever a blob
+//! joins it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::Held;
+
+/// How long a blob stays kept without a reference: far longer than a write takes from its
+/// upload to its commit (a 4 GiB value included), short enough that an abandoned write's
+/// blob is collected the same hour.
+pub const PENDING_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// Blobs kept for [`PENDING_GRACE`]; clones share the queue.
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    queue: Arc<Mutex<VecDeque<(Instant, Held)>>>,
+}
+
+impl Pending {
+    /// Keeps `held` for [`PENDING_GRACE`] from now, and lets go of those whose grace ended.
+    pub fn keep(&self, held: Held) {
+        self.keep_for(held, PENDING_GRACE);
+    }
+
+    fn keep_for(&self, held: Held, grace: Duration) {
+        let now = Instant::now();
+        let mut queue = self.queue.lock().expect("pending blobs lock");
+        while queue.front().is_some_and(|(until, _)| *until <= now) {
+            queue.pop_front();
+        }
+        queue.push_back((now + grace, held));
+    }
+
+    /// How many blobs are kept.
+    pub fn len(&self) -> usize {
+        self.queue.lock().expect("pending blobs lock").len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{body, content};
+    use crate::BlobStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_is_kept_until_its_grace_ends_and_let_go_at_the_next_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), None).await.unwrap();
+        let pending = Pending::default();
+        let limit = crate::MAX_BLOB_BYTES;
+        let first = store.import(body(&content(1000, 1)), limit).await.unwrap();
+        pending.keep_for(first, Duration::ZERO);
+        assert_eq!(pending.len(), 1, "let go before another joined");
+        let second = store.import(body(&content(1000, 2)), limit).await.unwrap();
+        pending.keep(second);
+        assert_eq!(pending.len(), 1, "the first was kept past its grace");
+        store.shutdown().await;
+    }
+}

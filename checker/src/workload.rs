@@ -61,6 +61,20 @@ pub struct WorkloadStats {
     pub unknown: usize,
     /// Operations refused with "nothing applied", not recorded.
     pub refused: usize,
+    /// Why the first [`MAX_FAILURES_KEPT`] unknown or refused operations failed (client,
+    /// operation, key, error), so a run that must fail none says what went wrong.
+    pub failures: Vec<String>,
+}
+
+/// Most failure descriptions a run keeps in [`WorkloadStats::failures`].
+pub const MAX_FAILURES_KEPT: usize = 8;
+
+impl WorkloadStats {
+    fn keep_failure(&mut self, failure: String) {
+        if self.failures.len() < MAX_FAILURES_KEPT {
+            self.failures.push(failure);
+        }
+    }
 }
 
 /// Errors of a workload run.
@@ -79,8 +93,8 @@ pub enum WorkloadError {
 
 enum Classified {
     Done(Output),
-    Refused,
-    Unknown,
+    Refused(String),
+    Unknown(String),
 }
 
 /// Whether a failed request certainly changed nothing, as the API promises for a 4xx
@@ -101,9 +115,9 @@ pub fn nothing_applied(err: &ClientError) -> bool {
 
 fn classify_error(err: &ClientError) -> Classified {
     if nothing_applied(err) {
-        Classified::Refused
+        Classified::Refused(err.to_string())
     } else {
-        Classified::Unknown
+        Classified::Unknown(err.to_string())
     }
 }
 
@@ -160,6 +174,9 @@ pub async fn run(spec: &WorkloadSpec) -> Result<(History, WorkloadStats), Worklo
         stats.ok += s.ok;
         stats.unknown += s.unknown;
         stats.refused += s.refused;
+        for failure in s.failures {
+            stats.keep_failure(failure);
+        }
     }
     Ok((recorder.history(), stats))
 }
@@ -193,13 +210,17 @@ impl Worker {
                     self.remember(&key, &input, &output);
                     output
                 }
-                Classified::Unknown => {
+                Classified::Unknown(why) => {
                     self.stats.unknown += 1;
+                    let failure = format!("client {} {input:?} {key}: unknown: {why}", self.id);
+                    self.stats.keep_failure(failure);
                     self.next_endpoint_after_failure().await;
                     Output::Unknown
                 }
-                Classified::Refused => {
+                Classified::Refused(why) => {
                     self.stats.refused += 1;
+                    let failure = format!("client {} {input:?} {key}: refused: {why}", self.id);
+                    self.stats.keep_failure(failure);
                     self.next_endpoint_after_failure().await;
                     continue;
                 }
@@ -298,7 +319,7 @@ impl Worker {
         };
         match result {
             Ok(Ok(output)) => Classified::Done(output),
-            Ok(Err(())) => Classified::Unknown,
+            Ok(Err(())) => Classified::Unknown("an answer the workload could not read".into()),
             Err(e) => classify_error(&e),
         }
     }

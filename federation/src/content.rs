@@ -65,5 +65,5 @@ pub async fn fetch(
     providers: &[EndpointId],
 ) -> Result<Bytes, FederationError> {
     ensure(stack, hash, providers, DOWNLOAD_TIMEOUT).await?;
-    stack.blobs.get_bytes(hash).await.map_err(stack_err)
+    stack.blobs().get_bytes(hash).await.map_err(stack_err)
 }

@@ -345,7 +345,7 @@ impl Exporter {
 
     /// Builds a checkpoint and publishes it before returning.
     async fn checkpoint_now(&self) -> Result<CheckpointMeta, FederationError> {
-        let built = checkpoint::build(&self.source, self.feed.clone(), &self.stack.blobs).await?;
+        let built = checkpoint::build(&self.source, self.feed.clone(), self.stack.blobs()).await?;
         let meta = built.meta;
         self.write_checkpoint(built).await?;
         Ok(meta)
@@ -462,7 +462,7 @@ impl Exporter {
             let (source, feed, blobs) = (
                 self.source.clone(),
                 self.feed.clone(),
-                (*self.stack.blobs).clone(),
+                (**self.stack.blobs()).clone(),
             );
             *building = Some(tokio::spawn(async move {
                 checkpoint::build(&source, feed, &blobs).await
@@ -484,7 +484,7 @@ impl Exporter {
             let built = match building.take() {
                 Some(b) => b.await.map_err(cp_join)??,
                 None => {
-                    checkpoint::build(&self.source, self.feed.clone(), &self.stack.blobs).await?
+                    checkpoint::build(&self.source, self.feed.clone(), self.stack.blobs()).await?
                 }
             };
             at.since_checkpoint = 0;

@@ -598,7 +598,7 @@ impl Importer {
         // garbage collection could remove it mid-load.
         let _tag = self
             .stack
-            .blobs
+            .blobs()
             .tags()
             .temp_tag(hash)
             .await
@@ -610,8 +610,13 @@ impl Importer {
             CHECKPOINT_DOWNLOAD_TIMEOUT,
         )
         .await?;
-        let keys =
-            checkpoint::load(&self.source, meta, &self.stack.blobs, self.replicas.clone()).await?;
+        let keys = checkpoint::load(
+            &self.source,
+            meta,
+            self.stack.blobs(),
+            self.replicas.clone(),
+        )
+        .await?;
         self.state.lock().expect("import state").checkpoints_loaded += 1;
         tracing::info!(source = %self.source, revision = meta.revision, keys, "checkpoint loaded");
         Ok(())

@@ -95,9 +95,8 @@ pub fn move_old_blob_store(data_dir: &Path, to: &Path) -> Result<(), FederationE
 /// A node's docs, gossip and blobs.
 #[derive(Debug, Clone)]
 pub struct DocsStack {
-    /// The blob store (segment contents, checkpoints), as iroh-blobs' API.
-    pub blobs: FsStore,
-    /// The same store, and whether this stack opened it (and so serves and closes it).
+    /// The blob store (segment contents, checkpoints), and whether this stack opened it
+    /// (and so serves and closes it).
     store: BlobStore,
     owns_store: bool,
     /// The documents.
@@ -152,7 +151,7 @@ impl DocsStack {
         std::fs::create_dir_all(&docs_dir).map_err(|e| {
             err("creating the federation dirs")(&format!("{}: {e}", docs_dir.display()))
         })?;
-        let blobs = store.inner().clone();
+        let blobs = store.inner();
         // The engine takes a gossip instance; with no gossip handler registered and no
         // document ever joined, it stays idle.
         let gossip = Gossip::builder().spawn(endpoint.clone());
@@ -164,7 +163,7 @@ impl DocsStack {
             endpoint.clone(),
             gossip,
             replica_store,
-            (*blobs).clone(),
+            (**blobs).clone(),
             downloader.clone(),
             DefaultAuthorStorage::Persistent(docs_dir.join("default-author")),
             Some(protection.0),
@@ -174,7 +173,6 @@ impl DocsStack {
         let peers = PeerSync::new(endpoint.clone(), engine.sync.clone());
         let docs = Docs::new(engine);
         Ok(DocsStack {
-            blobs,
             store,
             owns_store: false,
             docs,
@@ -186,13 +184,18 @@ impl DocsStack {
         })
     }
 
+    /// The blob store (segment contents, checkpoints), as iroh-blobs' API.
+    pub fn blobs(&self) -> &FsStore {
+        self.store.inner()
+    }
+
     /// Whether the blob `hash` is complete here (and not withheld, see
     /// [`DocsStack::withhold`]).
     pub async fn has(&self, hash: Hash) -> Result<bool, FederationError> {
         if self.is_withheld(hash) {
             return Ok(false);
         }
-        self.blobs
+        self.blobs()
             .has(hash)
             .await
             .map_err(|e| err("reading the blob store")(&e))
@@ -227,7 +230,7 @@ impl DocsStack {
         let bytes = bytes.into();
         let len = bytes.len() as u64;
         let tag = self
-            .blobs
+            .blobs()
             .add_bytes(bytes)
             .temp_tag()
             .await

@@ -12,11 +12,6 @@ use tokio::io::AsyncReadExt;
 
 use crate::support;
 
-fn addr_of(node: &Node) -> iroh::EndpointAddr {
-    iroh::EndpointAddr::new(node.endpoint_id())
-        .with_addrs(node.iroh_addrs().into_iter().map(iroh::TransportAddr::Ip))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_nodes_blobs_are_served_to_its_members_and_refused_to_strangers() {
     let t = support::start_cluster().await;
@@ -29,7 +24,7 @@ async fn a_nodes_blobs_are_served_to_its_members_and_refused_to_strangers() {
     let endpoint = two.transport().endpoint();
     let fetched = two
         .blobs()
-        .fetch(endpoint, held.blob(), &[addr_of(one)], timeout)
+        .fetch(endpoint, held.blob(), &[support::iroh_addr(one)], timeout)
         .await
         .unwrap();
     let mut read = Vec::new();
@@ -42,16 +37,9 @@ async fn a_nodes_blobs_are_served_to_its_members_and_refused_to_strangers() {
 
     let dir = tempfile::tempdir().unwrap();
     let stranger_store = BlobStore::open(dir.path(), None).await.unwrap();
-    let stranger = aspen_cluster_node::transport::bind_endpoint(
-        iroh::SecretKey::generate(),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        &aspen_cluster_node::transport::Access::open(),
-    )
-    .await
-    .unwrap();
+    let stranger = support::stranger_endpoint().await;
     let refused = stranger_store
-        .fetch(&stranger, held.blob(), &[addr_of(one)], timeout)
+        .fetch(&stranger, held.blob(), &[support::iroh_addr(one)], timeout)
         .await;
     assert!(
         matches!(refused, Err(BlobError::Fetch { .. })),

@@ -287,17 +287,9 @@ async fn eight_tasks_of_fifty_cas_increments_through_different_nodes_reach_exact
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn raft_rpcs_from_an_endpoint_that_is_not_a_member_are_refused() {
     let t = support::start_cluster().await;
-    let stranger = aspen_cluster_node::transport::bind_endpoint(
-        iroh::SecretKey::generate(),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        &aspen_cluster_node::transport::Access::open(),
-    )
-    .await
-    .unwrap();
+    let stranger = support::stranger_endpoint().await;
     let target = t.cluster.node(1).unwrap();
-    let addr = iroh::EndpointAddr::new(target.endpoint_id())
-        .with_addrs(target.iroh_addrs().into_iter().map(iroh::TransportAddr::Ip));
+    let addr = support::iroh_addr(target);
     let conn = stranger
         .connect(addr, aspen_cluster_node::raft_network::RAFT_ALPN)
         .await

@@ -384,16 +384,8 @@ async fn replica_reads_through_a_router_never_go_back_even_when_it_switches_node
 async fn an_unknown_endpoint_is_refused_on_every_federation_protocol() {
     let (_dir, t) = start(1, 10_000).await;
     let node = t.cluster("us-1").node(1).unwrap();
-    let addr = iroh::EndpointAddr::new(node.endpoint_id())
-        .with_addrs(node.iroh_addrs().into_iter().map(iroh::TransportAddr::Ip));
-    let stranger = aspen_cluster_node::transport::bind_endpoint(
-        iroh::SecretKey::generate(),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-        &aspen_cluster_node::transport::Access::open(),
-    )
-    .await
-    .unwrap();
+    let addr = support::iroh_addr(node);
+    let stranger = support::stranger_endpoint().await;
     let alpns = aspen_federation::stack::ALPNS;
     for alpn in alpns {
         let refused = async {

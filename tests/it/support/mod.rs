@@ -97,6 +97,24 @@ impl TestCluster {
     }
 }
 
+/// A node's iroh address (its endpoint id and bound sockets), to connect to it directly.
+pub fn iroh_addr(node: &aspen_cluster_node::node::Node) -> iroh::EndpointAddr {
+    iroh::EndpointAddr::new(node.endpoint_id())
+        .with_addrs(node.iroh_addrs().into_iter().map(iroh::TransportAddr::Ip))
+}
+
+/// An iroh endpoint on loopback with a fresh identity that no node knows: a stranger.
+pub async fn stranger_endpoint() -> iroh::Endpoint {
+    aspen_cluster_node::transport::bind_endpoint(
+        iroh::SecretKey::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        &aspen_cluster_node::transport::Access::open(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Polls `check` until it returns `Some`, or panics naming `what` after `deadline`.
 pub async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where

@@ -218,6 +218,8 @@ async fn collection_keeps_what_is_held_or_protected_and_removes_the_rest() {
     let kept_by_tag = blobs.pop().unwrap();
     let (by_protect, unkept) = (blobs[0].blob(), blobs[1].blob());
     protected.lock().unwrap().push(by_protect.hash);
+    // A whole run after naming it, so no run that asked before the name sees the tags go.
+    a_collection_run(&store, 40).await;
     drop(blobs);
 
     let gone = |hash: Hash| {
@@ -381,13 +383,18 @@ async fn collection_asks_the_other_callback_and_skips_a_run_it_aborts() {
         also: Some(also),
     };
     let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
-    let kept = store
+    let held = store
         .import(body(&content(MIB, 30)), MAX_TEST_LIMIT)
         .await
-        .unwrap()
-        .blob();
+        .unwrap();
+    let kept = held.blob();
+    // Named by the other callback, then a whole run, so every later run asks it first;
+    // only then does its temporary tag go (a run that asked before the name would not
+    // keep it).
     *named.lock().unwrap() = Some(vec![kept.hash]);
     a_collection_run(&store, 31).await;
+    drop(held);
+    a_collection_run(&store, 34).await;
     assert!(store.complete_size(kept.hash).await.unwrap().is_some());
 
     // Aborting: an unkept blob outlives three runs that were asked for.

@@ -96,7 +96,7 @@ pub enum TxnOutcome {
     /// Every precondition held and every write was applied.
     Applied(WriteResponse),
     /// A precondition failed; nothing changed.
-    Failed(JsonFailure),
+    Failed(Box<JsonFailure>),
 }
 
 /// An HTTP client bound to one base URL such as `http://127.0.0.1:7070`.
@@ -228,6 +228,58 @@ impl AspenClient {
         }
     }
 
+    /// Writes the bare bytes of `key`'s value to `out` (`GET ?raw`) as they arrive, however
+    /// large (a value kept as a blob streams from the node), calling `progress` with the
+    /// bytes written so far and the total. Returns the value's length, or `None` when
+    /// the key does not exist.
+    pub async fn get_raw(
+        &self,
+        key: &str,
+        consistency: Consistency,
+        out: &mut (dyn std::io::Write + Send),
+        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
+    ) -> Result<Option<u64>, ClientError> {
+        let mut url = format!("{}?raw", self.kv_url(key));
+        if consistency == Consistency::Stale {
+            url.push_str("&consistency=stale");
+        }
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let mut response = self
+            .authorized(self.http.get(&url))
+            .timeout(RAW_TRANSFER_TIMEOUT)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.bytes().await.map_err(transport)?;
+            return match api_error(&url, status, &bytes) {
+                e if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+                e => Err(e),
+            };
+        }
+        let total = response.content_length();
+        let mut written = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            out.write_all(&chunk).map_err(|e| ClientError::Decode {
+                url: url.clone(),
+                reason: format!("writing the value out: {e}"),
+            })?;
+            written += chunk.len() as u64;
+            progress(written, total);
+        }
+        if total.is_some_and(|t| t != written) {
+            return Err(ClientError::Decode {
+                url,
+                reason: format!("the answer ended after {written} of {total:?} bytes"),
+            });
+        }
+        Ok(Some(written))
+    }
+
     /// Reads one key from a local copy (a stale read) that may be at most `max_lag` stale;
     /// a copy that cannot promise that answers 503 `replica_behind`.
     pub async fn get_with_max_lag(
@@ -353,9 +405,9 @@ impl AspenClient {
     pub async fn txn(&self, request: &TxnRequest) -> Result<TxnOutcome, ClientError> {
         match self.post("/v1/txn", request).await {
             Ok(ok) => Ok(TxnOutcome::Applied(ok)),
-            Err(ClientError::Api { body, .. }) if body.failed.is_some() => {
-                Ok(TxnOutcome::Failed(body.failed.expect("checked above")))
-            }
+            Err(ClientError::Api { body, .. }) if body.failed.is_some() => Ok(TxnOutcome::Failed(
+                Box::new(body.failed.expect("checked above")),
+            )),
             Err(e) => Err(e),
         }
     }
@@ -503,6 +555,10 @@ impl AspenClient {
         Err(api_error(url, status, &bytes))
     }
 }
+
+/// How long a transfer of a value's bare bytes may take (values kept as blobs reach
+/// 4 GiB): an hour, far beyond any healthy transfer, so only a stuck one is cut.
+pub const RAW_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The error an answer of `status` with body `bytes` stands for.
 fn api_error(url: &str, status: u16, bytes: &[u8]) -> ClientError {

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::blob::BlobRef;
 use crate::error::ValidationError;
 use crate::limits::{
     MAX_COMMAND_VALUE_BYTES, MAX_INLINE_VALUE_BYTES, MAX_KEYS_PER_COMMAND, MAX_KEY_BYTES,
@@ -25,6 +26,9 @@ pub enum Precondition {
     Equals { key: String, value: Bytes },
     /// The key's `mod_revision` must be exactly this (0 means: the key must not exist).
     ModRevision { key: String, revision: u64 },
+    /// The key must exist and hold exactly the value `blob` names (compared by hash and
+    /// size, whether the value is kept inline or as a blob).
+    BlobEquals { key: String, blob: BlobRef },
 }
 
 impl Precondition {
@@ -34,7 +38,8 @@ impl Precondition {
             Precondition::Exists { key }
             | Precondition::NotExists { key }
             | Precondition::Equals { key, .. }
-            | Precondition::ModRevision { key, .. } => key,
+            | Precondition::ModRevision { key, .. }
+            | Precondition::BlobEquals { key, .. } => key,
         }
     }
 
@@ -45,6 +50,7 @@ impl Precondition {
             Precondition::NotExists { .. } => "not_exists",
             Precondition::Equals { .. } => "equals",
             Precondition::ModRevision { .. } => "mod_revision",
+            Precondition::BlobEquals { .. } => "equals_blob",
         }
     }
 }
@@ -89,6 +95,14 @@ pub enum Command {
         #[serde(deserialize_with = "crate::codec::nested")]
         command: Box<Command>,
     },
+    /// Set `key` to the value kept in the blob store as `blob`, only if every
+    /// precondition holds (none: always). The node that proposes it has made sure a
+    /// majority of the cluster holds the whole blob durably.
+    SetBlob {
+        key: String,
+        blob: BlobRef,
+        preconditions: Vec<Precondition>,
+    },
 }
 
 impl Command {
@@ -97,6 +111,13 @@ impl Command {
         match self {
             Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => vec![],
             Command::Leased { command, .. } => command.keys(),
+            Command::SetBlob {
+                key, preconditions, ..
+            } => preconditions
+                .iter()
+                .map(Precondition::key)
+                .chain([key.as_str()])
+                .collect(),
             Command::Set { key, .. }
             | Command::Delete { key }
             | Command::CompareAndSwap { key, .. }
@@ -129,6 +150,7 @@ impl Command {
             Command::LeaseGrant { .. } => "lease_grant",
             Command::LeaseRevoke { .. } => "lease_revoke",
             Command::Leased { command, .. } => command.name(),
+            Command::SetBlob { .. } => "set_blob",
         }
     }
 
@@ -144,7 +166,9 @@ impl Command {
     /// The keys the command sets (puts), not those it only deletes or checks.
     pub fn put_keys(&self) -> Vec<&str> {
         match self {
-            Command::Set { key, .. } | Command::CompareAndSwap { key, .. } => vec![key],
+            Command::Set { key, .. }
+            | Command::CompareAndSwap { key, .. }
+            | Command::SetBlob { key, .. } => vec![key],
             Command::SetMulti { writes } | Command::ConditionalSetMulti { writes, .. } => {
                 writes.iter().map(|(k, _)| k.as_str()).collect()
             }
@@ -186,6 +210,9 @@ impl Command {
         }
         for key in &keys {
             validate_key(key)?;
+        }
+        for (field, blob) in self.blobs() {
+            blob.validate(field)?;
         }
         let mut total = 0usize;
         for value in self.values() {
@@ -229,15 +256,30 @@ impl Command {
                 preconditions,
                 writes,
                 ..
-            } => preconditions
-                .iter()
-                .filter_map(|p| match p {
-                    Precondition::Equals { value, .. } => Some(&value[..]),
-                    _ => None,
-                })
+            } => equals_values(preconditions)
                 .chain(writes.iter().map(|(_, v)| &v[..]))
                 .collect(),
+            Command::SetBlob { preconditions, .. } => equals_values(preconditions).collect(),
         }
+    }
+
+    /// The blob references the command carries, each with the field that gives it.
+    fn blobs(&self) -> Vec<(&'static str, &BlobRef)> {
+        let preconditions = match self {
+            Command::SetBlob {
+                blob,
+                preconditions,
+                ..
+            } => {
+                return std::iter::once(("blob", blob))
+                    .chain(blob_preconditions(preconditions))
+                    .collect()
+            }
+            Command::ConditionalSetMulti { preconditions, .. } => preconditions,
+            Command::Leased { command, .. } => return command.blobs(),
+            _ => return vec![],
+        };
+        blob_preconditions(preconditions).collect()
     }
 
     /// A key written or deleted twice in one command has no clear meaning: refuse it.
@@ -264,6 +306,22 @@ impl Command {
         }
         Ok(())
     }
+}
+
+fn equals_values(preconditions: &[Precondition]) -> impl Iterator<Item = &[u8]> {
+    preconditions.iter().filter_map(|p| match p {
+        Precondition::Equals { value, .. } => Some(&value[..]),
+        _ => None,
+    })
+}
+
+fn blob_preconditions(
+    preconditions: &[Precondition],
+) -> impl Iterator<Item = (&'static str, &BlobRef)> {
+    preconditions.iter().filter_map(|p| match p {
+        Precondition::BlobEquals { blob, .. } => Some(("equals_blob", blob)),
+        _ => None,
+    })
 }
 
 fn check_lease_number(lease: u64) -> Result<(), ValidationError> {
@@ -355,6 +413,53 @@ mod tests {
                 max: MAX_KEY_BYTES
             })
         );
+    }
+
+    #[test]
+    fn a_blob_write_checks_its_blob_its_key_and_its_preconditions() {
+        let blob = |size| BlobRef {
+            hash: [3; 32],
+            size,
+        };
+        let set_blob = |key: &str, size, preconditions| Command::SetBlob {
+            key: key.into(),
+            blob: blob(size),
+            preconditions,
+        };
+        let max = crate::limits::MAX_BLOB_VALUE_BYTES;
+        assert!(set_blob("k", max, vec![]).validate().is_ok());
+        assert!(matches!(
+            set_blob("k", max + 1, vec![]).validate(),
+            Err(ValidationError::BlobTooLarge { .. })
+        ));
+        assert_eq!(
+            set_blob("", 5, vec![]).validate(),
+            Err(ValidationError::EmptyKey)
+        );
+        let guarded = |p| set_blob("k", 5, vec![p]);
+        assert!(guarded(Precondition::BlobEquals {
+            key: "k".into(),
+            blob: blob(1)
+        })
+        .validate()
+        .is_ok());
+        let err = guarded(Precondition::BlobEquals {
+            key: "k".into(),
+            blob: blob(0),
+        })
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("equals_blob"), "{err}");
+        assert!(matches!(
+            guarded(Precondition::Equals {
+                key: "k".into(),
+                value: vec![0; MAX_INLINE_VALUE_BYTES + 1].into(),
+            })
+            .validate(),
+            Err(ValidationError::ValueTooLarge { .. })
+        ));
+        assert_eq!(set_blob("k", 5, vec![]).keys(), vec!["k"]);
+        assert_eq!(set_blob("k", 5, vec![]).put_keys(), vec!["k"]);
     }
 
     #[test]

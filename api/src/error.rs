@@ -188,6 +188,9 @@ pub enum ValidationError {
     /// Value longer than the inline limit.
     #[error("value is {len} bytes, more than the inline limit of {max} bytes")]
     ValueTooLarge { len: usize, max: usize },
+    /// A value kept as a blob larger than its limit.
+    #[error("value is {size} bytes, more than the limit of {max} bytes for one value")]
+    BlobTooLarge { size: u64, max: u64 },
     /// Too many keys in one command.
     #[error("command names {count} keys (writes, deletes and preconditions), more than the limit of {max}: split it")]
     TooManyKeys { count: usize, max: usize },
@@ -221,9 +224,9 @@ impl ValidationError {
 impl From<ValidationError> for ApiError {
     fn from(err: ValidationError) -> Self {
         let code = match err {
-            ValidationError::ValueTooLarge { .. } | ValidationError::CommandTooLarge { .. } => {
-                ErrorCode::TooLarge
-            }
+            ValidationError::ValueTooLarge { .. }
+            | ValidationError::CommandTooLarge { .. }
+            | ValidationError::BlobTooLarge { .. } => ErrorCode::TooLarge,
             _ => ErrorCode::BadRequest,
         };
         ApiError::new(code, err.to_string())

@@ -43,6 +43,15 @@ pub enum ChangeKind {
     },
     /// The key was deleted (only keys that existed are recorded).
     Delete,
+    /// The key now holds the value kept in the blob store as `blob`.
+    PutBlob {
+        /// The new value's reference.
+        blob: crate::blob::BlobRef,
+        /// Revision of the write that created the key (this one, if `version` is 1).
+        create_revision: u64,
+        /// Writes since creation, this one included.
+        version: u64,
+    },
 }
 
 impl ChangeSet {
@@ -54,6 +63,8 @@ impl ChangeSet {
                 c.key.len()
                     + match &c.kind {
                         ChangeKind::Put { value, .. } => value.len(),
+                        // The reference travels, not the bytes.
+                        ChangeKind::PutBlob { .. } => 40,
                         ChangeKind::Delete => 0,
                     }
             })

@@ -9,6 +9,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::blob::JsonBlob;
 use crate::command::{Command, Precondition};
 use crate::error::{ErrorCode, ValidationError};
 use crate::lease::LeaseId;
@@ -186,6 +187,10 @@ pub struct CasRequest {
     /// The expected value as base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_base64: Option<String>,
+    /// The expected value by hash and size (a blob's reference, as `GET` shows it),
+    /// instead of `expected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_blob: Option<JsonBlob>,
     /// The new value as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_value: Option<String>,
@@ -213,6 +218,7 @@ impl CasRequest {
             key: key.into(),
             expected,
             expected_base64,
+            expected_blob: None,
             new_value,
             new_value_base64,
             lease: None,
@@ -221,7 +227,18 @@ impl CasRequest {
 
     /// The CompareAndSwap command.
     pub fn into_command(self) -> Result<Command, ValidationError> {
+        let expected_blob = match self.expected_blob {
+            Some(_) if self.expected.is_some() || self.expected_base64.is_some() => {
+                return Err(ValidationError::field(
+                    "expected_blob",
+                    "give one of `expected`, `expected_base64` and `expected_blob`",
+                ))
+            }
+            Some(blob) => Some(blob.parse("expected_blob")?),
+            None => None,
+        };
         let expected = match (self.expected, self.expected_base64) {
+            _ if expected_blob.is_some() => None,
             (Some(None), None) => None,
             (None, None) => {
                 return Err(ValidationError::field(
@@ -236,10 +253,21 @@ impl CasRequest {
             Some(lease) => vec![(self.key.clone(), LeaseId::parse_field("lease", lease)?)],
             None => vec![],
         };
-        let command = Command::CompareAndSwap {
-            key: self.key,
-            expected,
-            new_value,
+        let command = match expected_blob {
+            // A blob is compared by reference: the same command as a one-precondition txn.
+            Some(blob) => Command::ConditionalSetMulti {
+                preconditions: vec![Precondition::BlobEquals {
+                    key: self.key.clone(),
+                    blob,
+                }],
+                writes: vec![(self.key, new_value)],
+                deletes: vec![],
+            },
+            None => Command::CompareAndSwap {
+                key: self.key,
+                expected,
+                new_value,
+            },
         };
         let command = with_leases(command, leases)?;
         command.validate()?;
@@ -259,6 +287,10 @@ pub struct CadRequest {
     /// The expected value as base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_base64: Option<String>,
+    /// The expected value by hash and size (a blob's reference, as `GET` shows it),
+    /// instead of `expected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_blob: Option<JsonBlob>,
 }
 
 impl CadRequest {
@@ -269,11 +301,30 @@ impl CadRequest {
             key: key.into(),
             expected,
             expected_base64,
+            expected_blob: None,
         }
     }
 
     /// The CompareAndDelete command.
     pub fn into_command(self) -> Result<Command, ValidationError> {
+        if let Some(blob) = &self.expected_blob {
+            if self.expected.is_some() || self.expected_base64.is_some() {
+                return Err(ValidationError::field(
+                    "expected_blob",
+                    "give one of `expected`, `expected_base64` and `expected_blob`",
+                ));
+            }
+            let command = Command::ConditionalSetMulti {
+                preconditions: vec![Precondition::BlobEquals {
+                    key: self.key.clone(),
+                    blob: blob.parse("expected_blob")?,
+                }],
+                writes: vec![],
+                deletes: vec![self.key],
+            };
+            command.validate()?;
+            return Ok(command);
+        }
         let expected = decode_value("expected", self.expected, self.expected_base64)?;
         let command = Command::CompareAndDelete {
             key: self.key,
@@ -305,6 +356,10 @@ pub struct JsonPrecondition {
     /// The key's mod_revision must be this (0: the key must not exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mod_revision: Option<u64>,
+    /// The key must hold the value with this hash and size (a blob's reference, as `GET`
+    /// shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals_blob: Option<JsonBlob>,
 }
 
 impl JsonPrecondition {
@@ -315,11 +370,13 @@ impl JsonPrecondition {
             self.not_exists.is_some(),
             self.equals.is_some() || self.equals_base64.is_some(),
             self.mod_revision.is_some(),
+            self.equals_blob.is_some(),
         ];
         if given.iter().filter(|g| **g).count() != 1 {
             return Err(ValidationError::field(
                 at,
-                "give exactly one of `exists: true`, `not_exists: true`, `equals`/`equals_base64`, `mod_revision`",
+                "give exactly one of `exists: true`, `not_exists: true`, `equals`/`equals_base64`, \
+                 `mod_revision`, `equals_blob`",
             ));
         }
         if self.exists == Some(false) || self.not_exists == Some(false) {
@@ -334,6 +391,9 @@ impl JsonPrecondition {
             Precondition::NotExists { key }
         } else if let Some(revision) = self.mod_revision {
             Precondition::ModRevision { key, revision }
+        } else if let Some(blob) = &self.equals_blob {
+            let blob = blob.parse(&format!("{at}.equals_blob"))?;
+            Precondition::BlobEquals { key, blob }
         } else {
             let value = decode_value(&format!("{at}.equals"), self.equals, self.equals_base64)?;
             Precondition::Equals { key, value }
@@ -353,6 +413,7 @@ impl JsonPrecondition {
                 (out.equals, out.equals_base64) = encode_value(value);
             }
             Precondition::ModRevision { revision, .. } => out.mod_revision = Some(*revision),
+            Precondition::BlobEquals { blob, .. } => out.equals_blob = Some(JsonBlob::from(blob)),
         }
         out
     }
@@ -405,6 +466,10 @@ pub struct JsonEntry {
     /// The value as base64, when it is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_base64: Option<String>,
+    /// When the value is kept in the blob store: its hash and size, instead of `value`
+    /// (`?raw` returns its bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<JsonBlob>,
     /// Revision that created the key.
     pub create_revision: u64,
     /// Revision of the last write.
@@ -418,11 +483,15 @@ pub struct JsonEntry {
 impl JsonEntry {
     /// The JSON form of an entry of `cluster`.
     pub fn new(entry: &KvEntry, cluster: &str) -> Self {
-        let (value, value_base64) = encode_value(&entry.value);
+        let (value, value_base64) = match entry.blob {
+            Some(_) => (None, None),
+            None => encode_value(&entry.value),
+        };
         JsonEntry {
             key: entry.key.clone(),
             value,
             value_base64,
+            blob: entry.blob.as_ref().map(JsonBlob::from),
             create_revision: entry.create_revision,
             mod_revision: entry.mod_revision,
             version: entry.version,
@@ -432,12 +501,26 @@ impl JsonEntry {
 
     /// Back to an entry (for clients).
     pub fn into_entry(self) -> Result<KvEntry, ValidationError> {
+        let (value, blob) = match (&self.blob, &self.value, &self.value_base64) {
+            (Some(blob), None, None) => (Vec::new(), Some(blob.parse("blob")?)),
+            (Some(_), _, _) => {
+                return Err(ValidationError::field(
+                    "blob",
+                    "an entry holds either `value`/`value_base64` or `blob`, not both",
+                ))
+            }
+            (None, _, _) => (
+                decode_value("value", self.value, self.value_base64)?.into(),
+                None,
+            ),
+        };
         Ok(KvEntry {
-            value: decode_value("value", self.value, self.value_base64)?.into(),
+            value,
             key: self.key,
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
+            blob,
         })
     }
 }

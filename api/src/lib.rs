@@ -10,6 +10,7 @@
 //! # Layout
 //!
 //! - [`admin`]: status and cluster-membership bodies (JSON).
+//! - [`blob`]: [`BlobRef`], how a value kept in the blob store is named.
 //! - [`codec`]: the versioned binary encoding of every wire and disk format.
 //! - [`limits`]: every size and count limit, as named constants.
 //! - [`command`]: the write commands (`Set` … `ConditionalSetMulti`) and their validation.
@@ -28,6 +29,7 @@
 //!   node and the router.
 
 pub mod admin;
+pub mod blob;
 pub mod client;
 pub mod codec;
 pub mod command;
@@ -46,6 +48,7 @@ pub mod types;
 pub mod watch;
 pub mod wire;
 
+pub use blob::BlobRef;
 pub use client::{AspenClient, ClientError};
 pub use command::{Command, Precondition};
 pub use error::{ApiError, ErrorCode, ValidationError};

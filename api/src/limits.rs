@@ -6,9 +6,13 @@
 pub const MAX_KEY_BYTES: usize = 1024;
 
 /// Largest value stored inline in the Raft log. Every byte of a value is replicated to
-/// every member and fsynced on each, so bigger values belong in the blob store
-/// (refused with 413 `too_large` until blobs land).
+/// every member and fsynced on each, so a bigger value goes to the blob store and the log
+/// holds only its reference.
 pub const MAX_INLINE_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Largest value, kept as a blob (DESIGN.md, "Limits"). A blob's bytes are never held whole
+/// in memory, so the bound is about disk and transfer time, not RAM.
+pub const MAX_BLOB_VALUE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// Most keys one multi-key command may touch, counting writes, deletes and precondition
 /// keys. One command is one Raft entry; a bound keeps entries and their apply time small.

@@ -26,6 +26,7 @@ pub mod auth;
 pub mod error;
 mod lease;
 mod listen;
+mod range;
 mod read;
 pub mod tls;
 pub mod watch;
@@ -88,11 +89,64 @@ pub trait KvBackend: Send + Sync + 'static {
         op: crate::lease::LeaseOp,
     ) -> impl Future<Output = Result<LeaseReply, ApiError>> + Send;
 
+    /// Stores a value above the inline limit: streams `put.body` into the blob store and
+    /// writes its reference to `put.key` once a majority of the cluster holds the blob.
+    /// A process that cannot (the router, until it streams to a node) refuses with 413
+    /// `too_large` before reading the body.
+    fn put_blob(&self, put: BlobPut) -> impl Future<Output = Result<Written, ApiError>> + Send {
+        async move {
+            Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the value for {:?} is over the inline limit of {MAX_INLINE_VALUE_BYTES} \
+                     bytes, and this process does not take values kept as blobs: PUT it to a \
+                     node of the cluster that owns the key",
+                    put.key
+                ),
+            ))
+        }
+    }
+
+    /// Streams the bytes of `blob`, the value of `key` in `cluster` (a read already
+    /// answered with its reference), from `range.0` for `range.1` bytes.
+    fn read_blob(
+        &self,
+        key: &str,
+        cluster: &str,
+        blob: crate::BlobRef,
+        range: (u64, u64),
+    ) -> impl Future<Output = Result<ValueStream, ApiError>> + Send {
+        let message = format!(
+            "the value of {key:?} is kept as a blob ({} bytes), and this process does not \
+             stream blobs: read it with ?raw from a node of cluster {cluster}",
+            blob.size
+        );
+        let _ = range;
+        async move { Err(ApiError::new(ErrorCode::TooLarge, message)) }
+    }
+
     /// Records one finished request in the metrics: `op` is one of `get`, `scan`, `put`,
     /// `delete`, `batch`, `cas`, `cad`, `txn`, `watch` (its opening), `lease_grant`,
     /// `lease_keepalive`, `lease_get`, `lease_revoke`; `status` is the HTTP status answered;
     /// `seconds` is the time from the request's arrival to its answer.
     fn observe(&self, op: &'static str, status: u16, seconds: f64);
+}
+
+/// A value's bytes as they stream in or out: chunks, or an error that says what broke
+/// (a client that went away, a store that failed).
+pub type ValueStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, String>>;
+
+/// A `PUT` of a value above the inline limit, as it arrives.
+pub struct BlobPut {
+    /// The key.
+    pub key: String,
+    /// The lease the key takes (`?lease=ID`).
+    pub lease: Option<crate::lease::LeaseId>,
+    /// The body's length when the client declared it (`Content-Length`); at most
+    /// [`MAX_BLOB_VALUE_BYTES`](crate::limits::MAX_BLOB_VALUE_BYTES) (checked before).
+    pub declared: Option<u64>,
+    /// The body, from its first byte.
+    pub body: ValueStream,
 }
 
 /// The answer to a write: the state machine's result and the cluster that applied it.
@@ -216,8 +270,8 @@ impl Freshness {
 }
 
 /// The KV routes of the API over `backend`, with their body limits: `/v1/kv`, `/v1/kv/`
-/// and `/v1/kv/{*key}` (GET, PUT, DELETE; a body is one value, at most
-/// [`MAX_INLINE_VALUE_BYTES`]), and `POST /v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`
+/// and `/v1/kv/{*key}` (GET, PUT, DELETE; a body is one value: inline up to
+/// [`MAX_INLINE_VALUE_BYTES`], streamed into the backend's blob store above), and `POST /v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`
 /// (JSON bodies of at most [`MAX_JSON_BODY_BYTES`]). The router has no fallback: merge
 /// it with the process's own routes and then add [`fallbacks`].
 pub fn kv_routes<B: KvBackend>(backend: Arc<B>) -> axum::Router {
@@ -240,7 +294,9 @@ pub fn kv_routes<B: KvBackend>(backend: Arc<B>) -> axum::Router {
                 .put(write::put::<B>)
                 .delete(write::delete::<B>),
         )
-        .layer(DefaultBodyLimit::max(MAX_INLINE_VALUE_BYTES));
+        // A PUT body streams: up to the inline limit it is one value in the log, above it
+        // the backend streams it into the blob store (`write::read_value` bounds both).
+        .layer(DefaultBodyLimit::disable());
     let json_routes = axum::Router::new()
         .route("/v1/batch", post(write::batch::<B>))
         .route("/v1/cas", post(write::cas::<B>))
@@ -365,6 +421,7 @@ mod tests {
             create_revision: 1,
             mod_revision: 2,
             version: 1,
+            blob: None,
         }
     }
 

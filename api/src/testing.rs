@@ -6,6 +6,7 @@ use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 
+use crate::blob::BlobRef;
 use crate::command::{Command, Precondition};
 use crate::error::{ApiError, ErrorCode};
 use crate::feed::{ChangeKind, ChangeSet, KeyChange};
@@ -43,7 +44,13 @@ pub fn precondition() -> impl Strategy<Value = Precondition> {
         (key(), shared_value()).prop_map(|(key, value)| Precondition::Equals { key, value }),
         (key(), any::<u64>())
             .prop_map(|(key, revision)| Precondition::ModRevision { key, revision }),
+        (key(), blob_ref()).prop_map(|(key, blob)| Precondition::BlobEquals { key, blob }),
     ]
+}
+
+/// Any blob reference (not necessarily valid).
+pub fn blob_ref() -> impl Strategy<Value = BlobRef> {
+    (any::<[u8; 32]>(), any::<u64>()).prop_map(|(hash, size)| BlobRef { hash, size })
 }
 
 fn pairs() -> impl Strategy<Value = Vec<(String, bytes::Bytes)>> {
@@ -136,20 +143,36 @@ fn key_command() -> impl Strategy<Value = Command> {
                 deletes,
             }
         ),
+        (key(), blob_ref(), vec(precondition(), 0..3)).prop_map(|(key, blob, preconditions)| {
+            Command::SetBlob {
+                key,
+                blob,
+                preconditions,
+            }
+        }),
     ]
 }
 
 /// Any stored entry.
 pub fn kv_entry() -> impl Strategy<Value = KvEntry> {
-    (key(), value(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-        |(key, value, create_revision, mod_revision, version)| KvEntry {
-            key,
-            value,
-            create_revision,
-            mod_revision,
-            version,
-        },
+    (
+        key(),
+        value(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        option::of(blob_ref()),
     )
+        .prop_map(
+            |(key, value, create_revision, mod_revision, version, blob)| KvEntry {
+                key,
+                value: if blob.is_some() { vec![] } else { value },
+                create_revision,
+                mod_revision,
+                version,
+                blob,
+            },
+        )
 }
 
 /// Any error code.
@@ -344,20 +367,24 @@ pub fn key_filter() -> impl Strategy<Value = KeyFilter> {
 
 /// Any change set of the feed.
 pub fn change_set() -> impl Strategy<Value = ChangeSet> {
-    let change =
-        (key(), option::of((value(), any::<u64>(), any::<u64>()))).prop_map(|(key, put)| {
-            KeyChange {
-                key,
-                kind: match put {
-                    Some((value, create_revision, version)) => ChangeKind::Put {
-                        value: value.into(),
-                        create_revision,
-                        version,
-                    },
-                    None => ChangeKind::Delete,
-                },
+    let kind = prop_oneof![
+        (value(), any::<u64>(), any::<u64>()).prop_map(|(value, create_revision, version)| {
+            ChangeKind::Put {
+                value: value.into(),
+                create_revision,
+                version,
             }
-        });
+        }),
+        Just(ChangeKind::Delete),
+        (blob_ref(), any::<u64>(), any::<u64>()).prop_map(|(blob, create_revision, version)| {
+            ChangeKind::PutBlob {
+                blob,
+                create_revision,
+                version,
+            }
+        }),
+    ];
+    let change = (key(), kind).prop_map(|(key, kind)| KeyChange { key, kind });
     (any::<u64>(), any::<u64>(), vec(change, 0..4)).prop_map(|(revision, time_ms, changes)| {
         ChangeSet {
             revision,

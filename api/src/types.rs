@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::blob::BlobRef;
 use crate::command::Precondition;
 
 /// One stored key with etcd-style metadata. A cluster's revision is the Raft log index of
@@ -11,7 +12,7 @@ use crate::command::Precondition;
 pub struct KvEntry {
     /// The key.
     pub key: String,
-    /// The value, exactly as written (binary safe).
+    /// The value, exactly as written (binary safe); empty when the value is a blob.
     #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Revision of the write that created the key (since its last deletion).
@@ -20,6 +21,50 @@ pub struct KvEntry {
     pub mod_revision: u64,
     /// Writes since creation: 1 after the create, +1 per later write.
     pub version: u64,
+    /// When the value is kept in the blob store: its reference (and `value` is empty).
+    pub blob: Option<BlobRef>,
+}
+
+impl KvEntry {
+    /// An entry holding `value` inline.
+    pub fn inline(
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+        create_revision: u64,
+        mod_revision: u64,
+        version: u64,
+    ) -> KvEntry {
+        KvEntry {
+            key: key.into(),
+            value: value.into(),
+            create_revision,
+            mod_revision,
+            version,
+            blob: None,
+        }
+    }
+
+    /// Whether the entry holds exactly `value`: the bytes when inline, the hash and size
+    /// when a blob.
+    pub fn holds(&self, value: &[u8]) -> bool {
+        match &self.blob {
+            Some(blob) => blob.matches(value),
+            None => self.value == value,
+        }
+    }
+
+    /// Whether the entry holds exactly the value `blob` names, inline or as a blob.
+    pub fn holds_blob(&self, blob: &BlobRef) -> bool {
+        match &self.blob {
+            Some(own) => own == blob,
+            None => blob.matches(&self.value),
+        }
+    }
+
+    /// The value's length in bytes, inline or as a blob.
+    pub fn value_len(&self) -> u64 {
+        self.blob.map_or(self.value.len() as u64, |b| b.size)
+    }
 }
 
 /// What a key looked like when a precondition was checked against it.

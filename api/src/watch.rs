@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::blob::JsonBlob;
 use crate::error::ErrorCode;
 use crate::feed::{ChangeKind, ChangeSet};
 use crate::json::encode_value;
@@ -131,6 +132,10 @@ pub struct WatchEvent {
     /// A put's value as base64, when it is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_base64: Option<String>,
+    /// A put's value kept in the blob store: its hash and size, instead of `value`
+    /// (read the bytes with `GET /v1/kv/{key}?raw`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<JsonBlob>,
     /// A put's create revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_revision: Option<u64>,
@@ -215,16 +220,32 @@ pub fn events_of(set: &ChangeSet) -> Vec<WatchEvent> {
                     key: c.key.clone(),
                     value,
                     value_base64,
+                    blob: None,
                     create_revision: Some(*create_revision),
                     mod_revision: set.revision,
                     version: Some(*version),
                 }
             }
+            ChangeKind::PutBlob {
+                blob,
+                create_revision,
+                version,
+            } => WatchEvent {
+                kind: EventKind::Put,
+                key: c.key.clone(),
+                value: None,
+                value_base64: None,
+                blob: Some(JsonBlob::from(blob)),
+                create_revision: Some(*create_revision),
+                mod_revision: set.revision,
+                version: Some(*version),
+            },
             ChangeKind::Delete => WatchEvent {
                 kind: EventKind::Delete,
                 key: c.key.clone(),
                 value: None,
                 value_base64: None,
+                blob: None,
                 create_revision: None,
                 mod_revision: set.revision,
                 version: None,

@@ -52,8 +52,9 @@ pub use status::{MemberReport, StatusReport};
 pub const KV_ALPN: &[u8] = b"aspen/kv/2";
 
 /// The encoding of every `aspen/kv/2` message. Version 1 was the first versioned format;
-/// version 2 appends the error codes `unauthorized` and `forbidden`.
-pub const KV_FORMAT: Format = Format::new("aspen/kv/2 message", 2);
+/// version 2 appends the error codes `unauthorized` and `forbidden`; version 3 gives an
+/// entry its blob reference (`KvEntry::blob`).
+pub const KV_FORMAT: Format = Format::new("aspen/kv/2 message", 3);
 
 /// A message of `aspen/kv/2`: a request or a response.
 pub trait Message: serde::Serialize + serde::de::DeserializeOwned + sealed::Sealed {}

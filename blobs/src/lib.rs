@@ -45,7 +45,7 @@ pub fn store_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// The largest value kept as a blob (DESIGN.md, "Limits": 4 GiB).
-pub const MAX_BLOB_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+pub const MAX_BLOB_BYTES: u64 = aspen_api::limits::MAX_BLOB_VALUE_BYTES;
 
 /// A blob as the state machine refers to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +54,24 @@ pub struct BlobRef {
     pub hash: Hash,
     /// Length of the bytes.
     pub size: u64,
+}
+
+impl From<aspen_api::BlobRef> for BlobRef {
+    fn from(blob: aspen_api::BlobRef) -> Self {
+        BlobRef {
+            hash: Hash::from_bytes(blob.hash),
+            size: blob.size,
+        }
+    }
+}
+
+impl From<BlobRef> for aspen_api::BlobRef {
+    fn from(blob: BlobRef) -> Self {
+        aspen_api::BlobRef {
+            hash: *blob.hash.as_bytes(),
+            size: blob.size,
+        }
+    }
 }
 
 impl fmt::Display for BlobRef {

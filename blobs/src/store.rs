@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::{SinkExt, Stream, StreamExt};
 use iroh::{Endpoint, EndpointAddr};
 use iroh_blobs::api::blobs::{BlobReader, BlobStatus};
+use iroh_blobs::api::proto::ExportRangesItem;
 use iroh_blobs::api::TempTag;
 use iroh_blobs::store::fs::options::Options;
 use iroh_blobs::store::fs::FsStore;
@@ -24,9 +25,10 @@ use crate::{durable, BlobError, BlobRef};
 /// import holds in memory is this many of its source's chunks.
 pub const IMPORT_CHUNKS: usize = 4;
 
-/// The hashes the caller keeps alive (the blobs the state machine references, and those
-/// in their grace period), asked for on every collection run.
-pub type Protect = Arc<dyn Fn() -> Vec<Hash> + Send + Sync>;
+/// The hashes the caller keeps alive (the blobs the state machine references), asked for
+/// on every collection run. An `Err` (the references could not be read) skips the run:
+/// nothing is deleted on a list that may be incomplete.
+pub type Protect = Arc<dyn Fn() -> Result<Vec<Hash>, String> + Send + Sync>;
 
 /// Garbage collection: how often, and what besides temporary tags it keeps.
 pub struct GcSettings {
@@ -231,6 +233,52 @@ impl BlobStore {
         self.store.reader(hash)
     }
 
+    /// Streams `len` bytes of blob `hash` from byte `start`, each verified against the
+    /// hash as it is read, in the store's own chunks (not copied). A blob that is not
+    /// here, or shorter than the range, ends the stream with an error.
+    pub fn read_range(
+        &self,
+        hash: Hash,
+        start: u64,
+        len: u64,
+    ) -> impl Stream<Item = Result<Bytes, BlobError>> + Send + 'static {
+        let end = start.saturating_add(len);
+        let items = Box::pin(self.store.export_ranges(hash, start..end).stream());
+        let short = move |at: u64| {
+            store_err("reading a blob")(&format!(
+                "blob {hash} ended at byte {at}, before the end of bytes {start}..{end}"
+            ))
+        };
+        futures::stream::unfold(Some((items, start)), move |state| async move {
+            let (mut items, at) = state?;
+            loop {
+                match items.next().await {
+                    Some(ExportRangesItem::Size(_)) => {}
+                    // iroh-blobs rounds the range out to whole chunks: cut each leaf to it.
+                    Some(ExportRangesItem::Data(leaf)) => {
+                        let leaf_end = leaf.offset + leaf.data.len() as u64;
+                        let to = end.min(leaf_end);
+                        if to <= at {
+                            continue;
+                        }
+                        if leaf.offset > at {
+                            return Some((Err(short(at)), None));
+                        }
+                        let bytes = leaf
+                            .data
+                            .slice((at - leaf.offset) as usize..(to - leaf.offset) as usize);
+                        return Some((Ok(bytes), Some((items, to))));
+                    }
+                    Some(ExportRangesItem::Error(e)) => {
+                        return Some((Err(store_err("reading a blob")(&e)), None))
+                    }
+                    None if at < end => return Some((Err(short(at)), None)),
+                    None => return None,
+                }
+            }
+        })
+    }
+
     /// The iroh-blobs store (for iroh-docs).
     pub fn inner(&self) -> &FsStore {
         &self.store
@@ -291,8 +339,16 @@ fn protect_cb(protect: Protect, also: Option<ProtectCb>) -> ProtectCb {
                     return ProtectOutcome::Abort;
                 }
             }
-            live.extend(protect());
-            ProtectOutcome::Continue
+            match protect() {
+                Ok(hashes) => {
+                    live.extend(hashes);
+                    ProtectOutcome::Continue
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "blob collection skipped: its references could not be read");
+                    ProtectOutcome::Abort
+                }
+            }
         })
     })
 }

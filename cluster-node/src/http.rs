@@ -14,13 +14,15 @@ use aspen_api::lease::{cross_cluster, LeaseOp, LeaseRequest};
 use aspen_api::limits::MAX_JSON_BODY_BYTES;
 use aspen_api::server::auth::require_admin;
 use aspen_api::server::{
-    fallbacks, kv_routes, KvBackend, LeaseReply, ReadAnswer, ReadOptions, WatchStream, Written,
+    fallbacks, kv_routes, BlobPut, KvBackend, LeaseReply, ReadAnswer, ReadOptions, ValueStream,
+    WatchStream, Written,
 };
 use aspen_api::watch::WatchRequest;
-use aspen_api::{ApiError, Command, ErrorCode, ReadRequest};
+use aspen_api::{ApiError, BlobRef, Command, ErrorCode, ReadRequest};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
+use crate::blob_values::BlobValues;
 use crate::metrics::NodeMetrics;
 use crate::service::KvService;
 use crate::watch::FeedHub;
@@ -38,6 +40,8 @@ pub struct NodeBackend {
     pub hub: Arc<FeedHub>,
     /// The federation exporter's status, when the node's cluster exports.
     pub export: Option<tokio::sync::watch::Receiver<aspen_federation::export::ExportStatus>>,
+    /// Writes and reads values kept as blobs.
+    pub blobs: BlobValues,
 }
 
 impl KvBackend for NodeBackend {
@@ -94,6 +98,22 @@ impl KvBackend for NodeBackend {
             answer,
             cluster: cluster.clone(),
         })
+    }
+
+    async fn put_blob(&self, put: BlobPut) -> Result<Written, ApiError> {
+        let result = self.blobs.put(put).await?;
+        let cluster = self.service.cluster.clone();
+        Ok(Written { result, cluster })
+    }
+
+    async fn read_blob(
+        &self,
+        _key: &str,
+        _cluster: &str,
+        blob: BlobRef,
+        (start, len): (u64, u64),
+    ) -> Result<ValueStream, ApiError> {
+        self.blobs.read(blob, start, len).await
     }
 
     fn observe(&self, op: &'static str, status: u16, seconds: f64) {

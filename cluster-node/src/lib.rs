@@ -22,6 +22,9 @@
 //!   made.
 //! - [`blob_hold`]: `aspen/blob-hold/1`, asking the other members to hold a blob before a
 //!   reference to it is proposed, and serving those asks.
+//! - [`blob_repair`]: fetching the blobs this node's values reference and it lacks.
+//! - [`blob_values`]: values above the inline limit: a `PUT` streamed into the blob store
+//!   and held on a majority before its reference is written; a `GET ?raw` streamed out.
 //! - [`leader_contact`]: when a follower last heard from its leader, for stale reads.
 //! - [`http`]: the public HTTP API: `aspen_api::server`'s KV routes over the KV service,
 //!   plus status, membership, health and metrics.
@@ -44,6 +47,8 @@
 pub mod admission;
 pub mod batcher;
 pub mod blob_hold;
+pub mod blob_repair;
+pub mod blob_values;
 pub mod faults;
 pub mod federation;
 pub mod handoff;

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aspen_api::server::auth::{self, Policy, PolicyCell};
@@ -24,6 +24,7 @@ use aspen_federation::stack::DocsProtection;
 use aspen_federation::{Federation, Replicas};
 
 use crate::blob_hold::{hold_on_majority, HoldProtocol, NotOnMajority, BLOB_HOLD_ALPN};
+use crate::blob_values::BlobValues;
 use crate::federation::{self, NodeFeed};
 use crate::http::{self, NodeBackend};
 use crate::kv_server::KvProtocol;
@@ -34,7 +35,7 @@ use crate::raft_network::{
 };
 use crate::raft_types::{AspenRaft, MemberNode};
 use crate::service::KvService;
-use crate::storage;
+use crate::storage::{self, StateMachine};
 use crate::transport::{bind_endpoint, load_or_create_secret_key, Access, Transport};
 use crate::watch::FeedHub;
 
@@ -163,25 +164,46 @@ pub fn openraft_config(config: &NodeConfig) -> Result<openraft::Config, NodeErro
 }
 
 /// Opens the node's blob store (`blobs/` under `data_dir`, taking over the store an earlier
-/// version kept for federation). With federation, iroh-docs' protection comes with it and
-/// unreferenced blobs are collected every [`aspen_blobs::GC_INTERVAL`]; without, nothing is
-/// collected yet: the only blobs are a federation's (kept for when it is configured again).
+/// version kept for federation). Unreferenced blobs are collected every
+/// [`aspen_blobs::GC_INTERVAL`]; every blob the state machine references is kept (it is
+/// opened after the store: until it is set in `state`, collection is skipped), and with
+/// federation so is every blob its documents reference. A node that was federated and is
+/// no more collects nothing: its documents' blobs are kept for when federation is
+/// configured again (remove `federation/` from the data dir to let them go).
 async fn open_blobs(
     data_dir: &std::path::Path,
     federated: bool,
+    state: Arc<OnceLock<StateMachine>>,
 ) -> Result<(BlobStore, Option<DocsProtection>), NodeError> {
     let dir = aspen_blobs::store_dir(data_dir);
     aspen_federation::stack::move_old_blob_store(data_dir, &dir)?;
+    let protect: aspen_blobs::Protect = Arc::new(move || {
+        let sm = state
+            .get()
+            .ok_or_else(|| "the state machine is not open yet".to_string())?;
+        let hashes = sm.referenced_blobs().map_err(|e| e.to_string())?;
+        Ok(hashes
+            .into_iter()
+            .map(aspen_blobs::Hash::from_bytes)
+            .collect())
+    });
+    let gc = |also| GcSettings {
+        interval: aspen_blobs::GC_INTERVAL,
+        protect,
+        also,
+    };
     let (protection, gc) = if federated {
         let (protection, callback) = aspen_federation::stack::docs_protection();
-        let gc = GcSettings {
-            interval: aspen_blobs::GC_INTERVAL,
-            protect: Arc::new(Vec::new),
-            also: Some(callback),
-        };
-        (Some(protection), Some(gc))
-    } else {
+        (Some(protection), Some(gc(Some(callback))))
+    } else if aspen_federation::stack::has_documents(data_dir) {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "blob collection is off: this node holds federation documents but federation is \
+             not configured; configure it again, or remove federation/ from the data dir"
+        );
         (None, None)
+    } else {
+        (None, Some(gc(None)))
     };
     Ok((BlobStore::open(&dir, gc).await?, protection))
 }
@@ -233,9 +255,15 @@ impl Node {
             );
         }
         let federation_setup = federation::setup(&config)?;
-        let (blobs, docs_protection) =
-            open_blobs(&config.data_dir, federation_setup.is_some()).await?;
+        let referenced = Arc::new(OnceLock::new());
+        let (blobs, docs_protection) = open_blobs(
+            &config.data_dir,
+            federation_setup.is_some(),
+            referenced.clone(),
+        )
+        .await?;
         let (log_store, state_machine) = storage::open(&config.data_dir, (&config.feed).into())?;
+        let _ = referenced.set(state_machine.clone());
         let raft = AspenRaft::new(
             config.node_id,
             Arc::new(openraft_config(&config)?),
@@ -265,6 +293,7 @@ impl Node {
         crate::admission::restrict_blobs(transport.access(), &config, raft.clone())?;
         let pending_blobs = Pending::default();
         let state_machine_for_watch = state_machine.clone();
+        let state_machine_for_repair = state_machine.clone();
         let federation = match federation_setup {
             Some(setup) => {
                 federation::restrict(transport.access(), &config, raft.clone())?;
@@ -298,7 +327,7 @@ impl Node {
                     blobs.clone(),
                     service.clone(),
                     transport.clone(),
-                    pending_blobs,
+                    pending_blobs.clone(),
                 ),
             );
         for (alpn, handler) in federation.iter().flat_map(|f| f.handlers()) {
@@ -310,8 +339,24 @@ impl Node {
             source,
         })?;
         let hub = FeedHub::start(state_machine_for_watch, config.cluster.clone());
+        // Stops the node's background tasks (lease expiry, blob repair).
         let (expiry_stop, expiry_stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(crate::service::run_expiry(service.clone(), expiry_stopped));
+        tokio::spawn(crate::service::run_expiry(
+            service.clone(),
+            expiry_stopped.clone(),
+        ));
+        let blob_values = BlobValues {
+            store: blobs.clone(),
+            pending: pending_blobs,
+            transport: transport.clone(),
+            node_id: config.node_id,
+            service: service.clone(),
+        };
+        tokio::spawn(crate::blob_repair::run(
+            blob_values.clone(),
+            state_machine_for_repair,
+            expiry_stopped,
+        ));
         let metrics = Arc::new(NodeMetrics::default());
         let http_stats = metrics.http.clone();
         let backend = NodeBackend {
@@ -319,6 +364,7 @@ impl Node {
             metrics,
             hub: hub.clone(),
             export: federation.as_ref().and_then(Federation::export_watch),
+            blobs: blob_values,
         };
         let (http_stop, stopped) = oneshot::channel::<()>();
         let policy = PolicyCell::new(config.auth.as_ref().map(Policy::from_config));

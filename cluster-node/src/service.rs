@@ -66,7 +66,7 @@ enum Attempt<T> {
 
 /// What forwarding came to.
 enum Forwarded {
-    Answer(KvResponse),
+    Answer(Box<KvResponse>),
     /// Certainly not delivered: safe to retry.
     NotDelivered,
 }
@@ -303,10 +303,14 @@ impl KvService {
             };
             if let Some((leader_id, node)) = leader.filter(|(id, _)| *id != self.node_id) {
                 leader_known = true;
-                match self.forward(&node, request, deadline).await? {
-                    Forwarded::Answer(KvResponse::Error(e)) => return Err(e),
-                    Forwarded::Answer(KvResponse::NotLeader { .. }) | Forwarded::NotDelivered => {}
-                    Forwarded::Answer(answer) => {
+                let answer = match self.forward(&node, request, deadline).await? {
+                    Forwarded::Answer(answer) => *answer,
+                    Forwarded::NotDelivered => KvResponse::NotLeader { leader: None },
+                };
+                match answer {
+                    KvResponse::Error(e) => return Err(e),
+                    KvResponse::NotLeader { .. } => {}
+                    answer => {
                         return accept(answer).unwrap_or_else(|| {
                             Err(ApiError::new(
                                 ErrorCode::Internal,
@@ -347,7 +351,7 @@ impl KvService {
             .await
         {
             Ok(bytes) => wire::decode::<KvResponse>(&bytes)
-                .map(Forwarded::Answer)
+                .map(|answer| Forwarded::Answer(Box::new(answer)))
                 .map_err(|e| {
                     ApiError::new(
                         ErrorCode::Internal,

@@ -19,8 +19,8 @@ pub const SEGMENT: Format = Format::new("federation segment", 1);
 pub const CHECKPOINT_META: Format = Format::new("federation checkpoint metadata", 1);
 /// The heartbeat entry (`h`).
 pub const HEARTBEAT: Format = Format::new("federation heartbeat", 1);
-/// One frame of a checkpoint blob.
-pub const CHECKPOINT_FRAME: Format = Format::new("federation checkpoint frame", 1);
+/// One frame of a checkpoint blob. Version 2: an entry may hold a blob reference.
+pub const CHECKPOINT_FRAME: Format = Format::new("federation checkpoint frame", 2);
 /// First bytes of a checkpoint blob.
 pub const CHECKPOINT_MAGIC: &[u8; 8] = b"ASPNCKPT";
 
@@ -234,7 +234,7 @@ mod tests {
             revision: 9,
             time_ms: 5,
         };
-        assert_eq!(hex(&frame(&header)), "050000000102030905");
+        assert_eq!(hex(&frame(&header)), "050000000202030905");
     }
 
     #[test]

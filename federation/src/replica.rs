@@ -14,13 +14,13 @@ use std::sync::Mutex;
 
 use aspen_api::feed::{ChangeKind, ChangeSet};
 use aspen_api::types::scan_bounds;
-use aspen_api::{KvEntry, ReadRequest, ReadResult, ScanPage};
+use aspen_api::{BlobRef, KvEntry, ReadRequest, ReadResult, ScanPage};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::FederationError;
 
 /// Schema version of `replica.db` (SQLite `user_version`).
-pub const REPLICA_SCHEMA_VERSION: i64 = 1;
+pub const REPLICA_SCHEMA_VERSION: i64 = 2;
 
 /// Read connections kept for reuse.
 const MAX_IDLE_READERS: usize = 8;
@@ -85,7 +85,26 @@ fn entry_from_row(source_key: Vec<u8>, row: &rusqlite::Row<'_>) -> rusqlite::Res
         create_revision: row.get::<_, i64>(2)? as u64,
         mod_revision: row.get::<_, i64>(3)? as u64,
         version: row.get::<_, i64>(4)? as u64,
+        blob: blob_from_columns(row, 5)?,
     })
+}
+
+/// A blob reference from its two columns (hash, size), both NULL for an inline value.
+fn blob_from_columns(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<BlobRef>> {
+    let Some(hash) = row.get::<_, Option<Vec<u8>>>(first)? else {
+        return Ok(None);
+    };
+    let hash: [u8; 32] = hash.as_slice().try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            first,
+            rusqlite::types::Type::Blob,
+            format!("a blob hash of {} bytes, not 32", hash.len()).into(),
+        )
+    })?;
+    Ok(Some(BlobRef {
+        hash,
+        size: row.get::<_, i64>(first + 1)? as u64,
+    }))
 }
 
 impl ReplicaStore {
@@ -112,8 +131,8 @@ impl ReplicaStore {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS replica_kv (source TEXT NOT NULL, key BLOB NOT NULL,
                  value BLOB NOT NULL, create_revision INTEGER NOT NULL,
-                 mod_revision INTEGER NOT NULL, version INTEGER NOT NULL,
-                 PRIMARY KEY (source, key)) WITHOUT ROWID;
+                 mod_revision INTEGER NOT NULL, version INTEGER NOT NULL, blob_hash BLOB,
+                 blob_size INTEGER, PRIMARY KEY (source, key)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS replica_sources (source TEXT PRIMARY KEY,
                  namespace TEXT NOT NULL, revision INTEGER NOT NULL, time_ms INTEGER NOT NULL);",
         )
@@ -221,7 +240,7 @@ impl ReplicaStore {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO replica_kv (source, key, value, create_revision, mod_revision,
-                     version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     version, blob_hash, blob_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(sql)?;
             for page in pages {
@@ -234,7 +253,9 @@ impl ReplicaStore {
                             e.value,
                             e.create_revision as i64,
                             e.mod_revision as i64,
-                            e.version as i64
+                            e.version as i64,
+                            e.blob.as_ref().map(|b| &b.hash[..]),
+                            e.blob.as_ref().map(|b| b.size as i64),
                         ])
                         .map_err(sql)?;
                     keys += 1;
@@ -275,7 +296,8 @@ impl ReplicaStore {
         let conn = self.writer.lock().expect("replica writer lock");
         let mut stmt = conn
             .prepare(
-                "SELECT key, value, create_revision, mod_revision, version FROM replica_kv
+                "SELECT key, value, create_revision, mod_revision, version, blob_hash, blob_size
+                 FROM replica_kv
                  WHERE source = ?1 ORDER BY key",
             )
             .map_err(sql)?;
@@ -301,6 +323,34 @@ fn read_state(conn: &Connection, source: &str) -> rusqlite::Result<Option<Source
     .optional()
 }
 
+/// Writes one key of `source`'s copy: `stored` is its value inline and no blob, or empty
+/// bytes and a blob's reference.
+fn put(
+    tx: &rusqlite::Transaction,
+    source: &str,
+    revision: u64,
+    key: &str,
+    (value, blob): (&[u8], Option<&BlobRef>),
+    create_revision: u64,
+    version: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO replica_kv (source, key, value, create_revision,
+         mod_revision, version, blob_hash, blob_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        source,
+        key.as_bytes(),
+        value,
+        create_revision as i64,
+        revision as i64,
+        version as i64,
+        blob.map(|b| &b.hash[..]),
+        blob.map(|b| b.size as i64),
+    ])?;
+    Ok(())
+}
+
 fn apply_set(tx: &rusqlite::Transaction, source: &str, set: &ChangeSet) -> rusqlite::Result<()> {
     for change in &set.changes {
         match &change.kind {
@@ -308,20 +358,28 @@ fn apply_set(tx: &rusqlite::Transaction, source: &str, set: &ChangeSet) -> rusql
                 value,
                 create_revision,
                 version,
-            } => {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO replica_kv (source, key, value, create_revision,
-                     mod_revision, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
-                    source,
-                    change.key.as_bytes(),
-                    &value[..],
-                    *create_revision as i64,
-                    set.revision as i64,
-                    *version as i64
-                ])?;
-            }
+            } => put(
+                tx,
+                source,
+                set.revision,
+                &change.key,
+                (value, None),
+                *create_revision,
+                *version,
+            )?,
+            ChangeKind::PutBlob {
+                blob,
+                create_revision,
+                version,
+            } => put(
+                tx,
+                source,
+                set.revision,
+                &change.key,
+                (&[], Some(blob)),
+                *create_revision,
+                *version,
+            )?,
             ChangeKind::Delete => {
                 tx.prepare_cached("DELETE FROM replica_kv WHERE source = ?1 AND key = ?2")?
                     .execute(params![source, change.key.as_bytes()])?;
@@ -342,7 +400,8 @@ fn read_in(
         ReadRequest::Get { key } => {
             let entry = tx
                 .prepare_cached(
-                    "SELECT key, value, create_revision, mod_revision, version FROM replica_kv
+                    "SELECT key, value, create_revision, mod_revision, version, blob_hash, blob_size
+                 FROM replica_kv
                      WHERE source = ?1 AND key = ?2",
                 )?
                 .query_row(params![source, key.as_bytes()], |r| {
@@ -358,10 +417,12 @@ fn read_in(
         } => {
             let (lower, upper) = scan_bounds(prefix, after.as_deref());
             let sql = if upper.is_some() {
-                "SELECT key, value, create_revision, mod_revision, version FROM replica_kv
+                "SELECT key, value, create_revision, mod_revision, version, blob_hash, blob_size
+                 FROM replica_kv
                  WHERE source = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4"
             } else {
-                "SELECT key, value, create_revision, mod_revision, version FROM replica_kv
+                "SELECT key, value, create_revision, mod_revision, version, blob_hash, blob_size
+                 FROM replica_kv
                  WHERE source = ?1 AND key >= ?2 AND ?3 IS NULL ORDER BY key LIMIT ?4"
             };
             let mut stmt = tx.prepare_cached(sql)?;
@@ -467,6 +528,7 @@ mod tests {
             create_revision: 4,
             mod_revision: 9,
             version: 2,
+            blob: None,
         };
         tx.send(Ok(vec![entry("a"), entry("b")])).unwrap();
         tx.send(Ok(vec![entry("c")])).unwrap();
@@ -480,6 +542,51 @@ mod tests {
             .map(|e| e.key)
             .collect();
         assert_eq!(keys, vec!["a", "b", "c"]);
+    }
+
+    /// A blob's reference reaches the replica as the owner holds it, by change and by
+    /// checkpoint, and reads answer with it (the bytes stay in the blob store).
+    #[test]
+    fn a_blob_reference_is_kept_by_change_and_by_checkpoint() {
+        let (_dir, store) = store();
+        let blob = BlobRef {
+            hash: [7; 32],
+            size: 5 << 20,
+        };
+        let set = ChangeSet {
+            revision: 1,
+            time_ms: 10,
+            changes: vec![KeyChange {
+                key: "big".into(),
+                kind: ChangeKind::PutBlob {
+                    blob,
+                    create_revision: 1,
+                    version: 1,
+                },
+            }],
+        };
+        store.apply("us-1", &[set]).unwrap();
+        let (result, _) = store
+            .read("us-1", &ReadRequest::Get { key: "big".into() })
+            .unwrap();
+        let ReadResult::Get(Some(entry)) = result else {
+            panic!("big is there")
+        };
+        assert_eq!((entry.blob, entry.value.len()), (Some(blob), 0));
+
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let checkpointed = KvEntry {
+            key: "other".into(),
+            value: vec![],
+            create_revision: 2,
+            mod_revision: 3,
+            version: 2,
+            blob: Some(blob),
+        };
+        tx.send(Ok(vec![checkpointed.clone()])).unwrap();
+        drop(tx);
+        store.load_checkpoint("us-1", 3, 30, rx).unwrap();
+        assert_eq!(store.entries("us-1").unwrap(), vec![checkpointed]);
     }
 
     #[test]

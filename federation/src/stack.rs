@@ -116,6 +116,12 @@ pub fn stack_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("federation")
 }
 
+/// Whether the node's data dir holds federation documents (it was federated once): their
+/// blobs are in the node's store, and only a running stack knows which they are.
+pub fn has_documents(data_dir: &Path) -> bool {
+    stack_dir(data_dir).join("docs").exists()
+}
+
 fn err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> FederationError + '_ {
     move |e| FederationError::Stack(format!("{what}: {e}"))
 }
@@ -127,7 +133,7 @@ impl DocsStack {
         let (protection, callback) = docs_protection();
         let gc = GcSettings {
             interval: GC_INTERVAL,
-            protect: Arc::new(Vec::new),
+            protect: Arc::new(|| Ok(Vec::new())),
             also: Some(callback),
         };
         let store = BlobStore::open(&dir.join("blobs"), Some(gc))

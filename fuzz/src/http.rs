@@ -71,6 +71,7 @@ fn entry(key: String) -> KvEntry {
         create_revision: 1,
         mod_revision: 1,
         version: 1,
+        blob: None,
     }
 }
 

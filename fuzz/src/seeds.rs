@@ -207,7 +207,7 @@ fn snapshot() -> Vec<Vec<u8>> {
         snapshot_id: "2-9-0".into(),
     };
     let header = Header {
-        revision: 5,
+        revision: 6,
         time_ms: 1_700_000_000_000,
         feed_compacted: 3,
     };
@@ -219,9 +219,21 @@ fn snapshot() -> Vec<Vec<u8>> {
         mod_revision: 5,
         version: 2,
         lease,
+        blob: None,
     };
     writer.key(key("a/b", Some(9))).expect("in memory");
     writer.key(key("c", None)).expect("in memory");
+    let blob = aspen_api::BlobRef {
+        hash: [0xb3; 32],
+        size: 1 << 21,
+    };
+    writer
+        .key(KeyRecord {
+            value: vec![],
+            blob: Some(blob),
+            ..key("d", None)
+        })
+        .expect("in memory");
     for (revision, kind) in [
         (4, ChangeKind::Delete),
         (
@@ -230,6 +242,14 @@ fn snapshot() -> Vec<Vec<u8>> {
                 value: b"c".to_vec().into(),
                 create_revision: 2,
                 version: 2,
+            },
+        ),
+        (
+            6,
+            ChangeKind::PutBlob {
+                blob,
+                create_revision: 6,
+                version: 1,
             },
         ),
     ] {

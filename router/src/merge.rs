@@ -89,6 +89,7 @@ mod tests {
             create_revision: 1,
             mod_revision: 1,
             version: 1,
+            blob: None,
         }
     }
 

@@ -246,7 +246,11 @@ fn read_value_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
             .with_context(|| format!("cannot read {}", path.display()))?;
     }
     if bytes.len() > MAX_INLINE_VALUE_BYTES {
-        anyhow::bail!("the value is larger than {MAX_INLINE_VALUE_BYTES} bytes, the largest value a key can hold");
+        anyhow::bail!(
+            "the value is larger than {MAX_INLINE_VALUE_BYTES} bytes: a node keeps it as a \
+             blob, but this command does not send one yet; PUT it over HTTP to a node \
+             (curl -T FILE http://NODE/v1/kv/KEY)"
+        );
     }
     Ok(bytes)
 }
@@ -281,6 +285,25 @@ async fn get(
     };
     if json {
         render::json(&entry)?;
+    } else if let Some(blob) = entry.blob.as_ref().filter(|_| raw) {
+        let mut stdout = std::io::stdout();
+        let mut no_progress = |_: u64, _: Option<u64>| {};
+        let written = client
+            .get_raw(key, consistency, &mut stdout, &mut no_progress)
+            .await
+            .map_err(|e| explain(e, client))?;
+        stdout.flush()?;
+        if written != Some(blob.size) {
+            anyhow::bail!(
+                "the value changed while it was read ({} bytes expected, {written:?} read): read it again",
+                blob.size
+            );
+        }
+    } else if let Some(blob) = &entry.blob {
+        println!(
+            "(a blob of {} bytes, BLAKE3 {}: read it with --raw)",
+            blob.size, blob.hash
+        );
     } else if raw {
         let bytes = entry
             .into_entry()

@@ -146,6 +146,7 @@ async fn check_grants(url: &str) {
             equals: Some("1".into()),
             equals_base64: None,
             mod_revision: None,
+            equals_blob: None,
         }],
         writes: vec![JsonWrite::new(write, b"3")],
         deletes: vec![],

@@ -98,20 +98,19 @@ async fn keys_are_limited_to_1_to_1024_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn values_over_the_inline_limit_are_refused_with_413() {
+async fn a_value_over_the_inline_limit_is_kept_as_a_blob_not_refused() {
     let (t, api) = api().await;
     assert_eq!(
         api.put("big", vec![b'x'; MAX_INLINE_VALUE_BYTES]).await.0,
         200
     );
-    assert_error(
-        &api.put("bigger", vec![b'x'; MAX_INLINE_VALUE_BYTES + 1])
-            .await,
-        413,
-        "too_large",
-        "limit",
+    assert_eq!(
+        api.put("bigger", vec![b'x'; MAX_INLINE_VALUE_BYTES + 1])
+            .await
+            .0,
+        200
     );
-    assert_eq!(api.key_count().await, 1);
+    assert_eq!(api.key_count().await, 2);
     assert_eq!(api.get("/healthz").await.0, 200);
     t.cluster.shutdown().await;
 }

@@ -16,7 +16,8 @@
 //! - `federation`, `federation_process`, `federation_reads`, `federation_ring`: regions
 //!   replicating through iroh-docs; `federation_cli`: `aspen federation keygen` and `info`.
 //! - `watch` (with `watch::leases`): the change feed, watches and leases.
-//! - `blobs`: each node's blob store, served to its cluster's members only.
+//! - `blobs`: each node's blob store, served to its cluster's members only;
+//!   `blob_values`: values above the inline limit kept as blobs, through the HTTP API.
 //! - `auth`, `tls`: bearer tokens and their grants, at a node and through a router; TLS
 //!   (mutual) on the HTTP API from the CLI and curl.
 //! - `cli`, `dev`: the `aspen` binary as a user runs it; `aspen dev` started, used across
@@ -27,6 +28,7 @@
 mod support;
 
 mod auth;
+mod blob_values;
 mod blobs;
 mod cli;
 mod cluster_faults;

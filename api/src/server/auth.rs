@@ -255,6 +255,14 @@ impl Caller {
                 let written = writes.iter().map(|(k, _)| k).chain(deletes);
                 written.into_iter().try_for_each(|k| self.may_write_key(k))
             }
+            Command::SetBlob {
+                key, preconditions, ..
+            } => {
+                for p in preconditions {
+                    self.may_read(Precondition::key(p))?;
+                }
+                self.may_write_key(key)
+            }
             other => other
                 .keys()
                 .into_iter()
@@ -351,6 +359,22 @@ impl<B: KvBackend> KvBackend for Checked<B> {
     async fn lease(&self, op: LeaseOp) -> Result<LeaseReply, ApiError> {
         self.caller()?.may_lease(&op)?;
         self.backend.lease(op).await
+    }
+
+    async fn put_blob(&self, put: super::BlobPut) -> Result<Written, ApiError> {
+        self.caller()?.may_write_key(&put.key)?;
+        self.backend.put_blob(put).await
+    }
+
+    async fn read_blob(
+        &self,
+        key: &str,
+        cluster: &str,
+        blob: crate::BlobRef,
+        range: (u64, u64),
+    ) -> Result<super::ValueStream, ApiError> {
+        self.caller()?.may_read(key)?;
+        self.backend.read_blob(key, cluster, blob, range).await
     }
 
     fn observe(&self, op: &'static str, status: u16, seconds: f64) {

@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query};
-use axum::http::{header, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::auth::Checked;
+use super::range::Wanted;
 use super::{
     finish, AnswerClusters, Freshness, HttpError, HttpResult, KvBackend, ReadAnswer, ReadOptions,
 };
@@ -257,7 +258,12 @@ async fn scan<B: KvBackend>(backend: &B, prefix: String, p: ReadParams) -> HttpR
     ))
 }
 
-async fn point_read<B: KvBackend>(backend: &B, key: String, p: ReadParams) -> HttpResult {
+async fn point_read<B: KvBackend>(
+    backend: &B,
+    key: String,
+    p: ReadParams,
+    headers: &HeaderMap,
+) -> HttpResult {
     let request = ReadRequest::Get { key: key.clone() };
     let ReadAnswer {
         result,
@@ -277,17 +283,18 @@ async fn point_read<B: KvBackend>(backend: &B, key: String, p: ReadParams) -> Ht
             format!("key {key:?} not found in cluster {cluster}"),
         )
         .into_response(),
-        Some(entry) if p.raw => (
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            entry.value,
-        )
-            .into_response(),
+        Some(entry) if p.raw => raw(backend, &key, &cluster, entry, headers).await?,
         Some(entry) => Json(JsonEntry::new(&entry, &cluster)).into_response(),
     };
     Ok(with_freshness(response, freshness.as_ref()))
 }
 
-async fn read<B: KvBackend>(backend: &B, key: String, pairs: Vec<(String, String)>) -> HttpResult {
+async fn read<B: KvBackend>(
+    backend: &B,
+    key: String,
+    pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> HttpResult {
     let p = parse_params(pairs)?;
     if let Some(index) = p.index.filter(|&i| i > 0) {
         let filter = KeyFilter {
@@ -300,8 +307,37 @@ async fn read<B: KvBackend>(backend: &B, key: String, pairs: Vec<(String, String
     if p.prefix {
         scan(backend, key, p).await
     } else {
-        point_read(backend, key, p).await
+        point_read(backend, key, p, headers).await
     }
+}
+
+/// The bare bytes of `entry` (`?raw`), or the range `headers` ask for: from the entry when
+/// inline, streamed from the backend when a blob.
+async fn raw<B: KvBackend>(
+    backend: &B,
+    key: &str,
+    cluster: &str,
+    entry: crate::KvEntry,
+    headers: &HeaderMap,
+) -> HttpResult {
+    let size = entry.value_len();
+    let wanted = Wanted::of(headers, size);
+    if wanted == Wanted::Unsatisfiable {
+        return Ok(super::range::unsatisfiable(key, size));
+    }
+    let (status, head) = wanted.head(size);
+    let (start, len) = wanted.span(size);
+    let body = match entry.blob {
+        None => {
+            let value = bytes::Bytes::from(entry.value);
+            axum::body::Body::from(value.slice(start as usize..(start + len) as usize))
+        }
+        Some(blob) => {
+            let stream = backend.read_blob(key, cluster, blob, (start, len)).await?;
+            axum::body::Body::from_stream(stream)
+        }
+    };
+    Ok((status, head, body).into_response())
 }
 
 /// The key from the path, or a JSON error when it is not UTF-8 (keys are UTF-8).
@@ -333,12 +369,14 @@ pub(super) async fn get<B: KvBackend>(
     backend: Checked<B>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
 ) -> Response {
     let start = Instant::now();
     let scan = query
         .as_ref()
         .is_ok_and(|Query(q)| q.iter().any(|(k, v)| k == "prefix" && v != "false"));
-    let result = async { read(&backend, path_key(path)?, query_pairs(query)?).await }.await;
+    let result =
+        async { read(&backend, path_key(path)?, query_pairs(query)?, &headers).await }.await;
     finish(&backend, if scan { "scan" } else { "get" }, start, result)
 }
 
@@ -347,8 +385,9 @@ pub(super) async fn get<B: KvBackend>(
 pub(super) async fn get_root<B: KvBackend>(
     backend: Checked<B>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
 ) -> Response {
     let start = Instant::now();
-    let result = async { read(&backend, String::new(), query_pairs(query)?).await }.await;
+    let result = async { read(&backend, String::new(), query_pairs(query)?, &headers).await }.await;
     finish(&backend, "scan", start, result)
 }

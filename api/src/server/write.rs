@@ -6,23 +6,25 @@
 
 use std::time::Instant;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::StreamExt;
 
 use super::auth::Checked;
 use super::error::body_bytes;
 use super::read::{path_key, query_pairs};
-use super::{finish, parse_json, HttpError, HttpResult, KvBackend, Written};
+use super::{finish, parse_json, BlobPut, HttpError, HttpResult, KvBackend, ValueStream, Written};
 use crate::command::Command;
-use crate::error::ValidationError;
+use crate::error::{ErrorCode, ValidationError};
 use crate::json::{
     with_leases, BatchRequest, CadRequest, CasRequest, ErrorBody, TxnRequest, WriteResponse,
 };
 use crate::lease::LeaseId;
+use crate::limits::{MAX_BLOB_VALUE_BYTES, MAX_INLINE_VALUE_BYTES};
 use crate::types::WriteOutcome;
 
 /// The success body of a write, without the delete counts.
@@ -59,28 +61,125 @@ async fn put_value<B: KvBackend>(
     backend: &B,
     key: String,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    headers: &HeaderMap,
+    body: Body,
 ) -> HttpResult {
     let lease = put_lease(query)?;
-    let value = body_bytes(body)?;
-    let leases = lease.map(|l| vec![(key.clone(), l)]).unwrap_or_default();
-    let command = with_leases(Command::Set { key, value }, leases)?;
-    let written = backend.write(command).await?;
+    let written = match read_value(headers, body).await? {
+        Value::Inline(value) => {
+            let leases = lease.map(|l| vec![(key.clone(), l)]).unwrap_or_default();
+            let command = with_leases(Command::Set { key, value }, leases)?;
+            backend.write(command).await?
+        }
+        Value::Blob { declared, body } => {
+            let put = BlobPut {
+                key,
+                lease,
+                declared,
+                body,
+            };
+            backend.put_blob(put).await?
+        }
+    };
     if let WriteOutcome::LeaseFailed(failure) = &written.result.outcome {
         return Err(failure.to_error(&written.cluster).into());
     }
     Ok(Json(write_response(&written)).into_response())
 }
 
-/// `PUT /v1/kv/{key}[?lease=ID]`: body = the raw value.
+/// A `PUT`'s value: whole, when it fits inline, or streaming from its first byte.
+enum Value {
+    Inline(Bytes),
+    Blob {
+        declared: Option<u64>,
+        body: ValueStream,
+    },
+}
+
+/// Reads a `PUT` body: a declared length over [`MAX_BLOB_VALUE_BYTES`] is refused before
+/// any byte is read; a body that ends within [`MAX_INLINE_VALUE_BYTES`] is a value kept
+/// inline; a longer one (declared, or found longer while reading) streams on, starting
+/// with what was read.
+async fn read_value(headers: &HeaderMap, body: Body) -> Result<Value, HttpError> {
+    let declared = declared_length(headers)?;
+    if let Some(size) = declared.filter(|&size| size > MAX_BLOB_VALUE_BYTES) {
+        return Err(ValidationError::BlobTooLarge {
+            size,
+            max: MAX_BLOB_VALUE_BYTES,
+        }
+        .into());
+    }
+    let inline = MAX_INLINE_VALUE_BYTES as u64;
+    let mut stream = body.into_data_stream();
+    let mut head: Vec<Bytes> = Vec::new();
+    let mut read = 0u64;
+    if declared.is_none_or(|size| size <= inline) {
+        loop {
+            match stream.next().await {
+                None => return Ok(Value::Inline(concat(head, read))),
+                Some(Ok(chunk)) => {
+                    read += chunk.len() as u64;
+                    head.push(chunk);
+                    if read > inline {
+                        break;
+                    }
+                }
+                Some(Err(e)) => return Err(body_error(&e)),
+            }
+        }
+    }
+    let rest =
+        stream.map(|chunk| chunk.map_err(|e| format!("could not read the request body: {e}")));
+    let body = futures::stream::iter(head.into_iter().map(Ok))
+        .chain(rest)
+        .boxed();
+    Ok(Value::Blob { declared, body })
+}
+
+/// The chunks of a body joined: shared, not copied, when it came in one chunk.
+fn concat(mut chunks: Vec<Bytes>, len: u64) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().expect("one chunk");
+    }
+    let mut joined = Vec::with_capacity(len as usize);
+    for chunk in &chunks {
+        joined.extend_from_slice(chunk);
+    }
+    Bytes::from(joined)
+}
+
+fn body_error(e: &dyn std::fmt::Display) -> HttpError {
+    HttpError::new(
+        ErrorCode::BadRequest,
+        format!("could not read the request body: {e}"),
+    )
+}
+
+/// The body's `Content-Length`, when declared.
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, HttpError> {
+    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    let parsed = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    parsed.map(Some).ok_or_else(|| {
+        ValidationError::field("Content-Length", "not a byte count: send the body's length").into()
+    })
+}
+
+/// `PUT /v1/kv/{key}[?lease=ID]`: body = the raw value, streamed into the blob store when
+/// it is above the inline limit.
 pub(super) async fn put<B: KvBackend>(
     backend: Checked<B>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let start = Instant::now();
-    let result = async { put_value(&backend, path_key(path)?, query, body).await }.await;
+    let result = async { put_value(&backend, path_key(path)?, query, &headers, body).await }.await;
     finish(&backend, "put", start, result)
 }
 
@@ -88,10 +187,11 @@ pub(super) async fn put<B: KvBackend>(
 pub(super) async fn put_root<B: KvBackend>(
     backend: Checked<B>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let start = Instant::now();
-    let result = put_value(&backend, String::new(), query, body).await;
+    let result = put_value(&backend, String::new(), query, &headers, body).await;
     finish(&backend, "put", start, result)
 }
 

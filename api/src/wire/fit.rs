@@ -87,6 +87,7 @@ mod tests {
                 create_revision: 1,
                 mod_revision: 1,
                 version: 1,
+                blob: None,
             })),
             revision: 1,
             applied_index: 1,

@@ -2,10 +2,13 @@
 //! shape fails here and is made on purpose (with a version bump), never by accident.
 
 use super::{decode, encode, KvRequest, KvResponse, MemberReport, StatusReport};
+use crate::blob::BlobRef;
 use crate::codec::hex;
 use crate::command::{Command, Precondition};
 use crate::error::{ApiError, ErrorCode};
-use crate::types::{Consistency, ReadRequest, WriteOutcome, WriteResult};
+use crate::types::{
+    Consistency, KvEntry, ReadRequest, ReadResponse, ReadResult, WriteOutcome, WriteResult,
+};
 
 fn pinned<T: super::Message + std::fmt::Debug + PartialEq>(message: T, expected_hex: &str) {
     let bytes = encode(&message).unwrap();
@@ -34,7 +37,7 @@ fn a_conditional_write_request_has_its_pinned_bytes() {
             writes: vec![("c".into(), vec![1].into())],
             deletes: vec!["d".into()],
         }),
-        "020006020201610200ff030162ac020101630101010164",
+        "030006020201610200ff030162ac020101630101010164",
     );
 }
 
@@ -49,7 +52,7 @@ fn a_stale_scan_request_has_its_pinned_bytes() {
             },
             consistency: Consistency::Stale,
         },
-        "02010102702f0103702f780a01",
+        "03010102702f0103702f780a01",
     );
 }
 
@@ -76,7 +79,7 @@ fn a_follower_status_has_its_pinned_bytes() {
                 matched_index: None,
             }],
         }),
-        "02030475732d310302616208666f6c6c6f776572010102050607010101026364010b3132372e302e302e313a310100",
+        "03030475732d310302616208666f6c6c6f776572010102050607010101026364010b3132372e302e302e313a310100",
     );
 }
 
@@ -91,6 +94,32 @@ fn a_batch_answer_has_its_pinned_bytes() {
             KvResponse::NotLeader { leader: None },
             KvResponse::Error(ApiError::new(ErrorCode::Internal, "x")),
         ]),
-        "02040300090001050006080178",
+        "03040300090001050006080178",
+    );
+}
+
+#[test]
+fn a_read_answer_with_a_blob_entry_has_its_pinned_bytes() {
+    // Version 3 gave an entry its blob reference: `None` is one byte, a reference the
+    // 32 hash bytes and the size.
+    pinned(
+        KvResponse::Read(ReadResponse {
+            result: ReadResult::Get(Some(KvEntry {
+                key: "k".into(),
+                value: vec![],
+                create_revision: 4,
+                mod_revision: 4,
+                version: 1,
+                blob: Some(BlobRef {
+                    hash: [0xb3; 32],
+                    size: 1 << 21,
+                }),
+            })),
+            revision: 4,
+            applied_index: 5,
+            known_commit_index: 5,
+            since_leader_contact_ms: None,
+        }),
+        "03010001016b0004040101b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b38080800104050500",
     );
 }

@@ -7,56 +7,104 @@ use std::collections::BTreeMap;
 
 use aspen_api::lease::LeaseFailure;
 use aspen_api::types::PreconditionFailure;
-use aspen_api::{Command, KeyState, KvEntry, Precondition, WriteOutcome};
+use aspen_api::{BlobRef, Command, KeyState, KvEntry, Precondition, WriteOutcome};
 use bytes::Bytes;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::feed::FeedWriter;
 use super::leases::{self, LeaseEvent};
 
+/// The columns of a `kv` row that make a [`KvEntry`], in the order
+/// [`entry_from_row`] reads them.
+pub(crate) const ENTRY_COLUMNS: &str =
+    "value, create_revision, mod_revision, version, blob_hash, blob_size";
+
+/// The entry of `key` from a row whose columns from `first` on are [`ENTRY_COLUMNS`].
+pub(crate) fn entry_from_row(
+    key: String,
+    r: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<KvEntry> {
+    Ok(KvEntry {
+        key,
+        value: r.get(first)?,
+        create_revision: r.get::<_, i64>(first + 1)? as u64,
+        mod_revision: r.get::<_, i64>(first + 2)? as u64,
+        version: r.get::<_, i64>(first + 3)? as u64,
+        blob: blob_from_columns(r, first + 4)?,
+    })
+}
+
+/// A blob reference from its two columns (hash, size), both NULL for an inline value.
+pub(crate) fn blob_from_columns(
+    r: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<Option<BlobRef>> {
+    let hash: Option<Vec<u8>> = r.get(first)?;
+    let Some(hash) = hash else {
+        return Ok(None);
+    };
+    let hash: [u8; 32] = hash.as_slice().try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            first,
+            rusqlite::types::Type::Blob,
+            format!("a blob hash of {} bytes, not 32", hash.len()).into(),
+        )
+    })?;
+    let size = r.get::<_, i64>(first + 1)? as u64;
+    Ok(Some(BlobRef { hash, size }))
+}
+
 /// Reads one key inside `tx`.
 pub(crate) fn get(tx: &rusqlite::Connection, key: &str) -> rusqlite::Result<Option<KvEntry>> {
-    tx.prepare_cached(
-        "SELECT value, create_revision, mod_revision, version FROM kv WHERE key = ?1",
-    )?
-    .query_row([key.as_bytes()], |r| {
-        Ok(KvEntry {
-            key: key.to_string(),
-            value: r.get(0)?,
-            create_revision: r.get::<_, i64>(1)? as u64,
-            mod_revision: r.get::<_, i64>(2)? as u64,
-            version: r.get::<_, i64>(3)? as u64,
-        })
-    })
-    .optional()
+    tx.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM kv WHERE key = ?1"))?
+        .query_row([key.as_bytes()], |r| entry_from_row(key.to_string(), r, 0))
+        .optional()
 }
 
 /// The lease each key a command sets takes (none for most commands).
 type Attach<'a> = BTreeMap<&'a str, u64>;
 
+/// What a put stores: bytes inline or a blob's reference.
+#[derive(Clone, Copy)]
+enum Stored<'a> {
+    Inline(&'a Bytes),
+    Blob(&'a BlobRef),
+}
+
 fn put(
     tx: &Transaction,
     feed: &mut FeedWriter,
     key: &str,
-    value: &Bytes,
+    stored: Stored<'_>,
     revision: u64,
     attach: &Attach,
 ) -> rusqlite::Result<()> {
     let rev = revision as i64;
     let lease = attach.get(key).map(|l| *l as i64);
+    let (value, blob_hash, blob_size): (&[u8], Option<&[u8]>, Option<i64>) = match stored {
+        Stored::Inline(value) => (value, None, None),
+        Stored::Blob(blob) => (&[], Some(&blob.hash), Some(blob.size as i64)),
+    };
     let (create_revision, version) = tx
         .prepare_cached(
-            "INSERT INTO kv (key, value, create_revision, mod_revision, version, lease)
-             VALUES (?1, ?2, ?3, ?3, 1, ?4)
+            "INSERT INTO kv (key, value, create_revision, mod_revision, version, lease,
+                 blob_hash, blob_size)
+             VALUES (?1, ?2, ?3, ?3, 1, ?4, ?5, ?6)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value,
                  mod_revision = excluded.mod_revision, version = version + 1,
-                 lease = excluded.lease
+                 lease = excluded.lease, blob_hash = excluded.blob_hash,
+                 blob_size = excluded.blob_size
              RETURNING create_revision, version",
         )?
-        .query_row(params![key.as_bytes(), &value[..], rev, lease], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })?;
-    feed.put(key, value, create_revision, version)
+        .query_row(
+            params![key.as_bytes(), value, rev, lease, blob_hash, blob_size],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?;
+    match stored {
+        Stored::Inline(value) => feed.put(key, value, create_revision, version),
+        Stored::Blob(blob) => feed.put_blob(key, blob, create_revision, version),
+    }
 }
 
 fn delete(tx: &Transaction, feed: &mut FeedWriter, key: &str) -> rusqlite::Result<bool> {
@@ -73,7 +121,8 @@ fn holds(precondition: &Precondition, entry: Option<&KvEntry>) -> bool {
     match precondition {
         Precondition::Exists { .. } => entry.is_some(),
         Precondition::NotExists { .. } => entry.is_none(),
-        Precondition::Equals { value, .. } => entry.is_some_and(|e| &e.value == value),
+        Precondition::Equals { value, .. } => entry.is_some_and(|e| e.holds(value)),
+        Precondition::BlobEquals { blob, .. } => entry.is_some_and(|e| e.holds_blob(blob)),
         Precondition::ModRevision { revision, .. } => {
             entry.map_or(0, |e| e.mod_revision) == *revision
         }
@@ -157,12 +206,12 @@ fn apply_key_command(
     let applied = |deleted: u32| Ok(WriteOutcome::Applied { deleted });
     match command {
         Command::Set { key, value } => {
-            put(tx, feed, key, value, revision, attach)?;
+            put(tx, feed, key, Stored::Inline(value), revision, attach)?;
             applied(0)
         }
         Command::SetMulti { writes } => {
             for (key, value) in writes {
-                put(tx, feed, key, value, revision, attach)?;
+                put(tx, feed, key, Stored::Inline(value), revision, attach)?;
             }
             applied(0)
         }
@@ -189,7 +238,7 @@ fn apply_key_command(
             if let Some(failure) = check(tx, std::slice::from_ref(&precondition))? {
                 return Ok(WriteOutcome::PreconditionFailed(failure));
             }
-            put(tx, feed, key, new_value, revision, attach)?;
+            put(tx, feed, key, Stored::Inline(new_value), revision, attach)?;
             applied(0)
         }
         Command::CompareAndDelete { key, expected } => {
@@ -211,13 +260,24 @@ fn apply_key_command(
                 return Ok(WriteOutcome::PreconditionFailed(failure));
             }
             for (key, value) in writes {
-                put(tx, feed, key, value, revision, attach)?;
+                put(tx, feed, key, Stored::Inline(value), revision, attach)?;
             }
             let mut n = 0;
             for key in deletes {
                 n += delete(tx, feed, key)? as u32;
             }
             applied(n)
+        }
+        Command::SetBlob {
+            key,
+            blob,
+            preconditions,
+        } => {
+            if let Some(failure) = check(tx, preconditions)? {
+                return Ok(WriteOutcome::PreconditionFailed(failure));
+            }
+            put(tx, feed, key, Stored::Blob(blob), revision, attach)?;
+            applied(0)
         }
         // Validation refuses nested lease commands; were one applied, it changes nothing.
         Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } | Command::Leased { .. } => {

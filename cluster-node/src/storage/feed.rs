@@ -15,17 +15,23 @@
 //! compacted through is kept in `sm_meta` and moves with the rows.
 
 use aspen_api::feed::{ChangeKind, ChangeSet, Compacted, KeyChange};
+use aspen_api::BlobRef;
 use bytes::Bytes;
+
+use super::apply::blob_from_columns;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// The tables of the feed.
 pub(crate) const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS changes (revision INTEGER NOT NULL, position INTEGER NOT NULL,
         key BLOB NOT NULL, value BLOB, create_revision INTEGER NOT NULL,
-        version INTEGER NOT NULL, PRIMARY KEY (revision, position)) WITHOUT ROWID;
+        version INTEGER NOT NULL, blob_hash BLOB, blob_size INTEGER,
+        PRIMARY KEY (revision, position)) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS revisions (revision INTEGER PRIMARY KEY,
         time_ms INTEGER NOT NULL);
-    CREATE INDEX IF NOT EXISTS revisions_by_time ON revisions (time_ms);";
+    CREATE INDEX IF NOT EXISTS revisions_by_time ON revisions (time_ms);
+    CREATE INDEX IF NOT EXISTS changes_blobs ON changes (blob_hash)
+        WHERE blob_hash IS NOT NULL;";
 
 /// How much of the feed a node keeps (the node config's `[feed]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,18 +110,29 @@ impl<'t> FeedWriter<'t> {
         create_revision: u64,
         version: u64,
     ) -> rusqlite::Result<()> {
-        self.row(key, Some(value), create_revision, version)
+        self.row(key, Row::Put(value), create_revision, version)
+    }
+
+    /// Records that `key` now holds the value kept as `blob`.
+    pub(crate) fn put_blob(
+        &mut self,
+        key: &str,
+        blob: &BlobRef,
+        create_revision: u64,
+        version: u64,
+    ) -> rusqlite::Result<()> {
+        self.row(key, Row::PutBlob(blob), create_revision, version)
     }
 
     /// Records that `key` was deleted.
     pub(crate) fn delete(&mut self, key: &str) -> rusqlite::Result<()> {
-        self.row(key, None, 0, 0)
+        self.row(key, Row::Delete, 0, 0)
     }
 
     fn row(
         &mut self,
         key: &str,
-        value: Option<&Bytes>,
+        change: Row<'_>,
         create_revision: u64,
         version: u64,
     ) -> rusqlite::Result<()> {
@@ -126,27 +143,45 @@ impl<'t> FeedWriter<'t> {
         }
         self.tx
             .prepare_cached(
-                "INSERT INTO changes (revision, position, key, value, create_revision, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO changes (revision, position, key, value, create_revision, version,
+                     blob_hash, blob_size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 self.revision as i64,
                 self.position,
                 key.as_bytes(),
-                value.map(|v| &v[..]),
+                match change {
+                    Row::Put(value) => Some(&value[..]),
+                    Row::PutBlob(_) => Some(&[][..]),
+                    Row::Delete => None,
+                },
                 create_revision as i64,
-                version as i64
+                version as i64,
+                match change {
+                    Row::PutBlob(blob) => Some(&blob.hash[..]),
+                    _ => None,
+                },
+                match change {
+                    Row::PutBlob(blob) => Some(blob.size as i64),
+                    _ => None,
+                },
             ])?;
         self.position += 1;
         if let Some(captured) = &mut self.captured {
-            let kind = match value {
+            let kind = match change {
                 // Shared with the command, not copied.
-                Some(value) => ChangeKind::Put {
+                Row::Put(value) => ChangeKind::Put {
                     value: value.clone(),
                     create_revision,
                     version,
                 },
-                None => ChangeKind::Delete,
+                Row::PutBlob(blob) => ChangeKind::PutBlob {
+                    blob: *blob,
+                    create_revision,
+                    version,
+                },
+                Row::Delete => ChangeKind::Delete,
             };
             let key = key.to_string();
             captured.push(KeyChange { key, kind });
@@ -158,6 +193,15 @@ impl<'t> FeedWriter<'t> {
     pub(crate) fn changed(&self) -> bool {
         self.position > 0
     }
+}
+
+/// One row of the feed: `value` holds the bytes of a put, empty bytes for a blob's (whose
+/// reference is in `blob_hash` and `blob_size`), NULL for a delete.
+#[derive(Clone, Copy)]
+enum Row<'a> {
+    Put(&'a Bytes),
+    PutBlob(&'a BlobRef),
+    Delete,
 }
 
 /// Compacts the feed as `retention` says, given the cluster's `head` revision and the
@@ -223,8 +267,8 @@ pub(crate) fn read_after(
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut rows = conn.prepare_cached(
-        "SELECT key, value, create_revision, version FROM changes WHERE revision = ?1
-         ORDER BY position",
+        "SELECT key, value, create_revision, version, blob_hash, blob_size FROM changes
+         WHERE revision = ?1 ORDER BY position",
     )?;
     let mut sets = Vec::with_capacity(heads.len());
     let mut bytes = 0usize;
@@ -235,13 +279,20 @@ pub(crate) fn read_after(
                 let key = String::from_utf8(key)
                     .map_err(|e| rusqlite::Error::Utf8Error(0, e.utf8_error()))?;
                 let value: Option<Vec<u8>> = r.get(1)?;
-                let kind = match value {
-                    Some(value) => ChangeKind::Put {
-                        value: value.into(),
-                        create_revision: r.get::<_, i64>(2)? as u64,
-                        version: r.get::<_, i64>(3)? as u64,
+                let create_revision = r.get::<_, i64>(2)? as u64;
+                let version = r.get::<_, i64>(3)? as u64;
+                let kind = match (value, blob_from_columns(r, 4)?) {
+                    (Some(_), Some(blob)) => ChangeKind::PutBlob {
+                        blob,
+                        create_revision,
+                        version,
                     },
-                    None => ChangeKind::Delete,
+                    (Some(value), None) => ChangeKind::Put {
+                        value: value.into(),
+                        create_revision,
+                        version,
+                    },
+                    (None, _) => ChangeKind::Delete,
                 };
                 Ok(KeyChange { key, kind })
             })?
@@ -304,6 +355,11 @@ pub(crate) fn insert_set(tx: &Transaction, set: &ChangeSet) -> rusqlite::Result<
                 create_revision,
                 version,
             } => writer.put(&change.key, value, *create_revision, *version)?,
+            ChangeKind::PutBlob {
+                blob,
+                create_revision,
+                version,
+            } => writer.put_blob(&change.key, blob, *create_revision, *version)?,
             ChangeKind::Delete => writer.delete(&change.key)?,
         }
     }

@@ -299,3 +299,103 @@ async fn sets_kept_in_memory_are_the_feed_rows_and_a_snapshot_install_drops_them
         .unwrap();
     assert_eq!(sm.take_recent(4), None, "nothing kept after stopping");
 }
+
+/// A blob reference is a value like any other: read back with its reference, recorded in
+/// the feed as a blob's put, compared by hash and size, carried by a snapshot, and named
+/// among the blobs the copy references (the current value's, and those the kept feed
+/// still holds) until the feed lets go of an overwritten one.
+#[tokio::test]
+async fn a_blob_reference_is_stored_recorded_compared_and_carried_by_snapshots() {
+    use aspen_api::BlobRef;
+    let dir = tempfile::tempdir().unwrap();
+    let retention = FeedRetention {
+        revisions: 1,
+        max_age_ms: u64::MAX,
+    };
+    let mut sm = open(dir.path(), retention);
+    let bytes = vec![9u8; 3000];
+    let first = BlobRef::of(&bytes);
+    let second = BlobRef::of(&[1u8; 10]);
+    let set_blob = |blob, preconditions| Command::SetBlob {
+        key: "b".into(),
+        blob,
+        preconditions,
+    };
+    let by_bytes = |value: &[u8]| Precondition::Equals {
+        key: "b".into(),
+        value: value.to_vec().into(),
+    };
+    let by_blob = |blob| Precondition::BlobEquals {
+        key: "b".into(),
+        blob,
+    };
+    sm.apply(vec![entry(1, 1, vec![set_blob(first, vec![])])])
+        .await
+        .unwrap();
+    let got = sm.get("b").unwrap().unwrap();
+    assert_eq!(
+        (got.blob, got.value.len(), got.version),
+        (Some(first), 0, 1)
+    );
+    assert!(got.holds(&bytes) && !got.holds(&bytes[1..]));
+    assert_eq!(
+        changes_after(&sm, 0).unwrap()[0].changes,
+        vec![KeyChange {
+            key: "b".into(),
+            kind: ChangeKind::PutBlob {
+                blob: first,
+                create_revision: 1,
+                version: 1,
+            },
+        }]
+    );
+    assert_eq!(sm.referenced_blobs().unwrap(), vec![first.hash]);
+
+    // Preconditions by other bytes or another reference fail and change nothing; by the
+    // same bytes or reference they hold.
+    let results = sm
+        .apply(vec![entry(
+            2,
+            2,
+            vec![
+                set_blob(second, vec![by_bytes(&bytes[1..])]),
+                set_blob(second, vec![by_blob(second)]),
+                set_blob(second, vec![by_bytes(&bytes)]),
+            ],
+        )])
+        .await
+        .unwrap();
+    let applied: Vec<bool> = results[0]
+        .results
+        .iter()
+        .map(|r| matches!(r.outcome, aspen_api::WriteOutcome::Applied { .. }))
+        .collect();
+    assert_eq!(applied, vec![false, false, true]);
+    assert_eq!(sm.get("b").unwrap().unwrap().blob, Some(second));
+    let mut referenced = sm.referenced_blobs().unwrap();
+    referenced.sort();
+    let mut both = vec![first.hash, second.hash];
+    both.sort();
+    assert_eq!(
+        referenced, both,
+        "the overwritten value is in the kept feed"
+    );
+
+    let snapshot = sm.build_snapshot().await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let mut installed = open(other.path(), retention);
+    installed
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(installed.get("b").unwrap(), sm.get("b").unwrap());
+    assert_eq!(changes_after(&installed, 0), changes_after(&sm, 0));
+
+    // Once the feed is compacted past it, the overwritten blob is referenced no more.
+    let step = super::feed::COMPACTION_STEP_REVISIONS;
+    let entries: Vec<Entry> = (3..=step + 3)
+        .map(|i| entry(i, i, vec![set("k", "v")]))
+        .collect();
+    sm.apply(entries).await.unwrap();
+    assert_eq!(sm.referenced_blobs().unwrap(), vec![second.hash]);
+}

@@ -22,13 +22,15 @@ pub const STATE_META: Format = Format::new("state machine metadata", 1);
 /// Version 3: the leases and which keys hold them.
 /// Version 4: a stream of records (metadata, header, keys, change sets, leases, end),
 /// written and read one at a time; the file is the stream itself.
-pub const SNAPSHOT_DATA: Format = Format::new("snapshot data", 4);
+/// Version 5: a key may hold a blob reference; a change may be a blob's put.
+pub const SNAPSHOT_DATA: Format = Format::new("snapshot data", 5);
 
 /// The schema version of `log.db` and `state.db`, in SQLite's `user_version`. Bump it
 /// when a table changes shape or a record format's version changes.
 /// Version 2: the change feed's tables in `state.db`.
 /// Version 3: leases (`leases`, `kv.lease`).
-pub const DB_SCHEMA_VERSION: i64 = 3;
+/// Version 4: blob references (`kv.blob_hash`, `kv.blob_size`, and the same in `changes`).
+pub const DB_SCHEMA_VERSION: i64 = 4;
 
 /// First bytes of a snapshot, before [`SNAPSHOT_DATA`]'s version.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"ASPNSNAP";

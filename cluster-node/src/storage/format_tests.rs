@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aspen_api::codec::hex;
 use aspen_api::feed::{ChangeKind, ChangeSet, KeyChange};
-use aspen_api::Command;
+use aspen_api::{BlobRef, Command, Precondition};
 use openraft::{
     CommittedLeaderId, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership,
 };
@@ -64,6 +64,36 @@ fn a_log_entry_of_commands_has_its_pinned_bytes() {
 }
 
 #[test]
+fn a_log_entry_of_a_blob_write_has_its_pinned_bytes() {
+    // Appended after every earlier command, so log entries written before blobs existed
+    // decode unchanged.
+    let entry = Entry {
+        log_id: log_id(2, 1, 8),
+        payload: EntryPayload::Normal(Proposal {
+            commands: vec![Command::SetBlob {
+                key: "k".into(),
+                blob: BlobRef {
+                    hash: [0xb3; 32],
+                    size: 1 << 21,
+                },
+                preconditions: vec![Precondition::ModRevision {
+                    key: "k".into(),
+                    revision: 7,
+                }],
+            }],
+            time_ms: 1_700_000_000_000,
+        }),
+    };
+    let bytes = LOG_ENTRY.encode(&entry);
+    assert_eq!(
+        hex(&bytes),
+        "0202010801010a016bb3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3808080010103016b0780d095ffbc31"
+    );
+    let back: Entry = format::decode(LOG_ENTRY, &bytes).unwrap();
+    assert_eq!(back, entry);
+}
+
+#[test]
 fn a_membership_log_entry_has_its_pinned_bytes() {
     let entry = Entry {
         log_id: log_id(1, 1, 1),
@@ -102,6 +132,7 @@ fn items() -> Vec<Item> {
             mod_revision: 5,
             version: 3,
             lease: Some(9),
+            blob: None,
         }),
         Item::Key(KeyRecord {
             key: "c".into(),
@@ -110,6 +141,19 @@ fn items() -> Vec<Item> {
             mod_revision: 1,
             version: 1,
             lease: None,
+            blob: None,
+        }),
+        Item::Key(KeyRecord {
+            key: "d".into(),
+            value: vec![],
+            create_revision: 5,
+            mod_revision: 5,
+            version: 1,
+            lease: None,
+            blob: Some(BlobRef {
+                hash: [0xb3; 32],
+                size: 1 << 21,
+            }),
         }),
         Item::Change(ChangeSet {
             revision: 4,
@@ -122,14 +166,27 @@ fn items() -> Vec<Item> {
         Item::Change(ChangeSet {
             revision: 5,
             time_ms: 1_700_000_000_000,
-            changes: vec![KeyChange {
-                key: "a/b".into(),
-                kind: ChangeKind::Put {
-                    value: b"x".to_vec().into(),
-                    create_revision: 2,
-                    version: 3,
+            changes: vec![
+                KeyChange {
+                    key: "a/b".into(),
+                    kind: ChangeKind::Put {
+                        value: b"x".to_vec().into(),
+                        create_revision: 2,
+                        version: 3,
+                    },
                 },
-            }],
+                KeyChange {
+                    key: "d".into(),
+                    kind: ChangeKind::PutBlob {
+                        blob: BlobRef {
+                            hash: [0xb3; 32],
+                            size: 1 << 21,
+                        },
+                        create_revision: 5,
+                        version: 1,
+                    },
+                },
+            ],
         }),
         Item::Lease(LeaseRecord {
             id: 9,
@@ -165,7 +222,7 @@ fn read_back(bytes: &[u8]) -> Result<(Meta, Header, Vec<Item>), StreamError> {
 #[test]
 fn a_snapshot_stream_has_its_pinned_bytes_and_reads_back() {
     let bytes = stream_bytes(&items());
-    assert_eq!(hex(&bytes), "4153504e534e415004240000000001020109010101010101010101026162010b3132372e302e302e313a3905322d392d3009000000010580d095ffbc31030c0000000203612f62017802050301090a0000000201630200ff010101000f000000030498c895ffbc310104676f6e650112000000030580d095ffbc310103612f620001780203040000000409904e0400000005020201");
+    assert_eq!(hex(&bytes), "4153504e534e415005240000000001020109010101010101010101026162010b3132372e302e302e313a3905322d392d3009000000010580d095ffbc31030d0000000203612f6201780205030109000b0000000201630200ff01010100002d000000020164000505010001b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3808080010f000000030498c895ffbc310104676f6e65013b000000030580d095ffbc310203612f620001780203016402b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3808080010501040000000409904e0400000005030201");
     let (meta, header, back) = read_back(&bytes).unwrap();
     assert_eq!(meta, snapshot_meta());
     assert_eq!(header, self::header());
@@ -247,7 +304,7 @@ fn a_snapshot_with_bytes_after_its_end_is_refused() {
 fn a_snapshot_with_records_out_of_their_order_is_refused() {
     let all = items();
     // A key after a change set.
-    let swapped = vec![all[2].clone(), all[0].clone()];
+    let swapped = vec![all[3].clone(), all[0].clone()];
     let err = read_back(&stream_bytes(&swapped)).unwrap_err();
     assert!(
         matches!(err, StreamError::OutOfOrder { found: "key", .. }),
@@ -258,7 +315,7 @@ fn a_snapshot_with_records_out_of_their_order_is_refused() {
     let err = read_back(&stream_bytes(&keys)).unwrap_err();
     assert!(err.to_string().contains("increasing order"), "{err}");
     // The same change set twice.
-    let twice = vec![all[2].clone(), all[2].clone()];
+    let twice = vec![all[3].clone(), all[3].clone()];
     let err = read_back(&stream_bytes(&twice)).unwrap_err();
     assert!(err.to_string().contains("revision order"), "{err}");
 }

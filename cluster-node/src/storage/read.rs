@@ -5,10 +5,10 @@
 
 use aspen_api::feed::{ChangeSet, Compacted};
 use aspen_api::types::scan_bounds;
-use aspen_api::{KvEntry, ScanPage};
+use aspen_api::{BlobRef, KvEntry, ScanPage};
 use rusqlite::{params, Connection};
 
-use super::apply::get;
+use super::apply::{blob_from_columns, entry_from_row, get, ENTRY_COLUMNS};
 use super::feed;
 use super::state_machine::{read_meta, Applied, ReadError};
 
@@ -31,6 +31,49 @@ impl Reader<'_> {
         limit: usize,
     ) -> Result<ScanPage, ReadError> {
         Ok(scan(self.conn, prefix, after, limit)?)
+    }
+
+    /// Every blob the local copy references, each once: the values of keys and the puts
+    /// the kept change feed holds (a watcher or a federation replica may still read an
+    /// overwritten value until the feed is compacted past it).
+    pub fn referenced_blobs(&self) -> Result<Vec<[u8; 32]>, ReadError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT blob_hash FROM kv WHERE blob_hash IS NOT NULL
+             UNION SELECT blob_hash FROM changes WHERE blob_hash IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let hash: Vec<u8> = r.get(0)?;
+            hash.as_slice().try_into().map_err(|_| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Blob,
+                    format!("a blob hash of {} bytes, not 32", hash.len()).into(),
+                )
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The blobs of the values of keys strictly after `after`, in key order: at most
+    /// `limit`, with the last key read (`None` when the scan is done).
+    pub fn value_blobs(
+        &self,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<BlobRef>, Option<Vec<u8>>), ReadError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, blob_hash, blob_size FROM kv
+             WHERE key > ?1 AND blob_hash IS NOT NULL ORDER BY key LIMIT ?2",
+        )?;
+        let mut last = None;
+        let mut blobs = Vec::new();
+        let mut rows = stmt.query(params![after, limit as i64])?;
+        while let Some(row) = rows.next()? {
+            last = Some(row.get::<_, Vec<u8>>(0)?);
+            blobs.extend(blob_from_columns(row, 1)?);
+        }
+        let next = (blobs.len() == limit).then_some(last).flatten();
+        Ok((blobs, next))
     }
 
     /// The keys attached to lease `lease`, in key order.
@@ -90,24 +133,20 @@ pub(super) fn scan(
     limit: usize,
 ) -> rusqlite::Result<ScanPage> {
     let (lower, upper) = scan_bounds(prefix, after);
-    let sql = if upper.is_some() {
-        "SELECT key, value, create_revision, mod_revision, version FROM kv
-         WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3"
+    let bound = if upper.is_some() {
+        "key < ?2"
     } else {
-        "SELECT key, value, create_revision, mod_revision, version FROM kv
-         WHERE key >= ?1 AND ?2 IS NULL ORDER BY key LIMIT ?3"
+        "?2 IS NULL"
     };
-    let mut stmt = conn.prepare_cached(sql)?;
+    let sql = format!(
+        "SELECT key, {ENTRY_COLUMNS} FROM kv WHERE key >= ?1 AND {bound} ORDER BY key LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![lower, upper, (limit + 1) as i64], |row| {
         let key: Vec<u8> = row.get(0)?;
-        Ok(KvEntry {
-            key: String::from_utf8(key)
-                .map_err(|e| rusqlite::Error::Utf8Error(0, e.utf8_error()))?,
-            value: row.get(1)?,
-            create_revision: row.get::<_, i64>(2)? as u64,
-            mod_revision: row.get::<_, i64>(3)? as u64,
-            version: row.get::<_, i64>(4)? as u64,
-        })
+        let key =
+            String::from_utf8(key).map_err(|e| rusqlite::Error::Utf8Error(0, e.utf8_error()))?;
+        entry_from_row(key, row, 1)
     })?;
     ScanPage::collect(rows, limit)
 }

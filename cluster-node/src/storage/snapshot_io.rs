@@ -129,8 +129,9 @@ fn replace_state<R: std::io::Read>(
     feed::clear(tx).map_err(io_err)?;
     let mut insert_key = tx
         .prepare_cached(
-            "INSERT INTO kv (key, value, create_revision, mod_revision, version, lease)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO kv (key, value, create_revision, mod_revision, version, lease,
+                 blob_hash, blob_size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(io_err)?;
     let mut insert_lease = tx
@@ -146,6 +147,8 @@ fn replace_state<R: std::io::Read>(
                     k.mod_revision as i64,
                     k.version as i64,
                     k.lease.map(|l| l as i64),
+                    k.blob.as_ref().map(|b| &b.hash[..]),
+                    k.blob.as_ref().map(|b| b.size as i64),
                 ])
                 .map(|_| ()),
             Item::Change(set) => feed::insert_set(tx, &set),
@@ -225,23 +228,28 @@ fn write_stream(tx: &Transaction, meta: &Meta, header: Header, path: &Path) -> s
     {
         let mut stmt = tx
             .prepare(
-                "SELECT key, value, create_revision, mod_revision, version, lease FROM kv
-                 ORDER BY key",
+                "SELECT key, lease, value, create_revision, mod_revision, version, blob_hash,
+                     blob_size FROM kv ORDER BY key",
             )
             .map_err(io_err)?;
         let mut rows = stmt.query([]).map_err(io_err)?;
         while let Some(row) = rows.next().map_err(io_err)? {
             let key: Vec<u8> = row.get(0).map_err(io_err)?;
+            let key = String::from_utf8(key).map_err(io_err)?;
+            let lease = row
+                .get::<_, Option<i64>>(1)
+                .map_err(io_err)?
+                .map(|l| l as u64);
+            // The columns from the third on are `apply::ENTRY_COLUMNS`.
+            let entry = super::apply::entry_from_row(key, row, 2).map_err(io_err)?;
             writer.key(KeyRecord {
-                key: String::from_utf8(key).map_err(io_err)?,
-                value: row.get(1).map_err(io_err)?,
-                create_revision: row.get::<_, i64>(2).map_err(io_err)? as u64,
-                mod_revision: row.get::<_, i64>(3).map_err(io_err)? as u64,
-                version: row.get::<_, i64>(4).map_err(io_err)? as u64,
-                lease: row
-                    .get::<_, Option<i64>>(5)
-                    .map_err(io_err)?
-                    .map(|l| l as u64),
+                key: entry.key,
+                value: entry.value,
+                create_revision: entry.create_revision,
+                mod_revision: entry.mod_revision,
+                version: entry.version,
+                lease,
+                blob: entry.blob,
             })?;
         }
     }

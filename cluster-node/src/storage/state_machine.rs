@@ -180,7 +180,9 @@ impl StateMachine {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL,
                  create_revision INTEGER NOT NULL, mod_revision INTEGER NOT NULL,
-                 version INTEGER NOT NULL, lease INTEGER) WITHOUT ROWID;
+                 version INTEGER NOT NULL, lease INTEGER, blob_hash BLOB,
+                 blob_size INTEGER) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS kv_blobs ON kv (blob_hash) WHERE blob_hash IS NOT NULL;
              CREATE TABLE IF NOT EXISTS sm_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
         )
         .map_err(err)?;
@@ -255,6 +257,11 @@ impl StateMachine {
     /// Reads one key from the local copy.
     pub fn get(&self, key: &str) -> Result<Option<KvEntry>, ReadError> {
         self.read(|r| r.get(key))?
+    }
+
+    /// Every blob the local copy references (see [`Reader::referenced_blobs`]).
+    pub fn referenced_blobs(&self) -> Result<Vec<[u8; 32]>, ReadError> {
+        self.read(|r| r.referenced_blobs())?
     }
 
     /// Starts or stops keeping the newest change sets in memory for

@@ -80,8 +80,25 @@ fn check_command(route: &str, command: &Command) {
             Command::ConditionalSetMulti { preconditions, .. } => preconditions.is_empty(),
             _ => false,
         },
-        "/v1/cas" => matches!(inner, Command::CompareAndSwap { .. }),
-        "/v1/cad" => matches!(inner, Command::CompareAndDelete { .. }),
+        "/v1/cas" => match inner {
+            Command::CompareAndSwap { .. } => true,
+            // `expected_blob`: the swap as a transaction comparing the key by hash.
+            Command::ConditionalSetMulti {
+                preconditions,
+                writes,
+                deletes,
+            } => by_blob(preconditions) && writes.len() == 1 && deletes.is_empty(),
+            _ => false,
+        },
+        "/v1/cad" => match inner {
+            Command::CompareAndDelete { .. } => true,
+            Command::ConditionalSetMulti {
+                preconditions,
+                writes,
+                deletes,
+            } => by_blob(preconditions) && writes.is_empty() && deletes.len() == 1,
+            _ => false,
+        },
         "/v1/txn" => matches!(inner, Command::ConditionalSetMulti { .. }),
         _ => false,
     };
@@ -92,6 +109,11 @@ fn check_command(route: &str, command: &Command) {
     let values = values(inner);
     assert!(values.iter().all(|v| *v <= MAX_INLINE_VALUE_BYTES));
     assert!(values.iter().sum::<usize>() <= MAX_COMMAND_VALUE_BYTES);
+}
+
+/// One precondition, comparing a key with a blob reference.
+fn by_blob(preconditions: &[aspen_api::Precondition]) -> bool {
+    matches!(preconditions, [aspen_api::Precondition::BlobEquals { .. }])
 }
 
 /// The lengths of the values a key command carries (written and expected).

@@ -338,6 +338,7 @@ mod tests {
             key: key.into(),
             value: Some(value.into()),
             value_base64: None,
+            blob: None,
             create_revision: 1,
             mod_revision: rev,
             version: 1,

@@ -167,7 +167,7 @@ pub async fn txn(client: &AspenClient, args: TxnArgs, json: bool) -> anyhow::Res
             );
             if json {
                 let mut body = ErrorBody::new(ErrorCode::PreconditionFailed, message);
-                body.failed = Some(failure);
+                body.failed = Some(*failure);
                 render::json(&body)?;
             } else {
                 eprintln!("{message}");

@@ -63,6 +63,8 @@ pub struct KeyRecord {
     pub version: u64,
     /// The lease it is attached to, if any.
     pub lease: Option<u64>,
+    /// When its value is kept in the blob store: the reference (and `value` is empty).
+    pub blob: Option<aspen_api::BlobRef>,
 }
 
 /// One lease.

@@ -306,6 +306,27 @@ impl AspenClient {
             .await
     }
 
+    /// Sets one key to the bytes `body` streams (`len` of them when known, sent as its
+    /// `Content-Length`), attached to `lease` when given. A value over the inline limit is
+    /// kept as a blob by the node; the transfer may take up to [`RAW_TRANSFER_TIMEOUT`].
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        body: reqwest::Body,
+        len: Option<u64>,
+        lease: Option<&LeaseId>,
+    ) -> Result<WriteResponse, ClientError> {
+        let mut url = self.kv_url(key);
+        if let Some(lease) = lease {
+            url.push_str(&format!("?lease={}", encode_query(&lease.to_string())));
+        }
+        let mut request = self.http.put(&url).body(body);
+        if let Some(len) = len {
+            request = request.header(reqwest::header::CONTENT_LENGTH, len);
+        }
+        self.send_within(request, &url, RAW_TRANSFER_TIMEOUT).await
+    }
+
     /// Sets one key, attached to `lease`: it is deleted when the lease ends.
     pub async fn put_with_lease(
         &self,

@@ -21,6 +21,7 @@
 //! - [`json`]: the JSON bodies of the HTTP API and their conversion to commands.
 //! - [`headers`]: the names of the HTTP API's response headers (read freshness).
 //! - [`wire`]: the `aspen/kv/2` request and response messages and their encoding.
+//! - [`value_wire`]: `aspen/value/1`, values kept as blobs streamed to and from a node.
 //! - [`watch`]: watch requests, resume tokens and the JSON messages of a watch stream.
 //! - `testing` (feature `testing`): proptest strategies for every wire and disk type.
 //! - [`client`]: an HTTP client for the API, used by the CLI, the benchmark and tests.
@@ -45,6 +46,7 @@ pub mod server;
 pub mod testing;
 pub mod tls;
 pub mod types;
+pub mod value_wire;
 pub mod watch;
 pub mod wire;
 

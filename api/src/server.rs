@@ -42,7 +42,7 @@ use axum::routing::{get, post};
 
 use crate::command::Command;
 use crate::error::{ApiError, ErrorCode};
-use crate::limits::{MAX_INLINE_VALUE_BYTES, MAX_JSON_BODY_BYTES};
+use crate::limits::MAX_JSON_BODY_BYTES;
 use crate::types::{Consistency, ReadRequest, ReadResponse, ReadResult, WriteResult};
 
 pub use error::{parse_json, HttpError, HttpResult};
@@ -89,41 +89,20 @@ pub trait KvBackend: Send + Sync + 'static {
         op: crate::lease::LeaseOp,
     ) -> impl Future<Output = Result<LeaseReply, ApiError>> + Send;
 
-    /// Stores a value above the inline limit: streams `put.body` into the blob store and
-    /// writes its reference to `put.key` once a majority of the cluster holds the blob.
-    /// A process that cannot (the router, until it streams to a node) refuses with 413
-    /// `too_large` before reading the body.
-    fn put_blob(&self, put: BlobPut) -> impl Future<Output = Result<Written, ApiError>> + Send {
-        async move {
-            Err(ApiError::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "the value for {:?} is over the inline limit of {MAX_INLINE_VALUE_BYTES} \
-                     bytes, and this process does not take values kept as blobs: PUT it to a \
-                     node of the cluster that owns the key",
-                    put.key
-                ),
-            ))
-        }
-    }
+    /// Stores a value above the inline limit: streams `put.body` into the blob store of
+    /// the cluster owning `put.key` and writes its reference to the key once a majority
+    /// of that cluster holds the blob, without holding the value whole.
+    fn put_blob(&self, put: BlobPut) -> impl Future<Output = Result<Written, ApiError>> + Send;
 
-    /// Streams the bytes of `blob`, the value of `key` in `cluster` (a read already
-    /// answered with its reference), from `range.0` for `range.1` bytes.
+    /// Streams `range.1` bytes from byte `range.0` of `blob`, the value of `key` in
+    /// `cluster` (a read already answered with its reference).
     fn read_blob(
         &self,
         key: &str,
         cluster: &str,
         blob: crate::BlobRef,
         range: (u64, u64),
-    ) -> impl Future<Output = Result<ValueStream, ApiError>> + Send {
-        let message = format!(
-            "the value of {key:?} is kept as a blob ({} bytes), and this process does not \
-             stream blobs: read it with ?raw from a node of cluster {cluster}",
-            blob.size
-        );
-        let _ = range;
-        async move { Err(ApiError::new(ErrorCode::TooLarge, message)) }
-    }
+    ) -> impl Future<Output = Result<ValueStream, ApiError>> + Send;
 
     /// Records one finished request in the metrics: `op` is one of `get`, `scan`, `put`,
     /// `delete`, `batch`, `cas`, `cad`, `txn`, `watch` (its opening), `lease_grant`,
@@ -271,7 +250,8 @@ impl Freshness {
 
 /// The KV routes of the API over `backend`, with their body limits: `/v1/kv`, `/v1/kv/`
 /// and `/v1/kv/{*key}` (GET, PUT, DELETE; a body is one value: inline up to
-/// [`MAX_INLINE_VALUE_BYTES`], streamed into the backend's blob store above), and `POST /v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`
+/// [`MAX_INLINE_VALUE_BYTES`](crate::limits::MAX_INLINE_VALUE_BYTES), streamed into the
+/// backend's blob store above), and `POST /v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`
 /// (JSON bodies of at most [`MAX_JSON_BODY_BYTES`]). The router has no fallback: merge
 /// it with the process's own routes and then add [`fallbacks`].
 pub fn kv_routes<B: KvBackend>(backend: Arc<B>) -> axum::Router {
@@ -407,6 +387,21 @@ mod tests {
 
         async fn lease(&self, _: crate::lease::LeaseOp) -> Result<LeaseReply, ApiError> {
             Err(ApiError::new(ErrorCode::LeaseNotFound, "no leases here"))
+        }
+
+        async fn put_blob(&self, put: BlobPut) -> Result<Written, ApiError> {
+            drop(put.body);
+            self.write(Command::Delete { key: put.key }).await
+        }
+
+        async fn read_blob(
+            &self,
+            _: &str,
+            _: &str,
+            _: crate::BlobRef,
+            _: (u64, u64),
+        ) -> Result<ValueStream, ApiError> {
+            Err(ApiError::new(ErrorCode::Internal, "no blobs here"))
         }
 
         fn observe(&self, op: &'static str, status: u16, _seconds: f64) {

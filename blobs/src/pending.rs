@@ -1,14 +1,15 @@
 //! Blobs kept while no committed reference protects them yet: one a member fetched because
 //! another asked it to hold it before proposing a reference (the reference commits, or the
-//! write is abandoned, well within [`PENDING_GRACE`]). Each is kept by its [`Held`]
-//! temporary tag, dropped once its grace has passed; the queue is pruned whenever a blob
-//! joins it.
+//! write is abandoned, well within [`PENDING_GRACE`]), or one this node took in and
+//! wrote. Each is kept by its [`Held`] temporary tag, dropped once a collection run finds
+//! it referenced ([`Pending::release`]) or once its grace has passed; the queue is pruned
+//! whenever a blob joins it.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::Held;
+use crate::{Hash, Held};
 
 /// How long a blob stays kept without a reference: far longer than a write takes from its
 /// upload to its commit (a 4 GiB value included), short enough that an abandoned write's
@@ -34,6 +35,16 @@ impl Pending {
             queue.pop_front();
         }
         queue.push_back((now + grace, held));
+    }
+
+    /// Lets go of every blob `referenced` names: called with the hashes a collection run
+    /// protects, before the run reads the temporary tags, so that run keeps them by their
+    /// reference and every later run as long as they stay referenced.
+    pub fn release(&self, referenced: &HashSet<Hash>) {
+        self.queue
+            .lock()
+            .expect("pending blobs lock")
+            .retain(|(_, held)| !referenced.contains(&held.blob().hash));
     }
 
     /// How many blobs are kept.
@@ -65,6 +76,14 @@ mod tests {
         let second = store.import(body(&content(1000, 2)), limit).await.unwrap();
         pending.keep(second);
         assert_eq!(pending.len(), 1, "the first was kept past its grace");
+        let third = store.import(body(&content(1000, 3)), limit).await.unwrap();
+        let (second, third) = (Hash::new(content(1000, 2)), third);
+        let kept = third.blob().hash;
+        pending.keep(third);
+        pending.release(&HashSet::from([second]));
+        assert_eq!(pending.len(), 1, "a referenced blob was not let go");
+        pending.release(&HashSet::from([kept]));
+        assert!(pending.is_empty());
         store.shutdown().await;
     }
 }

@@ -23,13 +23,18 @@ use crate::node::NodeError;
 use crate::raft_types::AspenRaft;
 use crate::transport::Access;
 
-/// Restricts `aspen/kv/2` to the cluster's members and the config's `kv_clients`.
+/// Restricts `aspen/kv/2`, and `aspen/value/1` (values kept as blobs, streamed), to the
+/// cluster's members and the config's `kv_clients`.
 pub fn restrict_kv(access: &Access, config: &NodeConfig, raft: AspenRaft) -> Result<(), NodeError> {
     let mut named = peer_ids(config)?;
     for (i, hex) in config.kv_clients.iter().enumerate() {
         named.insert(parse_id(&format!("kv_clients[{i}]"), hex)?);
     }
-    access.restrict(aspen_api::wire::KV_ALPN, members_or(named, raft));
+    access.restrict(
+        aspen_api::wire::KV_ALPN,
+        members_or(named.clone(), raft.clone()),
+    );
+    access.restrict(aspen_api::value_wire::VALUE_ALPN, members_or(named, raft));
     Ok(())
 }
 

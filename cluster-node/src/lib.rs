@@ -22,6 +22,8 @@
 //!   made.
 //! - [`blob_hold`]: `aspen/blob-hold/1`, asking the other members to hold a blob before a
 //!   reference to it is proposed, and serving those asks.
+//! - [`value_server`]: `aspen/value/1`, values kept as blobs streamed to and from a
+//!   router.
 //! - [`blob_repair`]: fetching the blobs this node's values reference and it lacks.
 //! - [`blob_values`]: values above the inline limit: a `PUT` streamed into the blob store
 //!   and held on a majority before its reference is written; a `GET ?raw` streamed out.
@@ -68,4 +70,5 @@ pub mod storage;
 #[cfg(test)]
 mod strategies;
 pub mod transport;
+pub mod value_server;
 pub mod watch;

@@ -37,6 +37,7 @@ use crate::raft_types::{AspenRaft, MemberNode};
 use crate::service::KvService;
 use crate::storage::{self, StateMachine};
 use crate::transport::{bind_endpoint, load_or_create_secret_key, Access, Transport};
+use crate::value_server::ValueProtocol;
 use crate::watch::FeedHub;
 
 /// Errors of starting a node.
@@ -164,16 +165,19 @@ pub fn openraft_config(config: &NodeConfig) -> Result<openraft::Config, NodeErro
 }
 
 /// Opens the node's blob store (`blobs/` under `data_dir`, taking over the store an earlier
-/// version kept for federation). Unreferenced blobs are collected every
-/// [`aspen_blobs::GC_INTERVAL`]; every blob the state machine references is kept (it is
+/// version kept for federation). Unreferenced blobs are collected every `collect_every`
+/// (`[blobs] collect_every_secs`); every blob the state machine references is kept (it is
 /// opened after the store: until it is set in `state`, collection is skipped), and with
-/// federation so is every blob its documents reference. A node that was federated and is
+/// federation so is every blob its documents reference. A blob in `pending` is let go as
+/// soon as a run finds it referenced (the run keeps it by its reference). A node that was federated and is
 /// no more collects nothing: its documents' blobs are kept for when federation is
 /// configured again (remove `federation/` from the data dir to let them go).
 async fn open_blobs(
     data_dir: &std::path::Path,
     federated: bool,
+    collect_every: Duration,
     state: Arc<OnceLock<StateMachine>>,
+    pending: Pending,
 ) -> Result<(BlobStore, Option<DocsProtection>), NodeError> {
     let dir = aspen_blobs::store_dir(data_dir);
     aspen_federation::stack::move_old_blob_store(data_dir, &dir)?;
@@ -181,14 +185,18 @@ async fn open_blobs(
         let sm = state
             .get()
             .ok_or_else(|| "the state machine is not open yet".to_string())?;
-        let hashes = sm.referenced_blobs().map_err(|e| e.to_string())?;
-        Ok(hashes
+        let hashes: Vec<_> = sm
+            .referenced_blobs()
+            .map_err(|e| e.to_string())?
             .into_iter()
             .map(aspen_blobs::Hash::from_bytes)
-            .collect())
+            .collect();
+        // This run keeps them by their references: their temporary tags may go now.
+        pending.release(&hashes.iter().copied().collect());
+        Ok(hashes)
     });
     let gc = |also| GcSettings {
-        interval: aspen_blobs::GC_INTERVAL,
+        interval: collect_every,
         protect,
         also,
     };
@@ -256,10 +264,13 @@ impl Node {
         }
         let federation_setup = federation::setup(&config)?;
         let referenced = Arc::new(OnceLock::new());
+        let pending_blobs = Pending::default();
         let (blobs, docs_protection) = open_blobs(
             &config.data_dir,
             federation_setup.is_some(),
+            Duration::from_secs(config.blobs.collect_every_secs),
             referenced.clone(),
+            pending_blobs.clone(),
         )
         .await?;
         let (log_store, state_machine) = storage::open(&config.data_dir, (&config.feed).into())?;
@@ -291,7 +302,6 @@ impl Node {
         crate::admission::restrict_kv(transport.access(), &config, raft.clone())?;
         // Members only; with federation, its rule then takes over iroh-blobs' ALPN.
         crate::admission::restrict_blobs(transport.access(), &config, raft.clone())?;
-        let pending_blobs = Pending::default();
         let state_machine_for_watch = state_machine.clone();
         let state_machine_for_repair = state_machine.clone();
         let federation = match federation_setup {
@@ -312,6 +322,13 @@ impl Node {
             }
             None => None,
         };
+        let blob_values = BlobValues {
+            store: blobs.clone(),
+            pending: pending_blobs.clone(),
+            transport: transport.clone(),
+            node_id: config.node_id,
+            service: service.clone(),
+        };
         let raft_protocol = RaftProtocol::new(raft.clone(), transport.clone(), configured, contact);
         let mut protocols = ProtocolRouter::builder(endpoint)
             .accept(SNAPSHOT_ALPN, SnapshotProtocol::new(raft_protocol.clone()))
@@ -320,6 +337,10 @@ impl Node {
                 aspen_api::wire::KV_ALPN,
                 KvProtocol::new(service.clone(), transport.clone()),
             )
+            .accept(
+                aspen_api::value_wire::VALUE_ALPN,
+                ValueProtocol::new(blob_values.clone(), transport.clone()),
+            )
             .accept(aspen_blobs::ALPN, blobs.serve())
             .accept(
                 BLOB_HOLD_ALPN,
@@ -327,7 +348,7 @@ impl Node {
                     blobs.clone(),
                     service.clone(),
                     transport.clone(),
-                    pending_blobs.clone(),
+                    pending_blobs,
                 ),
             );
         for (alpn, handler) in federation.iter().flat_map(|f| f.handlers()) {
@@ -345,13 +366,6 @@ impl Node {
             service.clone(),
             expiry_stopped.clone(),
         ));
-        let blob_values = BlobValues {
-            store: blobs.clone(),
-            pending: pending_blobs,
-            transport: transport.clone(),
-            node_id: config.node_id,
-            service: service.clone(),
-        };
         tokio::spawn(crate::blob_repair::run(
             blob_values.clone(),
             state_machine_for_repair,

@@ -36,8 +36,8 @@ pub use limits::{
     MAX_ROUTES, MAX_ROUTE_PREFIX_BYTES, MIN_HEARTBEAT_INTERVAL_MS, MIN_REQUEST_DEADLINE_MS,
 };
 pub use node::{
-    ExportConfig, FederationConfig, FeedConfig, ImportConfig, NodeConfig, PeerConfig, RaftConfig,
-    RelayModeConfig, RemoteNodeConfig, DEFAULT_CLUSTER_NAME, DEFAULT_HTTP_ADDR,
+    BlobsConfig, ExportConfig, FederationConfig, FeedConfig, ImportConfig, NodeConfig, PeerConfig,
+    RaftConfig, RelayModeConfig, RemoteNodeConfig, DEFAULT_CLUSTER_NAME, DEFAULT_HTTP_ADDR,
     DEFAULT_IROH_BIND_ADDR,
 };
 pub use router::{

@@ -94,6 +94,13 @@ pub const MIN_FEED_RETAIN_SECONDS: u64 = 60;
 /// from a checkpoint is cheaper than keeping the history.
 pub const MAX_FEED_RETAIN_SECONDS: u64 = 30 * 24 * 3_600;
 
+/// Shortest pause between two collections of unreferenced blobs, in seconds.
+pub const MIN_BLOB_COLLECT_SECS: u64 = 1;
+
+/// Longest pause between two collections of unreferenced blobs, in seconds (a day): the
+/// disk of overwritten large values must come back within the day.
+pub const MAX_BLOB_COLLECT_SECS: u64 = 24 * 3_600;
+
 /// Most endpoints one `[[federation.export]]` entry may list as readers: every node of
 /// four full clusters in that region, far more than the few clusters per region that
 /// import in practice, while keeping the allow-list checked at each connection small.

@@ -3,11 +3,13 @@
 //! which other members it talks to ([`PeerConfig`]). [`NodeConfig::load`] reads, parses
 //! and validates a file; `config/examples/node.toml` is a commented example.
 
+mod blobs;
 mod federation;
 mod feed;
 mod peer;
 mod raft;
 
+pub use blobs::BlobsConfig;
 pub use federation::{ExportConfig, FederationConfig, ImportConfig, RemoteNodeConfig};
 pub use feed::FeedConfig;
 pub use peer::PeerConfig;
@@ -71,6 +73,9 @@ pub struct NodeConfig {
     /// Change feed retention (`[feed]`).
     #[serde(default)]
     pub feed: FeedConfig,
+    /// The blob store (`[blobs]`).
+    #[serde(default)]
+    pub blobs: BlobsConfig,
     /// Federation with other regions (`[federation]`); absent: this cluster neither
     /// exports nor imports.
     #[serde(default)]
@@ -139,6 +144,7 @@ impl NodeConfig {
             relay: RelayModeConfig::default(),
             raft: RaftConfig::default(),
             feed: FeedConfig::default(),
+            blobs: BlobsConfig::default(),
             federation: None,
             auth: None,
             tls: None,
@@ -184,6 +190,7 @@ impl NodeConfig {
         }
         self.raft.check().map_err(|e| e.under("raft"))?;
         self.feed.check().map_err(|e| e.under("feed"))?;
+        self.blobs.check().map_err(|e| e.under("blobs"))?;
         if let Some(federation) = &self.federation {
             federation
                 .check(&self.cluster)

@@ -19,12 +19,12 @@ use aspen_api::json::ErrorBody;
 use aspen_api::lease::{validate_ttl, LeaseAnswer, LeaseOp};
 use aspen_api::server::auth::{self, Policy, PolicyCell, TokenGrants};
 use aspen_api::server::{
-    kv_routes, not_found, AnswerClusters, KvBackend, LeaseReply, ReadAnswer, ReadOptions,
-    WatchStream, Written,
+    kv_routes, not_found, AnswerClusters, BlobPut, KvBackend, LeaseReply, ReadAnswer, ReadOptions,
+    ValueStream, WatchStream, Written,
 };
 use aspen_api::types::{KvEntry, ReadRequest, ReadResult, ScanPage, WriteOutcome, WriteResult};
 use aspen_api::watch::WatchRequest;
-use aspen_api::Command;
+use aspen_api::{BlobRef, Command};
 use axum::body::Body;
 use axum::http::Request;
 use tower::ServiceExt;
@@ -132,6 +132,34 @@ impl KvBackend for Recorder {
         };
         let cluster = CLUSTER.to_string();
         Ok(LeaseReply { answer, cluster })
+    }
+
+    /// Records the write a node would propose for the declared length, without reading
+    /// the body (a fuzz input is far below the inline limit: this runs only when its
+    /// declared length is above it).
+    async fn put_blob(&self, put: BlobPut) -> Result<Written, ApiError> {
+        let command = Command::SetBlob {
+            key: put.key,
+            blob: BlobRef {
+                hash: [0; 32],
+                size: put.declared.unwrap_or(0),
+            },
+            preconditions: vec![],
+        };
+        self.write(command).await
+    }
+
+    async fn read_blob(
+        &self,
+        _key: &str,
+        _cluster: &str,
+        _blob: BlobRef,
+        _range: (u64, u64),
+    ) -> Result<ValueStream, ApiError> {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            "the fuzz backend holds no value as a blob",
+        ))
     }
 
     fn observe(&self, _op: &'static str, _status: u16, _seconds: f64) {}

@@ -21,9 +21,13 @@
 //! A cluster in which no node answered as leader for a whole deadline has its requests
 //! refused at once (503) until a background probe finds a leader again (`breaker`), so a
 //! dead cluster costs each request a fast answer, not the deadline.
+//!
+//! Values kept as blobs (above the inline limit) stream over `aspen/value/1` instead
+//! (`value`): to the believed leader, or the next member that can be reached.
 
 mod breaker;
 mod link;
+mod value;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -187,6 +191,25 @@ impl ClusterClient {
     /// What the router last learned about the cluster.
     pub fn health(&self) -> Health {
         self.link.health.lock().expect("health lock").clone()
+    }
+
+    /// Streams a value above the inline limit to a node of the cluster, which stores it
+    /// as a blob and writes the key (see `value`).
+    pub async fn put_blob(
+        &self,
+        put: aspen_api::server::BlobPut,
+    ) -> Result<aspen_api::WriteResult, ApiError> {
+        self.link.put_blob(put).await
+    }
+
+    /// Streams `len` bytes of `blob` from byte `start` from a node of the cluster.
+    pub async fn read_blob(
+        &self,
+        blob: aspen_api::BlobRef,
+        start: u64,
+        len: u64,
+    ) -> Result<aspen_api::server::ValueStream, ApiError> {
+        self.link.read_blob(blob, start, len).await
     }
 
     /// Sends `request` to the cluster's leader (or, for `Status`, any node) and returns

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aspen_api::server::{
-    fallbacks, kv_routes, AnswerClusters, HttpError, KvBackend, ReadAnswer, ReadOptions, Written,
+    fallbacks, kv_routes, AnswerClusters, BlobPut, HttpError, KvBackend, ReadAnswer, ReadOptions,
+    ValueStream, Written,
 };
-use aspen_api::{ApiError, Command, ReadRequest, ReadResult, ScanPage};
+use aspen_api::{ApiError, BlobRef, Command, ReadRequest, ReadResult, ScanPage};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -79,6 +80,21 @@ impl KvBackend for RouterBackend {
     ) -> Result<aspen_api::server::LeaseReply, ApiError> {
         let (answer, cluster) = self.service.lease(op).await?;
         Ok(aspen_api::server::LeaseReply { answer, cluster })
+    }
+
+    async fn put_blob(&self, put: BlobPut) -> Result<Written, ApiError> {
+        let (result, cluster) = self.service.put_blob(put).await?;
+        Ok(Written { result, cluster })
+    }
+
+    async fn read_blob(
+        &self,
+        _key: &str,
+        cluster: &str,
+        blob: BlobRef,
+        (start, len): (u64, u64),
+    ) -> Result<ValueStream, ApiError> {
+        self.service.read_blob(cluster, blob, start, len).await
     }
 
     fn observe(&self, op: &'static str, status: u16, seconds: f64) {

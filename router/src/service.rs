@@ -201,6 +201,46 @@ impl RouterService {
         }
     }
 
+    /// Streams a value above the inline limit to the cluster owning its key.
+    pub async fn put_blob(
+        &self,
+        put: aspen_api::server::BlobPut,
+    ) -> Result<(WriteResult, String), ApiError> {
+        aspen_api::command::validate_key(&put.key)?;
+        let routing = self.routing();
+        let owner = routing
+            .table
+            .owner(&put.key)
+            .map_err(route_error)?
+            .to_string();
+        if let Some(lease) = put.lease.as_ref().filter(|l| l.cluster != owner) {
+            return Err(aspen_api::lease::cross_cluster(&lease.cluster, &owner));
+        }
+        let client = client_of(&routing, &owner)?;
+        Ok((client.put_blob(put).await?, owner))
+    }
+
+    /// Streams bytes of `blob`, the value of a key of `cluster`, from one of its nodes.
+    pub async fn read_blob(
+        &self,
+        cluster: &str,
+        blob: aspen_api::BlobRef,
+        start: u64,
+        len: u64,
+    ) -> Result<aspen_api::server::ValueStream, ApiError> {
+        let routing = self.routing();
+        let client = client_of(&routing, cluster).map_err(|_| {
+            ApiError::new(
+                ErrorCode::ReplicaUnavailable,
+                format!(
+                    "the value is kept as a blob by cluster {cluster}, which this router does \
+                     not route to: read it with ?raw through a router of its region"
+                ),
+            )
+        })?;
+        client.read_blob(blob, start, len).await
+    }
+
     /// Reads one key from its owner, or (stale, owned in another region) from a replica
     /// in this region.
     pub async fn get(&self, key: String, options: ReadOptions) -> Result<Read, ApiError> {

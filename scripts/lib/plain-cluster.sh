@@ -1,7 +1,8 @@
 # Sourced by the benchmark scripts: starts a plain 3-node Aspen cluster, three
 # `aspen node` processes on loopback with no federation and no router, and initialises
 # it. Needs BIN (the aspen binary) and the caller's PIDS array (the nodes' pids are
-# appended, for the caller's cleanup).
+# appended, for the caller's cleanup); EXTRA_NODE_TOML, when set, is added to every node's
+# config (top-level settings such as kv_clients).
 #
 #   start_plain_cluster DIR    (node 1, the leader after init, is http://127.0.0.1:18101)
 
@@ -13,6 +14,7 @@ data_dir = "$1/node-$2"
 http_addr = "127.0.0.1:1810$2"
 iroh_bind_addr = "127.0.0.1:1840$2"
 relay = "disabled"
+${EXTRA_NODE_TOML:-}
 $3
 TOML
 }

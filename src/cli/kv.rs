@@ -6,14 +6,14 @@
 mod conditional;
 mod watch;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use aspen_api::json::{BatchRequest, JsonWrite, ScanResponse, WriteResponse};
 use aspen_api::lease::LeaseId;
-use aspen_api::limits::{MAX_INLINE_VALUE_BYTES, MAX_SCAN_LIMIT};
+use aspen_api::limits::{MAX_BLOB_VALUE_BYTES, MAX_INLINE_VALUE_BYTES, MAX_SCAN_LIMIT};
 use aspen_api::{AspenClient, Consistency};
 use clap::{Args, Subcommand};
 
@@ -50,8 +50,15 @@ enum KvCommand {
         /// Write the bare value bytes to stdout, nothing else.
         #[arg(long, conflicts_with = "json")]
         raw: bool,
+        /// Write the bare value bytes to this file (streamed, however large; with a
+        /// progress bar on a terminal) and print a summary.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["json", "raw"])]
+        out: Option<PathBuf>,
     },
     /// Set one key to a value given inline or read from a file.
+    ///
+    /// A value over 1 MiB is kept as a blob (up to 4 GiB): --file streams it without
+    /// reading it whole, with a progress bar on a terminal.
     #[command(group = clap::ArgGroup::new("source").required(true).args(["value", "file"]))]
     Put {
         /// The key.
@@ -59,7 +66,7 @@ enum KvCommand {
         key: String,
         /// The value, as text.
         value: Option<String>,
-        /// Read the value's bytes from this file (`-` reads stdin).
+        /// Read the value's bytes from this file, streamed (`-` reads stdin).
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
         /// Grant a lease of this TTL (10s, 5m) and attach the key to it: the key is
@@ -130,9 +137,15 @@ pub async fn run(args: KvArgs) -> anyhow::Result<ExitCode> {
     let client = args.endpoint.client()?;
     let json = args.json;
     match args.command {
-        KvCommand::Get { key, stale, raw } => {
-            get(&client, &key, consistency(stale), raw, json).await
-        }
+        KvCommand::Get {
+            key,
+            stale,
+            out: Some(out),
+            ..
+        } => get_to_file(&client, &key, consistency(stale), &out).await,
+        KvCommand::Get {
+            key, stale, raw, ..
+        } => get(&client, &key, consistency(stale), raw, json).await,
         KvCommand::Put {
             key,
             value,
@@ -140,9 +153,9 @@ pub async fn run(args: KvArgs) -> anyhow::Result<ExitCode> {
             ttl,
             lease,
         } => {
-            let bytes = match (value, file) {
-                (Some(value), None) => value.into_bytes(),
-                (None, Some(path)) => read_value_file(&path)?,
+            let bytes = match (value, file.as_ref()) {
+                (Some(value), None) => Some(value.into_bytes()),
+                (None, Some(_)) => None,
                 _ => anyhow::bail!("give either VALUE or --file PATH"),
             };
             let lease = match (ttl, lease) {
@@ -159,9 +172,16 @@ pub async fn run(args: KvArgs) -> anyhow::Result<ExitCode> {
                 }
                 (None, lease) => lease,
             };
-            let answer = match &lease {
-                Some(lease) => client.put_with_lease(&key, &bytes, lease).await,
-                None => client.put(&key, &bytes).await,
+            let answer = match (&bytes, &lease, file) {
+                (Some(bytes), Some(lease), _) => client.put_with_lease(&key, bytes, lease).await,
+                (Some(bytes), None, _) => client.put(&key, bytes).await,
+                (None, lease, Some(path)) => {
+                    let (body, len, progress) = file_body(&path).await?;
+                    let written = client.put_stream(&key, body, len, lease.as_ref()).await;
+                    progress.finish_and_clear();
+                    written
+                }
+                (None, _, None) => anyhow::bail!("give either VALUE or --file PATH"),
             }
             .map_err(|e| explain(e, &client))?;
             let what = match &lease {
@@ -228,31 +248,93 @@ fn consistency(stale: bool) -> Consistency {
     }
 }
 
-/// Reads a value from `path` (`-`: stdin), refusing more than the API accepts inline.
-fn read_value_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read;
-    let limit = MAX_INLINE_VALUE_BYTES as u64 + 1;
-    let mut bytes = Vec::new();
-    if path.as_os_str() == "-" {
-        std::io::stdin()
-            .take(limit)
-            .read_to_end(&mut bytes)
-            .context("cannot read the value from stdin")?;
+/// The bytes of `path` (`-`: stdin) as a streamed request body, and their length when
+/// known; a value over the inline limit shows a progress bar on a terminal.
+async fn file_body(
+    path: &std::path::Path,
+) -> anyhow::Result<(reqwest::Body, Option<u64>, indicatif::ProgressBar)> {
+    use futures::TryStreamExt;
+    let (reader, len): (Box<dyn tokio::io::AsyncRead + Send + Unpin>, Option<u64>) = if path
+        .as_os_str()
+        == "-"
+    {
+        (Box::new(tokio::io::stdin()), None)
     } else {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        file.take(limit)
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-    }
-    if bytes.len() > MAX_INLINE_VALUE_BYTES {
-        anyhow::bail!(
-            "the value is larger than {MAX_INLINE_VALUE_BYTES} bytes: a node keeps it as a \
-             blob, but this command does not send one yet; PUT it over HTTP to a node \
-             (curl -T FILE http://NODE/v1/kv/KEY)"
-        );
-    }
-    Ok(bytes)
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let len = file
+            .metadata()
+            .await
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        if len > MAX_BLOB_VALUE_BYTES {
+            anyhow::bail!(
+                    "{} has {len} bytes, more than the limit of {MAX_BLOB_VALUE_BYTES} bytes for one value",
+                    path.display()
+                );
+        }
+        (Box::new(file), Some(len))
+    };
+    let progress = match len {
+        Some(len) if len > MAX_INLINE_VALUE_BYTES as u64 && std::io::stderr().is_terminal() => {
+            super::snapshot::bar(len, "uploading")
+        }
+        _ => indicatif::ProgressBar::hidden(),
+    };
+    let ticks = progress.clone();
+    let chunks = tokio_util::io::ReaderStream::with_capacity(reader, UPLOAD_CHUNK_BYTES)
+        .inspect_ok(move |chunk| ticks.inc(chunk.len() as u64));
+    Ok((reqwest::Body::wrap_stream(chunks), len, progress))
+}
+
+/// Bytes read from a file at once for an upload.
+const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Writes the bare bytes of `key`'s value to the file `out`, with a progress bar on a
+/// terminal; a failed read leaves no partial file.
+async fn get_to_file(
+    client: &AspenClient,
+    key: &str,
+    consistency: Consistency,
+    out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let mut file =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let progress = if std::io::stderr().is_terminal() {
+        super::snapshot::bar(0, "downloading")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut tick = |written: u64, total: Option<u64>| {
+        if let Some(total) = total {
+            progress.set_length(total);
+        }
+        progress.set_position(written);
+    };
+    let read = client
+        .get_raw(key, consistency, &mut file, &mut tick)
+        .await
+        .map_err(|e| explain(e, client));
+    progress.finish_and_clear();
+    let written = match read.and_then(|n| Ok((n, file.sync_all()?))) {
+        Ok((Some(written), ())) => written,
+        Ok((None, ())) => {
+            let _ = std::fs::remove_file(out);
+            eprintln!("key {} not found", render::quote(key));
+            return Ok(ExitCode::from(EXIT_NOT_FOUND));
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(out);
+            return Err(e);
+        }
+    };
+    println!(
+        "wrote {written} bytes of {} to {}",
+        render::quote(key),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a write's answer: its JSON, or `what` with the revision and cluster.

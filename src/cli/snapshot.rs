@@ -84,7 +84,7 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(super) fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(

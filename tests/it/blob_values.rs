@@ -311,3 +311,216 @@ async fn a_member_wiped_and_added_again_gets_every_referenced_blob() {
     }
     t.cluster.shutdown().await;
 }
+
+/// Through a router, a value kept as a blob streams to the cluster owning its key and back,
+/// whole and by range; exactly the inline limit stays inline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn values_kept_as_blobs_stream_through_a_router_to_their_owner() {
+    let us1 = support::start_named_cluster("us-1", 3, support::fast_raft()).await;
+    let us2 = support::start_named_cluster("us-2", 3, support::fast_raft()).await;
+    let config = support::router_config(&us1, &us2, 10_000);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router = aspen_router::RunningRouter::start(&config, listener)
+        .await
+        .expect("router starts");
+    let url = router.url();
+    let client = aspen_api::AspenClient::with_timeout(&url, Duration::from_secs(60));
+
+    let at_limit = content(MAX_INLINE_VALUE_BYTES, 20);
+    client.put("inline", &at_limit).await.unwrap();
+    let entry = client
+        .get("inline", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        entry.blob.is_none(),
+        "exactly the inline limit became a blob"
+    );
+
+    let one_more = content(MAX_INLINE_VALUE_BYTES + 1, 21);
+    let large = content(50 * MIB, 22);
+    for (key, value, owner, cluster) in [
+        ("big", &one_more, "us-1", &us1),
+        ("svc-b/large", &large, "us-2", &us2),
+    ] {
+        let written = client.put(key, value).await.unwrap();
+        assert_eq!(written.cluster, owner);
+        let entry = client
+            .get(key, Consistency::Linearizable)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(entry.blob, Some(JsonBlob::from(&BlobRef::of(value))));
+        assert_eq!(entry.cluster, owner);
+        let (status, headers, body) = raw(&url, key, None).await;
+        assert_eq!(status, 200, "{key} through the router");
+        assert_eq!(headers["content-length"], value.len().to_string());
+        assert!(
+            body == *value,
+            "{key} came back different through the router"
+        );
+        // It landed in its owner cluster.
+        let (status, _, body) = raw(&cluster.cluster.url(1), key, None).await;
+        assert_eq!(status, 200);
+        assert!(body == *value, "{key} differs at its owner");
+    }
+    let (status, headers, body) = raw(&url, "svc-b/large", Some("bytes=1000-1999")).await;
+    assert_eq!(status, 206);
+    assert_eq!(
+        headers["content-range"],
+        format!("bytes 1000-1999/{}", large.len())
+    );
+    assert!(body == large[1000..2000]);
+    router.shutdown().await;
+    us1.cluster.shutdown().await;
+    us2.cluster.shutdown().await;
+}
+
+/// `aspen kv put --file` streams a file into a value kept as a blob, and `aspen kv get`
+/// shows its reference, streams it with `--raw` and into a file with `--out` (leaving no
+/// file for a key that does not exist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_streams_a_value_kept_as_a_blob_from_and_to_files() {
+    use crate::support::process::run_aspen;
+    let t = support::start_cluster().await;
+    let endpoint = t.cluster.url(2);
+    let dir = tempfile::tempdir().unwrap();
+    let value = content(5 * MIB + 3, 30);
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, &value).unwrap();
+    let input = input.to_str().unwrap();
+    let (ok, out, err) = run_aspen(&["kv", "put", "big", "--file", input, "--endpoint", &endpoint]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = run_aspen(&["kv", "get", "big", "--endpoint", &endpoint]);
+    assert!(ok, "{err}");
+    let hash = BlobRef::of(&value).hash_hex();
+    assert!(
+        out.contains(&format!("a blob of {} bytes", value.len())) && out.contains(&hash),
+        "{out}"
+    );
+
+    let output = dir.path().join("out.bin");
+    let path = output.to_str().unwrap();
+    let (ok, out, err) = run_aspen(&["kv", "get", "big", "--out", path, "--endpoint", &endpoint]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("wrote {} bytes", value.len())),
+        "{out}"
+    );
+    assert!(
+        std::fs::read(&output).unwrap() == value,
+        "--out wrote other bytes"
+    );
+
+    let raw = std::process::Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(["kv", "get", "big", "--raw", "--endpoint", &endpoint])
+        .output()
+        .unwrap();
+    assert!(raw.status.success());
+    assert!(raw.stdout == value, "--raw wrote other bytes");
+
+    let missing = dir.path().join("missing.bin");
+    let path = missing.to_str().unwrap();
+    let (ok, _, err) = run_aspen(&[
+        "kv",
+        "get",
+        "absent",
+        "--out",
+        path,
+        "--endpoint",
+        &endpoint,
+    ]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    assert!(
+        !missing.exists(),
+        "a file was left for a key that does not exist"
+    );
+    t.cluster.shutdown().await;
+}
+
+/// Whether node `id` of `t` holds `value`'s blob whole.
+async fn holds(t: &support::TestCluster, id: u64, value: &[u8]) -> bool {
+    let blob = aspen_blobs::BlobRef::from(BlobRef::of(value));
+    let node = t.cluster.node(id).unwrap();
+    node.blobs().complete_size(blob.hash).await.unwrap() == Some(blob.size)
+}
+
+/// Collection every second while writers overwrite their keys: every value a key holds
+/// stays whole on every node; an overwritten value's blob goes from every node once the
+/// change feed no longer holds it, and so does what an upload cut off halfway left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collection_keeps_every_referenced_blob_and_removes_the_rest_under_writes() {
+    let t = support::start_cluster_adjusted(|config| {
+        config.blobs.collect_every_secs = 1;
+        config.feed.retain_revisions = aspen_config::limits::MIN_FEED_RETAIN_REVISIONS;
+    })
+    .await;
+    let writers = 3u8;
+    let rounds = 5u8;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let client = t.client(1 + u64::from(w) % 3);
+        tasks.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            for r in 0..rounds {
+                let value = content(MIB + 1000 * (1 + usize::from(w)), w * 16 + r);
+                client.put(&format!("gc/{w}"), &value).await.unwrap();
+                written.push(value);
+            }
+            written
+        }));
+    }
+    let mut overwritten = Vec::new();
+    let mut current = Vec::new();
+    for task in tasks {
+        let mut written = task.await.unwrap();
+        current.push(written.pop().unwrap());
+        overwritten.extend(written);
+    }
+    let cut = format!(
+        "PUT /v1/kv/gc/cut HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        3 * MIB
+    );
+    let half = content(3 * MIB / 2, 99);
+    send_raw(&t.cluster.url(2), &cut, &half, true).await;
+
+    // Push the feed past the overwritten values.
+    let step = 1_300;
+    let c = t.client(1);
+    for i in 0..step {
+        c.put(&format!("gc/small/{}", i % 10), b"x").await.unwrap();
+    }
+    for id in 1..=3 {
+        for value in &overwritten {
+            support::poll(
+                &format!("node {id} to collect an overwritten value"),
+                Duration::from_secs(30),
+                || async { (!holds(&t, id, value).await).then_some(()) },
+            )
+            .await;
+        }
+        for value in &current {
+            assert!(holds(&t, id, value).await, "node {id} lost a current value");
+        }
+    }
+    // A cut-off upload's bytes are imported as a blob of their own, then collected; no
+    // temporary file of it is left either.
+    support::poll(
+        "the cut-off upload's bytes to be collected",
+        Duration::from_secs(30),
+        || async { (!holds(&t, 2, &half).await).then_some(()) },
+    )
+    .await;
+    let temp = t.cluster.config(2).data_dir.join("blobs").join("temp");
+    let left: Vec<_> = std::fs::read_dir(&temp)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    for (w, value) in current.iter().enumerate() {
+        let (status, _, body) = raw(&t.cluster.url(3), &format!("gc/{w}"), None).await;
+        assert_eq!(status, 200);
+        assert!(body == *value, "gc/{w} came back different");
+    }
+    t.cluster.shutdown().await;
+}

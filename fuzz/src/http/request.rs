@@ -157,7 +157,9 @@ fn check_put(command: &Command, key: &str) {
         other => other,
     };
     match inner {
-        Command::Set { key: k, .. } | Command::Delete { key: k } => assert_eq!(k, key),
+        Command::Set { key: k, .. }
+        | Command::Delete { key: k }
+        | Command::SetBlob { key: k, .. } => assert_eq!(k, key),
         other => panic!("a put or delete of {key:?} made {other:?}"),
     }
 }

@@ -77,6 +77,26 @@ pub async fn start_named_cluster(name: &str, nodes: usize, raft: RaftConfig) -> 
     test
 }
 
+/// Starts a 3-node cluster with fast Raft timing, each node's config changed by `adjust`
+/// first, and waits for a leader.
+pub async fn start_cluster_adjusted(adjust: impl Fn(&mut aspen_config::NodeConfig)) -> TestCluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = LocalClusterSpec {
+        cluster: "test".into(),
+        data_dir: dir.path().to_path_buf(),
+        nodes: 3,
+        first_http: "127.0.0.1:0".parse().unwrap(),
+        raft: fast_raft(),
+        kv_clients: kv_clients(),
+    };
+    let mut bound = LocalCluster::bind(spec).await.expect("cluster binds");
+    bound.configs_mut().iter_mut().for_each(adjust);
+    let cluster = bound.start().await.expect("cluster starts");
+    let test = TestCluster { cluster, dir };
+    test.wait_for_leader().await;
+    test
+}
+
 /// Starts a 3-node cluster with fast Raft timing.
 pub async fn start_cluster() -> TestCluster {
     start_cluster_with(3, fast_raft()).await

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Measures values kept as blobs through a router, in one run on this machine: PUT and
+# GET ?raw of SIZES (default 256 MiB and 1 GiB) with curl through an `aspen router`
+# process in front of a plain 3-node cluster (four processes), RUNS times each in
+# alternating order; and this machine's own limits on the same bytes in the same run: a
+# plain file copy (cp, then sync) and a BLAKE3 hash (b3sum, installed with cargo if
+# missing). Reports MB/s medians and each process's peak RSS above its idle RSS
+# (VmHWM - VmRSS at start, from /proc), which includes every earlier run.
+#
+# Usage: scripts/bench-blobs.sh          (env: RUNS=3 SIZES="268435456 1073741824")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+SIZES=${SIZES:-"268435456 1073741824"}
+ROUTER=127.0.0.1:18170
+
+cargo build --release
+export BIN=target/release/aspen
+command -v b3sum >/dev/null 2>&1 || cargo install b3sum --locked
+WORK=$(mktemp -d /tmp/aspen-bench-blobs.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The router's identity first: every node lists it in kv_clients.
+ROUTER_ID=$("$BIN" keygen --out "$WORK/router.key" 2>/dev/null)
+export EXTRA_NODE_TOML="kv_clients = [\"$ROUTER_ID\"]"
+source scripts/lib/plain-cluster.sh
+start_plain_cluster "$WORK/cluster"
+{
+  cat <<TOML
+region = "bench"
+http_addr = "$ROUTER"
+secret_key_file = "$WORK/router.key"
+relay = "disabled"
+
+[[clusters]]
+name = "bench"
+region = "bench"
+TOML
+  for i in 1 2 3; do
+    printf '[[clusters.nodes]]\nnode_id = %s\nendpoint_id = "%s"\naddrs = ["127.0.0.1:1840%s"]\n' \
+      "$i" "$(curl -fs "http://127.0.0.1:1810$i/v1/status" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["endpoint_id"])')" "$i"
+  done
+  printf '\n[[routes]]\nprefix = ""\ncluster = "bench"\n'
+} >"$WORK/router.toml"
+"$BIN" router --config "$WORK/router.toml" >"$WORK/router.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+  curl -fs "http://$ROUTER/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+declare -A IDLE
+for pid in "${PIDS[@]}"; do
+  IDLE[$pid]=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+done
+
+RESULTS="$WORK/results.tsv"
+nanos() { # command...: its wall time in nanoseconds
+  local start
+  start=$(date +%s%N)
+  "$@" >/dev/null
+  echo $(($(date +%s%N) - start))
+}
+copy_and_sync() { cp "$1" "$2" && sync "$2"; }
+for size in $SIZES; do
+  head -c "$size" /dev/urandom >"$WORK/value"
+  for round in $(seq 1 "$RUNS"); do
+    key="bench/$size/$round"
+    order="put get copy hash"
+    [ $((round % 2)) = 0 ] && order="hash copy put get"
+    for op in $order; do
+      case $op in
+      put) t=$(nanos curl -fsS -T "$WORK/value" "http://$ROUTER/v1/kv/$key") ;;
+      get) t=$(nanos curl -fsS -o "$WORK/read" "http://$ROUTER/v1/kv/$key?raw")
+        cmp -s "$WORK/value" "$WORK/read" || { echo "GET returned other bytes" >&2; exit 1; } ;;
+      copy) t=$(nanos copy_and_sync "$WORK/value" "$WORK/copy") ;;
+      hash) t=$(nanos b3sum "$WORK/value") ;;
+      esac
+      printf '%s\t%s\t%s\n' "$size" "$op" "$t" >>"$RESULTS"
+    done
+    rm -f "$WORK/read" "$WORK/copy"
+  done
+done
+
+echo "| size | op | MB/s (runs) | median MB/s |"
+echo "| --- | --- | --- | --- |"
+python3 - "$RESULTS" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    size, op, t = line.split()
+    rows.setdefault((int(size), op), []).append(int(size) / (int(t) / 1e9) / 1e6)
+for (size, op), rates in rows.items():
+    runs = ", ".join(f"{r:.0f}" for r in rates)
+    print(f"| {size >> 20} MiB | {op} | {runs} | {statistics.median(rates):.0f} |")
+PY
+echo
+echo "| process | idle RSS MiB | peak RSS MiB | peak above idle MiB |"
+echo "| --- | --- | --- | --- |"
+names=("node 1" "node 2" "node 3" "router")
+for i in "${!PIDS[@]}"; do
+  pid=${PIDS[$i]}
+  peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+  idle=${IDLE[$pid]}
+  printf '| %s | %d | %d | %d |\n' "${names[$i]}" $((idle / 1024)) $((peak / 1024)) $(((peak - idle) / 1024))
+done

@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # Measures values kept as blobs through a router, in one run on this machine: PUT and
 # GET ?raw of SIZES (default 256 MiB and 1 GiB) with curl through an `aspen router`
-# process in front of a plain 3-node cluster (four processes), RUNS times each in
-# alternating order; and this machine's own limits on the same bytes in the same run: a
+# process in front of a plain 3-node cluster (four processes), and the same directly at
+# node 1 (node-put, node-get), RUNS times each in alternating order; and this machine's own limits on the same bytes in the same run: a
 # plain file copy (cp, then sync) and a BLAKE3 hash (b3sum, installed with cargo if
 # missing). Reports MB/s medians and each process's peak RSS above its idle RSS
 # (VmHWM - VmRSS at start, from /proc), which includes every earlier run.
 #
-# Usage: scripts/bench-blobs.sh          (env: RUNS=3 SIZES="268435456 1073741824")
+# Usage: scripts/bench-blobs.sh     (env: RUNS=3 SIZES="268435456 1073741824" BIN=(built))
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
 SIZES=${SIZES:-"268435456 1073741824"}
 ROUTER=127.0.0.1:18170
+# Node 1 of the plain cluster (its leader after init), for the same requests without the
+# router.
+NODE=127.0.0.1:18101
 
-cargo build --release
-export BIN=target/release/aspen
+if [ -z "${BIN:-}" ]; then
+  cargo build --release
+  BIN=target/release/aspen
+fi
+export BIN
 command -v b3sum >/dev/null 2>&1 || cargo install b3sum --locked
 WORK=$(mktemp -d /tmp/aspen-bench-blobs.XXXXXX)
 PIDS=()
@@ -45,8 +51,7 @@ region = "bench"
 TOML
   for i in 1 2 3; do
     printf '[[clusters.nodes]]\nnode_id = %s\nendpoint_id = "%s"\naddrs = ["127.0.0.1:1840%s"]\n' \
-      "$i" "$(curl -fs "http://127.0.0.1:1810$i/v1/status" |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["endpoint_id"])')" "$i"
+      "$i" "$("$BIN" keygen --out "$WORK/cluster/node-$i/iroh.key" 2>/dev/null)" "$i"
   done
   printf '\n[[routes]]\nprefix = ""\ncluster = "bench"\n'
 } >"$WORK/router.toml"
@@ -72,14 +77,19 @@ nanos() { # command...: its wall time in nanoseconds
 copy_and_sync() { cp "$1" "$2" && sync "$2"; }
 for size in $SIZES; do
   head -c "$size" /dev/urandom >"$WORK/value"
+  # Written back before the first run, so no run competes with that writeback.
+  sync "$WORK/value"
   for round in $(seq 1 "$RUNS"); do
     key="bench/$size/$round"
-    order="put get copy hash"
-    [ $((round % 2)) = 0 ] && order="hash copy put get"
+    order="put get node-put node-get copy hash"
+    [ $((round % 2)) = 0 ] && order="hash copy node-put node-get put get"
     for op in $order; do
       case $op in
       put) t=$(nanos curl -fsS -T "$WORK/value" "http://$ROUTER/v1/kv/$key") ;;
       get) t=$(nanos curl -fsS -o "$WORK/read" "http://$ROUTER/v1/kv/$key?raw")
+        cmp -s "$WORK/value" "$WORK/read" || { echo "GET returned other bytes" >&2; exit 1; } ;;
+      node-put) t=$(nanos curl -fsS -T "$WORK/value" "http://$NODE/v1/kv/$key/node") ;;
+      node-get) t=$(nanos curl -fsS -o "$WORK/read" "http://$NODE/v1/kv/$key/node?raw")
         cmp -s "$WORK/value" "$WORK/read" || { echo "GET returned other bytes" >&2; exit 1; } ;;
       copy) t=$(nanos copy_and_sync "$WORK/value" "$WORK/copy") ;;
       hash) t=$(nanos b3sum "$WORK/value") ;;

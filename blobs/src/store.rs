@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, Stream, StreamExt};
 use iroh::{Endpoint, EndpointAddr};
 use iroh_blobs::api::blobs::{BlobReader, BlobStatus};
@@ -82,6 +82,9 @@ pub struct BlobStore {
 fn store_err(what: &str) -> impl Fn(&dyn Display) -> BlobError + '_ {
     move |e| BlobError::Store(format!("{what}: {e}"))
 }
+
+/// Bytes [`BlobStore::read_range`] hands out at once (the last chunk may be shorter).
+pub const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 impl BlobStore {
     /// Opens (creating if needed) the store in `dir`; with `gc`, unreferenced blobs are
@@ -250,7 +253,10 @@ impl BlobStore {
             ))
         };
         futures::stream::unfold(Some((items, start)), move |state| async move {
-            let (mut items, at) = state?;
+            let (mut items, mut at) = state?;
+            // The store hands out 16 KiB leaves: passed on one by one, each costs more on
+            // its way (an HTTP frame, a QUIC write) than copying them together does.
+            let mut out = BytesMut::new();
             loop {
                 match items.next().await {
                     Some(ExportRangesItem::Size(_)) => {}
@@ -267,13 +273,18 @@ impl BlobStore {
                         let bytes = leaf
                             .data
                             .slice((at - leaf.offset) as usize..(to - leaf.offset) as usize);
-                        return Some((Ok(bytes), Some((items, to))));
+                        at = to;
+                        out.extend_from_slice(&bytes);
+                        if out.len() >= READ_CHUNK_BYTES {
+                            return Some((Ok(out.freeze()), Some((items, at))));
+                        }
                     }
                     Some(ExportRangesItem::Error(e)) => {
                         return Some((Err(store_err("reading a blob")(&e)), None))
                     }
                     None if at < end => return Some((Err(short(at)), None)),
-                    None => return None,
+                    None if out.is_empty() => return None,
+                    None => return Some((Ok(out.freeze()), None)),
                 }
             }
         })

@@ -16,7 +16,7 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use crate::blob_values::BlobValues;
 use crate::transport::{Transport, CLOSE_NOT_ALLOWED};
 
-/// Largest chunk read from a put's stream at once.
+/// Bytes of a put's stream taken at once (the store imports them as one piece).
 const PUT_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Stream reset code of a read whose bytes could not all be sent (the store failed
@@ -88,15 +88,9 @@ async fn put(
     declared: Option<u64>,
     recv: RecvStream,
 ) -> ValueAnswer {
-    let body = futures::stream::unfold(Some(recv), |recv| async move {
-        let mut recv = recv?;
-        match recv.read_chunk(PUT_CHUNK_BYTES).await {
-            Ok(Some(chunk)) => Some((Ok(chunk), Some(recv))),
-            Ok(None) => None,
-            Err(e) => Some((Err(format!("the value's stream broke off: {e}")), None)),
-        }
-    })
-    .boxed();
+    let body = aspen_net::frame::read_chunks(recv, PUT_CHUNK_BYTES)
+        .map(|chunk| chunk.map_err(|e| format!("the value's {e}")))
+        .boxed();
     let put = BlobPut {
         key,
         lease: lease.map(|(cluster, id)| LeaseId { cluster, id }),

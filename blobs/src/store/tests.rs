@@ -103,11 +103,21 @@ async fn a_range_of_a_blob_is_exactly_its_bytes() {
         (0, size),
         (1, 1),
         (1000, 3000),
+        // Past one chunk handed out (READ_CHUNK_BYTES), off every boundary.
+        (1000, 600_000),
         (MIB as u64 - 1, 2),
         (size - 10, 10),
         (5, 0),
     ] {
         let got = read_range(&store, hash, start, len).await.unwrap();
+        let chunks = {
+            let stream = store.read_range(hash, start, len);
+            stream.collect::<Vec<_>>().await
+        };
+        // Every chunk but the last is at least READ_CHUNK_BYTES.
+        for chunk in &chunks[..chunks.len().saturating_sub(1)] {
+            assert!(chunk.as_ref().unwrap().len() >= READ_CHUNK_BYTES);
+        }
         let want = &bytes[start as usize..(start + len) as usize];
         assert!(
             got == want,

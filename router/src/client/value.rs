@@ -9,7 +9,8 @@ use std::time::Duration;
 use aspen_api::server::{BlobPut, ValueStream};
 use aspen_api::value_wire::{self, ValueAnswer, ValueRequest, MAX_VALUE_HEADER_BYTES, VALUE_ALPN};
 use aspen_api::{ApiError, BlobRef, ErrorCode, WriteResult};
-use aspen_net::frame::{read_message, write_frame, write_message};
+use aspen_net::frame::{read_chunks, read_message, write_frame, write_message};
+use bytes::BytesMut;
 use futures::StreamExt;
 use iroh::endpoint::{RecvStream, SendStream};
 
@@ -24,7 +25,10 @@ pub const PUT_ANSWER_BASE_TIME: Duration = Duration::from_secs(30);
 /// than 8 MiB/s on any working network.
 pub const PER_MIB_ANSWER_TIME: Duration = Duration::from_millis(125);
 
-/// Largest chunk of a read taken from the node's stream at once.
+/// Bytes of a put written to the node's stream at once.
+const WRITE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Bytes of a read taken from the node's stream at once (one frame of the HTTP answer).
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 fn unavailable(cluster: &str, what: &str, reason: impl std::fmt::Display) -> ApiError {
@@ -81,11 +85,18 @@ impl Link {
             .await
             .map_err(|e| lost(&e))?;
         let mut sent = 0u64;
+        // The HTTP body's frames, gathered into writes of WRITE_CHUNK_BYTES: one QUIC write
+        // per small frame costs more than copying them together.
+        let mut pending = BytesMut::new();
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(chunk) => {
                     sent += chunk.len() as u64;
-                    send.write_chunk(chunk).await.map_err(|e| lost(&e))?;
+                    pending.extend_from_slice(&chunk);
+                    if pending.len() >= WRITE_CHUNK_BYTES {
+                        let full = pending.split().freeze();
+                        send.write_chunk(full).await.map_err(|e| lost(&e))?;
+                    }
                 }
                 Err(e) => {
                     // The node sees the stream reset and keeps nothing of it.
@@ -93,6 +104,11 @@ impl Link {
                     return Err(ApiError::bad_request(format!("{e}; nothing was written")));
                 }
             }
+        }
+        if !pending.is_empty() {
+            send.write_chunk(pending.freeze())
+                .await
+                .map_err(|e| lost(&e))?;
         }
         send.finish().map_err(|e| lost(&e))?;
         let wait = PUT_ANSWER_BASE_TIME + PER_MIB_ANSWER_TIME * (sent / (1 << 20)) as u32;
@@ -162,28 +178,26 @@ impl Link {
             Err(e) => return Err(ApiError::new(ErrorCode::Internal, e.to_string())),
         }
         let cluster = self.name.clone();
-        let stream = futures::stream::unfold(Some((recv, 0u64)), move |state| {
+        let chunks = read_chunks(recv, READ_CHUNK_BYTES).boxed();
+        let stream = futures::stream::unfold(Some((chunks, 0u64)), move |state| {
             let cluster = cluster.clone();
             async move {
-                let (mut recv, got) = state?;
-                match recv.read_chunk(READ_CHUNK_BYTES).await {
-                    Ok(Some(chunk)) => {
+                let (mut chunks, got) = state?;
+                match chunks.next().await {
+                    Some(Ok(chunk)) => {
                         let got = got + chunk.len() as u64;
-                        Some((Ok(chunk), Some((recv, got))))
+                        Some((Ok(chunk), Some((chunks, got))))
                     }
-                    Ok(None) if got == len => None,
-                    Ok(None) => Some((
+                    None if got == len => None,
+                    None => Some((
                         Err(format!(
                             "cluster {cluster}: the value ended after {got} of {len} bytes"
                         )),
                         None,
                     )),
-                    Err(e) => Some((
-                        Err(format!(
-                            "cluster {cluster}: the value's stream broke off: {e}"
-                        )),
-                        None,
-                    )),
+                    Some(Err(e)) => {
+                        Some((Err(format!("cluster {cluster}: the value's {e}")), None))
+                    }
                 }
             }
         });

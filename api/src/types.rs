@@ -26,24 +26,6 @@ pub struct KvEntry {
 }
 
 impl KvEntry {
-    /// An entry holding `value` inline.
-    pub fn inline(
-        key: impl Into<String>,
-        value: impl Into<Vec<u8>>,
-        create_revision: u64,
-        mod_revision: u64,
-        version: u64,
-    ) -> KvEntry {
-        KvEntry {
-            key: key.into(),
-            value: value.into(),
-            create_revision,
-            mod_revision,
-            version,
-            blob: None,
-        }
-    }
-
     /// Whether the entry holds exactly `value`: the bytes when inline, the hash and size
     /// when a blob.
     pub fn holds(&self, value: &[u8]) -> bool {

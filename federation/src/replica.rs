@@ -89,22 +89,14 @@ fn entry_from_row(source_key: Vec<u8>, row: &rusqlite::Row<'_>) -> rusqlite::Res
     })
 }
 
-/// A blob reference from its two columns (hash, size), both NULL for an inline value.
+/// A blob reference from its two columns (hash, size), both NULL for an inline value
+/// (rusqlite refuses a hash that is not 32 bytes).
 fn blob_from_columns(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<BlobRef>> {
-    let Some(hash) = row.get::<_, Option<Vec<u8>>>(first)? else {
+    let Some(hash) = row.get::<_, Option<[u8; 32]>>(first)? else {
         return Ok(None);
     };
-    let hash: [u8; 32] = hash.as_slice().try_into().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            first,
-            rusqlite::types::Type::Blob,
-            format!("a blob hash of {} bytes, not 32", hash.len()).into(),
-        )
-    })?;
-    Ok(Some(BlobRef {
-        hash,
-        size: row.get::<_, i64>(first + 1)? as u64,
-    }))
+    let size = row.get::<_, i64>(first + 1)? as u64;
+    Ok(Some(BlobRef { hash, size }))
 }
 
 impl ReplicaStore {

@@ -40,17 +40,10 @@ pub(crate) fn blob_from_columns(
     r: &rusqlite::Row<'_>,
     first: usize,
 ) -> rusqlite::Result<Option<BlobRef>> {
-    let hash: Option<Vec<u8>> = r.get(first)?;
-    let Some(hash) = hash else {
+    // rusqlite refuses a hash that is not 32 bytes (`InvalidBlobSize`).
+    let Some(hash) = r.get::<_, Option<[u8; 32]>>(first)? else {
         return Ok(None);
     };
-    let hash: [u8; 32] = hash.as_slice().try_into().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            first,
-            rusqlite::types::Type::Blob,
-            format!("a blob hash of {} bytes, not 32", hash.len()).into(),
-        )
-    })?;
     let size = r.get::<_, i64>(first + 1)? as u64;
     Ok(Some(BlobRef { hash, size }))
 }

@@ -41,16 +41,7 @@ impl Reader<'_> {
             "SELECT blob_hash FROM kv WHERE blob_hash IS NOT NULL
              UNION SELECT blob_hash FROM changes WHERE blob_hash IS NOT NULL",
         )?;
-        let rows = stmt.query_map([], |r| {
-            let hash: Vec<u8> = r.get(0)?;
-            hash.as_slice().try_into().map_err(|_| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Blob,
-                    format!("a blob hash of {} bytes, not 32", hash.len()).into(),
-                )
-            })
-        })?;
+        let rows = stmt.query_map([], |r| r.get::<_, [u8; 32]>(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -86,6 +86,8 @@ pub struct TopologySpec {
     pub checkpoint_replay_bytes: u64,
     /// Every exporter's `[federation] segment_slots`.
     pub segment_slots: u64,
+    /// Every node's `[blobs]` settings.
+    pub blobs: aspen_config::BlobsConfig,
 }
 
 impl TopologySpec {
@@ -126,6 +128,7 @@ impl TopologySpec {
             extra_readers: Vec::new(),
             checkpoint_replay_bytes: aspen_config::limits::DEFAULT_CHECKPOINT_REPLAY_BYTES,
             segment_slots: aspen_config::limits::DEFAULT_SEGMENT_SLOTS,
+            blobs: aspen_config::BlobsConfig::default(),
         }
     }
 
@@ -213,6 +216,7 @@ impl Topology {
             for config in b.configs_mut() {
                 config.federation = Some(federation.clone());
                 config.kv_clients = routers.clone();
+                config.blobs = spec.blobs.clone();
             }
             let cluster = b.start().await.map_err(|source| TopologyError::Node {
                 cluster: name.clone(),

@@ -23,7 +23,7 @@ use iroh::EndpointId;
 use serde::{Deserialize, Serialize};
 
 use crate::service::KvService;
-use crate::transport::{serve_streams, ReadBudget, Transport, CLOSE_NOT_ALLOWED};
+use crate::transport::{serve_streams, Drain, ReadBudget, Transport, CLOSE_NOT_ALLOWED};
 
 /// The ALPN of the protocol.
 pub const BLOB_HOLD_ALPN: &[u8] = b"aspen/blob-hold/1";
@@ -194,10 +194,16 @@ impl ProtocolHandler for HoldProtocol {
             return Ok(());
         }
         let this = self.clone();
-        serve_streams(connection, self.budget.clone(), move |bytes| {
-            let this = this.clone();
-            async move { encode_answer(&this.answer(asker, &bytes).await) }
-        })
+        // Never stopped early: the endpoint's close ends these connections.
+        serve_streams(
+            connection,
+            self.budget.clone(),
+            &Drain::new(),
+            move |bytes| {
+                let this = this.clone();
+                async move { encode_answer(&this.answer(asker, &bytes).await) }
+            },
+        )
         .await;
         Ok(())
     }

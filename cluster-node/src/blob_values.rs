@@ -38,6 +38,9 @@ pub struct BlobValues {
     pub node_id: u64,
     /// Proposes the reference; knows the members.
     pub service: Arc<KvService>,
+    /// The nodes of every cluster this node imports through federation: where the blobs
+    /// its replicas reference come from (see [`crate::replica_blobs`]).
+    pub sources: Arc<Vec<iroh::EndpointAddr>>,
 }
 
 impl BlobValues {
@@ -81,17 +84,21 @@ impl BlobValues {
         result
     }
 
-    /// Streams bytes `start..start + len` of `blob`, fetching it from the other members
-    /// first when this node does not hold it whole.
+    /// Streams bytes `start..start + len` of `blob`, fetching it first when this node does
+    /// not hold it whole: from the other members, then from the clusters it imports (the
+    /// blob of a replicated value).
     pub async fn read(&self, blob: BlobRef, start: u64, len: u64) -> Result<ValueStream, ApiError> {
         let hash = Hash::from_bytes(blob.hash);
-        self.ensure(blob).await.map_err(|e| match e {
-            BlobError::Fetch { .. } => ApiError::new(
-                ErrorCode::ClusterUnavailable,
-                format!("this node lacks blob {blob} and could not fetch it: {e}"),
-            ),
-            other => store_error(other),
-        })?;
+        let sources = self.sources.clone();
+        self.ensure_from(blob, &sources)
+            .await
+            .map_err(|e| match e {
+                BlobError::Fetch { .. } => ApiError::new(
+                    ErrorCode::ClusterUnavailable,
+                    format!("this node lacks blob {blob} and could not fetch it: {e}"),
+                ),
+                other => store_error(other),
+            })?;
         Ok(self
             .store
             .read_range(hash, start, len)
@@ -102,16 +109,27 @@ impl BlobValues {
     /// Makes sure this node holds `blob` whole and durably, fetching it from the other
     /// members when it does not.
     pub async fn ensure(&self, blob: BlobRef) -> Result<(), BlobError> {
+        self.ensure_from(blob, &[]).await
+    }
+
+    /// [`BlobValues::ensure`], asking `also` after the other members.
+    pub async fn ensure_from(
+        &self,
+        blob: BlobRef,
+        also: &[iroh::EndpointAddr],
+    ) -> Result<(), BlobError> {
         let hash = Hash::from_bytes(blob.hash);
         if self.store.complete_size(hash).await? == Some(blob.size) {
             return Ok(());
         }
+        let mut providers = self.providers();
+        providers.extend(also.iter().cloned());
         let held = self
             .store
             .fetch(
                 self.transport.endpoint(),
                 blob.into(),
-                &self.providers(),
+                &providers,
                 hold_time(blob.size),
             )
             .await?;

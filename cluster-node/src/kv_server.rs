@@ -9,7 +9,7 @@ use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
 
 use crate::service::KvService;
-use crate::transport::{serve_streams, ReadBudget, Transport, CLOSE_NOT_ALLOWED};
+use crate::transport::{serve_streams, Drain, ReadBudget, Transport, CLOSE_NOT_ALLOWED};
 
 /// iroh protocol handler for `aspen/kv/2`.
 #[derive(Clone)]
@@ -18,6 +18,8 @@ pub struct KvProtocol {
     transport: Arc<Transport>,
     /// Request bytes all `aspen/kv/2` streams of this node may hold at once.
     budget: ReadBudget,
+    /// Stopped before Raft is, so every request taken is answered (see [`aspen_net::drain`]).
+    drain: Drain,
 }
 
 /// Most request bytes a node holds at once over all its `aspen/kv/2` streams (four
@@ -25,13 +27,14 @@ pub struct KvProtocol {
 pub const KV_READ_BUDGET_BYTES: usize = 4 * MAX_WIRE_MESSAGE_BYTES;
 
 impl KvProtocol {
-    /// A handler executing requests on `service`.
-    pub fn new(service: Arc<KvService>, transport: Arc<Transport>) -> Self {
+    /// A handler executing requests on `service`, until `drain` stops it.
+    pub fn new(service: Arc<KvService>, transport: Arc<Transport>, drain: Drain) -> Self {
         let budget = ReadBudget::new(MAX_WIRE_MESSAGE_BYTES, KV_READ_BUDGET_BYTES);
         KvProtocol {
             service,
             transport,
             budget,
+            drain,
         }
     }
 }
@@ -56,7 +59,7 @@ impl ProtocolHandler for KvProtocol {
             return Ok(());
         }
         let service = self.service.clone();
-        serve_streams(connection, self.budget.clone(), move |bytes| {
+        serve_streams(connection, self.budget.clone(), &self.drain, move |bytes| {
             let service = service.clone();
             async move {
                 // Always within the message limit: an oversized batch answer leaves out

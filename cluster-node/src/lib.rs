@@ -25,6 +25,8 @@
 //! - [`value_server`]: `aspen/value/1`, values kept as blobs streamed to and from a
 //!   router.
 //! - [`blob_repair`]: fetching the blobs this node's values reference and it lacks.
+//! - [`replica_blobs`]: fetching the blobs this node's federation replicas reference,
+//!   from the clusters they come from.
 //! - [`blob_values`]: values above the inline limit: a `PUT` streamed into the blob store
 //!   and held on a majority before its reference is written; a `GET ?raw` streamed out.
 //! - [`leader_contact`]: when a follower last heard from its leader, for stale reads.
@@ -65,6 +67,7 @@ pub mod proposer;
 pub mod raft_network;
 pub mod raft_types;
 pub mod read_index;
+pub mod replica_blobs;
 pub mod service;
 pub mod storage;
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use aspen_api::server::auth::{self, Policy, PolicyCell};
 use aspen_api::server::ServeOptions;
 use aspen_config::{NodeConfig, RelayModeConfig};
 use iroh::protocol::Router as ProtocolRouter;
-use iroh::{Endpoint, EndpointId};
+use iroh::{Endpoint, EndpointAddr, EndpointId};
 use openraft::SnapshotPolicy;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -36,7 +37,7 @@ use crate::raft_network::{
 use crate::raft_types::{AspenRaft, MemberNode};
 use crate::service::KvService;
 use crate::storage::{self, StateMachine};
-use crate::transport::{bind_endpoint, load_or_create_secret_key, Access, Transport};
+use crate::transport::{bind_endpoint, load_or_create_secret_key, Access, Drain, Transport};
 use crate::value_server::ValueProtocol;
 use crate::watch::FeedHub;
 
@@ -138,6 +139,10 @@ pub struct Node {
     federation: Option<Federation>,
     blobs: BlobStore,
     protocols: ProtocolRouter,
+    /// Stops `aspen/kv/2` before Raft stops, so every request it took is answered.
+    kv_drain: Drain,
+    /// Blob collection runs begun (each after reading what the values reference).
+    blob_collections: Arc<AtomicU64>,
     http_addr: SocketAddr,
     http_stop: Option<oneshot::Sender<()>>,
     http_task: JoinHandle<std::io::Result<()>>,
@@ -177,7 +182,9 @@ async fn open_blobs(
     federated: bool,
     collect_every: Duration,
     state: Arc<OnceLock<StateMachine>>,
+    replicas: Option<Arc<Replicas>>,
     pending: Pending,
+    collections: Arc<AtomicU64>,
 ) -> Result<(BlobStore, Option<DocsProtection>), NodeError> {
     let dir = aspen_blobs::store_dir(data_dir);
     aspen_federation::stack::move_old_blob_store(data_dir, &dir)?;
@@ -185,14 +192,27 @@ async fn open_blobs(
         let sm = state
             .get()
             .ok_or_else(|| "the state machine is not open yet".to_string())?;
-        let hashes: Vec<_> = sm
+        let mut hashes: Vec<_> = sm
             .referenced_blobs()
             .map_err(|e| e.to_string())?
             .into_iter()
             .map(aspen_blobs::Hash::from_bytes)
             .collect();
+        // The blobs of replicated values, which this node keeps for its region's reads.
+        if let Some(replicas) = &replicas {
+            let referenced = replicas
+                .store()
+                .referenced_blobs()
+                .map_err(|e| e.to_string())?;
+            hashes.extend(
+                referenced
+                    .into_iter()
+                    .map(|(_, b)| aspen_blobs::Hash::from_bytes(b.hash)),
+            );
+        }
         // This run keeps them by their references: their temporary tags may go now.
         pending.release(&hashes.iter().copied().collect());
+        collections.fetch_add(1, Ordering::Relaxed);
         Ok(hashes)
     });
     let gc = |also| GcSettings {
@@ -263,14 +283,21 @@ impl Node {
             );
         }
         let federation_setup = federation::setup(&config)?;
+        let replica_store = match &federation_setup {
+            Some(_) => Some(Replicas::open(&config.data_dir)?),
+            None => None,
+        };
         let referenced = Arc::new(OnceLock::new());
         let pending_blobs = Pending::default();
+        let blob_collections = Arc::new(AtomicU64::new(0));
         let (blobs, docs_protection) = open_blobs(
             &config.data_dir,
             federation_setup.is_some(),
             Duration::from_secs(config.blobs.collect_every_secs),
             referenced.clone(),
+            replica_store.clone(),
             pending_blobs.clone(),
+            blob_collections.clone(),
         )
         .await?;
         let (log_store, state_machine) = storage::open(&config.data_dir, (&config.feed).into())?;
@@ -285,10 +312,16 @@ impl Node {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
         let contact = Arc::new(LeaderContact::default());
+        // Read through the service only where something is imported.
         let replicas = match &federation_setup {
-            Some(setup) if !setup.imports.is_empty() => Some(Replicas::open(&config.data_dir)?),
+            Some(setup) if !setup.imports.is_empty() => replica_store.clone(),
             _ => None,
         };
+        let sources: BTreeMap<String, Vec<EndpointAddr>> = federation_setup
+            .iter()
+            .flat_map(|s| &s.imports)
+            .map(|i| (i.cluster.clone(), i.nodes.clone()))
+            .collect();
         let service = KvService::new(
             config.node_id,
             config.cluster.clone(),
@@ -312,10 +345,9 @@ impl Node {
                     raft: raft.clone(),
                     sm: state_machine,
                 });
-                let replicas = match replicas {
-                    Some(r) => r,
-                    None => Replicas::open(&config.data_dir)?,
-                };
+                let replicas = replica_store
+                    .clone()
+                    .expect("opened when federation is configured");
                 let protection = docs_protection.expect("made when federation is configured");
                 let store = blobs.clone();
                 Some(Federation::start(setup, &endpoint, feed, replicas, store, protection).await?)
@@ -328,14 +360,16 @@ impl Node {
             transport: transport.clone(),
             node_id: config.node_id,
             service: service.clone(),
+            sources: Arc::new(sources.values().flatten().cloned().collect()),
         };
         let raft_protocol = RaftProtocol::new(raft.clone(), transport.clone(), configured, contact);
+        let kv_drain = Drain::new();
         let mut protocols = ProtocolRouter::builder(endpoint)
             .accept(SNAPSHOT_ALPN, SnapshotProtocol::new(raft_protocol.clone()))
             .accept(RAFT_ALPN, raft_protocol)
             .accept(
                 aspen_api::wire::KV_ALPN,
-                KvProtocol::new(service.clone(), transport.clone()),
+                KvProtocol::new(service.clone(), transport.clone(), kv_drain.clone()),
             )
             .accept(
                 aspen_api::value_wire::VALUE_ALPN,
@@ -366,6 +400,14 @@ impl Node {
             service.clone(),
             expiry_stopped.clone(),
         ));
+        if let Some(replicas) = replicas.clone() {
+            tokio::spawn(crate::replica_blobs::run(
+                blob_values.clone(),
+                replicas,
+                sources,
+                expiry_stopped.clone(),
+            ));
+        }
         tokio::spawn(crate::blob_repair::run(
             blob_values.clone(),
             state_machine_for_repair,
@@ -402,6 +444,8 @@ impl Node {
             federation,
             blobs,
             protocols,
+            kv_drain,
+            blob_collections,
             http_addr,
             http_stop: Some(http_stop),
             http_task,
@@ -447,12 +491,20 @@ impl Node {
         hold_on_majority(&self.transport, self.node_id, &members, held).await
     }
 
+    /// Blob collection runs begun since the node started; each one keeps exactly what the
+    /// values, the kept change feed, the federation replicas and documents reference,
+    /// and what writes and fetches under way still hold.
+    pub fn blob_collections(&self) -> u64 {
+        self.blob_collections.load(Ordering::Relaxed)
+    }
+
     /// The node's federation, if configured.
     pub fn federation(&self) -> Option<&Federation> {
         self.federation.as_ref()
     }
 
-    /// Stops HTTP, Raft and the iroh endpoint, in that order.
+    /// Stops HTTP, `aspen/kv/2` (answering what it took), federation, Raft and the iroh
+    /// endpoint, in that order.
     pub async fn shutdown(mut self) {
         // Watches are open requests: end them, or the HTTP server waits for them.
         self.hub.stop();
@@ -470,6 +522,17 @@ impl Node {
                  cutting them off"
             );
             self.http_task.abort();
+        }
+        // Routers and other members: every `aspen/kv/2` request taken is answered while
+        // Raft still runs, then the connections close saying the rest were not taken, so
+        // a requester sends those elsewhere instead of reporting an unknown outcome.
+        if !self.kv_drain.stop(SHUTDOWN_STEP_GRACE).await {
+            tracing::warn!(
+                node_id = self.node_id,
+                connections = self.kv_drain.open_connections(),
+                "aspen/kv/2 requests still running {SHUTDOWN_STEP_GRACE:?} after shutdown began; \
+                 cutting them off"
+            );
         }
         if let Some(federation) = self.federation.as_mut() {
             federation.shutdown().await;

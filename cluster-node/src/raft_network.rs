@@ -30,7 +30,9 @@ use openraft::{OptionalSend, Snapshot, Vote};
 
 use crate::leader_contact::LeaderContact;
 use crate::raft_types::{AspenRaft, MemberNode, NodeId, TypeConfig};
-use crate::transport::{serve_streams, ReadBudget, Transport, TransportError, CLOSE_NOT_ALLOWED};
+use crate::transport::{
+    serve_streams, Drain, ReadBudget, Transport, TransportError, CLOSE_NOT_ALLOWED,
+};
 pub use message::MAX_RAFT_MESSAGE_BYTES;
 use message::{decode, encode, RaftAnswer, RaftRequest};
 pub use snapshot::{SnapshotProtocol, SNAPSHOT_ALPN};
@@ -276,10 +278,16 @@ impl ProtocolHandler for RaftProtocol {
             return Ok(());
         }
         let this = self.clone();
-        serve_streams(connection, self.budget.clone(), move |bytes| {
-            let this = this.clone();
-            async move { this.handle(remote, bytes).await }
-        })
+        // Never stopped early: the endpoint's close ends these connections.
+        serve_streams(
+            connection,
+            self.budget.clone(),
+            &Drain::new(),
+            move |bytes| {
+                let this = this.clone();
+                async move { this.handle(remote, bytes).await }
+            },
+        )
         .await;
         Ok(())
     }

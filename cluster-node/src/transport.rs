@@ -3,4 +3,4 @@
 
 pub use aspen_net::frame::*;
 pub use aspen_net::transport::*;
-pub use aspen_net::{Access, CLOSE_REFUSED};
+pub use aspen_net::{Access, Drain, CLOSE_REFUSED, CLOSE_STOPPING};

@@ -73,9 +73,14 @@ async fn serve(values: BlobValues, mut send: SendStream, mut recv: RecvStream) {
             lease,
             declared,
         }) => put(&values, key, lease, declared, recv).await,
-        Ok(ValueRequest::Read { blob, start, len }) => match values.read(blob, start, len).await {
-            Err(e) => ValueAnswer::Error(e),
-            Ok(stream) => return send_bytes(send, len, stream).await,
+        // A reference no value can have (empty, over the limit) is refused before any
+        // fetch is tried for it.
+        Ok(ValueRequest::Read { blob, start, len }) => match blob.validate("blob") {
+            Err(e) => ValueAnswer::Error(e.into()),
+            Ok(()) => match values.read(blob, start, len).await {
+                Err(e) => ValueAnswer::Error(e),
+                Ok(stream) => return send_bytes(send, len, stream).await,
+            },
         },
     };
     answer_with(&mut send, &answer).await;

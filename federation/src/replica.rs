@@ -126,7 +126,9 @@ impl ReplicaStore {
                  mod_revision INTEGER NOT NULL, version INTEGER NOT NULL, blob_hash BLOB,
                  blob_size INTEGER, PRIMARY KEY (source, key)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS replica_sources (source TEXT PRIMARY KEY,
-                 namespace TEXT NOT NULL, revision INTEGER NOT NULL, time_ms INTEGER NOT NULL);",
+                 namespace TEXT NOT NULL, revision INTEGER NOT NULL, time_ms INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS replica_kv_blobs ON replica_kv (blob_hash)
+                 WHERE blob_hash IS NOT NULL;",
         )
         .map_err(sql)?;
         conn.pragma_update(None, "user_version", REPLICA_SCHEMA_VERSION)
@@ -276,6 +278,34 @@ impl ReplicaStore {
             None => open_db(&self.path).map_err(sql)?,
         };
         let out = read_in(&conn, source, request).map_err(sql);
+        let mut pool = self.readers.lock().expect("replica readers lock");
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Every blob the copies reference, once per source that references it: the node
+    /// keeps their bytes (fetched from each source's nodes) so that its region reads them
+    /// locally. Read from its own connection, never waiting for an apply.
+    pub fn referenced_blobs(&self) -> Result<Vec<(String, BlobRef)>, FederationError> {
+        let pooled = self.readers.lock().expect("replica readers lock").pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_db(&self.path).map_err(sql)?,
+        };
+        let out = (|| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT source, blob_hash, blob_size FROM replica_kv
+                 WHERE blob_hash IS NOT NULL",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let blob = blob_from_columns(r, 1)?.expect("selected where not NULL");
+                Ok((r.get::<_, String>(0)?, blob))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })()
+        .map_err(sql);
         let mut pool = self.readers.lock().expect("replica readers lock");
         if pool.len() < MAX_IDLE_READERS {
             pool.push(conn);
@@ -565,6 +595,13 @@ mod tests {
             panic!("big is there")
         };
         assert_eq!((entry.blob, entry.value.len()), (Some(blob), 0));
+        store.register("eu-1", "ns2").unwrap();
+        store.apply("eu-1", &[put(1, "small", "v")]).unwrap();
+        assert_eq!(
+            store.referenced_blobs().unwrap(),
+            vec![("us-1".to_string(), blob)],
+            "the blob is referenced, the inline value is not"
+        );
 
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let checkpointed = KvEntry {
@@ -579,6 +616,16 @@ mod tests {
         drop(tx);
         store.load_checkpoint("us-1", 3, 30, rx).unwrap();
         assert_eq!(store.entries("us-1").unwrap(), vec![checkpointed]);
+        // Two keys, one blob: listed once.
+        assert_eq!(store.referenced_blobs().unwrap().len(), 1);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        tx.send(Ok(vec![])).unwrap();
+        drop(tx);
+        store.load_checkpoint("us-1", 4, 40, rx).unwrap();
+        assert!(
+            store.referenced_blobs().unwrap().is_empty(),
+            "a checkpoint without it no longer references it"
+        );
     }
 
     #[test]

@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 use iroh::endpoint::{Connection, ReadError, ReadExactError, RecvStream, SendStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::drain::{Drain, ANSWER_ACK_WAIT, CLOSE_STOPPING};
 
 /// Bytes of the length prefix of every message.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -177,28 +180,92 @@ async fn read_request(
 }
 
 /// Serves every request stream of one accepted connection with `handle`, one task per
-/// stream, until the connection closes. Each request is read within `budget`, and its
-/// bytes count against it until its answer is written.
-pub async fn serve_streams<F, Fut>(conn: Connection, budget: ReadBudget, handle: F)
+/// stream, until the connection closes or `drain` stops (see [`crate::drain`]: then it
+/// takes no new stream, finishes the ones it took, waits until each answer is received,
+/// and closes the connection with [`CLOSE_STOPPING`]). Each request is read within
+/// `budget`, and its bytes count against it until its answer is written.
+pub async fn serve_streams<F, Fut>(conn: Connection, budget: ReadBudget, drain: &Drain, handle: F)
 where
     F: Fn(Vec<u8>) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = Vec<u8>> + Send,
+    Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
 {
-    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        let (handle, budget) = (handle.clone(), budget.clone());
-        tokio::spawn(async move {
-            let (request, permit) = match read_request(&mut recv, &budget).await {
-                Ok(read) => read,
-                Err(FrameError::TooLarge { len, limit }) => {
-                    tracing::debug!(len, limit, "refused a request over the message limit");
-                    let _ = send.reset(RESET_TOO_LARGE.into());
-                    return;
+    let _counted = drain.enter();
+    let mut streams = JoinSet::new();
+    // Whether every request taken so far has been answered and its answer received (or
+    // given up on by the requester): only then may the close say the rest were not taken.
+    let mut settled = true;
+    let stopping = drain.stopping();
+    tokio::pin!(stopping);
+    let stopped = loop {
+        if drain.is_stopping() {
+            break true;
+        }
+        tokio::select! {
+            biased;
+            () = &mut stopping => break true,
+            Some(done) = streams.join_next(), if !streams.is_empty() => {
+                settled &= done.unwrap_or(false);
+            }
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(serve_stream(send, recv, budget.clone(), handle.clone()));
                 }
-                Err(_) => return,
-            };
-            let answer = handle(request).await;
-            drop(permit);
-            let _ = write_message(&mut send, &answer).await;
-        });
+                Err(_) => break false,
+            },
+        }
+    };
+    if stopped {
+        while let Some(done) = streams.join_next().await {
+            settled &= done.unwrap_or(false);
+        }
+        if settled {
+            conn.close(CLOSE_STOPPING.into(), b"stopping");
+        } else {
+            // An answer may not have arrived: the requester must not take it as untaken.
+            conn.close(0u32.into(), b"stopping");
+        }
+    } else {
+        // The connection is gone; requests already running finish on their own (a
+        // proposal is not abandoned halfway because its requester left).
+        streams.detach_all();
     }
+}
+
+/// Serves one request stream: reads the request, answers it, and waits (at most
+/// [`ANSWER_ACK_WAIT`]) until the requester has received the answer, so that a stopping
+/// server closes the connection only after every answer arrived. Returns whether the
+/// request is settled: not taken (it could not be read), answered with the answer
+/// received, or given up on by the requester (it stopped the stream, so it already
+/// counts the request as without an answer); not when the requester's acknowledgement
+/// did not come within the wait.
+async fn serve_stream<F, Fut>(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    budget: ReadBudget,
+    handle: F,
+) -> bool
+where
+    F: Fn(Vec<u8>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
+{
+    let (request, permit) = match read_request(&mut recv, &budget).await {
+        Ok(read) => read,
+        Err(FrameError::TooLarge { len, limit }) => {
+            tracing::debug!(len, limit, "refused a request over the message limit");
+            let _ = send.reset(RESET_TOO_LARGE.into());
+            return true;
+        }
+        Err(_) => return true,
+    };
+    let answer = handle(request).await;
+    drop(permit);
+    // A write that fails, or a wait that ends in an error, means the requester stopped the
+    // stream (it gave up on the answer) or the connection is gone (no close reaches it):
+    // either way nothing it could be told is at stake. Only a wait that runs out is.
+    if write_message(&mut send, &answer).await.is_err() {
+        return true;
+    }
+    tokio::time::timeout(ANSWER_ACK_WAIT, send.stopped())
+        .await
+        .is_ok()
 }

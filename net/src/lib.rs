@@ -16,6 +16,8 @@
 //! - [`batcher`]: [`batcher::Batcher`], a queue whose task runs waiting requests in
 //!   batches (group commit for a node's proposals and reads, request batching for a
 //!   router's cluster clients).
+//! - [`drain`]: [`Drain`], how a stopping server answers every request it took before it
+//!   closes, and [`CLOSE_STOPPING`], which tells requesters the rest were never taken.
 //! - [`frame`]: a message on a stream (length first, so one over its limit is refused
 //!   unread), [`serve_streams`], and the [`ReadBudget`] that bounds a protocol's request
 //!   bytes in memory.
@@ -24,10 +26,12 @@
 
 pub mod access;
 pub mod batcher;
+pub mod drain;
 pub mod frame;
 pub mod transport;
 
 pub use access::{Access, CLOSE_NOT_ADMITTED, CLOSE_REFUSED, MAX_CONNECTIONS_PER_PEER};
+pub use drain::{Drain, CLOSE_STOPPING};
 pub use frame::{
     read_message, serve_streams, write_frame, write_message, FrameError, ReadBudget,
     RESET_TOO_LARGE,

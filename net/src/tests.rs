@@ -12,8 +12,8 @@ use iroh::{Endpoint, EndpointAddr, SecretKey};
 use tokio::sync::Semaphore;
 
 use crate::{
-    bind_endpoint, read_message, serve_streams, write_message, Access, FrameError, ReadBudget,
-    MAX_CONNECTIONS_PER_PEER, MAX_STREAMS_PER_CONNECTION,
+    bind_endpoint, read_message, serve_streams, write_message, Access, Drain, FrameError, PeerAddr,
+    ReadBudget, Transport, TransportError, MAX_CONNECTIONS_PER_PEER, MAX_STREAMS_PER_CONNECTION,
 };
 
 const ALPN: &[u8] = b"aspen/test/1";
@@ -25,6 +25,7 @@ struct Echo {
     gate: Arc<Semaphore>,
     busy: Arc<AtomicUsize>,
     budget: ReadBudget,
+    drain: Drain,
 }
 
 /// The largest message the test protocol takes.
@@ -40,6 +41,7 @@ impl Echo {
             gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             busy: Arc::default(),
             budget,
+            drain: Drain::new(),
         }
     }
 }
@@ -47,7 +49,7 @@ impl Echo {
 impl ProtocolHandler for Echo {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let echo = self.clone();
-        serve_streams(conn, self.budget.clone(), move |bytes| {
+        serve_streams(conn, self.budget.clone(), &self.drain, move |bytes| {
             let echo = echo.clone();
             async move {
                 echo.busy.fetch_add(1, Ordering::SeqCst);
@@ -328,4 +330,80 @@ fn a_secret_key_file_is_created_once_read_back_and_never_overwritten() {
     std::fs::write(&other, "not a key").unwrap();
     let bad = crate::read_secret_key_file(&other).unwrap_err().to_string();
     assert!(bad.contains("other.key"), "{bad}");
+}
+
+/// A stopping server answers every request it took, and the requester learns that the
+/// ones it did not take were never processed (unreachable, safe to send elsewhere), not
+/// that they failed with an unknown outcome.
+#[tokio::test]
+async fn a_stopping_server_answers_what_it_took_and_the_rest_count_as_not_delivered() {
+    let gate = Arc::new(Semaphore::new(0));
+    let echo = Echo {
+        gate: gate.clone(),
+        ..Echo::open()
+    };
+    let (busy, drain) = (echo.busy.clone(), echo.drain.clone());
+    let server = endpoint(&Access::open()).await;
+    let peer = PeerAddr {
+        id: server.id(),
+        addrs: server.bound_sockets(),
+    };
+    let router = Router::builder(server).accept(ALPN, echo).spawn();
+    let transport = Transport::new(endpoint(&Access::open()).await, Access::open());
+    let ask = |n: u8| {
+        let (transport, peer) = (transport.clone(), peer.clone());
+        tokio::spawn(async move {
+            transport
+                .request(&peer, ALPN, &[n], MAX_MESSAGE, Duration::from_secs(10))
+                .await
+        })
+    };
+
+    let taken: Vec<_> = (0..3).map(ask).collect();
+    eventually("three requests in the handler", async || {
+        busy.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    let stopped = tokio::spawn({
+        let drain = drain.clone();
+        async move { drain.stop(Duration::from_secs(10)).await }
+    });
+    eventually("the drain to begin", async || drain.is_stopping()).await;
+    let late = ask(9);
+    // Not answered while the taken ones run: the stop waits for them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopped.is_finished(),
+        "stopped before answering what it took"
+    );
+    gate.add_permits(3);
+    for (n, asked) in taken.into_iter().enumerate() {
+        assert_eq!(
+            asked.await.unwrap().unwrap(),
+            vec![n as u8],
+            "request {n} answered"
+        );
+    }
+    assert!(stopped.await.unwrap(), "every connection drained");
+    match late.await.unwrap() {
+        Err(TransportError::Unreachable { reason, .. }) => {
+            assert!(reason.contains("stopping"), "{reason}")
+        }
+        other => panic!("a request the stopping server did not take: {other:?}"),
+    }
+    assert_eq!(
+        busy.load(Ordering::SeqCst),
+        0,
+        "the late one was never handled"
+    );
+    // A connection made while stopping is closed at once, the same way.
+    let fresh = Transport::new(endpoint(&Access::open()).await, Access::open());
+    let refused = fresh
+        .request(&peer, ALPN, b"x", MAX_MESSAGE, Duration::from_secs(10))
+        .await;
+    assert!(
+        matches!(&refused, Err(TransportError::Unreachable { .. })),
+        "{refused:?}"
+    );
+    router.shutdown().await.unwrap();
 }

@@ -4,7 +4,9 @@
 //! request per QUIC bi-directional stream. [`Transport`] keeps one connection per peer
 //! and protocol and reuses it; a request that cannot be sent because the connection is
 //! gone is reported as [`TransportError::Unreachable`] (nothing was delivered), while one
-//! that broke after sending is [`TransportError::Failed`] (it may have been processed).
+//! that broke after sending is [`TransportError::Failed`] (it may have been processed),
+//! unless the peer closed the connection as a stopping server does
+//! ([`CLOSE_STOPPING`](crate::CLOSE_STOPPING)): then it was not, and it is `Unreachable`.
 //!
 //! Fault injection for tests lives here too: [`Transport::set_blocked`] cuts this node off
 //! from chosen peers in both directions, on every protocol of the endpoint (through its
@@ -321,12 +323,25 @@ impl Transport {
                 ),
             }),
             Ok(Err(e)) => {
-                let reason = e.to_string();
+                // Why the connection went, when it did: closed by the peer (and with what
+                // code), timed out, reset by a restarted peer that no longer knows it.
+                let reason = match conn.close_reason() {
+                    Some(why) => format!("{e} ({why})"),
+                    None => e.to_string(),
+                };
                 self.evict(&peer.id, alpn, &conn);
                 if let Some(why) = not_admitted(&conn) {
                     return Err(TransportError::Unreachable {
                         peer: short,
                         reason: format!("the peer refused this endpoint at connection: {why}"),
+                    });
+                }
+                if closed_stopping(&conn) {
+                    return Err(TransportError::Unreachable {
+                        peer: short,
+                        reason: "the peer is stopping; it answered every request it took, \
+                                 and did not take this one"
+                            .into(),
                     });
                 }
                 Err(TransportError::Failed {
@@ -343,6 +358,16 @@ impl Transport {
             }
         }
     }
+}
+
+/// Whether the peer closed `conn` as a stopping server does ([`CLOSE_STOPPING`]), after
+/// answering every request it took: one without an answer was not processed.
+fn closed_stopping(conn: &Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(ConnectionError::ApplicationClosed(close))
+            if close.error_code == crate::drain::CLOSE_STOPPING.into()
+    )
 }
 
 /// Why the peer refused `conn` at its handshake ([`CLOSE_NOT_ADMITTED`]), if it did: then

@@ -220,7 +220,11 @@ impl RouterService {
         Ok((client.put_blob(put).await?, owner))
     }
 
-    /// Streams bytes of `blob`, the value of a key of `cluster`, from one of its nodes.
+    /// Streams bytes of `blob`, the value of a key of `cluster`, from one of its nodes; or,
+    /// when `cluster` is in another region, from a node of this region that keeps its
+    /// replica (they hold the blobs their replicas reference, see the node's
+    /// `replica_blobs`), going to the owner only when none of them can serve it. A blob
+    /// is addressed by its content, so whichever node sends it, the bytes are the value's.
     pub async fn read_blob(
         &self,
         cluster: &str,
@@ -229,16 +233,35 @@ impl RouterService {
         len: u64,
     ) -> Result<aspen_api::server::ValueStream, ApiError> {
         let routing = self.routing();
-        let client = client_of(&routing, cluster).map_err(|_| {
-            ApiError::new(
-                ErrorCode::ReplicaUnavailable,
-                format!(
-                    "the value is kept as a blob by cluster {cluster}, which this router does \
-                     not route to: read it with ?raw through a router of its region"
-                ),
-            )
+        let mut local_refusal = None;
+        if self.is_foreign(&routing, cluster) {
+            for host in self.replica_hosts(&routing) {
+                let Ok(client) = client_of(&routing, host) else {
+                    continue;
+                };
+                match client.read_blob(blob, start, len).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => {
+                        local_refusal.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let owner = client_of(&routing, cluster).map_err(|_| {
+            local_refusal.clone().unwrap_or_else(|| {
+                ApiError::new(
+                    ErrorCode::ReplicaUnavailable,
+                    format!(
+                        "the value is kept as a blob by cluster {cluster}, which this router \
+                         does not route to: read it with ?raw through a router of its region"
+                    ),
+                )
+            })
         })?;
-        client.read_blob(blob, start, len).await
+        match owner.read_blob(blob, start, len).await {
+            Err(e) => Err(local_refusal.unwrap_or(e)),
+            read => read,
+        }
     }
 
     /// Reads one key from its owner, or (stale, owned in another region) from a replica

@@ -14,7 +14,8 @@
 //! - `router`, `router_linearizability`, `router_process`: the router in front of
 //!   several clusters.
 //! - `federation`, `federation_process`, `federation_reads`, `federation_ring`: regions
-//!   replicating through iroh-docs; `federation_cli`: `aspen federation keygen` and `info`.
+//!   replicating through iroh-docs; `federation_blobs`: values kept as blobs across
+//!   regions; `federation_cli`: `aspen federation keygen` and `info`.
 //! - `watch` (with `watch::leases`): the change feed, watches and leases.
 //! - `blobs`: each node's blob store, served to its cluster's members only;
 //!   `blob_values`: values above the inline limit kept as blobs, through the HTTP API.
@@ -34,6 +35,7 @@ mod cli;
 mod cluster_faults;
 mod dev;
 mod federation;
+mod federation_blobs;
 mod federation_cli;
 mod federation_process;
 mod federation_reads;

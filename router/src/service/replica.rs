@@ -71,7 +71,7 @@ impl RouterService {
 
     /// The clusters of this router's region that keep the replicas: those the config's
     /// `[federation] replica_clusters` names, in its order, else every one in table order.
-    fn replica_hosts<'a>(&self, routing: &'a Routing) -> Vec<&'a str> {
+    pub(crate) fn replica_hosts<'a>(&self, routing: &'a Routing) -> Vec<&'a str> {
         match &routing.replica_clusters {
             Some(names) => names.iter().map(String::as_str).collect(),
             None => routing

@@ -16,8 +16,9 @@
 //! - [`wire`]: `kv_message` (`aspen/kv/2` requests a node decodes and answers a router
 //!   decodes), `raft_message` (`aspen/raft/2` RPCs and answers), `snapshot`
 //!   (`aspen/snapshot/1` offers and replies, snapshot streams), `docs_push`
-//!   (`aspen/docs-push/1` requests and entries) and `blob_hold_message`
-//!   (`aspen/blob-hold/1` requests and answers).
+//!   (`aspen/docs-push/1` requests and entries), `blob_hold_message`
+//!   (`aspen/blob-hold/1` requests and answers) and `value_message` (`aspen/value/1`
+//!   request and answer headers).
 //! - [`http`]: the shared harness (the real KV app over a recording backend, one request
 //!   at a time) and the checks every answer passes.
 //! - `http/body.rs`: `http_body`, the JSON bodies of `/v1/batch`, `/v1/cas`, `/v1/cad`,
@@ -91,6 +92,11 @@ pub const TARGETS: &[Target] = &[
         name: "blob_hold_message",
         body: wire::blob_hold_message,
         covers: "aspen/blob-hold/1 requests and answers: decode, re-encode, decode again",
+    },
+    Target {
+        name: "value_message",
+        body: wire::value_message,
+        covers: "aspen/value/1 request and answer headers: decode, re-encode, decode again",
     },
     Target {
         name: "http_body",

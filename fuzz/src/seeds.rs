@@ -306,6 +306,44 @@ fn blob_hold_message() -> Vec<Vec<u8>> {
     ]
 }
 
+fn value_message() -> Vec<Vec<u8>> {
+    use aspen_api::value_wire::{encode, ValueAnswer, ValueRequest};
+    use aspen_api::{ApiError, BlobRef, ErrorCode, WriteOutcome, WriteResult};
+    let blob = BlobRef {
+        hash: [5; 32],
+        size: 50 * 1024 * 1024,
+    };
+    vec![
+        encode(&ValueRequest::Put {
+            key: "models/weights".into(),
+            lease: Some(("us-1".into(), 42)),
+            declared: Some(52_428_800),
+        }),
+        encode(&ValueRequest::Put {
+            key: "k".into(),
+            lease: None,
+            declared: None,
+        }),
+        encode(&ValueRequest::Read {
+            blob,
+            start: 1_000,
+            len: 1_000,
+        }),
+        encode(&ValueAnswer::Written(WriteResult {
+            revision: 7,
+            outcome: WriteOutcome::Applied { deleted: 0 },
+        })),
+        encode(&ValueAnswer::Bytes { len: blob.size }),
+        encode(&ValueAnswer::Error(ApiError::new(
+            ErrorCode::TooLarge,
+            "the value is over the limit",
+        ))),
+    ]
+    .into_iter()
+    .map(|bytes| bytes.expect("encodes"))
+    .collect()
+}
+
 fn docs_push() -> Vec<Vec<u8>> {
     use iroh_docs::{Author, NamespaceSecret, Record, SignedEntry};
     let namespace = NamespaceSecret::from_bytes(&[7; 32]);
@@ -347,6 +385,7 @@ fn seeds(name: &str) -> Vec<Vec<u8>> {
         "snapshot" => snapshot(),
         "docs_push" => docs_push(),
         "blob_hold_message" => blob_hold_message(),
+        "value_message" => value_message(),
         other => panic!("no seeds for target {other}: add them in fuzz/src/seeds.rs"),
     }
 }

@@ -204,3 +204,37 @@ pub fn blob_hold_message(data: &[u8]) {
         assert!(bytes.len() <= MAX_HOLD_MESSAGE_BYTES);
     }
 }
+
+/// `aspen/value/1` request headers a node decodes and answer headers a router decodes:
+/// decode, re-encode, decode again; what decodes encodes within the header limit; a
+/// read's blob reference is checked as the node checks it.
+pub fn value_message(data: &[u8]) {
+    use aspen_api::limits::MAX_BLOB_VALUE_BYTES;
+    use aspen_api::value_wire::{self as value, ValueAnswer, ValueRequest, MAX_VALUE_HEADER_BYTES};
+    // The reader refuses a longer frame before reading it.
+    if data.len() > MAX_VALUE_HEADER_BYTES {
+        return;
+    }
+    // postcard takes overlong varints: the input need not be the canonical encoding; what
+    // is encoded again must be, and must mean the same.
+    if let Ok(request) = value::decode::<ValueRequest>(data) {
+        let bytes = value::encode(&request).expect("a decoded header fits the limit again");
+        let back: ValueRequest = value::decode(&bytes).expect("decodes");
+        assert_eq!(back, request, "decode(encode(r)) != r");
+        assert_eq!(value::encode(&back).expect("encodes"), bytes);
+        if let ValueRequest::Read { blob, .. } = &request {
+            // The node's check of a reference refuses, never panics, on any size.
+            let checked = blob.validate("blob");
+            assert_eq!(
+                checked.is_ok(),
+                (1..=MAX_BLOB_VALUE_BYTES).contains(&blob.size)
+            );
+        }
+    }
+    if let Ok(answer) = value::decode::<ValueAnswer>(data) {
+        let bytes = value::encode(&answer).expect("a decoded header fits the limit again");
+        let back: ValueAnswer = value::decode(&bytes).expect("decodes");
+        assert_eq!(back, answer, "decode(encode(a)) != a");
+        assert_eq!(value::encode(&back).expect("encodes"), bytes);
+    }
+}

@@ -198,7 +198,7 @@ impl ProtocolHandler for HoldProtocol {
         serve_streams(
             connection,
             self.budget.clone(),
-            &Drain::new(),
+            &Drain::never(),
             move |bytes| {
                 let this = this.clone();
                 async move { encode_answer(&this.answer(asker, &bytes).await) }

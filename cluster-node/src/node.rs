@@ -182,7 +182,7 @@ async fn open_blobs(
     federated: bool,
     collect_every: Duration,
     state: Arc<OnceLock<StateMachine>>,
-    replicas: Option<Arc<Replicas>>,
+    replicas: Option<(Arc<Replicas>, HashSet<String>)>,
     pending: Pending,
     collections: Arc<AtomicU64>,
 ) -> Result<(BlobStore, Option<DocsProtection>), NodeError> {
@@ -198,8 +198,9 @@ async fn open_blobs(
             .into_iter()
             .map(aspen_blobs::Hash::from_bytes)
             .collect();
-        // The blobs of replicated values, which this node keeps for its region's reads.
-        if let Some(replicas) = &replicas {
+        // The blobs of replicated values, which this node keeps for its region's reads
+        // (of the clusters it still imports: a copy left from an earlier import keeps none).
+        if let Some((replicas, imported)) = &replicas {
             let referenced = replicas
                 .store()
                 .referenced_blobs()
@@ -207,6 +208,7 @@ async fn open_blobs(
             hashes.extend(
                 referenced
                     .into_iter()
+                    .filter(|(source, _)| imported.contains(source))
                     .map(|(_, b)| aspen_blobs::Hash::from_bytes(b.hash)),
             );
         }
@@ -295,7 +297,14 @@ impl Node {
             federation_setup.is_some(),
             Duration::from_secs(config.blobs.collect_every_secs),
             referenced.clone(),
-            replica_store.clone(),
+            replica_store.clone().map(|r| {
+                let imported = federation_setup
+                    .iter()
+                    .flat_map(|s| &s.imports)
+                    .map(|i| i.cluster.clone())
+                    .collect();
+                (r, imported)
+            }),
             pending_blobs.clone(),
             blob_collections.clone(),
         )
@@ -405,6 +414,7 @@ impl Node {
                 blob_values.clone(),
                 replicas,
                 sources,
+                blob_collections.clone(),
                 expiry_stopped.clone(),
             ));
         }

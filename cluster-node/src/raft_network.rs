@@ -282,7 +282,7 @@ impl ProtocolHandler for RaftProtocol {
         serve_streams(
             connection,
             self.budget.clone(),
-            &Drain::new(),
+            &Drain::never(),
             move |bytes| {
                 let this = this.clone();
                 async move { this.handle(remote, bytes).await }

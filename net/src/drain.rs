@@ -23,18 +23,14 @@ use tokio::sync::watch;
 /// every request it had taken: requests on it without an answer were not processed.
 pub const CLOSE_STOPPING: u32 = 503;
 
-/// Longest a server waits for the requester to acknowledge one answer. Past it the
-/// request counts as done, but unsettled: the connection then closes without
-/// [`CLOSE_STOPPING`], so the requester never takes an answer it missed for a request
-/// that was not processed.
-pub const ANSWER_ACK_WAIT: Duration = Duration::from_secs(5);
-
 /// A stop signal for the connections of one or more protocols, and a count of those still
 /// draining. Clones share both.
 #[derive(Debug, Clone)]
 pub struct Drain {
     stopping: watch::Sender<bool>,
     open: watch::Sender<usize>,
+    /// False for [`Drain::never`]: its servers need not wait for acknowledgements.
+    stoppable: bool,
 }
 
 impl Default for Drain {
@@ -49,7 +45,23 @@ impl Drain {
         Drain {
             stopping: watch::Sender::new(false),
             open: watch::Sender::new(0),
+            stoppable: true,
         }
+    }
+
+    /// A drain that is never stopped, for a protocol whose connections simply end with the
+    /// endpoint (its requests are safe to lose, as Raft's are): its servers answer without
+    /// waiting for acknowledgements.
+    pub fn never() -> Drain {
+        Drain {
+            stoppable: false,
+            ..Drain::new()
+        }
+    }
+
+    /// Whether [`Drain::stop`] may be called on it (it was not made by [`Drain::never`]).
+    pub fn can_stop(&self) -> bool {
+        self.stoppable
     }
 
     /// Whether [`Drain::stop`] was called.
@@ -77,7 +89,11 @@ impl Drain {
 
     /// Tells every connection to stop taking requests and waits, at most `within`, until
     /// each has answered what it took and closed. Returns whether all of them did.
+    ///
+    /// # Panics
+    /// On a drain made by [`Drain::never`].
     pub async fn stop(&self, within: Duration) -> bool {
+        assert!(self.stoppable, "a Drain::never is never stopped");
         self.stopping.send_replace(true);
         let mut rx = self.open.subscribe();
         let drained = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;

@@ -14,7 +14,7 @@ use iroh::endpoint::{Connection, ReadError, ReadExactError, RecvStream, SendStre
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::drain::{Drain, ANSWER_ACK_WAIT, CLOSE_STOPPING};
+use crate::drain::{Drain, CLOSE_STOPPING};
 
 /// Bytes of the length prefix of every message.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -32,6 +32,12 @@ pub enum FrameError {
     /// The peer refused what this side sent as too large ([`RESET_TOO_LARGE`]).
     #[error("the peer refused the message as over its size limit")]
     RefusedTooLarge,
+    /// The connection went before the whole message passed (its close reason says why).
+    #[error("connection lost")]
+    ConnectionLost,
+    /// The peer stopped reading what this side was sending.
+    #[error("the peer stopped reading the stream")]
+    Stopped,
     /// The stream ended or failed before the whole message arrived.
     #[error("{0}")]
     Stream(String),
@@ -96,6 +102,8 @@ pub async fn write_frame(send: &mut SendStream, bytes: &[u8]) -> Result<(), Fram
         iroh::endpoint::WriteError::Stopped(code) if code == RESET_TOO_LARGE.into() => {
             FrameError::RefusedTooLarge
         }
+        iroh::endpoint::WriteError::Stopped(_) => FrameError::Stopped,
+        iroh::endpoint::WriteError::ConnectionLost(_) => FrameError::ConnectionLost,
         e => FrameError::Stream(e.to_string()),
     })
 }
@@ -124,6 +132,7 @@ fn exact_error(e: ReadExactError) -> FrameError {
         ReadExactError::ReadError(ReadError::Reset(code)) if code == RESET_TOO_LARGE.into() => {
             FrameError::RefusedTooLarge
         }
+        ReadExactError::ReadError(ReadError::ConnectionLost(_)) => FrameError::ConnectionLost,
         e => FrameError::Stream(e.to_string()),
     }
 }
@@ -208,7 +217,8 @@ where
             }
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_stream(send, recv, budget.clone(), handle.clone()));
+                    let acked = drain.can_stop();
+                    streams.spawn(serve_stream(send, recv, budget.clone(), acked, handle.clone()));
                 }
                 Err(_) => break false,
             },
@@ -231,17 +241,18 @@ where
     }
 }
 
-/// Serves one request stream: reads the request, answers it, and waits (at most
-/// [`ANSWER_ACK_WAIT`]) until the requester has received the answer, so that a stopping
-/// server closes the connection only after every answer arrived. Returns whether the
-/// request is settled: not taken (it could not be read), answered with the answer
-/// received, or given up on by the requester (it stopped the stream, so it already
-/// counts the request as without an answer); not when the requester's acknowledgement
-/// did not come within the wait.
+/// Serves one request stream: reads the request and answers it; with `acked`, also waits
+/// until the requester's QUIC stack acknowledged the answer, so that a stopping server
+/// closes the connection only after every answer arrived (the drain's own deadline bounds
+/// the wait; a requester that vanished ends it with the connection's idle timeout).
+/// Returns whether the request is settled: not taken (it could not be read), answered and
+/// received, or given up on by the requester (it stopped the stream, so it already counts
+/// the request as without an answer), or the connection is gone (no close reaches it).
 async fn serve_stream<F, Fut>(
     mut send: SendStream,
     mut recv: RecvStream,
     budget: ReadBudget,
+    acked: bool,
     handle: F,
 ) -> bool
 where
@@ -259,13 +270,15 @@ where
     };
     let answer = handle(request).await;
     drop(permit);
-    // A write that fails, or a wait that ends in an error, means the requester stopped the
-    // stream (it gave up on the answer) or the connection is gone (no close reaches it):
-    // either way nothing it could be told is at stake. Only a wait that runs out is.
-    if write_message(&mut send, &answer).await.is_err() {
-        return true;
+    drop(recv);
+    match write_message(&mut send, &answer).await {
+        Ok(()) if acked => {
+            // Resolves once acknowledged, stopped by the requester, or the connection went.
+            let _ = send.stopped().await;
+            true
+        }
+        Ok(()) => true,
+        Err(FrameError::Stopped | FrameError::RefusedTooLarge | FrameError::ConnectionLost) => true,
+        Err(_) => false,
     }
-    tokio::time::timeout(ANSWER_ACK_WAIT, send.stopped())
-        .await
-        .is_ok()
 }

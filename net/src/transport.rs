@@ -336,7 +336,7 @@ impl Transport {
                         reason: format!("the peer refused this endpoint at connection: {why}"),
                     });
                 }
-                if closed_stopping(&conn) {
+                if matches!(e, FrameError::ConnectionLost) && closed_stopping(&conn) {
                     return Err(TransportError::Unreachable {
                         peer: short,
                         reason: "the peer is stopping; it answered every request it took, \

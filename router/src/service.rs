@@ -248,7 +248,7 @@ impl RouterService {
             }
         }
         let owner = client_of(&routing, cluster).map_err(|_| {
-            local_refusal.clone().unwrap_or_else(|| {
+            local_refusal.unwrap_or_else(|| {
                 ApiError::new(
                     ErrorCode::ReplicaUnavailable,
                     format!(
@@ -258,10 +258,8 @@ impl RouterService {
                 )
             })
         })?;
-        match owner.read_blob(blob, start, len).await {
-            Err(e) => Err(local_refusal.unwrap_or(e)),
-            read => read,
-        }
+        // The owner's own refusal says more than why this region's copy could not serve.
+        owner.read_blob(blob, start, len).await
     }
 
     /// Reads one key from its owner, or (stale, owned in another region) from a replica

@@ -5,8 +5,12 @@
 # through the router), both on loopback, both fsyncing every commit.
 #
 # Usage: scripts/bench-vs-etcd.sh        (env: DURATION=10 CLIENTS="1 16 64 256"
-#                                               OPS="put get cas mixed" VALUE_SIZE=256)
-# Prints one table: ops/s, p50 and p99 of each, and the ratio Aspen/etcd of ops/s.
+#                                               OPS="put get cas mixed" VALUE_SIZE=256
+#                                               ROUNDS=1 VIA=node)
+# VIA=router benchmarks Aspen through us's router instead of at node 1. With ROUNDS > 1
+# every row runs ROUNDS times, the two systems' order alternating from one to the next.
+# Prints one table: ops/s, p50 and p99 of each (medians over the rounds), and the ratio
+# Aspen/etcd of the median ops/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +18,8 @@ DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-"1 16 64 256"}
 OPS=${OPS:-"put get cas mixed"}
 VALUE_SIZE=${VALUE_SIZE:-256}
+ROUNDS=${ROUNDS:-1}
+VIA=${VIA:-node}
 ASPEN_HTTP=127.0.0.1:17070
 # Node 1 of cluster us-1: `aspen dev` puts it at the router's port + 31.
 ASPEN_NODE=127.0.0.1:17101
@@ -44,14 +50,22 @@ curl -fs "http://$ASPEN_NODE/readyz" >/dev/null
 
 echo "etcd $(etcd --version | head -1 | awk '{print $3}') leader at $ETCD_LEADER; aspen us-1 node 1 at http://$ASPEN_NODE" >&2
 RESULTS="$WORK/results.json"
-for op in $OPS; do
-  for clients in $CLIENTS; do
-    for target in aspen etcd; do
-      endpoint="http://$ASPEN_NODE"
-      [ "$target" = etcd ] && endpoint="$ETCD_LEADER"
-      echo "  $target $op x$clients ..." >&2
-      "$BIN" bench --target "$target" --endpoint "$endpoint" --op "$op" --clients "$clients" \
-        --duration "$DURATION" --value-size "$VALUE_SIZE" --json 2>/dev/null >>"$RESULTS"
+ASPEN_ENDPOINT="http://$ASPEN_NODE"
+[ "$VIA" = router ] && ASPEN_ENDPOINT="http://$ASPEN_HTTP"
+row=0
+for round in $(seq 1 "$ROUNDS"); do
+  for op in $OPS; do
+    for clients in $CLIENTS; do
+      order="aspen etcd"
+      [ $(( (round + row) % 2 )) = 0 ] && order="etcd aspen"
+      row=$((row + 1))
+      for target in $order; do
+        endpoint="$ASPEN_ENDPOINT"
+        [ "$target" = etcd ] && endpoint="$ETCD_LEADER"
+        echo "  round $round: $target $op x$clients ..." >&2
+        "$BIN" bench --target "$target" --endpoint "$endpoint" --op "$op" --clients "$clients" \
+          --duration "$DURATION" --value-size "$VALUE_SIZE" --json 2>/dev/null >>"$RESULTS"
+      done
     done
   done
 done
@@ -67,7 +81,17 @@ while i < len(text):
         break
     obj, i = decoder.raw_decode(text, i)
     rows.append(obj)
-by = {(r["target"], r["op"], r["clients"]): r for r in rows}
+import statistics
+groups = {}
+for r in rows:
+    groups.setdefault((r["target"], r["op"], r["clients"]), []).append(r)
+def median_row(rs):
+    out = dict(rs[0])
+    for field in ("ops_per_sec", "p50_ms", "p99_ms"):
+        out[field] = statistics.median(r[field] for r in rs)
+    out["errors"] = sum(r["errors"] for r in rs)
+    return out
+by = {k: median_row(rs) for k, rs in groups.items()}
 keys = sorted({(r["op"], r["clients"]) for r in rows}, key=lambda k: (["put", "get", "cas", "mixed"].index(k[0]), k[1]))
 print("| op | clients | aspen ops/s | aspen p50 ms | aspen p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | aspen/etcd ops/s |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")

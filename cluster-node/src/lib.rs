@@ -33,6 +33,7 @@
 //! - [`http`]: the public HTTP API: `aspen_api::server`'s KV routes over the KV service,
 //!   plus status, membership, health and metrics.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`stages`]: where a write's time goes on a node, one histogram per stage.
 //! - [`node`]: wires one node together, in a fixed order; start and shutdown.
 //! - [`local_cluster`]: several nodes in one process (`aspen dev`, tests).
 //! - [`faults`]: a fault schedule over a local cluster (tests, `aspen soak`).
@@ -69,6 +70,7 @@ pub mod raft_types;
 pub mod read_index;
 pub mod replica_blobs;
 pub mod service;
+pub mod stages;
 pub mod storage;
 #[cfg(test)]
 mod strategies;

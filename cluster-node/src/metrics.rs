@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::raft_types::AspenRaft;
+use crate::stages::Stages;
 
 /// Labels of a request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,7 +75,19 @@ fn latency_histogram() -> Histogram {
 
 impl Default for NodeMetrics {
     fn default() -> Self {
+        NodeMetrics::with_stages(&Stages::default())
+    }
+}
+
+impl NodeMetrics {
+    /// The node's metrics, its write stage histograms among them.
+    pub fn with_stages(stages: &Stages) -> Self {
         let mut registry = Registry::with_prefix("aspen");
+        registry.register(
+            "write_stage_seconds",
+            "Time of each stage a write passes on this node (see cluster-node/src/stages.rs)",
+            stages.family(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<OpLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,

@@ -314,7 +314,7 @@ impl Node {
         let raft = AspenRaft::new(
             config.node_id,
             Arc::new(openraft_config(&config)?),
-            NetworkFactory::new(transport.clone()),
+            NetworkFactory::new(transport.clone(), state_machine.stages().clone()),
             log_store,
             state_machine.clone(),
         )
@@ -346,6 +346,7 @@ impl Node {
         crate::admission::restrict_blobs(transport.access(), &config, raft.clone())?;
         let state_machine_for_watch = state_machine.clone();
         let state_machine_for_repair = state_machine.clone();
+        let stages = state_machine.stages().clone();
         let federation = match federation_setup {
             Some(setup) => {
                 federation::restrict(transport.access(), &config, raft.clone())?;
@@ -423,7 +424,7 @@ impl Node {
             state_machine_for_repair,
             expiry_stopped,
         ));
-        let metrics = Arc::new(NodeMetrics::default());
+        let metrics = Arc::new(NodeMetrics::with_stages(&stages));
         let http_stats = metrics.http.clone();
         let backend = NodeBackend {
             service: service.clone(),

@@ -22,6 +22,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use crate::batcher::{BatchLimits, Batcher, Stopped};
 use crate::handoff::{other_leader, Leaving};
 use crate::raft_types::{AspenRaft, MemberNode, NodeId, Proposal};
+use crate::stages::{Stage, Stages};
 
 /// Most commands in one proposal. Each is at most 100 keys, so an entry stays a few
 /// hundred KiB for small values; more would make one apply transaction, and the writes
@@ -65,7 +66,7 @@ impl Proposer {
     /// Starts the proposing task for `raft` on the current tokio runtime. Once `leaving`
     /// is set (the node hands its leadership over), writes are refused as "not the
     /// leader".
-    pub fn start(raft: AspenRaft, leaving: Leaving) -> Proposer {
+    pub fn start(raft: AspenRaft, leaving: Leaving, stages: Stages) -> Proposer {
         let limits = BatchLimits {
             max_items: MAX_PROPOSAL_COMMANDS,
             max_weight: MAX_PROPOSAL_BYTES,
@@ -74,7 +75,7 @@ impl Proposer {
         };
         let (proposing, left) = (raft.clone(), leaving.clone());
         let batcher = Batcher::start(limits, Command::payload_bytes, move |commands| {
-            let (raft, leaving) = (proposing.clone(), left.clone());
+            let (raft, leaving, stages) = (proposing.clone(), left.clone(), stages.clone());
             async move {
                 // Checked as each proposal is taken, so writes queued before the handover
                 // began are refused too, unproposed.
@@ -82,7 +83,10 @@ impl Proposer {
                     let leader = other_leader(&raft);
                     return vec![Err(ProposeError::NotLeader(leader)); commands.len()];
                 }
-                propose(&raft, commands).await
+                let started = std::time::Instant::now();
+                let answers = propose(&raft, commands).await;
+                stages.observe(Stage::Propose, started.elapsed());
+                answers
             }
         });
         Proposer {

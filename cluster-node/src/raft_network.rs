@@ -30,6 +30,7 @@ use openraft::{OptionalSend, Snapshot, Vote};
 
 use crate::leader_contact::LeaderContact;
 use crate::raft_types::{AspenRaft, MemberNode, NodeId, TypeConfig};
+use crate::stages::{Stage, Stages};
 use crate::transport::{
     serve_streams, Drain, ReadBudget, Transport, TransportError, CLOSE_NOT_ALLOWED,
 };
@@ -49,12 +50,13 @@ pub const RAFT_ALPN: &[u8] = b"aspen/raft/2";
 #[derive(Clone)]
 pub struct NetworkFactory {
     transport: Arc<Transport>,
+    stages: Stages,
 }
 
 impl NetworkFactory {
-    /// A factory sending over `transport`.
-    pub fn new(transport: Arc<Transport>) -> Self {
-        NetworkFactory { transport }
+    /// A factory sending over `transport`, timing AppendEntries round trips into `stages`.
+    pub fn new(transport: Arc<Transport>, stages: Stages) -> Self {
+        NetworkFactory { transport, stages }
     }
 }
 
@@ -73,6 +75,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node: node.clone(),
             endpoint,
             transport: self.transport.clone(),
+            stages: self.stages.clone(),
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct NetworkClient {
     node: MemberNode,
     endpoint: Result<EndpointId, String>,
     transport: Arc<Transport>,
+    stages: Stages,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
@@ -134,7 +138,13 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        match self.call(RaftRequest::AppendEntries(rpc), &option).await? {
+        let carries_entries = !rpc.entries.is_empty();
+        let started = std::time::Instant::now();
+        let answer = self.call(RaftRequest::AppendEntries(rpc), &option).await;
+        if carries_entries {
+            self.stages.observe(Stage::AppendEntries, started.elapsed());
+        }
+        match answer? {
             RaftAnswer::AppendEntries(r) => r.map_err(|e| {
                 RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
             }),

@@ -127,7 +127,7 @@ impl KvService {
         Arc::new(KvService {
             node_id,
             cluster,
-            proposer: Proposer::start(raft.clone(), leaving.clone()),
+            proposer: Proposer::start(raft.clone(), leaving.clone(), sm.stages().clone()),
             read_index: ReadIndex::start(raft.clone(), leaving.clone()),
             leaving,
             reads: ReadQueue::start(state.clone()),

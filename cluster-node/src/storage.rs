@@ -58,10 +58,9 @@ pub fn open(
     retention: FeedRetention,
 ) -> Result<(LogStore, StateMachine), crate::raft_types::StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| openraft::StorageIOError::write_logs(&e))?;
-    Ok((
-        LogStore::open(&dir.join("log.db"))?,
-        StateMachine::open(dir, retention)?,
-    ))
+    let sm = StateMachine::open(dir, retention)?;
+    let log = LogStore::open_with(&dir.join("log.db"), sm.stages().clone())?;
+    Ok((log, sm))
 }
 
 #[cfg(test)]

@@ -191,3 +191,60 @@ async fn a_burst_of_reads_reuses_pooled_connections_instead_of_opening_more() {
     );
     t.cluster.shutdown().await;
 }
+
+/// `aspen_write_stage_seconds_count{stage}` in `metrics`, 0 when the stage has no series.
+fn stage_count(metrics: &str, stage: &str) -> u64 {
+    let prefix = format!("aspen_write_stage_seconds_count{{stage=\"{stage}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Each node times the stages a write passes on it: the leader proposes, queues and
+/// writes its log, sends AppendEntries and applies; a follower writes its log and applies,
+/// and proposes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_times_the_stages_a_write_passes_on_it() {
+    let t = support::start_cluster().await;
+    let leader = t.cluster.leader().expect("a leader");
+    let follower = (1..=3u64).find(|id| *id != leader).unwrap();
+    let c = t.client(leader);
+    for i in 0..20 {
+        c.put(&format!("stage/{i}"), b"v").await.unwrap();
+    }
+    let scrape = |id: u64| {
+        let url = format!("{}/metrics", t.cluster.url(id));
+        async move { support::http_text(&url).await }
+    };
+    let on_leader = scrape(leader).await.unwrap();
+    for stage in [
+        "propose",
+        "log_queue",
+        "log_write",
+        "append_entries",
+        "apply",
+    ] {
+        assert!(
+            stage_count(&on_leader, stage) >= 1,
+            "the leader timed no {stage}:\n{on_leader}"
+        );
+    }
+    assert!(
+        stage_count(&on_leader, "propose") <= 20,
+        "more proposals than writes"
+    );
+    // The follower applies each write once the leader's next message says it committed.
+    support::poll(
+        "the follower to apply a write",
+        std::time::Duration::from_secs(10),
+        || async {
+            let m = scrape(follower).await.ok()?;
+            (stage_count(&m, "log_write") >= 1 && stage_count(&m, "apply") >= 1).then_some(m)
+        },
+    )
+    .await;
+    let on_follower = scrape(follower).await.unwrap();
+    assert_eq!(stage_count(&on_follower, "propose"), 0, "{on_follower}");
+    t.cluster.shutdown().await;
+}

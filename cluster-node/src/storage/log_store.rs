@@ -8,13 +8,15 @@
 //! Appended entries are readable at once: they go into an in-memory tail cache before
 //! they are queued, and the cache keeps the most recent entries after they are durable so
 //! replication reads rarely touch SQLite. Truncate, purge and vote saves wait for the
-//! writer, which keeps every write in the order openraft issued it.
+//! writer, which keeps every write in the order openraft issued it. The committed log id
+//! is kept in memory and written with the next transaction, never in one of its own.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError, Vote};
@@ -23,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, LOG_ENTRY, LOG_META};
 use crate::raft_types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::stages::{Stage, Stages};
 
 /// Most recent entries kept in memory after they are durable, for replication reads.
 const CACHE_MAX_ENTRIES: usize = 4096;
@@ -48,6 +51,8 @@ struct Shared {
     queue: mpsc::Sender<WriteOp>,
     /// Connection for reads of entries no longer in the cache.
     reader: Mutex<Connection>,
+    /// The node's write stage histograms (`log_queue`, `log_write`).
+    stages: Stages,
 }
 
 /// What the store knows in memory; SQLite holds the same, durably.
@@ -68,6 +73,8 @@ enum WriteOp {
     Append {
         rows: Vec<(u64, Vec<u8>)>,
         callback: LogFlushed<TypeConfig>,
+        /// When it was queued (the `log_queue` stage).
+        queued: Instant,
     },
     Truncate {
         from: u64,
@@ -80,7 +87,7 @@ enum WriteOp {
     Meta {
         name: &'static str,
         value: Vec<u8>,
-        done: Option<oneshot::Sender<Result<(), String>>>,
+        done: oneshot::Sender<Result<(), String>>,
     },
 }
 
@@ -107,6 +114,11 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry, std::io::Error> {
 impl LogStore {
     /// Opens the log at `path` (created if missing) and starts its writer thread.
     pub fn open(path: &Path) -> Result<LogStore, StorageError> {
+        LogStore::open_with(path, Stages::default())
+    }
+
+    /// [`LogStore::open`], timing its stages into `stages`.
+    pub fn open_with(path: &Path, stages: Stages) -> Result<LogStore, StorageError> {
         let read_err = |e: rusqlite::Error| StorageIOError::read_logs(&e);
         let conn = super::open_db(path).map_err(read_err)?;
         format::check_schema(&conn, path).map_err(|e| StorageIOError::read_logs(&e))?;
@@ -116,17 +128,19 @@ impl LogStore {
         )
         .map_err(read_err)?;
         let memory = load_memory(&conn).map_err(|e| StorageIOError::read_logs(&e))?;
+        let committed_on_disk = memory.committed;
         let reader = super::open_db(path).map_err(read_err)?;
         let (queue, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let shared = Arc::new(Shared {
             state: Mutex::new(memory),
             queue,
             reader: Mutex::new(reader),
+            stages,
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("aspen-log-writer".into())
-            .spawn(move || writer_loop(conn, rx, weak))
+            .spawn(move || writer_loop(conn, rx, weak, committed_on_disk))
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(LogStore { shared })
     }
@@ -183,6 +197,8 @@ fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<WriteOp>,
     shared: std::sync::Weak<Shared>,
+    // The committed log id last written: a newer one rides along with the next batch.
+    mut committed_written: Option<LogId>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut ops = vec![first];
@@ -192,11 +208,23 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let result = write_batch(&mut conn, &ops).map_err(|e| e.to_string());
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        let committed = shared.state.lock().expect("log state lock").committed;
+        let also = (committed != committed_written).then_some(committed);
+        let started = Instant::now();
+        for op in &ops {
+            if let WriteOp::Append { queued, .. } = op {
+                shared
+                    .stages
+                    .observe(Stage::LogQueue, started.duration_since(*queued));
+            }
+        }
+        let result = write_batch(&mut conn, &ops, also).map_err(|e| e.to_string());
+        shared.stages.observe(Stage::LogWrite, started.elapsed());
         if result.is_ok() {
+            committed_written = committed;
             shared
                 .state
                 .lock()
@@ -209,7 +237,13 @@ fn writer_loop(
     }
 }
 
-fn write_batch(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<()> {
+/// Writes `ops` in one transaction (one fsync), with the committed log id `committed` when
+/// it changed since the last batch.
+fn write_batch(
+    conn: &mut Connection,
+    ops: &[WriteOp],
+    committed: Option<Option<LogId>>,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut insert =
@@ -235,6 +269,9 @@ fn write_batch(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<()> {
                 }
             }
         }
+        if let Some(committed) = committed {
+            put_meta.execute(params!["committed", encode_meta(&committed)])?;
+        }
     }
     tx.commit()
 }
@@ -242,13 +279,10 @@ fn write_batch(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<()> {
 fn complete(op: WriteOp, result: Result<(), String>) {
     match op {
         WriteOp::Append { callback, .. } => callback.log_io_completed(result.map_err(io_err)),
-        WriteOp::Truncate { done, .. } | WriteOp::Purge { done, .. } => {
+        WriteOp::Truncate { done, .. }
+        | WriteOp::Purge { done, .. }
+        | WriteOp::Meta { done, .. } => {
             let _ = done.send(result);
-        }
-        WriteOp::Meta { done, .. } => {
-            if let Some(done) = done {
-                let _ = done.send(result);
-            }
         }
     }
 }
@@ -440,7 +474,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.submit(|done| WriteOp::Meta {
             name: "vote",
             value,
-            done: Some(done),
+            done,
         })
         .await
         .map_err(|e| StorageIOError::write_vote(&e))?;
@@ -453,18 +487,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let value = encode_meta(&committed);
+        // Saving the commit index only speeds up a restart (the state machine is durable
+        // on its own and knows what it applied), so it costs no transaction of its own:
+        // the writer writes it with the next batch of appends, votes or purges. A commit
+        // used to be a transaction, and an fsync, of its own on every node, which the
+        // next write's append then queued behind.
         self.shared.state.lock().expect("log state lock").committed = committed;
-        // Saving the commit index only speeds up a restart; it need not be awaited.
-        self.shared
-            .queue
-            .send(WriteOp::Meta {
-                name: "committed",
-                value,
-                done: None,
-            })
-            .await
-            .map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
         Ok(())
     }
 
@@ -497,7 +525,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.shared
             .queue
-            .send(WriteOp::Append { rows, callback })
+            .send(WriteOp::Append {
+                rows,
+                callback,
+                queued: Instant::now(),
+            })
             .await
             .map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
         Ok(())
@@ -556,11 +588,36 @@ mod tests {
         {
             let mut store = LogStore::open(&path).unwrap();
             store.save_committed(Some(committed)).await.unwrap();
-            // Queued after the committed id, so both are on disk once this returns.
+            // The committed id rides with the next transaction: once this returns, both
+            // are on disk.
             store.save_vote(&vote).await.unwrap();
         }
         let mut store = LogStore::open(&path).unwrap();
         assert_eq!(store.read_committed().await.unwrap(), Some(committed));
         assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    }
+
+    /// A commit costs no transaction (no fsync) of its own: the committed id is written
+    /// with the next one, and read back from memory meanwhile.
+    #[tokio::test]
+    async fn the_committed_log_id_rides_with_the_next_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let on_disk = || {
+            let conn = Connection::open(&path).unwrap();
+            conn.query_row("SELECT value FROM meta WHERE name = 'committed'", [], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .optional()
+            .unwrap()
+            .map(|b| decode_meta::<Option<LogId>>(&b).unwrap())
+        };
+        let mut store = LogStore::open(&path).unwrap();
+        let committed = LogId::new(CommittedLeaderId::new(2, 1), 9);
+        store.save_committed(Some(committed)).await.unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(committed));
+        assert_eq!(on_disk(), None, "a commit wrote a transaction of its own");
+        store.save_vote(&Vote::new(2, 1)).await.unwrap();
+        assert_eq!(on_disk(), Some(Some(committed)));
     }
 }

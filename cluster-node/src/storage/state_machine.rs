@@ -44,6 +44,7 @@ use crate::lease::LeaseClock;
 use crate::raft_types::{
     Entry, LogId, MemberNode, NodeId, ProposalResults, StorageError, TypeConfig,
 };
+use crate::stages::{Stage, Stages};
 
 /// Read connections kept open for reuse. Readers run at most this many at once (see
 /// `KvService`), so under load no read opens a connection: opening one parses the schema
@@ -98,6 +99,8 @@ pub(super) struct Shared {
     builds_done: watch::Sender<u64>,
     /// Read connections opened so far (a pool miss each).
     readers_opened: AtomicU64,
+    /// The node's write stage histograms (`apply` here).
+    pub stages: Stages,
     /// The newest change sets, for the watch hub (see [`super::recent`]).
     recent: RecentFeed,
 }
@@ -209,6 +212,7 @@ impl StateMachine {
                 builds_done: watch::Sender::new(0),
                 readers_opened: AtomicU64::new(0),
                 recent: RecentFeed::default(),
+                stages: Stages::default(),
             }),
         })
     }
@@ -298,6 +302,12 @@ impl StateMachine {
         };
         let len = std::fs::metadata(snapshot::current_path(&self.shared.dir))?.len();
         Ok(Some((meta, len)))
+    }
+
+    /// The node's write stage histograms, shared with its log store, proposer and Raft
+    /// network (see [`crate::stages`]).
+    pub fn stages(&self) -> &Stages {
+        &self.shared.stages
     }
 
     /// The current snapshot's file, opened for reading (its metadata with it), if there is
@@ -410,7 +420,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let results = tokio::task::spawn_blocking(move || {
             let mut applied = shared.applied.lock().expect("applied lock").clone();
             let mut conn = shared.writer.lock().expect("writer lock");
             let mut events = Vec::new();
@@ -429,7 +440,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(results)
         })
         .await
-        .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))?
+        .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))?;
+        self.shared.stages.observe(Stage::Apply, started.elapsed());
+        results
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -1,0 +1,86 @@
+//! Where a write's time goes on a node, stage by stage: one latency histogram per stage,
+//! exported at `/metrics` as `aspen_write_stage_seconds{stage}` so that the breakdown of
+//! docs/BENCHMARKS.md ("Where a write's time goes") can be taken again on any cluster.
+//!
+//! The stages, in the order a write on the leader passes them:
+//!
+//! - `propose`: one proposal through openraft (`client_write`, from the proposer's batch
+//!   to the applied result): everything below plus openraft's own queueing;
+//! - `log_queue`: an append waiting for the log writer thread;
+//! - `log_write`: one log transaction, its fsync included (appends of many proposals,
+//!   votes and purges share it);
+//! - `append_entries`: one AppendEntries round trip to a follower that carries entries,
+//!   the follower's log fsync included;
+//! - `apply`: applying a batch of committed entries to the state machine, from handing
+//!   it to the blocking pool to its commit.
+//!
+//! What the HTTP layer adds around them is `aspen_http_request_duration_seconds`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+/// One stage of a write (see the module docs).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Stage {
+    Propose,
+    LogQueue,
+    LogWrite,
+    AppendEntries,
+    Apply,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Propose => "propose",
+            Stage::LogQueue => "log_queue",
+            Stage::LogWrite => "log_write",
+            Stage::AppendEntries => "append_entries",
+            Stage::Apply => "apply",
+        }
+    }
+}
+
+/// The label of a stage histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    stage: &'static str,
+}
+
+fn stage_histogram() -> Histogram {
+    // 10 µs to ~5 s.
+    Histogram::new(exponential_buckets(0.00001, 2.0, 20))
+}
+
+/// The stage histograms of one node; clones share them.
+#[derive(Clone, Debug)]
+pub struct Stages {
+    family: Family<StageLabels, Histogram>,
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        Stages {
+            family: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
+        }
+    }
+}
+
+impl Stages {
+    /// Records that one pass through `stage` took `took`.
+    pub fn observe(&self, stage: Stage, took: Duration) {
+        self.family
+            .get_or_create(&StageLabels {
+                stage: stage.name(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The histograms, for registering with the node's metrics.
+    pub fn family(&self) -> Family<StageLabels, Histogram> {
+        self.family.clone()
+    }
+}

@@ -5,10 +5,12 @@
 //! about. A server that simply closes its endpoint makes exactly that: whatever it was
 //! working on, and any answer still in its send buffers, is cut off. So a stopping server
 //! [`Drain::stop`]s its protocols first: each connection served by
-//! [`serve_streams`](crate::serve_streams) takes no new request stream, finishes every
-//! request it took, waits until the requester has received each answer, and only then
-//! closes with [`CLOSE_STOPPING`]. A connection the server accepts meanwhile is closed the
-//! same way at once.
+//! [`serve_streams`](crate::serve_streams) takes no new request stream (it refuses each
+//! unread, with [`RESET_STOPPING`](crate::RESET_STOPPING)), finishes every request it
+//! took, waits until the requester has received each answer, and then closes with
+//! [`CLOSE_STOPPING`], once the connection is old enough for the requester to read that
+//! code ([`CONFIRM_GRACE`](crate::CONFIRM_GRACE): a close during the handshake reaches it
+//! as a bare transport error). A connection accepted meanwhile is handled the same way.
 //!
 //! A connection closed with [`CLOSE_STOPPING`] therefore tells the requesting side that
 //! any request on it still without an answer was never taken: nothing was processed, and
@@ -88,7 +90,8 @@ impl Drain {
     }
 
     /// Tells every connection to stop taking requests and waits, at most `within`, until
-    /// each has answered what it took and closed. Returns whether all of them did.
+    /// each has answered what it took (it closes later, see the module docs). Returns
+    /// whether all of them did.
     ///
     /// # Panics
     /// On a drain made by [`Drain::never`].

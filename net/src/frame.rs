@@ -9,6 +9,7 @@
 //! waits for room (QUIC flow control holds its sender back meanwhile) but never deadlocks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use iroh::endpoint::{Connection, ReadError, ReadExactError, RecvStream, SendStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -22,6 +23,14 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// QUIC stream error code of a message refused for its declared length: nothing of it was
 /// read or processed.
 pub const RESET_TOO_LARGE: u32 = 413;
+
+/// QUIC stream error code of a request a stopping server refused unread.
+pub const RESET_STOPPING: u32 = 503;
+
+/// How old a connection must be before a stopping server closes it with
+/// [`CLOSE_STOPPING`]: by then the requester has confirmed the handshake and reads the
+/// close's code. Meanwhile new request streams are refused unread ([`RESET_STOPPING`]).
+pub const CONFIRM_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a message could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +47,9 @@ pub enum FrameError {
     /// The peer stopped reading what this side was sending.
     #[error("the peer stopped reading the stream")]
     Stopped,
+    /// The peer is stopping and refused the request unread ([`RESET_STOPPING`]).
+    #[error("the peer is stopping and refused the request unread")]
+    NotTaken,
     /// The stream ended or failed before the whole message arrived.
     #[error("{0}")]
     Stream(String),
@@ -102,6 +114,9 @@ pub async fn write_frame(send: &mut SendStream, bytes: &[u8]) -> Result<(), Fram
         iroh::endpoint::WriteError::Stopped(code) if code == RESET_TOO_LARGE.into() => {
             FrameError::RefusedTooLarge
         }
+        iroh::endpoint::WriteError::Stopped(code) if code == RESET_STOPPING.into() => {
+            FrameError::NotTaken
+        }
         iroh::endpoint::WriteError::Stopped(_) => FrameError::Stopped,
         iroh::endpoint::WriteError::ConnectionLost(_) => FrameError::ConnectionLost,
         e => FrameError::Stream(e.to_string()),
@@ -131,6 +146,9 @@ fn exact_error(e: ReadExactError) -> FrameError {
     match e {
         ReadExactError::ReadError(ReadError::Reset(code)) if code == RESET_TOO_LARGE.into() => {
             FrameError::RefusedTooLarge
+        }
+        ReadExactError::ReadError(ReadError::Reset(code)) if code == RESET_STOPPING.into() => {
+            FrameError::NotTaken
         }
         ReadExactError::ReadError(ReadError::ConnectionLost(_)) => FrameError::ConnectionLost,
         e => FrameError::Stream(e.to_string()),
@@ -190,15 +208,17 @@ async fn read_request(
 
 /// Serves every request stream of one accepted connection with `handle`, one task per
 /// stream, until the connection closes or `drain` stops (see [`crate::drain`]: then it
-/// takes no new stream, finishes the ones it took, waits until each answer is received,
-/// and closes the connection with [`CLOSE_STOPPING`]). Each request is read within
-/// `budget`, and its bytes count against it until its answer is written.
+/// refuses new streams unread, finishes the ones it took, waits until each answer is
+/// received, and closes the connection with [`CLOSE_STOPPING`] once it is
+/// [`CONFIRM_GRACE`] old). Each request is read within `budget`, and its bytes count
+/// against it until its answer is written.
 pub async fn serve_streams<F, Fut>(conn: Connection, budget: ReadBudget, drain: &Drain, handle: F)
 where
     F: Fn(Vec<u8>) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
 {
-    let _counted = drain.enter();
+    let accepted_at = std::time::Instant::now();
+    let counted = drain.enter();
     let mut streams = JoinSet::new();
     // Whether every request taken so far has been answered and its answer received (or
     // given up on by the requester): only then may the close say the rest were not taken.
@@ -225,8 +245,36 @@ where
         }
     };
     if stopped {
-        while let Some(done) = streams.join_next().await {
-            settled &= done.unwrap_or(false);
+        // The requests taken finish; a stream opened meanwhile is refused unread.
+        loop {
+            tokio::select! {
+                biased;
+                done = streams.join_next() => match done {
+                    Some(done) => settled &= done.unwrap_or(false),
+                    None => break,
+                },
+                accepted = conn.accept_bi() => match accepted {
+                    Ok((send, recv)) => refuse(send, recv),
+                    Err(_) => return,
+                },
+            }
+        }
+        drop(counted);
+        // A close's code reaches the requester only once it has confirmed the handshake;
+        // before that it arrives as a bare transport error, an unknown outcome (seen: a
+        // router connecting to a stopping node). So a young connection refuses new streams
+        // unread until it is CONFIRM_GRACE old, and only then closes.
+        let ready = tokio::time::sleep_until((accepted_at + CONFIRM_GRACE).into());
+        tokio::pin!(ready);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut ready => break,
+                accepted = conn.accept_bi() => match accepted {
+                    Ok((send, recv)) => refuse(send, recv),
+                    Err(_) => return,
+                },
+            }
         }
         if settled {
             conn.close(CLOSE_STOPPING.into(), b"stopping");
@@ -239,6 +287,13 @@ where
         // proposal is not abandoned halfway because its requester left).
         streams.detach_all();
     }
+}
+
+/// Refuses a request stream unread, as a stopping server does: the requester learns that
+/// nothing was processed ([`FrameError::NotTaken`]).
+fn refuse(mut send: SendStream, mut recv: RecvStream) {
+    let _ = recv.stop(RESET_STOPPING.into());
+    let _ = send.reset(RESET_STOPPING.into());
 }
 
 /// Serves one request stream: reads the request and answers it; with `acked`, also waits

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use iroh::endpoint::{
     presets, Connection, ConnectionError, QuicTransportConfig, RecvStream, SendStream,
+    TransportErrorCode,
 };
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey};
 
@@ -315,6 +316,10 @@ impl Transport {
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(FrameError::NotTaken)) => Err(TransportError::Unreachable {
+                peer: short,
+                reason: "the peer is stopping and refused this request unread".into(),
+            }),
             Ok(Err(FrameError::RefusedTooLarge)) => Err(TransportError::Unreachable {
                 peer: short,
                 reason: format!(
@@ -334,6 +339,18 @@ impl Transport {
                     return Err(TransportError::Unreachable {
                         peer: short,
                         reason: format!("the peer refused this endpoint at connection: {why}"),
+                    });
+                }
+                if matches!(e, FrameError::ConnectionLost) && closed_in_handshake(&conn) {
+                    return Err(TransportError::Unreachable {
+                        peer: short,
+                        reason: format!(
+                            "the peer closed the connection before completing its handshake \
+                             ({}), so it took no request on it",
+                            conn.close_reason()
+                                .map(|r| r.to_string())
+                                .unwrap_or_default()
+                        ),
                     });
                 }
                 if matches!(e, FrameError::ConnectionLost) && closed_stopping(&conn) {
@@ -358,6 +375,21 @@ impl Transport {
             }
         }
     }
+}
+
+/// Whether the peer's application closed `conn` before the peer's side of the handshake
+/// was complete: QUIC then carries the close as the transport error APPLICATION_ERROR,
+/// without the application's code (RFC 9000, 10.2.3), because a side that completed its
+/// handshake has discarded its handshake keys and closes in 1-RTT packets, code and all.
+/// A server hands a connection to its protocol handler only once its handshake is
+/// complete, so such a close means no request on the connection was taken (seen: a
+/// router connecting to a node whose endpoint was closing).
+fn closed_in_handshake(conn: &Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(ConnectionError::ConnectionClosed(close))
+            if close.error_code == TransportErrorCode::APPLICATION_ERROR
+    )
 }
 
 /// Whether the peer closed `conn` as a stopping server does ([`CLOSE_STOPPING`]), after

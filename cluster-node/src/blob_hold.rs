@@ -23,7 +23,7 @@ use iroh::EndpointId;
 use serde::{Deserialize, Serialize};
 
 use crate::service::KvService;
-use crate::transport::{serve_streams, Drain, ReadBudget, Transport, CLOSE_NOT_ALLOWED};
+use crate::transport::{serve_streams_until_closed, ReadBudget, Transport, CLOSE_NOT_ALLOWED};
 
 /// The ALPN of the protocol.
 pub const BLOB_HOLD_ALPN: &[u8] = b"aspen/blob-hold/1";
@@ -194,16 +194,10 @@ impl ProtocolHandler for HoldProtocol {
             return Ok(());
         }
         let this = self.clone();
-        // Never stopped early: the endpoint's close ends these connections.
-        serve_streams(
-            connection,
-            self.budget.clone(),
-            &Drain::never(),
-            move |bytes| {
-                let this = this.clone();
-                async move { encode_answer(&this.answer(asker, &bytes).await) }
-            },
-        )
+        serve_streams_until_closed(connection, self.budget.clone(), move |bytes| {
+            let this = this.clone();
+            async move { encode_answer(&this.answer(asker, &bytes).await) }
+        })
         .await;
         Ok(())
     }

@@ -89,8 +89,7 @@ impl BlobValues {
     /// blob of a replicated value).
     pub async fn read(&self, blob: BlobRef, start: u64, len: u64) -> Result<ValueStream, ApiError> {
         let hash = Hash::from_bytes(blob.hash);
-        let sources = self.sources.clone();
-        self.ensure_from(blob, &sources)
+        self.ensure_from(blob, &self.sources)
             .await
             .map_err(|e| match e {
                 BlobError::Fetch { .. } => ApiError::new(

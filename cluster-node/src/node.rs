@@ -289,6 +289,12 @@ impl Node {
             Some(_) => Some(Replicas::open(&config.data_dir)?),
             None => None,
         };
+        // Each imported cluster and its nodes: where its replica's blobs come from.
+        let sources: BTreeMap<String, Vec<EndpointAddr>> = federation_setup
+            .iter()
+            .flat_map(|s| &s.imports)
+            .map(|i| (i.cluster.clone(), i.nodes.clone()))
+            .collect();
         let referenced = Arc::new(OnceLock::new());
         let pending_blobs = Pending::default();
         let blob_collections = Arc::new(AtomicU64::new(0));
@@ -297,14 +303,9 @@ impl Node {
             federation_setup.is_some(),
             Duration::from_secs(config.blobs.collect_every_secs),
             referenced.clone(),
-            replica_store.clone().map(|r| {
-                let imported = federation_setup
-                    .iter()
-                    .flat_map(|s| &s.imports)
-                    .map(|i| i.cluster.clone())
-                    .collect();
-                (r, imported)
-            }),
+            replica_store
+                .clone()
+                .map(|r| (r, sources.keys().cloned().collect())),
             pending_blobs.clone(),
             blob_collections.clone(),
         )
@@ -326,11 +327,6 @@ impl Node {
             Some(setup) if !setup.imports.is_empty() => replica_store.clone(),
             _ => None,
         };
-        let sources: BTreeMap<String, Vec<EndpointAddr>> = federation_setup
-            .iter()
-            .flat_map(|s| &s.imports)
-            .map(|i| (i.cluster.clone(), i.nodes.clone()))
-            .collect();
         let service = KvService::new(
             config.node_id,
             config.cluster.clone(),

@@ -32,7 +32,7 @@ use crate::leader_contact::LeaderContact;
 use crate::raft_types::{AspenRaft, MemberNode, NodeId, TypeConfig};
 use crate::stages::{Stage, Stages};
 use crate::transport::{
-    serve_streams, Drain, ReadBudget, Transport, TransportError, CLOSE_NOT_ALLOWED,
+    serve_streams_until_closed, ReadBudget, Transport, TransportError, CLOSE_NOT_ALLOWED,
 };
 pub use message::MAX_RAFT_MESSAGE_BYTES;
 use message::{decode, encode, RaftAnswer, RaftRequest};
@@ -288,16 +288,10 @@ impl ProtocolHandler for RaftProtocol {
             return Ok(());
         }
         let this = self.clone();
-        // Never stopped early: the endpoint's close ends these connections.
-        serve_streams(
-            connection,
-            self.budget.clone(),
-            &Drain::never(),
-            move |bytes| {
-                let this = this.clone();
-                async move { this.handle(remote, bytes).await }
-            },
-        )
+        serve_streams_until_closed(connection, self.budget.clone(), move |bytes| {
+            let this = this.clone();
+            async move { this.handle(remote, bytes).await }
+        })
         .await;
         Ok(())
     }

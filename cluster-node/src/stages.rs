@@ -25,14 +25,22 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 /// One stage of a write (see the module docs).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Stage {
-    Propose,
-    LogQueue,
-    LogWrite,
-    AppendEntries,
-    Apply,
+    Propose = 0,
+    LogQueue = 1,
+    LogWrite = 2,
+    AppendEntries = 3,
+    Apply = 4,
 }
 
 impl Stage {
+    const ALL: [Stage; 5] = [
+        Stage::Propose,
+        Stage::LogQueue,
+        Stage::LogWrite,
+        Stage::AppendEntries,
+        Stage::Apply,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Stage::Propose => "propose",
@@ -59,24 +67,30 @@ fn stage_histogram() -> Histogram {
 #[derive(Clone, Debug)]
 pub struct Stages {
     family: Family<StageLabels, Histogram>,
+    /// Each stage's histogram of `family`, in [`Stage::ALL`]'s order (a stage's index is
+    /// its discriminant), made once so that an observation on the write path takes no
+    /// lookup.
+    each: [Histogram; 5],
 }
 
 impl Default for Stages {
     fn default() -> Self {
-        Stages {
-            family: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
-        }
+        let family = Family::new_with_constructor(stage_histogram as fn() -> Histogram);
+        let each = Stage::ALL.map(|stage| {
+            family
+                .get_or_create(&StageLabels {
+                    stage: stage.name(),
+                })
+                .clone()
+        });
+        Stages { family, each }
     }
 }
 
 impl Stages {
     /// Records that one pass through `stage` took `took`.
     pub fn observe(&self, stage: Stage, took: Duration) {
-        self.family
-            .get_or_create(&StageLabels {
-                stage: stage.name(),
-            })
-            .observe(took.as_secs_f64());
+        self.each[stage as usize].observe(took.as_secs_f64());
     }
 
     /// The histograms, for registering with the node's metrics.

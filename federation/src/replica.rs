@@ -272,12 +272,20 @@ impl ReplicaStore {
         source: &str,
         request: &ReadRequest,
     ) -> Result<(ReadResult, u64), FederationError> {
+        self.with_reader(|conn| read_in(conn, source, request))
+    }
+
+    /// Runs `read` on a pooled read connection (opening one when none is idle).
+    fn with_reader<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, FederationError> {
         let pooled = self.readers.lock().expect("replica readers lock").pop();
         let conn = match pooled {
             Some(c) => c,
             None => open_db(&self.path).map_err(sql)?,
         };
-        let out = read_in(&conn, source, request).map_err(sql);
+        let out = read(&conn).map_err(sql);
         let mut pool = self.readers.lock().expect("replica readers lock");
         if pool.len() < MAX_IDLE_READERS {
             pool.push(conn);
@@ -289,12 +297,7 @@ impl ReplicaStore {
     /// keeps their bytes (fetched from each source's nodes) so that its region reads them
     /// locally. Read from its own connection, never waiting for an apply.
     pub fn referenced_blobs(&self) -> Result<Vec<(String, BlobRef)>, FederationError> {
-        let pooled = self.readers.lock().expect("replica readers lock").pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_db(&self.path).map_err(sql)?,
-        };
-        let out = (|| {
+        self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT DISTINCT source, blob_hash, blob_size FROM replica_kv
                  WHERE blob_hash IS NOT NULL",
@@ -304,13 +307,7 @@ impl ReplicaStore {
                 Ok((r.get::<_, String>(0)?, blob))
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
-        })()
-        .map_err(sql);
-        let mut pool = self.readers.lock().expect("replica readers lock");
-        if pool.len() < MAX_IDLE_READERS {
-            pool.push(conn);
-        }
-        out
+        })
     }
 
     /// Every entry of `source`'s copy, in key order (tests and comparisons).

@@ -54,7 +54,7 @@ impl Drain {
     /// A drain that is never stopped, for a protocol whose connections simply end with the
     /// endpoint (its requests are safe to lose, as Raft's are): its servers answer without
     /// waiting for acknowledgements.
-    pub fn never() -> Drain {
+    pub(crate) fn never() -> Drain {
         Drain {
             stoppable: false,
             ..Drain::new()

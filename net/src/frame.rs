@@ -226,9 +226,6 @@ where
     let stopping = drain.stopping();
     tokio::pin!(stopping);
     let stopped = loop {
-        if drain.is_stopping() {
-            break true;
-        }
         tokio::select! {
             biased;
             () = &mut stopping => break true,
@@ -246,35 +243,22 @@ where
     };
     if stopped {
         // The requests taken finish; a stream opened meanwhile is refused unread.
-        loop {
-            tokio::select! {
-                biased;
-                done = streams.join_next() => match done {
-                    Some(done) => settled &= done.unwrap_or(false),
-                    None => break,
-                },
-                accepted = conn.accept_bi() => match accepted {
-                    Ok((send, recv)) => refuse(send, recv),
-                    Err(_) => return,
-                },
+        let finished = async {
+            while let Some(done) = streams.join_next().await {
+                settled &= done.unwrap_or(false);
             }
+        };
+        if !refuse_new_streams(&conn, finished).await {
+            return;
         }
         drop(counted);
         // A close's code reaches the requester only once it has confirmed the handshake;
         // before that it arrives as a bare transport error, an unknown outcome (seen: a
         // router connecting to a stopping node). So a young connection refuses new streams
         // unread until it is CONFIRM_GRACE old, and only then closes.
-        let ready = tokio::time::sleep_until((accepted_at + CONFIRM_GRACE).into());
-        tokio::pin!(ready);
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut ready => break,
-                accepted = conn.accept_bi() => match accepted {
-                    Ok((send, recv)) => refuse(send, recv),
-                    Err(_) => return,
-                },
-            }
+        let old_enough = tokio::time::sleep_until((accepted_at + CONFIRM_GRACE).into());
+        if !refuse_new_streams(&conn, old_enough).await {
+            return;
         }
         if settled {
             conn.close(CLOSE_STOPPING.into(), b"stopping");
@@ -289,11 +273,38 @@ where
     }
 }
 
-/// Refuses a request stream unread, as a stopping server does: the requester learns that
-/// nothing was processed ([`FrameError::NotTaken`]).
-fn refuse(mut send: SendStream, mut recv: RecvStream) {
-    let _ = recv.stop(RESET_STOPPING.into());
-    let _ = send.reset(RESET_STOPPING.into());
+/// Refuses every request stream opened on `conn` unread, as a stopping server does (the
+/// requester learns that nothing was processed, [`FrameError::NotTaken`]), until `until`
+/// resolves. Returns false if the connection went first.
+async fn refuse_new_streams(
+    conn: &Connection,
+    until: impl std::future::Future<Output = ()>,
+) -> bool {
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut until => return true,
+            accepted = conn.accept_bi() => match accepted {
+                Ok((mut send, mut recv)) => {
+                    let _ = recv.stop(RESET_STOPPING.into());
+                    let _ = send.reset(RESET_STOPPING.into());
+                }
+                Err(_) => return false,
+            },
+        }
+    }
+}
+
+/// [`serve_streams`] for a protocol that is never drained (Raft, blob holds): its
+/// connections end with the endpoint's close, and answers are not waited on.
+pub async fn serve_streams_until_closed<F, Fut>(conn: Connection, budget: ReadBudget, handle: F)
+where
+    F: Fn(Vec<u8>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
+{
+    static NEVER: std::sync::LazyLock<Drain> = std::sync::LazyLock::new(Drain::never);
+    serve_streams(conn, budget, &NEVER, handle).await
 }
 
 /// Serves one request stream: reads the request and answers it; with `acked`, also waits

@@ -14,6 +14,7 @@
 //! - `write`: `PUT`/`DELETE /v1/kv/...`, `/v1/batch`, `/v1/cas`, `/v1/cad`, `/v1/txn`.
 //! - `lease`: `POST /v1/lease`, `POST /v1/lease/{id}/keepalive`, `GET` and `DELETE
 //!   /v1/lease/{id}`.
+//! - `stall`: [`stall_bounded`], the end of a value's stream that stopped moving.
 //! - [`tls`]: the listener's TLS configuration from PEM files.
 //! - [`watch`]: `GET /v1/watch/...` as Server-Sent Events or NDJSON, the watch buffer
 //!   between a backend and its client, and blocking reads (`?index=R&wait=30s`).
@@ -28,6 +29,7 @@ mod lease;
 mod listen;
 mod range;
 mod read;
+mod stall;
 pub mod tls;
 pub mod watch;
 mod write;
@@ -50,6 +52,7 @@ pub use listen::{
     serve, serve_with, ServeOptions, ServeStats, CLOSE_GRACE, HTTP_HEAD_TIMEOUT, MAX_HTTP2_STREAMS,
     MAX_HTTP_CONNECTIONS,
 };
+pub use stall::{stall_bounded, VALUE_STALL_TIMEOUT};
 pub use watch::{
     Refused, SharedSet, WatchEnd, WatchFrame, WatchItem, WatchSender, WatchSlots, WatchStream,
 };

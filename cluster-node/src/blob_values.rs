@@ -9,6 +9,9 @@
 //! reference is in the state machine it reads (and an abandoned write's blob is collected
 //! once the grace ends).
 //!
+//! At most [`MAX_PUTS_IN_FLIGHT`] puts run at once on a node, and a body that stops
+//! coming for [`VALUE_STALL_TIMEOUT`] ends its put with nothing written.
+//!
 //! A `GET ?raw` of a blob streams it from this node's store, fetching it first from the
 //! other members when this node lacks it (a member that was down or lagging when the
 //! blob was held).
@@ -16,7 +19,7 @@
 use std::sync::Arc;
 
 use aspen_api::json::with_leases;
-use aspen_api::server::{BlobPut, ValueStream};
+use aspen_api::server::{stall_bounded, BlobPut, ValueStream, VALUE_STALL_TIMEOUT};
 use aspen_api::{ApiError, BlobRef, Command, ErrorCode, WriteResult};
 use aspen_blobs::{BlobError, BlobStore, Hash, Pending, MAX_BLOB_BYTES};
 use futures::StreamExt;
@@ -24,6 +27,41 @@ use futures::StreamExt;
 use crate::blob_hold::{hold_on_majority, hold_time};
 use crate::service::KvService;
 use crate::transport::Transport;
+
+/// Most values one node takes as blobs at once, over HTTP and `aspen/value/1` together:
+/// each holds a temporary file, a write buffer and, once stored, its majority copy; past
+/// the limit a put is refused at once (503 `overloaded`, nothing written) rather than
+/// queued with its body unread. More at once would not write faster to one disk.
+pub const MAX_PUTS_IN_FLIGHT: usize = 16;
+
+/// The upload slots of one node ([`MAX_PUTS_IN_FLIGHT`]); clones share them.
+#[derive(Clone, Debug)]
+pub struct PutSlots(Arc<tokio::sync::Semaphore>);
+
+impl Default for PutSlots {
+    fn default() -> Self {
+        PutSlots(Arc::new(tokio::sync::Semaphore::new(MAX_PUTS_IN_FLIGHT)))
+    }
+}
+
+impl PutSlots {
+    /// Puts running now.
+    pub fn in_flight(&self) -> usize {
+        MAX_PUTS_IN_FLIGHT - self.0.available_permits()
+    }
+
+    fn take(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.0.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "this node is taking {MAX_PUTS_IN_FLIGHT} values as blobs already (the \
+                     most it takes at once); nothing was written, retry shortly"
+                ),
+            )
+        })
+    }
+}
 
 /// What a node needs to write and read values kept as blobs.
 #[derive(Clone)]
@@ -41,6 +79,8 @@ pub struct BlobValues {
     /// The nodes of every cluster this node imports through federation: where the blobs
     /// its replicas reference come from (see [`crate::replica_blobs`]).
     pub sources: Arc<Vec<iroh::EndpointAddr>>,
+    /// The puts running now, at most [`MAX_PUTS_IN_FLIGHT`].
+    pub puts: PutSlots,
 }
 
 impl BlobValues {
@@ -50,6 +90,8 @@ impl BlobValues {
             key, lease, body, ..
         } = put;
         aspen_api::command::validate_key(&key)?;
+        let _slot = self.puts.take()?;
+        let body = stall_bounded(body, VALUE_STALL_TIMEOUT, "the value's body");
         let held = self
             .store
             .import(body, MAX_BLOB_BYTES)

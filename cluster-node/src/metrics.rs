@@ -64,6 +64,7 @@ pub struct NodeMetrics {
     replica_lag_revisions: Family<SourceLabels, Gauge>,
     replica_lag_seconds: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     http_refused: Gauge,
+    blob_puts: Gauge,
     /// What the node's HTTP listener counts (handed to `serve_with`).
     pub http: Arc<ServeStats>,
 }
@@ -166,6 +167,12 @@ impl NodeMetrics {
             "HTTP connections closed on accept since start because the listener served the most it allows",
             http_refused.clone(),
         );
+        let blob_puts = Gauge::default();
+        registry.register(
+            "blob_puts_in_flight",
+            "Values being taken as blobs by this node now (at most MAX_PUTS_IN_FLIGHT; past it puts are refused with 503 overloaded)",
+            blob_puts.clone(),
+        );
         NodeMetrics {
             registry,
             requests,
@@ -181,6 +188,7 @@ impl NodeMetrics {
             replica_lag_revisions,
             replica_lag_seconds,
             http_refused,
+            blob_puts,
             http: Arc::new(ServeStats::default()),
         }
     }
@@ -200,6 +208,11 @@ impl NodeMetrics {
         self.latency
             .get_or_create(&OpLabels { op })
             .observe(seconds);
+    }
+
+    /// Sets the count of values being taken as blobs (read before each render).
+    pub fn set_blob_puts(&self, in_flight: usize) {
+        self.blob_puts.set(in_flight as i64);
     }
 
     /// Renders every metric, refreshing the Raft gauges from `raft`, the applied revision

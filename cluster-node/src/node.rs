@@ -367,6 +367,7 @@ impl Node {
             node_id: config.node_id,
             service: service.clone(),
             sources: Arc::new(sources.values().flatten().cloned().collect()),
+            puts: Default::default(),
         };
         let raft_protocol = RaftProtocol::new(raft.clone(), transport.clone(), configured, contact);
         let kv_drain = Drain::new();
@@ -379,7 +380,7 @@ impl Node {
             )
             .accept(
                 aspen_api::value_wire::VALUE_ALPN,
-                ValueProtocol::new(blob_values.clone(), transport.clone()),
+                ValueProtocol::new(blob_values.clone(), transport.clone(), kv_drain.clone()),
             )
             .accept(aspen_blobs::ALPN, blobs.serve())
             .accept(
@@ -510,8 +511,8 @@ impl Node {
         self.federation.as_ref()
     }
 
-    /// Stops HTTP, `aspen/kv/2` (answering what it took), federation, Raft and the iroh
-    /// endpoint, in that order.
+    /// Stops HTTP, `aspen/kv/2` and `aspen/value/1` (answering what they took),
+    /// federation, Raft and the iroh endpoint, in that order.
     pub async fn shutdown(mut self) {
         // Watches are open requests: end them, or the HTTP server waits for them.
         self.hub.stop();
@@ -530,9 +531,10 @@ impl Node {
             );
             self.http_task.abort();
         }
-        // Routers and other members: every `aspen/kv/2` request taken is answered while
-        // Raft still runs, then the connections close saying the rest were not taken, so
-        // a requester sends those elsewhere instead of reporting an unknown outcome.
+        // Routers and other members: every `aspen/kv/2` and `aspen/value/1` request taken
+        // is answered while Raft still runs, then the connections close saying the rest
+        // were not taken, so a requester sends those elsewhere instead of reporting an
+        // unknown outcome.
         if !self.kv_drain.stop(SHUTDOWN_STEP_GRACE).await {
             tracing::warn!(
                 node_id = self.node_id,

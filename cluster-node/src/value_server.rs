@@ -1,7 +1,8 @@
 //! The serving side of `aspen/value/1` (wire format in `aspen_api::value_wire`): values
 //! kept as blobs, streamed from a router into this node's blob store ([`BlobValues::put`])
 //! and out of it ([`BlobValues::read`]), a chunk at a time. Admitted like `aspen/kv/2`:
-//! members and the configured `kv_clients`.
+//! members and the configured `kv_clients`; drained with it when the node stops (see
+//! [`aspen_net::drain`]): puts and reads taken finish, new ones are refused unread.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 
 use crate::blob_values::BlobValues;
-use crate::transport::{Transport, CLOSE_NOT_ALLOWED};
+use crate::transport::{serve_stream_pairs, Drain, FrameError, Transport, CLOSE_NOT_ALLOWED};
 
 /// Bytes of a put's stream taken at once (the store imports them as one piece).
 const PUT_CHUNK_BYTES: usize = 256 * 1024;
@@ -28,6 +29,8 @@ pub const RESET_READ_FAILED: u32 = 2;
 pub struct ValueProtocol {
     values: BlobValues,
     transport: Arc<Transport>,
+    /// Stopped with `aspen/kv/2`'s, before Raft is: every put and read taken finishes.
+    drain: Drain,
 }
 
 impl std::fmt::Debug for ValueProtocol {
@@ -37,9 +40,13 @@ impl std::fmt::Debug for ValueProtocol {
 }
 
 impl ValueProtocol {
-    /// A handler storing and reading values through `values`.
-    pub fn new(values: BlobValues, transport: Arc<Transport>) -> Self {
-        ValueProtocol { values, transport }
+    /// A handler storing and reading values through `values`, until `drain` stops it.
+    pub fn new(values: BlobValues, transport: Arc<Transport>, drain: Drain) -> Self {
+        ValueProtocol {
+            values,
+            transport,
+            drain,
+        }
     }
 }
 
@@ -49,21 +56,23 @@ impl ProtocolHandler for ValueProtocol {
             connection.close(CLOSE_NOT_ALLOWED.into(), b"partitioned");
             return Ok(());
         }
-        while let Ok((send, recv)) = connection.accept_bi().await {
-            let values = self.values.clone();
-            tokio::spawn(serve(values, send, recv));
-        }
+        let values = self.values.clone();
+        serve_stream_pairs(connection, &self.drain, move |send, recv| {
+            serve(values.clone(), send, recv)
+        })
+        .await;
         Ok(())
     }
 }
 
-/// Serves one stream: reads its request, then stores or sends the value.
-async fn serve(values: BlobValues, mut send: SendStream, mut recv: RecvStream) {
+/// Serves one stream: reads its request, then stores or sends the value. Returns once the
+/// requester has received the answer (or gave up on it): the request is settled.
+async fn serve(values: BlobValues, mut send: SendStream, mut recv: RecvStream) -> bool {
     let header = match aspen_net::frame::read_message(&mut recv, MAX_VALUE_HEADER_BYTES).await {
         Ok(header) => header,
         Err(e) => {
             tracing::debug!(error = %e, "aspen/value/1: no request on the stream");
-            return;
+            return true;
         }
     };
     let answer = match value_wire::decode::<ValueRequest>(&header) {
@@ -83,7 +92,7 @@ async fn serve(values: BlobValues, mut send: SendStream, mut recv: RecvStream) {
             },
         },
     };
-    answer_with(&mut send, &answer).await;
+    answer_with(&mut send, &answer).await
 }
 
 async fn put(
@@ -108,8 +117,13 @@ async fn put(
     }
 }
 
-/// Sends [`ValueAnswer::Bytes`] and then the bytes; a failure midway resets the stream.
-async fn send_bytes(mut send: SendStream, len: u64, mut stream: aspen_api::server::ValueStream) {
+/// Sends [`ValueAnswer::Bytes`] and then the bytes; a failure midway resets the stream
+/// (a read may always be asked again, so the request is settled either way).
+async fn send_bytes(
+    mut send: SendStream,
+    len: u64,
+    mut stream: aspen_api::server::ValueStream,
+) -> bool {
     let head = match value_wire::encode(&ValueAnswer::Bytes { len }) {
         Ok(head) => head,
         Err(e) => {
@@ -121,7 +135,7 @@ async fn send_bytes(mut send: SendStream, len: u64, mut stream: aspen_api::serve
         .await
         .is_err()
     {
-        return;
+        return true;
     }
     while let Some(chunk) = stream.next().await {
         let sent = match chunk {
@@ -131,18 +145,33 @@ async fn send_bytes(mut send: SendStream, len: u64, mut stream: aspen_api::serve
         if let Err(e) = sent {
             tracing::warn!(error = %e, "aspen/value/1: a read stopped midway");
             let _ = send.reset(RESET_READ_FAILED.into());
-            return;
+            return true;
         }
     }
-    let _ = send.finish();
+    if send.finish().is_ok() {
+        // Resolves once the requester's QUIC stack has every byte, stopped the stream,
+        // or the connection went: a stopping node closes only after that.
+        let _ = send.stopped().await;
+    }
+    true
 }
 
-async fn answer_with(send: &mut SendStream, answer: &ValueAnswer) {
+/// Sends `answer` and waits until the requester has received it; returns whether the
+/// request is settled (answered and received, or the requester gave up on it).
+async fn answer_with(send: &mut SendStream, answer: &ValueAnswer) -> bool {
     let bytes = value_wire::encode(answer).unwrap_or_else(|e| {
         let error = ApiError::new(ErrorCode::Internal, format!("encoding the answer: {e}"));
         value_wire::encode(&ValueAnswer::Error(error)).expect("a short error encodes")
     });
-    if let Err(e) = aspen_net::frame::write_message(send, &bytes).await {
-        tracing::debug!(error = %e, "aspen/value/1: the answer could not be sent");
+    match aspen_net::frame::write_message(send, &bytes).await {
+        Ok(()) => {
+            let _ = send.stopped().await;
+            true
+        }
+        Err(FrameError::Stopped | FrameError::ConnectionLost | FrameError::NotTaken) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "aspen/value/1: the answer could not be sent");
+            false
+        }
     }
 }

@@ -217,6 +217,22 @@ where
     F: Fn(Vec<u8>) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
 {
+    let acked = drain.can_stop();
+    serve_stream_pairs(conn, drain, move |send, recv| {
+        serve_stream(send, recv, budget.clone(), acked, handle.clone())
+    })
+    .await
+}
+
+/// [`serve_streams`] for a protocol that streams rather than exchanging one message each
+/// way (`aspen/value/1`): `handle` serves one stream pair whole and returns whether its
+/// request is settled (see [`serve_stream`]); with a stoppable `drain` it returns only
+/// once its answer was received, so the close after a stop can say the rest were not taken.
+pub async fn serve_stream_pairs<F, Fut>(conn: Connection, drain: &Drain, handle: F)
+where
+    F: Fn(SendStream, RecvStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
     let accepted_at = std::time::Instant::now();
     let counted = drain.enter();
     let mut streams = JoinSet::new();
@@ -234,8 +250,7 @@ where
             }
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    let acked = drain.can_stop();
-                    streams.spawn(serve_stream(send, recv, budget.clone(), acked, handle.clone()));
+                    streams.spawn(handle(send, recv));
                 }
                 Err(_) => break false,
             },

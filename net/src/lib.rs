@@ -33,8 +33,8 @@ pub mod transport;
 pub use access::{Access, CLOSE_NOT_ADMITTED, CLOSE_REFUSED, MAX_CONNECTIONS_PER_PEER};
 pub use drain::{Drain, CLOSE_STOPPING};
 pub use frame::{
-    read_message, serve_streams, serve_streams_until_closed, write_frame, write_message,
-    FrameError, ReadBudget, CONFIRM_GRACE, RESET_STOPPING, RESET_TOO_LARGE,
+    read_message, serve_stream_pairs, serve_streams, serve_streams_until_closed, write_frame,
+    write_message, FrameError, ReadBudget, CONFIRM_GRACE, RESET_STOPPING, RESET_TOO_LARGE,
 };
 pub use transport::{
     bind_endpoint, create_secret_key_file, load_or_create_secret_key,

@@ -298,6 +298,24 @@ impl Transport {
         max_answer: usize,
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
+        let (answer, _rest) = self
+            .request_stream(peer, alpn, payload, max_answer, timeout)
+            .await?;
+        Ok(answer)
+    }
+
+    /// [`Transport::request`] for a protocol whose answer message is followed by more on
+    /// the stream (a value's bytes): returns the answer and the stream, to read the rest.
+    /// Its errors say what [`Transport::request`]'s say: [`TransportError::Unreachable`]
+    /// means the peer took nothing of the request.
+    pub async fn request_stream(
+        &self,
+        peer: &PeerAddr,
+        alpn: &'static [u8],
+        payload: &[u8],
+        max_answer: usize,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, RecvStream), TransportError> {
         let conn = self.connection(peer, alpn).await?;
         let short = peer.id.fmt_short().to_string();
         let (mut send, mut recv) = match conn.open_bi().await {
@@ -315,7 +333,7 @@ impl Transport {
             read_message(&mut recv, max_answer).await
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) => Ok((answer, recv)),
             Ok(Err(FrameError::NotTaken)) => Err(TransportError::Unreachable {
                 peer: short,
                 reason: "the peer is stopping and refused this request unread".into(),

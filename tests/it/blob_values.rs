@@ -16,12 +16,12 @@ use crate::support;
 
 const MIB: usize = 1024 * 1024;
 
-fn content(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn content(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
 }
 
 /// `GET {url}/v1/kv/{key}?raw` with `range` as the `Range` header: status, headers, body.
-async fn raw(
+pub(crate) async fn raw(
     url: &str,
     key: &str,
     range: Option<&str>,

@@ -18,7 +18,8 @@
 //!   regions; `federation_cli`: `aspen federation keygen` and `info`.
 //! - `watch` (with `watch::leases`): the change feed, watches and leases.
 //! - `blobs`: each node's blob store, served to its cluster's members only;
-//!   `blob_values`: values above the inline limit kept as blobs, through the HTTP API.
+//!   `blob_values`: values above the inline limit kept as blobs, through the HTTP API;
+//!   `blob_serving`: the bound on uploads at once, and reads across a stopping node.
 //! - `auth`, `tls`: bearer tokens and their grants, at a node and through a router; TLS
 //!   (mutual) on the HTTP API from the CLI and curl.
 //! - `cli`, `dev`: the `aspen` binary as a user runs it; `aspen dev` started, used across
@@ -29,6 +30,7 @@
 mod support;
 
 mod auth;
+mod blob_serving;
 mod blob_values;
 mod blobs;
 mod cli;

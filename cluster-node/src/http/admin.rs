@@ -228,6 +228,7 @@ pub async fn readyz(State(state): State<Arc<NodeBackend>>) -> HttpResult {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<NodeBackend>>) -> Response {
+    state.metrics.set_blob_puts(state.blobs.puts.in_flight());
     let text = state.metrics.render(
         state.service.raft(),
         state.service.state_machine().revision(),

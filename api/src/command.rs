@@ -235,7 +235,8 @@ impl Command {
         keys + values
     }
 
-    fn values(&self) -> Vec<&[u8]> {
+    /// The values the command writes (inline ones; a blob's bytes are not in it).
+    pub fn values(&self) -> Vec<&[u8]> {
         match self {
             Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => vec![],
             Command::Leased { command, .. } => command.values(),

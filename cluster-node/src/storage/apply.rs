@@ -13,6 +13,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::feed::FeedWriter;
 use super::leases::{self, LeaseEvent};
+use crate::raft_types::Entry;
+use openraft::EntryPayload;
 
 /// The columns of a `kv` row that make a [`KvEntry`], in the order
 /// [`entry_from_row`] reads them.
@@ -53,6 +55,37 @@ pub(crate) fn get(tx: &rusqlite::Connection, key: &str) -> rusqlite::Result<Opti
     tx.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM kv WHERE key = ?1"))?
         .query_row([key.as_bytes()], |r| entry_from_row(key.to_string(), r, 0))
         .optional()
+}
+
+/// Most keys the entries of one apply may touch for it to run on the state machine's own
+/// task instead of a blocking thread. A lone write's apply is a few tens of microseconds
+/// of SQLite; handing it to a blocking thread and waking the task again cost more than
+/// that on a busy machine (`docs/BENCHMARKS.md`, "Where a single write's time goes").
+/// Larger applies still go to a blocking thread, so a runtime worker is never held long.
+pub const INLINE_APPLY_MAX_KEYS: usize = 8;
+
+/// Most value bytes the entries of one apply may carry for it to run inline (see
+/// [`INLINE_APPLY_MAX_KEYS`]).
+pub const INLINE_APPLY_MAX_BYTES: usize = 64 * 1024;
+
+/// Whether `entries` are small enough to apply on the calling task: at most
+/// [`INLINE_APPLY_MAX_KEYS`] keys and [`INLINE_APPLY_MAX_BYTES`] of values, and no lease
+/// revocation (it deletes keys its command does not name).
+pub(crate) fn applies_inline(entries: &[Entry]) -> bool {
+    let (mut keys, mut bytes) = (0usize, 0usize);
+    for entry in entries {
+        let EntryPayload::Normal(proposal) = &entry.payload else {
+            continue;
+        };
+        for command in &proposal.commands {
+            if matches!(command, Command::LeaseRevoke { .. }) {
+                return false;
+            }
+            keys += command.keys().len();
+            bytes += command.values().iter().map(|v| v.len()).sum::<usize>();
+        }
+    }
+    keys <= INLINE_APPLY_MAX_KEYS && bytes <= INLINE_APPLY_MAX_BYTES
 }
 
 /// The lease each key a command sets takes (none for most commands).
@@ -276,5 +309,65 @@ fn apply_key_command(
         Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } | Command::Leased { .. } => {
             applied(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aspen_api::Command;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::{applies_inline, INLINE_APPLY_MAX_BYTES, INLINE_APPLY_MAX_KEYS};
+    use crate::raft_types::{Entry, Proposal};
+
+    fn entry(commands: Vec<Command>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(Proposal {
+                commands,
+                time_ms: 1,
+            }),
+        }
+    }
+
+    fn sets(n: usize, value_len: usize) -> Command {
+        Command::SetMulti {
+            writes: (0..n)
+                .map(|i| (format!("k{i}"), bytes::Bytes::from(vec![0u8; value_len])))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn small_applies_run_inline_up_to_their_key_and_byte_limits() {
+        let at_keys = entry(vec![sets(INLINE_APPLY_MAX_KEYS, 1)]);
+        assert!(applies_inline(&[at_keys]));
+        // The limit counts over every entry of the apply.
+        let spread = [
+            entry(vec![sets(INLINE_APPLY_MAX_KEYS / 2, 1)]),
+            entry(vec![sets(INLINE_APPLY_MAX_KEYS / 2 + 1, 1)]),
+        ];
+        assert!(!applies_inline(&spread));
+        assert!(!applies_inline(&[entry(vec![sets(
+            INLINE_APPLY_MAX_KEYS + 1,
+            1
+        )])]));
+
+        let at_bytes = entry(vec![sets(1, INLINE_APPLY_MAX_BYTES)]);
+        assert!(applies_inline(&[at_bytes]));
+        let over_bytes = entry(vec![sets(1, INLINE_APPLY_MAX_BYTES + 1)]);
+        assert!(!applies_inline(&[over_bytes]));
+    }
+
+    #[test]
+    fn a_lease_revocation_never_runs_inline() {
+        // It names no key, yet deletes every key of its lease.
+        let revoke = entry(vec![Command::LeaseRevoke { lease: 7 }]);
+        assert!(!applies_inline(&[revoke]));
+        let grant = entry(vec![Command::LeaseGrant {
+            lease: 7,
+            ttl_ms: 10_000,
+        }]);
+        assert!(applies_inline(&[grant]));
     }
 }

@@ -32,7 +32,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError, StoredMembersh
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::watch;
 
-use super::apply::apply_command;
+use super::apply::{applies_inline, apply_command};
 use super::feed::{self, FeedRetention, FeedWriter};
 use super::format::{self, STATE_META};
 use super::leases::{self, LeaseEvent};
@@ -421,7 +421,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let shared = self.shared.clone();
         let started = std::time::Instant::now();
-        let results = tokio::task::spawn_blocking(move || {
+        let inline = applies_inline(&entries);
+        let run = move || {
             let mut applied = shared.applied.lock().expect("applied lock").clone();
             let mut conn = shared.writer.lock().expect("writer lock");
             let mut events = Vec::new();
@@ -438,9 +439,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             shared.lease_clock.apply(&events);
             shared.publish(applied, captured);
             Ok(results)
-        })
-        .await
-        .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))?;
+        };
+        let results = if inline {
+            run()
+        } else {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))?
+        };
         self.shared.stages.observe(Stage::Apply, started.elapsed());
         results
     }

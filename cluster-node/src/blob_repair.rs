@@ -6,7 +6,8 @@
 //! every blob its copy references (and a `GET ?raw` on it never waits for a fetch).
 //!
 //! It follows the change feed: each revision's blob puts are checked once, in order, as
-//! they are applied. At start, when the feed was compacted past what it checked (a
+//! they are applied (the feed is read only when a blob was put or a snapshot installed
+//! since the last revision checked: [`StateMachine::blobs_changed_at`]). At start, when the feed was compacted past what it checked (a
 //! snapshot was installed), and after a fetch failed, it checks every key's value instead
 //! (a page at a time), then follows the feed from there. A fetch that fails is tried again
 //! after [`REPAIR_RETRY`].
@@ -106,6 +107,10 @@ async fn follow(
     from: u64,
     head: u64,
 ) -> Result<u64, Incomplete> {
+    // Most writes put no blob: then there is nothing to read (`head` was read first).
+    if sm.blobs_changed_at() <= from {
+        return Ok(head.max(from));
+    }
     let mut reached = from;
     while reached < head {
         let sets = sm

@@ -328,17 +328,16 @@ impl ReplicaStore {
 }
 
 fn read_state(conn: &Connection, source: &str) -> rusqlite::Result<Option<SourceState>> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT namespace, revision, time_ms FROM replica_sources WHERE source = ?1",
-        [source],
-        |r| {
-            Ok(SourceState {
-                namespace: r.get(0)?,
-                revision: r.get::<_, i64>(1)? as u64,
-                time_ms: r.get::<_, i64>(2)? as u64,
-            })
-        },
-    )
+    )?
+    .query_row([source], |r| {
+        Ok(SourceState {
+            namespace: r.get(0)?,
+            revision: r.get::<_, i64>(1)? as u64,
+            time_ms: r.get::<_, i64>(2)? as u64,
+        })
+    })
     .optional()
 }
 

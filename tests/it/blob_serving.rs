@@ -2,7 +2,8 @@
 //! `MAX_PUTS_IN_FLIGHT` uploads at once and refuses the next at once, writing nothing
 //! (and a router passes that refusal on); a
 //! node that stops finishes the value reads it took, and a router sends new reads to
-//! another member instead of failing them.
+//! another member instead of failing them; and a member cut off during a put fetches the
+//! blob as soon as it applies the reference.
 
 use std::time::Duration;
 
@@ -226,5 +227,37 @@ async fn a_stopping_node_finishes_the_reads_it_took_and_the_router_sends_new_one
     tokio::join!(stop, meanwhile);
     assert!(stopped.into_inner());
     router.shutdown().await;
+    t.cluster.shutdown().await;
+}
+
+/// A member cut off while a value was taken as a blob (so the write's majority did not
+/// include it) fetches the blob on its own once it applies the reference, before anyone
+/// reads the value there: it follows the change feed's blob puts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cut_off_during_a_blob_put_fetches_the_blob_once_it_applies_the_reference() {
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    let cut = (1..=3).find(|id| *id != leader).unwrap();
+    // Inline writes before and after: most revisions the member follows put no blob.
+    t.client(leader).put("before", b"x").await.unwrap();
+    t.cluster.partition(cut);
+    let value = content(2 * MIB, 9);
+    t.client(leader).put("big", &value).await.unwrap();
+    t.client(leader).put("after", b"y").await.unwrap();
+    assert!(
+        !crate::blob_values::holds(&t, cut, &value).await,
+        "the cut-off member holds the blob already"
+    );
+    t.cluster.heal();
+    support::poll(
+        "the member that was cut off to hold the blob",
+        Duration::from_secs(30),
+        || async {
+            crate::blob_values::holds(&t, cut, &value)
+                .await
+                .then_some(())
+        },
+    )
+    .await;
     t.cluster.shutdown().await;
 }

@@ -440,7 +440,7 @@ async fn the_cli_streams_a_value_kept_as_a_blob_from_and_to_files() {
 }
 
 /// Whether node `id` of `t` holds `value`'s blob whole.
-async fn holds(t: &support::TestCluster, id: u64, value: &[u8]) -> bool {
+pub(crate) async fn holds(t: &support::TestCluster, id: u64, value: &[u8]) -> bool {
     let blob = aspen_blobs::BlobRef::from(BlobRef::of(value));
     let node = t.cluster.node(id).unwrap();
     node.blobs().complete_size(blob.hash).await.unwrap() == Some(blob.size)

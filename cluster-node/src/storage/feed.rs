@@ -71,6 +71,8 @@ pub(crate) struct FeedWriter<'t> {
     position: u32,
     /// A copy of what was recorded, when the writer captures (see `super::recent`).
     captured: Option<Vec<KeyChange>>,
+    /// Whether a value kept as a blob was put.
+    put_blob: bool,
 }
 
 impl<'t> FeedWriter<'t> {
@@ -82,6 +84,7 @@ impl<'t> FeedWriter<'t> {
             time_ms,
             position: 0,
             captured: None,
+            put_blob: false,
         }
     }
 
@@ -121,7 +124,13 @@ impl<'t> FeedWriter<'t> {
         create_revision: u64,
         version: u64,
     ) -> rusqlite::Result<()> {
+        self.put_blob = true;
         self.row(key, Row::PutBlob(blob), create_revision, version)
+    }
+
+    /// Whether the command put a value kept as a blob.
+    pub(crate) fn put_a_blob(&self) -> bool {
+        self.put_blob
     }
 
     /// Records that `key` was deleted.

@@ -64,7 +64,8 @@ pub(super) fn install(shared: &Shared, meta: &Meta, path: &Path) -> std::io::Res
         snapshot::make_current(&shared.dir, path, meta, &mut current)?;
     }
     shared.lease_clock.reload(&lease_list);
-    shared.publish(applied, None);
+    let revision = applied.revision;
+    shared.publish(applied, None, Some(revision));
     Ok(())
 }
 
@@ -111,7 +112,8 @@ pub(super) fn restore(shared: &Shared, input: impl std::io::Read) -> std::io::Re
     }
     sync_db_files(&shared.db_path)?;
     shared.lease_clock.reload(&lease_list);
-    shared.publish(applied, None);
+    let revision = applied.revision;
+    shared.publish(applied, None, Some(revision));
     Ok(Restored {
         revision: header.revision,
         counts: reader.counts(),

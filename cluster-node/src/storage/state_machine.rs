@@ -83,6 +83,9 @@ pub(super) struct Shared {
     applied_index: AtomicU64,
     /// The cluster revision the applied state has reached; also sent on `revision_tx`.
     revision: AtomicU64,
+    /// The latest revision at which the values' blob references may have changed by more
+    /// than deletes: a blob put applied, or a snapshot installed (0: none since start).
+    blobs_changed_at: AtomicU64,
     /// Tells feed readers (federation, watches) that the revision moved.
     revision_tx: watch::Sender<u64>,
     pub retention: FeedRetention,
@@ -126,10 +129,8 @@ pub(super) fn read_meta<T: serde::de::DeserializeOwned + Default>(
     name: &str,
 ) -> std::io::Result<T> {
     let bytes: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM sm_meta WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()
+        .prepare_cached("SELECT value FROM sm_meta WHERE name = ?1")
+        .and_then(|mut stmt| stmt.query_row([name], |r| r.get(0)).optional())
         .map_err(io_err)?;
     match bytes {
         Some(b) => format::decode(STATE_META, &b),
@@ -202,6 +203,7 @@ impl StateMachine {
                 readers: Mutex::new(Vec::new()),
                 applied_index: AtomicU64::new(applied.last.map_or(0, |l| l.index)),
                 revision: AtomicU64::new(applied.revision),
+                blobs_changed_at: AtomicU64::new(0),
                 revision_tx: watch::Sender::new(applied.revision),
                 applied: Mutex::new(applied),
                 retention,
@@ -231,6 +233,14 @@ impl StateMachine {
     /// The cluster revision this node's copy has reached.
     pub fn revision(&self) -> u64 {
         self.shared.revision.load(Ordering::Acquire)
+    }
+
+    /// The latest revision at which the values' blob references may have changed other
+    /// than by deletes since this process opened the state machine: a blob put applied, or
+    /// a snapshot installed. Read after [`StateMachine::watch_revision`]'s value, it covers
+    /// every revision up to that value (0: nothing since start).
+    pub fn blobs_changed_at(&self) -> u64 {
+        self.shared.blobs_changed_at.load(Ordering::Acquire)
     }
 
     /// The cluster revision, watched: changes each time an apply moves it (or a snapshot
@@ -337,9 +347,19 @@ impl StateMachine {
 
 impl Shared {
     /// Publishes a new applied position after its transaction committed, with the change
-    /// sets it captured for the watch hub (`None`: it did not capture).
-    pub(super) fn publish(&self, applied: Applied, captured: Option<Vec<ChangeSet>>) {
+    /// sets it captured for the watch hub (`None`: it did not capture) and the latest
+    /// revision at which it put a blob or installed a snapshot, if it did.
+    pub(super) fn publish(
+        &self,
+        applied: Applied,
+        captured: Option<Vec<ChangeSet>>,
+        blobs_changed: Option<u64>,
+    ) {
         self.recent.extend(captured);
+        if let Some(revision) = blobs_changed {
+            // Before the revision moves: whoever sees the revision sees this too.
+            self.blobs_changed_at.fetch_max(revision, Ordering::Release);
+        }
         self.revision.store(applied.revision, Ordering::Release);
         self.applied_index
             .store(applied.last.map_or(0, |l| l.index), Ordering::Release);
@@ -349,7 +369,8 @@ impl Shared {
 }
 
 /// Applies `entries` in one transaction, moving `applied` along, pushing what they did
-/// to leases to `events` and, when `captured` is `Some`, their change sets to it.
+/// to leases to `events`, when `captured` is `Some`, their change sets to it, and setting
+/// `blob_put` to the latest revision that put a value kept as a blob.
 fn apply_batch(
     conn: &mut Connection,
     entries: &[Entry],
@@ -357,6 +378,7 @@ fn apply_batch(
     retention: &FeedRetention,
     events: &mut Vec<LeaseEvent>,
     captured: &mut Option<Vec<ChangeSet>>,
+    blob_put: &mut Option<u64>,
 ) -> rusqlite::Result<Vec<ProposalResults>> {
     let tx = conn.transaction()?;
     let mut results = Vec::with_capacity(entries.len());
@@ -373,6 +395,9 @@ fn apply_batch(
                     let outcome = apply_command(&tx, &mut feed, next, command, events)?;
                     if feed.changed() {
                         applied.revision = next;
+                    }
+                    if feed.put_a_blob() {
+                        *blob_put = Some(next);
                     }
                     if let (Some(sets), Some(set)) = (captured.as_mut(), feed.into_captured()) {
                         sets.push(set);
@@ -427,6 +452,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut conn = shared.writer.lock().expect("writer lock");
             let mut events = Vec::new();
             let mut captured = shared.recent.capturing().then(Vec::new);
+            let mut blob_put = None;
             let results = apply_batch(
                 &mut conn,
                 &entries,
@@ -434,10 +460,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 &shared.retention,
                 &mut events,
                 &mut captured,
+                &mut blob_put,
             )
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
             shared.lease_clock.apply(&events);
-            shared.publish(applied, captured);
+            shared.publish(applied, captured, blob_put);
             Ok(results)
         };
         let results = if inline {

@@ -2,8 +2,9 @@
 //! `MAX_PUTS_IN_FLIGHT` uploads at once and refuses the next at once, writing nothing
 //! (and a router passes that refusal on); a
 //! node that stops finishes the value reads it took, and a router sends new reads to
-//! another member instead of failing them; and a member cut off during a put fetches the
-//! blob as soon as it applies the reference.
+//! another member instead of failing them; a member cut off during a put fetches the
+//! blob as soon as it applies the reference; and `aspen/value/1` refuses a read of a blob
+//! no value can have before looking for it.
 
 use std::time::Duration;
 
@@ -259,5 +260,90 @@ async fn a_member_cut_off_during_a_blob_put_fetches_the_blob_once_it_applies_the
         },
     )
     .await;
+    t.cluster.shutdown().await;
+}
+
+/// Asks node `id` of `t` over `aspen/value/1` for `len` bytes of `blob` from 0, as a
+/// router does; the node's answer.
+async fn ask_read(
+    t: &support::TestCluster,
+    id: u64,
+    blob: aspen_api::BlobRef,
+    len: u64,
+) -> aspen_api::value_wire::ValueAnswer {
+    use aspen_api::value_wire::{self, ValueRequest, MAX_VALUE_HEADER_BYTES, VALUE_ALPN};
+    use aspen_cluster_node::transport::{bind_endpoint, Access, PeerAddr, Transport};
+    let node = t.cluster.node(id).unwrap();
+    let endpoint = bind_endpoint(
+        support::client_key(),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        &Access::open(),
+    )
+    .await
+    .unwrap();
+    let transport = Transport::new(endpoint.clone(), Access::open());
+    let peer = PeerAddr {
+        id: node.endpoint_id(),
+        addrs: node.iroh_addrs(),
+    };
+    let request = value_wire::encode(&ValueRequest::Read {
+        blob,
+        start: 0,
+        len,
+    })
+    .unwrap();
+    let (answer, _bytes) = transport
+        .request_stream(
+            &peer,
+            VALUE_ALPN,
+            &request,
+            MAX_VALUE_HEADER_BYTES,
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the node answers");
+    endpoint.close().await;
+    value_wire::decode(&answer).unwrap()
+}
+
+/// A read naming a blob no value can have (empty, or over the largest value) is refused
+/// for what it is, before any fetch; a possible blob that no member holds is asked of
+/// the other members and reported missing, not waited on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_of_an_impossible_blob_is_refused_and_of_a_missing_one_reported() {
+    use aspen_api::limits::MAX_BLOB_VALUE_BYTES;
+    use aspen_api::value_wire::ValueAnswer;
+    use aspen_api::{BlobRef, ErrorCode};
+    let t = support::start_cluster().await;
+    t.wait_for_leader().await;
+    let hash = BlobRef::of(b"no such value").hash;
+    let empty = BlobRef { hash, size: 0 };
+    match ask_read(&t, 2, empty, 0).await {
+        ValueAnswer::Error(e) => {
+            assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+            assert!(e.message.contains("0 bytes"), "{e}");
+        }
+        other => panic!("an empty blob read answered {other:?}"),
+    }
+    let over = BlobRef {
+        hash,
+        size: MAX_BLOB_VALUE_BYTES + 1,
+    };
+    match ask_read(&t, 2, over, 1).await {
+        ValueAnswer::Error(e) => assert_eq!(e.code, ErrorCode::TooLarge, "{e}"),
+        other => panic!("a blob over the limit answered {other:?}"),
+    }
+    // At the limit and at one byte: possible values, so the node looks for them.
+    for size in [1, MAX_BLOB_VALUE_BYTES] {
+        let missing = BlobRef { hash, size };
+        match ask_read(&t, 2, missing, 1).await {
+            ValueAnswer::Error(e) => {
+                assert_eq!(e.code, ErrorCode::ClusterUnavailable, "{e}");
+                assert!(e.message.contains("could not fetch"), "{e}");
+            }
+            other => panic!("a missing blob of {size} bytes answered {other:?}"),
+        }
+    }
     t.cluster.shutdown().await;
 }

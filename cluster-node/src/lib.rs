@@ -10,7 +10,8 @@
 //! - [`transport`]: the iroh endpoint, node identity, request/response over QUIC streams,
 //!   fault injection (the `aspen-net` crate, shared with the router).
 //! - [`raft_network`]: `aspen/raft/2`, openraft's RPCs over the transport, member-only.
-//! - [`service`]: executes writes, reads and membership changes; forwards to the leader;
+//! - [`service`]: executes writes, reads and membership changes; forwards to the leader
+//!   through `aspen-kv-client` (the client routers use, so forwarded requests batch too);
 //!   `service/batch.rs` serves a router's `aspen/kv/2` batches (shared proposals and reads);
 //!   `service/reads.rs` reads the state machine, batching single reads that pile up.
 //! - [`proposer`]: group commit: concurrent writes share one log entry.

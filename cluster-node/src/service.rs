@@ -15,11 +15,12 @@ use std::time::Duration;
 use aspen_api::limits::MAX_CLUSTER_NODES;
 use aspen_api::types::ReadResponse;
 use aspen_api::wire::{
-    self, KvRequest, KvResponse, MemberReport, MembershipChange, NewLearner, ReplicaReadRequest,
-    ReplicaReadResponse, ReplicaReport, StatusReport, KV_ALPN, MAX_WIRE_MESSAGE_BYTES,
+    KvRequest, KvResponse, MemberReport, MembershipChange, NewLearner, ReplicaReadRequest,
+    ReplicaReadResponse, ReplicaReport, StatusReport,
 };
 use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, WriteResult};
 use aspen_federation::Replicas;
+use aspen_kv_client::ClusterClient;
 use iroh::EndpointId;
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -28,11 +29,11 @@ use tokio::time::Instant;
 use crate::handoff::{HandOff, Leaving};
 use crate::leader_contact::LeaderContact;
 use crate::proposer::{ProposeError, Proposer};
-use crate::raft_types::{AspenRaft, MemberNode, NodeId};
+use crate::raft_types::{AspenRaft, LogId, MemberNode, NodeId};
 use crate::read_index::{ReadIndex, ReadIndexError};
 use crate::storage::state_machine::MAX_IDLE_READERS;
 use crate::storage::StateMachine;
-use crate::transport::{Transport, TransportError};
+use crate::transport::Transport;
 use reads::{ReadQueue, StateReads};
 
 mod batch;
@@ -64,12 +65,7 @@ enum Attempt<T> {
     Forward(Option<(NodeId, MemberNode)>),
 }
 
-/// What forwarding came to.
-enum Forwarded {
-    Answer(Box<KvResponse>),
-    /// Certainly not delivered: safe to retry.
-    NotDelivered,
-}
+pub use aspen_kv_client::MAX_FORWARDS_IN_FLIGHT;
 
 /// Executes KV requests for one node. Shared by the HTTP API and the `aspen/kv/2` server.
 pub struct KvService {
@@ -94,6 +90,9 @@ pub struct KvService {
     initial_members: BTreeMap<NodeId, MemberNode>,
     /// The federation replicas this node keeps, if it imports any.
     replicas: Option<Arc<Replicas>>,
+    /// The client this node forwards through (the router's kind, without this node),
+    /// with the membership it was built for; rebuilt when the membership changes.
+    forwarder: std::sync::Mutex<Option<(Option<LogId>, Arc<ClusterClient>)>>,
 }
 
 fn unavailable(message: impl Into<String>) -> ApiError {
@@ -137,6 +136,7 @@ impl KvService {
             transport,
             initial_members,
             replicas,
+            forwarder: Default::default(),
         })
     }
 
@@ -301,14 +301,13 @@ impl KvService {
                 Attempt::Done(value) => return Ok(value),
                 Attempt::Forward(leader) => leader,
             };
-            if let Some((leader_id, node)) = leader.filter(|(id, _)| *id != self.node_id) {
+            if let Some((leader_id, _)) = leader.filter(|(id, _)| *id != self.node_id) {
                 leader_known = true;
-                let answer = match self.forward(&node, request, deadline).await? {
-                    Forwarded::Answer(answer) => *answer,
-                    Forwarded::NotDelivered => KvResponse::NotLeader { leader: None },
-                };
-                match answer {
+                let forwarder = self.forwarder();
+                forwarder.follow(leader_id);
+                match forwarder.call(request.clone()).await? {
                     KvResponse::Error(e) => return Err(e),
+                    // This node leads now: it serves the request itself, next round.
                     KvResponse::NotLeader { .. } => {}
                     answer => {
                         return accept(answer).unwrap_or_else(|| {
@@ -333,41 +332,39 @@ impl KvService {
         }
     }
 
-    async fn forward(
-        &self,
-        leader: &MemberNode,
-        request: &KvRequest,
-        deadline: Instant,
-    ) -> Result<Forwarded, ApiError> {
-        let Ok(id) = leader.endpoint_id.parse::<EndpointId>() else {
-            return Ok(Forwarded::NotDelivered);
-        };
-        let peer = self.transport.resolve(id, &leader.addrs);
-        let payload = wire::encode(request).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match self
-            .transport
-            .request(&peer, KV_ALPN, &payload, MAX_WIRE_MESSAGE_BYTES, remaining)
-            .await
-        {
-            Ok(bytes) => wire::decode::<KvResponse>(&bytes)
-                .map(|answer| Forwarded::Answer(Box::new(answer)))
-                .map_err(|e| {
-                    ApiError::new(
-                        ErrorCode::Internal,
-                        format!("leader sent a malformed answer: {e}"),
-                    )
-                }),
-            Err(TransportError::Unreachable { .. }) => Ok(Forwarded::NotDelivered),
-            Err(e @ TransportError::Failed { .. }) => match request {
-                // Reads change nothing: another try is always safe.
-                KvRequest::Read { .. } => Ok(Forwarded::NotDelivered),
-                _ => Err(ApiError::new(
-                    ErrorCode::Timeout,
-                    format!("{e}; the request may or may not have been applied"),
-                )),
-            },
+    /// This node's client of its own cluster (every other member), rebuilt when the
+    /// membership changed since it was built. Forwarded writes and gets that queue up go
+    /// to the leader together, one `Batch` message, as a router's do; a request delivered
+    /// without an answer is never sent again unless it is a read.
+    fn forwarder(&self) -> Arc<ClusterClient> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = &metrics.membership_config;
+        let built_for = *membership.log_id();
+        let mut slot = self.forwarder.lock().expect("forwarder lock");
+        if let Some((at, client)) = slot.as_ref() {
+            if *at == built_for {
+                return client.clone();
+            }
         }
+        let members = membership
+            .nodes()
+            .filter_map(|(id, node)| {
+                let endpoint = node.endpoint_id.parse::<EndpointId>().ok()?;
+                Some((*id, self.transport.resolve(endpoint, &node.addrs)))
+            })
+            .collect();
+        let client = Arc::new(ClusterClient::for_member(
+            &self.cluster,
+            self.node_id,
+            members,
+            self.transport.clone(),
+            REQUEST_DEADLINE,
+            MAX_FORWARDS_IN_FLIGHT,
+            "MAX_FORWARDS_IN_FLIGHT",
+        ));
+        *slot = Some((built_for, client.clone()));
+        client
     }
 
     /// Serves a request from another node or a router: local only, never forwarded.

@@ -3,8 +3,9 @@
 //! apps talk to any router as if it were one store, and the router sends each request to
 //! the owning cluster.
 //!
-//! The router holds no data and links no storage: it depends on `aspen-api`, `aspen-config`
-//! and `aspen-net` (the iroh transport), never on `aspen-cluster-node`. Refusals that
+//! The router holds no data and links no storage: it depends on `aspen-api`, `aspen-config`,
+//! `aspen-net` (the iroh transport) and `aspen-kv-client` (its client of each cluster, the
+//! same one nodes forward with), never on `aspen-cluster-node`. Refusals that
 //! protect the contract happen here: a key no route owns, and a multi-key command whose
 //! keys belong to more than one cluster (there is no cross-cluster transaction, by design).
 //!
@@ -12,8 +13,6 @@
 //!
 //! - [`table`]: [`RouteTable`], built from a validated `RouterConfig`: a key's owner, the one
 //!   owner of a multi-key command's keys, and which clusters a prefix scan must ask.
-//! - [`client`]: [`client::ClusterClient`], one cluster over iroh `aspen/kv/2`: leader
-//!   tracking, retries within the request deadline, bounded admission.
 //! - [`service`]: [`service::RouterService`], the request logic: route, refuse cross-cluster
 //!   commands, fan scans out, report status, reload the table.
 //! - [`merge`]: merging scan pages from several clusters, with continuation across them.
@@ -22,7 +21,6 @@
 //! - [`run`]: [`RunningRouter`], a started router (endpoint, service, HTTP server).
 //! - [`error`]: [`RouteError`], every way routing a key or building the table can fail.
 
-pub mod client;
 pub mod error;
 pub mod http;
 pub mod merge;

@@ -24,8 +24,8 @@ use aspen_config::{ClusterConfig, RouterConfig};
 use aspen_net::Transport;
 use futures::future::join_all;
 
-use crate::client::ClusterClient;
 use crate::error::RouteError;
+use aspen_kv_client::ClusterClient;
 
 mod lease;
 mod replica;

@@ -27,7 +27,7 @@ use aspen_api::{ApiError, ErrorCode, ReadRequest};
 use tokio::time::Instant;
 
 use super::{client_of, RouterService, Routing};
-use crate::client::refusal_rank;
+use aspen_kv_client::refusal_rank;
 
 /// How long a replica read waits for this region's replicas to reach the revision this
 /// router already returned (or to meet `max_lag`) before it answers `replica_behind`.

@@ -21,8 +21,8 @@ use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::{route_error, RouterService};
-use crate::client::ClusterClient;
 use crate::table::RouteTable;
+use aspen_kv_client::ClusterClient;
 
 /// How long a feed read waits at the node for a new revision: a watch with nothing to
 /// deliver costs one request per cluster this often.

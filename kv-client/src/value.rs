@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use iroh::endpoint::{RecvStream, SendStream};
 
-use super::link::Link;
+use crate::link::Link;
 
 /// Time a node may take to answer a put once its last byte is sent, on top of
 /// [`PER_MIB_ANSWER_TIME`] per MiB: it makes the blob durable, has a majority of its
@@ -119,7 +119,7 @@ impl Link {
 
     /// Streams `put`'s body to a node of the cluster, which stores it as a blob and writes
     /// the key; returns the write's outcome.
-    pub(super) async fn put_blob(&self, put: BlobPut) -> Result<WriteResult, ApiError> {
+    pub(crate) async fn put_blob(&self, put: BlobPut) -> Result<WriteResult, ApiError> {
         let BlobPut {
             key,
             lease,
@@ -212,7 +212,7 @@ impl Link {
     /// the believed leader first, then the others (a stopping node refuses the read unread,
     /// a member that lacks the blob and cannot fetch it says so, and a read is safe to ask
     /// again). The bytes then end with an error if they stop for [`VALUE_STALL_TIMEOUT`].
-    pub(super) async fn read_blob(
+    pub(crate) async fn read_blob(
         &self,
         blob: BlobRef,
         start: u64,

@@ -14,8 +14,8 @@ use aspen_net::{PeerAddr, Transport, TransportError};
 use futures::future::join_all;
 use tokio::time::Instant;
 
-use super::breaker::{Breaker, PROBE_DEADLINE, PROBE_INTERVAL};
-use super::Health;
+use crate::breaker::{Breaker, PROBE_DEADLINE, PROBE_INTERVAL};
+use crate::Health;
 
 /// Pause after every node of a cluster was tried without finding the leader (an election
 /// is under way, or the cluster is down).
@@ -28,27 +28,30 @@ pub const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(20);
 
 /// One member as the router knows it.
 #[derive(Debug, Clone)]
-pub(super) struct Member {
-    pub(super) node_id: u64,
-    pub(super) peer: PeerAddr,
+pub(crate) struct Member {
+    pub(crate) node_id: u64,
+    pub(crate) peer: PeerAddr,
 }
 
 /// The path to one cluster: its members, the one believed to lead, what was last seen.
 #[derive(Debug)]
-pub(super) struct Link {
-    pub(super) name: String,
-    pub(super) members: Vec<Member>,
-    pub(super) transport: Arc<Transport>,
-    pub(super) deadline: Duration,
+pub(crate) struct Link {
+    pub(crate) name: String,
+    /// The member that owns this client, for a member's own client: it is not in
+    /// `members`, and a `NotLeader` naming it goes back to it.
+    pub(crate) owner: Option<u64>,
+    pub(crate) members: Vec<Member>,
+    pub(crate) transport: Arc<Transport>,
+    pub(crate) deadline: Duration,
     /// Index in `members` of the node believed to lead.
-    pub(super) leader: AtomicUsize,
+    pub(crate) leader: AtomicUsize,
     /// Index in `members` of the node that last served a replica read: any member serves
     /// those, so they start where the last one succeeded, apart from the leader's.
-    pub(super) replica_member: AtomicUsize,
-    pub(super) health: Mutex<Health>,
-    pub(super) breaker: Breaker,
+    pub(crate) replica_member: AtomicUsize,
+    pub(crate) health: Mutex<Health>,
+    pub(crate) breaker: Breaker,
     /// This link, for the breaker's probe task.
-    pub(super) me: Weak<Link>,
+    pub(crate) me: Weak<Link>,
 }
 
 /// Whether a request may be sent again after it was delivered without an answer.
@@ -84,7 +87,7 @@ fn member_specific(code: ErrorCode) -> bool {
 
 /// How much a replica read's refusal says about the replicas (higher says more): one that
 /// is behind says a replica exists and is catching up, so waiting briefly may help.
-pub(crate) fn refusal_rank(code: ErrorCode) -> u8 {
+pub fn refusal_rank(code: ErrorCode) -> u8 {
     match code {
         ErrorCode::ReplicaBehind => 3,
         ErrorCode::ReplicaUnavailable => 2,
@@ -94,14 +97,24 @@ pub(crate) fn refusal_rank(code: ErrorCode) -> u8 {
 }
 
 impl Link {
-    pub(super) fn unavailable(&self, why: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn unavailable(&self, why: impl std::fmt::Display) -> ApiError {
         ApiError::new(
             ErrorCode::ClusterUnavailable,
             format!("cluster {} is unavailable: {why}", self.name),
         )
     }
 
-    pub(super) fn index_of(&self, node_id: u64) -> Option<usize> {
+    /// A member's own client asked with no other member to send to.
+    fn no_members(&self) -> ApiError {
+        self.unavailable("it has no other member to send to")
+    }
+
+    /// Whether a `NotLeader` answer names this client's owner as the leader.
+    fn names_owner(&self, leader: Option<u64>) -> bool {
+        leader.is_some() && leader == self.owner
+    }
+
+    pub(crate) fn index_of(&self, node_id: u64) -> Option<usize> {
         self.members.iter().position(|m| m.node_id == node_id)
     }
 
@@ -133,7 +146,7 @@ impl Link {
     }
 
     /// The refusal of a request while the breaker is open.
-    pub(super) fn refused(&self) -> Option<ApiError> {
+    pub(crate) fn refused(&self) -> Option<ApiError> {
         self.breaker.refusal().map(|why| self.unavailable(why))
     }
 
@@ -204,13 +217,16 @@ impl Link {
 
     /// Sends `request` to the leader (or, for `Status`, any node), following `NotLeader`
     /// answers and moving past unreachable nodes until `deadline`.
-    pub(super) async fn send(
+    pub(crate) async fn send(
         &self,
         request: &KvRequest,
         deadline: Instant,
     ) -> Result<KvResponse, ApiError> {
         let payload = wire::encode(request).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let count = self.members.len();
+        if count == 0 {
+            return Err(self.no_members());
+        }
         let mut target = self.leader.load(Ordering::Relaxed) % count;
         let mut tried_since_pause = 0;
         let mut last_problem = "no member was tried".to_string();
@@ -223,6 +239,9 @@ impl Link {
             let mut next = (target + 1) % count;
             match sent {
                 Ok(bytes) => match wire::decode::<KvResponse>(&bytes) {
+                    Ok(KvResponse::NotLeader { leader }) if self.names_owner(leader) => {
+                        return Ok(KvResponse::NotLeader { leader });
+                    }
                     Ok(KvResponse::NotLeader { leader }) => {
                         last_problem = format!("node {} is not the leader", member.node_id);
                         let named = leader.and_then(|id| self.index_of(id));
@@ -271,7 +290,7 @@ impl Link {
     /// `replica_behind` over `replica_unavailable` over an unreachable member. A request
     /// every member would refuse alike (malformed) is returned at once. Leadership and the
     /// breaker play no part: followers serve replica reads, with or without a leader.
-    pub(super) async fn replica_read(
+    pub(crate) async fn replica_read(
         &self,
         request: ReplicaReadRequest,
         deadline: Instant,
@@ -279,6 +298,9 @@ impl Link {
         let payload = wire::encode(&KvRequest::ReplicaRead(request))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let count = self.members.len();
+        if count == 0 {
+            return Err(self.no_members());
+        }
         let start = self.replica_member.load(Ordering::Relaxed) % count;
         let mut refusal: Option<ApiError> = None;
         for i in (0..count).map(|k| (start + k) % count) {
@@ -344,13 +366,16 @@ impl Link {
     /// reached, a batch the node refused) goes again on its own through [`Link::send`],
     /// before the same deadline; a write whose batch was delivered but not answered is
     /// reported as an unknown outcome, never resent.
-    pub(super) async fn send_batch(
+    pub(crate) async fn send_batch(
         &self,
         requests: Vec<KvRequest>,
     ) -> Vec<Result<KvResponse, ApiError>> {
         let deadline = Instant::now() + self.deadline;
         if requests.len() == 1 {
             return vec![self.send(&requests[0], deadline).await];
+        }
+        if self.members.is_empty() {
+            return requests.iter().map(|_| Err(self.no_members())).collect();
         }
         let count = requests.len();
         let batch = KvRequest::Batch(requests);
@@ -406,6 +431,9 @@ impl Link {
         }
         let settled = requests.iter().zip(answers).map(|(request, answer)| async {
             match answer {
+                KvResponse::NotLeader { leader } if self.names_owner(leader) => {
+                    Ok(KvResponse::NotLeader { leader })
+                }
                 KvResponse::NotLeader { .. } => self.send(request, deadline).await,
                 // A read whose result did not fit in the batch's answer: alone, it fits.
                 answer if retry_is_safe(request) && wire::is_read_left_out_of_batch(&answer) => {

@@ -1,13 +1,21 @@
-//! [`ClusterClient`]: the router's connection to one cluster over iroh `aspen/kv/2`.
+//! The one requesting side of `aspen/kv/2` (and of `aspen/value/1`, values kept as
+//! blobs): [`ClusterClient`], a client of one cluster. The router keeps one per cluster it
+//! routes to; every cluster node keeps one for its own cluster, through which it forwards
+//! what it cannot serve itself (a write or linearizable read on a follower) to the leader.
+//! Both therefore share one leader search, one retry rule, one batching of requests and one
+//! admission bound.
 //!
 //! A node answers `aspen/kv/2` requests itself and never forwards them (one hop at most),
 //! so the client finds the leader: it sends to the node it last saw lead, follows a
 //! `NotLeader` answer to the leader that node names, and moves on to the next node when
 //! one is unreachable, pausing briefly after each full pass, until the request deadline.
-//! Connections are kept and reused per node (the shared [`Transport`]). Writes and reads
-//! that queue up while earlier ones are on the wire go together as one `Batch` message
-//! (a [`Batcher`]): one QUIC stream and one node task carry many requests, each still
-//! answered on its own. Scans go alone, so a long one holds up no other request.
+//! A client owned by a member of the cluster ([`ClusterClient::for_member`]) does not
+//! list that member and hands a `NotLeader` that names it back to its owner, which then
+//! serves the request itself. Connections are kept and reused per node (the shared
+//! [`Transport`]). Writes and reads that queue up while earlier ones are on the wire go
+//! together as one `Batch` message (a [`Batcher`]): one QUIC stream and one node task
+//! carry many requests, each still answered on its own. Scans go alone, so a long one
+//! holds up no other request.
 //!
 //! Retries never change an outcome: a request is retried only when it certainly did not
 //! take effect (it was refused as not-leader, or never delivered) or when it is a read. A
@@ -16,7 +24,7 @@
 //!
 //! Admission is bounded per cluster: at most `max_in_flight` requests run at once and as
 //! many again may wait; beyond that a request is refused at once with 503, so a slow or
-//! dead cluster holds a bounded share of the router and every other cluster keeps its speed.
+//! dead cluster holds a bounded share of its caller and every other cluster keeps its speed.
 //!
 //! A cluster in which no node answered as leader for a whole deadline has its requests
 //! refused at once (503) until a background probe finds a leader again (`breaker`), so a
@@ -24,6 +32,14 @@
 //!
 //! Values kept as blobs (above the inline limit) stream over `aspen/value/1` instead
 //! (`value`): to the believed leader, or the next member that can be reached.
+//!
+//! # Layout
+//!
+//! - this file: [`ClusterClient`], admission, batching, and what it reports ([`Health`]).
+//! - `link`: the path to one cluster's members: leader search, retries, batch sends,
+//!   replica reads.
+//! - `breaker`: refusing at once while a cluster has no leader, with its probe.
+//! - `value`: `aspen/value/1` streams.
 
 mod breaker;
 mod link;
@@ -45,7 +61,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 pub use breaker::{PROBE_DEADLINE, PROBE_INTERVAL};
-pub(crate) use link::refusal_rank;
+pub use link::refusal_rank;
 pub use link::RETRY_BACKOFF;
 use link::{Link, Member};
 
@@ -55,6 +71,13 @@ use link::{Link, Member};
 /// the node's proposer still pipelines its own proposals: routed put went from 0.86x to
 /// 0.93x of direct with one instead of two (docs/BENCHMARKS.md).
 pub const MAX_BATCHES_IN_FLIGHT: usize = 1;
+
+/// Requests a cluster member forwards to its leader at once through its own client (as
+/// many again may wait for a slot; beyond that a forward is refused at once with 503).
+/// The same bound as a router's default per cluster (`max_in_flight_per_cluster`): a
+/// follower behind a stalled leader holds a bounded number of requests, not one per HTTP
+/// stream it accepted.
+pub const MAX_FORWARDS_IN_FLIGHT: usize = 256;
 
 /// Most key and value bytes in one batch message: the largest single command, so a batch
 /// stays well inside the wire message limit.
@@ -93,6 +116,16 @@ pub struct ClusterClient {
     waiting: AtomicUsize,
     /// At most this many requests run at once, and as many again may wait.
     limit: usize,
+    /// The setting (or constant) `limit` comes from, named in refusals.
+    limit_name: &'static str,
+}
+
+/// Who a client serves: its cluster, the member that owns it (none for a router's), and
+/// what its admission bound is called.
+struct Owner {
+    cluster: String,
+    member: Option<u64>,
+    limit_name: &'static str,
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -114,7 +147,8 @@ impl Drop for Waiting<'_> {
 
 impl ClusterClient {
     /// A client of `cluster` over `transport`, giving each request `deadline` and running
-    /// at most `max_in_flight` at once (and letting as many wait).
+    /// at most `max_in_flight` at once (and letting as many wait); the router's. Its
+    /// admission refusals name the router setting `max_in_flight_per_cluster`.
     pub fn new(
         cluster: &ClusterConfig,
         transport: Arc<Transport>,
@@ -131,17 +165,69 @@ impl ClusterClient {
                         cluster.name, n.node_id
                     )
                 })?;
-                Ok(Member {
-                    node_id: n.node_id,
-                    peer: PeerAddr {
+                Ok((
+                    n.node_id,
+                    PeerAddr {
                         id,
                         addrs: n.addrs.to_vec(),
                     },
-                })
+                ))
             })
             .collect::<Result<Vec<_>, String>>()?;
+        Ok(ClusterClient::start(
+            Owner {
+                cluster: cluster.name.clone(),
+                member: None,
+                limit_name: "max_in_flight_per_cluster",
+            },
+            members,
+            transport,
+            deadline,
+            max_in_flight,
+        ))
+    }
+
+    /// The client a member of the cluster (`owner`) forwards through: `members` are the
+    /// other members. A `NotLeader` answer naming `owner` is returned to it (it leads now,
+    /// and serves the request itself), never followed. Its admission refusals name
+    /// `limit_name`, the owner's bound on `max_in_flight`.
+    pub fn for_member(
+        cluster: &str,
+        owner: u64,
+        members: Vec<(u64, PeerAddr)>,
+        transport: Arc<Transport>,
+        deadline: Duration,
+        max_in_flight: usize,
+        limit_name: &'static str,
+    ) -> ClusterClient {
+        let members = members.into_iter().filter(|(id, _)| *id != owner).collect();
+        ClusterClient::start(
+            Owner {
+                cluster: cluster.to_string(),
+                member: Some(owner),
+                limit_name,
+            },
+            members,
+            transport,
+            deadline,
+            max_in_flight,
+        )
+    }
+
+    fn start(
+        owner: Owner,
+        members: Vec<(u64, PeerAddr)>,
+        transport: Arc<Transport>,
+        deadline: Duration,
+        max_in_flight: usize,
+    ) -> ClusterClient {
+        let members = members
+            .into_iter()
+            .map(|(node_id, peer)| Member { node_id, peer })
+            .collect();
         let link = Arc::new_cyclic(|me| Link {
-            name: cluster.name.clone(),
+            name: owner.cluster,
+            owner: owner.member,
             members,
             transport,
             deadline,
@@ -162,13 +248,28 @@ impl ClusterClient {
             let link = sender.clone();
             async move { link.send_batch(requests).await }
         });
-        Ok(ClusterClient {
+        ClusterClient {
             link,
             batcher,
             running: Semaphore::new(max_in_flight),
             waiting: AtomicUsize::new(0),
             limit: max_in_flight,
-        })
+            limit_name: owner.limit_name,
+        }
+    }
+
+    /// The members this client sends to, by node id (for a member's own client, every
+    /// member but its owner).
+    pub fn member_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.link.members.iter().map(|m| m.node_id)
+    }
+
+    /// Sends the next requests to `leader` first (a member's own client learns the leader
+    /// from Raft before any answer names it).
+    pub fn follow(&self, leader: u64) {
+        if let Some(i) = self.link.index_of(leader) {
+            self.link.leader.store(i, Ordering::Relaxed);
+        }
     }
 
     /// The cluster's name.
@@ -253,8 +354,8 @@ impl ClusterClient {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
                     return Err(self.link.unavailable(format!(
                         "{0} requests are running and {0} more are waiting \
-                         (max_in_flight_per_cluster = {0}); nothing was applied, retry later",
-                        self.limit
+                         ({1} = {0}); nothing was applied, retry later",
+                        self.limit, self.limit_name
                     )));
                 }
                 let _waiting = Waiting(&self.waiting);
@@ -288,7 +389,7 @@ impl ClusterClient {
                 Err(ApiError::new(
                     ErrorCode::Timeout,
                     format!(
-                        "the router's client of cluster {} stopped with the request in \
+                        "the client of cluster {} stopped with the request in \
                              flight; a write may or may not have been applied",
                         self.link.name
                     ),
@@ -351,3 +452,6 @@ impl ClusterClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

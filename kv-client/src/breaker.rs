@@ -21,7 +21,7 @@ pub const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Whether a cluster's requests are refused at once, and why.
 #[derive(Debug, Default)]
-pub(super) struct Breaker {
+pub(crate) struct Breaker {
     open: Mutex<Option<Open>>,
     refused: AtomicU64,
 }
@@ -34,7 +34,7 @@ struct Open {
 
 impl Breaker {
     /// Opens the breaker because of `why`; true if it was closed (start one probe).
-    pub(super) fn trip(&self, why: &str) -> bool {
+    pub(crate) fn trip(&self, why: &str) -> bool {
         let mut open = self.open.lock().expect("breaker lock");
         if open.is_some() {
             return false;
@@ -47,22 +47,22 @@ impl Breaker {
     }
 
     /// Closes the breaker: the cluster has a leader again.
-    pub(super) fn reset(&self) {
+    pub(crate) fn reset(&self) {
         *self.open.lock().expect("breaker lock") = None;
     }
 
     /// Whether requests are refused right now.
-    pub(super) fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.open.lock().expect("breaker lock").is_some()
     }
 
     /// Requests refused at once since the router started.
-    pub(super) fn refused(&self) -> u64 {
+    pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 
     /// Why a request must be refused now, counting it; `None` when it may go.
-    pub(super) fn refusal(&self) -> Option<String> {
+    pub(crate) fn refusal(&self) -> Option<String> {
         let open = self.open.lock().expect("breaker lock").clone()?;
         self.refused.fetch_add(1, Ordering::Relaxed);
         Some(format!(

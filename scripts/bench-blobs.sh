@@ -34,33 +34,10 @@ cleanup() {
 trap cleanup EXIT
 
 # The router's identity first: every node lists it in kv_clients.
-ROUTER_ID=$("$BIN" keygen --out "$WORK/router.key" 2>/dev/null)
-export EXTRA_NODE_TOML="kv_clients = [\"$ROUTER_ID\"]"
 source scripts/lib/plain-cluster.sh
+plain_router_identity "$WORK"
 start_plain_cluster "$WORK/cluster"
-{
-  cat <<TOML
-region = "bench"
-http_addr = "$ROUTER"
-secret_key_file = "$WORK/router.key"
-relay = "disabled"
-
-[[clusters]]
-name = "bench"
-region = "bench"
-TOML
-  for i in 1 2 3; do
-    printf '[[clusters.nodes]]\nnode_id = %s\nendpoint_id = "%s"\naddrs = ["127.0.0.1:1840%s"]\n' \
-      "$i" "$("$BIN" keygen --out "$WORK/cluster/node-$i/iroh.key" 2>/dev/null)" "$i"
-  done
-  printf '\n[[routes]]\nprefix = ""\ncluster = "bench"\n'
-} >"$WORK/router.toml"
-"$BIN" router --config "$WORK/router.toml" >"$WORK/router.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do
-  curl -fs "http://$ROUTER/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_plain_router "$WORK" "$ROUTER"
 
 declare -A IDLE
 for pid in "${PIDS[@]}"; do

@@ -6,8 +6,12 @@
 #
 # Usage: scripts/bench-vs-etcd.sh        (env: DURATION=10 CLIENTS="1 16 64 256"
 #                                               OPS="put get cas mixed" VALUE_SIZE=256
-#                                               ROUNDS=1 VIA=node)
-# VIA=router benchmarks Aspen through us's router instead of at node 1. With ROUNDS > 1
+#                                               ROUNDS=1 VIA=node TOPOLOGY=dev)
+# VIA=router benchmarks Aspen through us's router instead of at node 1. TOPOLOGY=plain
+# runs, instead of `aspen dev` (three clusters, two routers and the federation between
+# them in one process, on the same cores as etcd), a plain 3-node cluster with one
+# `aspen router` process in front (four processes, nothing else): etcd's own shape plus
+# the router. With ROUNDS > 1
 # every row runs ROUNDS times, the two systems' order alternating from one to the next.
 # Prints one table: ops/s, p50 and p99 of each (medians over the rounds), and the ratio
 # Aspen/etcd of the median ops/s.
@@ -20,11 +24,19 @@ OPS=${OPS:-"put get cas mixed"}
 VALUE_SIZE=${VALUE_SIZE:-256}
 ROUNDS=${ROUNDS:-1}
 VIA=${VIA:-node}
-ASPEN_HTTP=127.0.0.1:17070
-# Node 1 of cluster us-1: `aspen dev` puts it at the router's port + 31.
-ASPEN_NODE=127.0.0.1:17101
+TOPOLOGY=${TOPOLOGY:-dev}
+if [ "$TOPOLOGY" = plain ]; then
+  ASPEN_HTTP=127.0.0.1:18170
+  # Node 1 of the plain cluster, its leader after init.
+  ASPEN_NODE=127.0.0.1:18101
+else
+  ASPEN_HTTP=127.0.0.1:17070
+  # Node 1 of cluster us-1: `aspen dev` puts it at the router's port + 31.
+  ASPEN_NODE=127.0.0.1:17101
+fi
 
 source scripts/lib/etcd-cluster.sh
+source scripts/lib/ready.sh
 need_etcd
 cargo build --release --features etcd
 BIN=target/release/aspen
@@ -40,15 +52,21 @@ trap cleanup EXIT
 
 start_etcd_cluster "$WORK/etcd"
 
-"$BIN" dev --data-dir "$WORK/aspen" --http "$ASPEN_HTTP" >"$WORK/aspen.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 150); do
-  curl -fs "http://$ASPEN_NODE/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -fs "http://$ASPEN_NODE/readyz" >/dev/null
+if [ "$TOPOLOGY" = plain ]; then
+  export BIN
+  source scripts/lib/plain-cluster.sh
+  plain_router_identity "$WORK/aspen"
+  start_plain_cluster "$WORK/aspen/cluster"
+  start_plain_router "$WORK/aspen" "$ASPEN_HTTP"
+else
+  "$BIN" dev --data-dir "$WORK/aspen" --http "$ASPEN_HTTP" >"$WORK/aspen.log" 2>&1 &
+  PIDS+=($!)
+  # us-1's node 1 serves before `aspen dev` starts its routers: wait for both.
+  wait_ready "http://$ASPEN_NODE/readyz"
+  wait_ready "http://$ASPEN_HTTP/readyz"
+fi
 
-echo "etcd $(etcd --version | head -1 | awk '{print $3}') leader at $ETCD_LEADER; aspen us-1 node 1 at http://$ASPEN_NODE" >&2
+echo "etcd $(etcd --version | head -1 | awk '{print $3}') leader at $ETCD_LEADER; aspen ($TOPOLOGY) node 1 at http://$ASPEN_NODE, router at http://$ASPEN_HTTP" >&2
 RESULTS="$WORK/results.json"
 ASPEN_ENDPOINT="http://$ASPEN_NODE"
 [ "$VIA" = router ] && ASPEN_ENDPOINT="http://$ASPEN_HTTP"

@@ -23,6 +23,7 @@ ROUNDS=${ROUNDS:-3}
 ASPEN_TOPOLOGY=${ASPEN_TOPOLOGY:-plain}
 
 source scripts/lib/etcd-cluster.sh
+source scripts/lib/ready.sh
 need_etcd
 if [ -z "${BIN:-}" ]; then
   cargo build --release --features etcd
@@ -45,11 +46,7 @@ if [ "$ASPEN_TOPOLOGY" = dev ]; then
   ASPEN_NODE=127.0.0.1:17101
   "$BIN" dev --data-dir "$WORK/aspen" --http 127.0.0.1:17070 >"$WORK/aspen.log" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 1 150); do
-    curl -fs "http://$ASPEN_NODE/readyz" >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  curl -fs "http://$ASPEN_NODE/readyz" >/dev/null
+  wait_ready "http://$ASPEN_NODE/readyz"
 else
   ASPEN_NODE=127.0.0.1:18101
   source scripts/lib/plain-cluster.sh

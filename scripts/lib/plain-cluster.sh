@@ -5,6 +5,12 @@
 # config (top-level settings such as kv_clients).
 #
 #   start_plain_cluster DIR    (node 1, the leader after init, is http://127.0.0.1:18101)
+#
+# With a router in front (an `aspen router` process, every key routed to the cluster):
+#
+#   plain_router_identity DIR    before start_plain_cluster: the router's key, and every
+#                                node's kv_clients naming it (sets EXTRA_NODE_TOML)
+#   start_plain_router DIR ADDR  after it: the router serving HTTP at ADDR, ready
 
 plain_node_config() { # dir, node id, then any [[peers]] text
   cat <<TOML
@@ -48,4 +54,39 @@ start_plain_cluster() {
     sleep 0.1
   done
   curl -fs http://127.0.0.1:18101/readyz >/dev/null
+}
+
+plain_router_identity() {
+  mkdir -p "$1"
+  local id
+  id=$("$BIN" keygen --out "$1/router.key" 2>/dev/null)
+  export EXTRA_NODE_TOML="kv_clients = [\"$id\"]"
+}
+
+start_plain_router() {
+  local dir=$1 addr=$2 i
+  {
+    cat <<TOML
+region = "bench"
+http_addr = "$addr"
+secret_key_file = "$dir/router.key"
+relay = "disabled"
+
+[[clusters]]
+name = "bench"
+region = "bench"
+TOML
+    for i in 1 2 3; do
+      printf '[[clusters.nodes]]\nnode_id = %s\nendpoint_id = "%s"\naddrs = ["127.0.0.1:1840%s"]\n' \
+        "$i" "$("$BIN" keygen --out "$dir/cluster/node-$i/iroh.key" 2>/dev/null)" "$i"
+    done
+    printf '\n[[routes]]\nprefix = ""\ncluster = "bench"\n'
+  } >"$dir/router.toml"
+  "$BIN" router --config "$dir/router.toml" >"$dir/router.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    curl -fs "http://$addr/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -fs "http://$addr/readyz" >/dev/null
 }

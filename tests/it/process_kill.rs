@@ -3,7 +3,8 @@
 //! with SIGKILL mid-write and started again from its data, and (2) the leader cut off from
 //! its peers at the iroh transport (the nodes' test-only `/v1/debug/partition`) and
 //! healed. The history checker must find a linearization, so an acknowledged write that
-//! went missing, or a stale read from a deposed leader, fails the run.
+//! went missing, or a stale read from a deposed leader, fails the run. And (3) a value kept
+//! as a blob whose writer is killed with SIGKILL the moment it answered.
 
 use crate::support;
 
@@ -11,7 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use aspen_api::admin::PartitionRequest;
-use aspen_api::AspenClient;
+use aspen_api::blob::JsonBlob;
+use aspen_api::{AspenClient, BlobRef, Consistency};
 use aspen_checker::workload::{self, WorkloadSpec};
 use support::poll;
 use support::process::{init_when_healthy, leader, start_nodes, wait_healthy, Proc};
@@ -131,4 +133,56 @@ async fn a_leader_process_cut_off_from_its_peers_and_healed_stays_linearizable()
     let (history, stats) = run.await.unwrap().unwrap();
     let faults = format!("leader {first} cut off, {second} took over, healed");
     support::assert_linearizable("aspen-process-partition", &history, &stats, &faults, 100);
+}
+
+/// A value kept as a blob, its writer (the leader, which took the `PUT` itself) killed
+/// with SIGKILL as soon as its answer arrived: the reference was committed only once a
+/// majority held the bytes durably, so both others serve the value whole under the next
+/// leader, and so does the writer once started again from its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_value_survives_its_writer_killed_with_sigkill_right_after_its_answer() {
+    use crate::blob_values::{content, raw};
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = start_processes(dir.path(), false);
+    init_when_healthy(&procs).await;
+    let writer = leader(&procs).await as usize;
+    let value = content(3 * aspen_api::limits::MAX_INLINE_VALUE_BYTES + 7, 9);
+    let key = "blob/kill9";
+    AspenClient::new(&procs[writer - 1].url())
+        .put(key, &value)
+        .await
+        .unwrap();
+    procs[writer - 1].kill9();
+    let read_back = |url: String| async move {
+        poll(
+            &format!("{key} served whole by {url}"),
+            Duration::from_secs(30),
+            || async {
+                let (status, _, body) = raw(&url, key, None).await;
+                (status == 200).then_some(body)
+            },
+        )
+        .await
+    };
+    for p in procs.iter().filter(|p| p.id as usize != writer) {
+        assert!(
+            read_back(p.url()).await == value,
+            "node {} served other bytes",
+            p.id
+        );
+        let entry = AspenClient::new(&p.url())
+            .get(key, Consistency::Linearizable)
+            .await
+            .unwrap()
+            .expect("the key is there");
+        let kept = Some(JsonBlob::from(&BlobRef::of(&value)));
+        assert_eq!(entry.blob, kept, "kept as a blob, by reference");
+    }
+    let p = &mut procs[writer - 1];
+    p.spawn();
+    wait_healthy(p).await;
+    assert!(
+        read_back(p.url()).await == value,
+        "the restarted writer served other bytes"
+    );
 }

@@ -49,6 +49,10 @@ const _: () = assert!(MAX_CLUSTER_NODES == aspen_config::limits::MAX_CLUSTER_NOD
 
 /// How long one request may take end to end, leader elections and forwarding included.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Time past [`REQUEST_DEADLINE`] a forwarded request's own client is given to report
+/// why it failed (it starts its deadline a little later than the request's) before the
+/// request is answered as timed out.
+const FORWARD_VERDICT_GRACE: Duration = Duration::from_millis(100);
 /// Pause between attempts while there is no leader or the leader is unreachable.
 const RETRY_BACKOFF: Duration = Duration::from_millis(25);
 /// How long adding a learner waits for it to catch up before answering with where it is.
@@ -305,7 +309,22 @@ impl KvService {
                 leader_known = true;
                 let forwarder = self.forwarder();
                 forwarder.follow(leader_id);
-                match forwarder.call(request.clone()).await? {
+                // The client bounds each request by its own deadline, from when it takes it;
+                // this keeps the whole request within this one (plus the grace in which
+                // the client's own verdict, such as "no leader answered", comes first).
+                let forwarded = forwarder.call(request.clone());
+                let answer = tokio::time::timeout_at(deadline + FORWARD_VERDICT_GRACE, forwarded)
+                    .await
+                    .map_err(|_| {
+                        ApiError::new(
+                            ErrorCode::Timeout,
+                            format!(
+                                "leader {leader_id} did not answer within {REQUEST_DEADLINE:?}; \
+                                 a write may or may not have been applied"
+                            ),
+                        )
+                    })?;
+                match answer? {
                     KvResponse::Error(e) => return Err(e),
                     // This node leads now: it serves the request itself, next round.
                     KvResponse::NotLeader { .. } => {}

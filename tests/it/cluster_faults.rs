@@ -1,6 +1,7 @@
 //! A cluster keeps its promises when nodes fail: no acknowledged write is lost when the
 //! leader dies or the whole cluster restarts, a wiped node catches up through a snapshot,
-//! concurrent CAS is atomic, and Raft RPCs from strangers are refused.
+//! concurrent CAS is atomic, Raft RPCs from strangers are refused, and a follower cut off
+//! from its cluster refuses a write within the request deadline, applying nothing.
 
 use crate::support;
 
@@ -481,6 +482,53 @@ async fn a_stale_read_on_a_cut_off_follower_says_how_stale_it_may_be() {
     assert!(
         healed.contact_ms.is_some_and(|ms| ms < 1000),
         "contact is fresh again"
+    );
+    t.cluster.shutdown().await;
+}
+
+/// A follower cut off from every other member, asked to write: it forwards through its
+/// cluster client, finds no leader it can reach, and answers within the node's request
+/// deadline that nothing was applied (and indeed nothing was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_cut_off_from_its_cluster_refuses_a_write_in_time_and_applies_nothing() {
+    use aspen_cluster_node::service::REQUEST_DEADLINE;
+    let t = support::start_cluster().await;
+    let leader = t.wait_for_leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    t.client(leader).put("before", b"v").await.unwrap();
+
+    t.cluster.partition(follower);
+    let asked = std::time::Instant::now();
+    let client =
+        aspen_api::AspenClient::with_timeout(&t.cluster.url(follower), 3 * REQUEST_DEADLINE);
+    let refused = client.put("cut/k", b"v").await.unwrap_err();
+    let took = asked.elapsed();
+    assert!(
+        took < REQUEST_DEADLINE + Duration::from_secs(1),
+        "answered after {took:?}"
+    );
+    assert!(
+        matches!(
+            refused.code(),
+            Some(aspen_api::ErrorCode::ClusterUnavailable | aspen_api::ErrorCode::NoLeader)
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("nothing was applied"),
+        "{refused}"
+    );
+
+    t.cluster.heal();
+    let leader = t.wait_for_leader().await;
+    let absent = t
+        .client(leader)
+        .get("cut/k", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(
+        absent.is_none(),
+        "the refused write was applied: {absent:?}"
     );
     t.cluster.shutdown().await;
 }

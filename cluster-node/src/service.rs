@@ -22,7 +22,7 @@ use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, WriteRes
 use aspen_federation::Replicas;
 use aspen_kv_client::ClusterClient;
 use iroh::EndpointId;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tokio::time::Instant;
 
@@ -65,8 +65,9 @@ const _: () = assert!(ADD_LEARNER_CATCH_UP_WAIT.as_millis() * 2 <= REQUEST_DEADL
 /// What one local attempt came to.
 enum Attempt<T> {
     Done(T),
-    /// Not applied here; this is the leader to try, if known.
-    Forward(Option<(NodeId, MemberNode)>),
+    /// Not applied here; this is the leader to try, if known (the forwarding client
+    /// knows its members' addresses).
+    Forward(Option<NodeId>),
 }
 
 pub use aspen_kv_client::MAX_FORWARDS_IN_FLIGHT;
@@ -101,10 +102,6 @@ pub struct KvService {
 
 fn unavailable(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::ClusterUnavailable, message)
-}
-
-fn forward_target(f: ForwardToLeader<NodeId, MemberNode>) -> Option<(NodeId, MemberNode)> {
-    f.leader_id.zip(f.leader_node)
 }
 
 impl KvService {
@@ -305,7 +302,7 @@ impl KvService {
                 Attempt::Done(value) => return Ok(value),
                 Attempt::Forward(leader) => leader,
             };
-            if let Some((leader_id, _)) = leader.filter(|(id, _)| *id != self.node_id) {
+            if let Some(leader_id) = leader.filter(|id| *id != self.node_id) {
                 leader_known = true;
                 let forwarder = self.forwarder();
                 forwarder.follow(leader_id);
@@ -356,9 +353,7 @@ impl KvService {
     /// to the leader together, one `Batch` message, as a router's do; a request delivered
     /// without an answer is never sent again unless it is a read.
     fn forwarder(&self) -> Arc<ClusterClient> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let membership = &metrics.membership_config;
+        let membership = self.raft.metrics().borrow().membership_config.clone();
         let built_for = *membership.log_id();
         let mut slot = self.forwarder.lock().expect("forwarder lock");
         if let Some((at, client)) = slot.as_ref() {
@@ -388,9 +383,7 @@ impl KvService {
 
     /// Serves a request from another node or a router: local only, never forwarded.
     pub async fn serve_remote(&self, request: KvRequest) -> KvResponse {
-        let not_leader = |leader: Option<(NodeId, MemberNode)>| KvResponse::NotLeader {
-            leader: leader.map(|(id, _)| id),
-        };
+        let not_leader = |leader: Option<NodeId>| KvResponse::NotLeader { leader };
         let result = match request {
             KvRequest::Write(command) => match self.check_command(&command) {
                 Err(e) => return KvResponse::Error(e),
@@ -468,7 +461,7 @@ impl KvService {
     async fn write_local(&self, command: &Command) -> Result<Attempt<WriteResult>, ApiError> {
         match self.proposer.propose(command.clone()).await {
             Ok(result) => Ok(Attempt::Done(result)),
-            Err(ProposeError::NotLeader(leader)) => Ok(Attempt::Forward(leader)),
+            Err(ProposeError::NotLeader(leader)) => Ok(Attempt::Forward(leader.map(|(id, _)| id))),
             Err(ProposeError::Failed(e)) => Err(e),
         }
     }
@@ -476,7 +469,9 @@ impl KvService {
     async fn read_local(&self, request: &ReadRequest) -> Result<Attempt<ReadResponse>, ApiError> {
         match self.read_index.confirm().await {
             Ok(()) => self.read_state(request).await.map(Attempt::Done),
-            Err(ReadIndexError::NotLeader(leader)) => Ok(Attempt::Forward(leader)),
+            Err(ReadIndexError::NotLeader(leader)) => {
+                Ok(Attempt::Forward(leader.map(|(id, _)| id)))
+            }
             // Not enough followers answered: the leader may be deposed. Try again.
             Err(ReadIndexError::NoQuorum) => Ok(Attempt::Forward(None)),
             Err(ReadIndexError::Stopped(f)) => {
@@ -557,7 +552,7 @@ impl KvService {
         match result {
             Ok(_) => Ok(Attempt::Done(self.members())),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Ok(Attempt::Forward(forward_target(f)))
+                Ok(Attempt::Forward(f.leader_id))
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ApiError::bad_request(e.to_string()))
@@ -595,18 +590,9 @@ impl KvService {
 
     /// `None` when this node leads; otherwise `Some` of the leader it knows, if any, to
     /// forward to.
-    fn other_leader(&self) -> Option<Option<(NodeId, MemberNode)>> {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader == Some(self.node_id) {
-            return None;
-        }
-        Some(metrics.current_leader.and_then(|id| {
-            metrics
-                .membership_config
-                .nodes()
-                .find(|(n, _)| **n == id)
-                .map(|(n, node)| (*n, node.clone()))
-        }))
+    fn other_leader(&self) -> Option<Option<NodeId>> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        (leader != Some(self.node_id)).then_some(leader)
     }
 
     fn require_member(&self, id: NodeId) -> Result<(), ApiError> {

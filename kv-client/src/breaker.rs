@@ -1,8 +1,9 @@
 //! The circuit breaker of one cluster. Once a request has spent its whole deadline
-//! without any node answering as leader, the router remembers it: the cluster's next
-//! requests are refused at once with 503 `cluster_unavailable` instead of each waiting out
-//! the same deadline, and one background probe asks the cluster's nodes for their status
-//! every [`PROBE_INTERVAL`] until one names a leader. Then requests flow again.
+//! without any node answering as leader, the client (a router's, or a node's for
+//! forwarding) remembers it: the cluster's next requests are refused at once with 503
+//! `cluster_unavailable` instead of each waiting out the same deadline, and one background
+//! probe asks the cluster's nodes for their status every [`PROBE_INTERVAL`] until one
+//! names a leader. Then requests flow again.
 //!
 //! Refusing is safe: a refused request was never sent, so nothing was applied. The cost
 //! is that a cluster which comes back is used up to one probe interval late.
@@ -56,18 +57,19 @@ impl Breaker {
         self.open.lock().expect("breaker lock").is_some()
     }
 
-    /// Requests refused at once since the router started.
+    /// Requests refused at once since the client started.
     pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Why a request must be refused now, counting it; `None` when it may go.
-    pub(crate) fn refusal(&self) -> Option<String> {
+    /// Why a request must be refused now, counting it; `None` when it may go. `who` is
+    /// the one refusing ("the router", "this node").
+    pub(crate) fn refusal(&self, who: &str) -> Option<String> {
         let open = self.open.lock().expect("breaker lock").clone()?;
         self.refused.fetch_add(1, Ordering::Relaxed);
         Some(format!(
-            "no node has answered as leader for {:.1} s (first: {}); the router refuses \
-             its requests at once until a probe, every {} ms, finds a leader; nothing was \
+            "no node has answered as leader for {:.1} s (first: {}); {who} refuses its \
+             requests at once until a probe, every {} ms, finds a leader; nothing was \
              applied, retry later",
             open.since.elapsed().as_secs_f64(),
             open.why,
@@ -83,16 +85,20 @@ mod tests {
     #[test]
     fn a_tripped_breaker_refuses_and_counts_until_reset() {
         let breaker = Breaker::default();
-        assert!(breaker.refusal().is_none(), "closed: requests go");
+        assert!(
+            breaker.refusal("the router").is_none(),
+            "closed: requests go"
+        );
         assert!(breaker.trip("node 1: unreachable"));
         assert!(!breaker.trip("again"), "already open: no second probe");
-        let why = breaker.refusal().expect("open: refused");
+        let why = breaker.refusal("the router").expect("open: refused");
+        assert!(why.contains("the router refuses its requests"), "{why}");
         assert!(why.contains("node 1: unreachable"), "{why}");
         assert!(why.contains("nothing was applied"), "{why}");
         assert_eq!(breaker.refused(), 1);
         assert!(breaker.is_open());
         breaker.reset();
-        assert!(breaker.refusal().is_none());
+        assert!(breaker.refusal("the router").is_none());
         assert_eq!(breaker.refused(), 1);
         assert!(breaker.trip("later"), "a new failure opens it again");
     }

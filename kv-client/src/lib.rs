@@ -97,7 +97,7 @@ fn batch_weight(request: &KvRequest) -> usize {
     }
 }
 
-/// What the router last learned about a cluster, for `/v1/status`.
+/// What the client last learned about its cluster (a router reports it in `/v1/status`).
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     /// The node that last answered as leader, if any.
@@ -108,7 +108,7 @@ pub struct Health {
     pub last_error: Option<String>,
 }
 
-/// The router's client of one cluster.
+/// A client of one cluster: a router's, or a member's own for forwarding.
 pub struct ClusterClient {
     link: Arc<Link>,
     batcher: Batcher<KvRequest, Answer>,
@@ -284,12 +284,12 @@ impl ClusterClient {
     }
 
     /// Whether the cluster's breaker is open (its requests are refused at once), and how
-    /// many requests it has refused since the router started.
+    /// many requests it has refused since the client started.
     pub fn breaker(&self) -> (bool, u64) {
         (self.link.breaker.is_open(), self.link.breaker.refused())
     }
 
-    /// What the router last learned about the cluster.
+    /// What the client last learned about the cluster.
     pub fn health(&self) -> Health {
         self.link.health.lock().expect("health lock").clone()
     }

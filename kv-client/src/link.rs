@@ -1,4 +1,4 @@
-//! [`Link`]: how the router's requests reach one cluster's leader over `aspen/kv/2`, one
+//! [`Link`]: how a client's requests reach one cluster's leader over `aspen/kv/2`, one
 //! at a time ([`Link::send`]) or several in one message ([`Link::send_batch`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +26,7 @@ pub const RETRY_BACKOFF: Duration = Duration::from_millis(25);
 /// have to be reported as "may have been applied", when all it lacked was time.
 pub const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(20);
 
-/// One member as the router knows it.
+/// One member as the client knows it.
 #[derive(Debug, Clone)]
 pub(crate) struct Member {
     pub(crate) node_id: u64,
@@ -147,7 +147,12 @@ impl Link {
 
     /// The refusal of a request while the breaker is open.
     pub(crate) fn refused(&self) -> Option<ApiError> {
-        self.breaker.refusal().map(|why| self.unavailable(why))
+        let who = if self.owner.is_some() {
+            "this node"
+        } else {
+            "the router"
+        };
+        self.breaker.refusal(who).map(|why| self.unavailable(why))
     }
 
     /// Opens the breaker after a request found no leader, starting its one probe.
@@ -159,7 +164,8 @@ impl Link {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(PROBE_INTERVAL).await;
-                // The router dropped this cluster (it stopped, or a reload removed it).
+                // The client was dropped (its router stopped or a reload removed the cluster, or a
+                // node rebuilt its client for a new membership).
                 let Some(link) = link.upgrade() else { return };
                 if link.probe().await {
                     link.breaker.reset();

@@ -78,9 +78,7 @@ impl KvService {
     pub(super) async fn serve_lease(&self, request: LeaseRequest) -> KvResponse {
         match self.lease_attempt(&request, true).await {
             Ok(Attempt::Done(answer)) => KvResponse::Lease(answer),
-            Ok(Attempt::Forward(leader)) => KvResponse::NotLeader {
-                leader: leader.map(|(id, _)| id),
-            },
+            Ok(Attempt::Forward(leader)) => KvResponse::NotLeader { leader },
             Err(e) => KvResponse::Error(e),
         }
     }
@@ -160,12 +158,10 @@ impl KvService {
     }
 
     /// `None` once a heartbeat round confirmed this node leads; else the leader to ask.
-    async fn confirm_leader(
-        &self,
-    ) -> Result<Option<Option<(u64, crate::raft_types::MemberNode)>>, ApiError> {
+    async fn confirm_leader(&self) -> Result<Option<Option<u64>>, ApiError> {
         match self.read_index.confirm().await {
             Ok(()) => Ok(None),
-            Err(ReadIndexError::NotLeader(leader)) => Ok(Some(leader)),
+            Err(ReadIndexError::NotLeader(leader)) => Ok(Some(leader.map(|(id, _)| id))),
             Err(ReadIndexError::NoQuorum) => Ok(Some(None)),
             Err(ReadIndexError::Stopped(f)) => {
                 Err(unavailable(format!("this node's Raft has stopped: {f}")))

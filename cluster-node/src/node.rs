@@ -369,7 +369,13 @@ impl Node {
             sources: Arc::new(sources.values().flatten().cloned().collect()),
             puts: Default::default(),
         };
-        let raft_protocol = RaftProtocol::new(raft.clone(), transport.clone(), configured, contact);
+        let raft_protocol = RaftProtocol::new(
+            raft.clone(),
+            transport.clone(),
+            configured,
+            contact,
+            stages.clone(),
+        );
         let kv_drain = Drain::new();
         let mut protocols = ProtocolRouter::builder(endpoint)
             .accept(SNAPSHOT_ALPN, SnapshotProtocol::new(raft_protocol.clone()))

@@ -212,6 +212,8 @@ pub struct RaftProtocol {
     contact: Arc<LeaderContact>,
     /// Request bytes all `aspen/raft/2` streams of this node may hold at once.
     budget: ReadBudget,
+    /// Times the AppendEntries it serves (`append_serve`).
+    stages: Stages,
 }
 
 /// Most request bytes a node holds at once over all its `aspen/raft/2` streams (two
@@ -219,12 +221,14 @@ pub struct RaftProtocol {
 pub const RAFT_READ_BUDGET_BYTES: usize = 2 * MAX_RAFT_MESSAGE_BYTES;
 
 impl RaftProtocol {
-    /// The handler for `raft`, accepting configured peers and current members.
+    /// The handler for `raft`, accepting configured peers and current members, timing
+    /// the AppendEntries it serves into `stages`.
     pub fn new(
         raft: AspenRaft,
         transport: Arc<Transport>,
         configured_peers: HashSet<EndpointId>,
         contact: Arc<LeaderContact>,
+        stages: Stages,
     ) -> Self {
         RaftProtocol {
             raft,
@@ -232,6 +236,7 @@ impl RaftProtocol {
             configured_peers: Arc::new(configured_peers),
             contact,
             budget: ReadBudget::new(MAX_RAFT_MESSAGE_BYTES, RAFT_READ_BUDGET_BYTES),
+            stages,
         }
     }
 
@@ -254,9 +259,13 @@ impl RaftProtocol {
                 "endpoint {remote} is not a member or configured peer of this cluster"
             )));
         }
+        let mut timed = None;
         let answer = match decode::<RaftRequest>(&bytes) {
             Err(e) => RaftAnswer::Refused(format!("malformed Raft request: {e}")),
             Ok(RaftRequest::AppendEntries(r)) => {
+                if !r.entries.is_empty() {
+                    timed = Some(std::time::Instant::now());
+                }
                 let leader_commit = r.leader_commit.map_or(0, |l| l.index);
                 let answer = self.raft.append_entries(r).await;
                 if matches!(
@@ -269,7 +278,11 @@ impl RaftProtocol {
             }
             Ok(RaftRequest::Vote(r)) => RaftAnswer::Vote(self.raft.vote(r).await),
         };
-        encode(&answer)
+        let encoded = encode(&answer);
+        if let Some(started) = timed {
+            self.stages.observe(Stage::AppendServe, started.elapsed());
+        }
+        encoded
     }
 }
 

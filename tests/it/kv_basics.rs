@@ -202,8 +202,8 @@ fn stage_count(metrics: &str, stage: &str) -> u64 {
 }
 
 /// Each node times the stages a write passes on it: the leader proposes, queues and
-/// writes its log, sends AppendEntries and applies; a follower writes its log and applies,
-/// and proposes nothing.
+/// writes its log, sends AppendEntries and applies; a follower serves AppendEntries,
+/// writes its log and applies, and proposes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_node_times_the_stages_a_write_passes_on_it() {
     let t = support::start_cluster().await;
@@ -240,11 +240,14 @@ async fn every_node_times_the_stages_a_write_passes_on_it() {
         std::time::Duration::from_secs(10),
         || async {
             let m = scrape(follower).await.ok()?;
-            (stage_count(&m, "log_write") >= 1 && stage_count(&m, "apply") >= 1).then_some(m)
+            let served = stage_count(&m, "append_serve") >= 1;
+            (served && stage_count(&m, "log_write") >= 1 && stage_count(&m, "apply") >= 1)
+                .then_some(m)
         },
     )
     .await;
     let on_follower = scrape(follower).await.unwrap();
     assert_eq!(stage_count(&on_follower, "propose"), 0, "{on_follower}");
+
     t.cluster.shutdown().await;
 }

@@ -121,3 +121,61 @@ async fn the_revision_survives_a_restart_and_travels_in_snapshots() {
     let results = apply(&mut fresh, vec![entry(2, vec![set("c", "1")])]).await;
     assert_eq!(results[0][0].revision, 3, "and continues from it");
 }
+
+/// An apply writes back only the parts of the applied position that moved; what a reopen
+/// reads must still be all of it, equal to what the running state machine held.
+#[tokio::test]
+async fn the_whole_applied_position_reads_back_after_applies_that_move_parts_of_it() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::state_machine::Applied;
+    use crate::raft_types::MemberNode;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), FeedRetention::default()).unwrap();
+    let log_id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+    let nodes: BTreeMap<u64, MemberNode> = (1..=3)
+        .map(|id| {
+            let node = MemberNode {
+                endpoint_id: format!("endpoint-{id}"),
+                addrs: vec![format!("127.0.0.1:1840{id}")],
+            };
+            (id, node)
+        })
+        .collect();
+    let membership = openraft::Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
+    let timed = |index, time_ms| Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Proposal {
+            commands: vec![set("k", "v")],
+            time_ms,
+        }),
+    };
+    // Each apply moves a different part: the membership alone, then the revision and
+    // time, then only the log id (a blank entry), then the revision but not the time.
+    let batches = vec![
+        vec![Entry {
+            log_id: log_id(1),
+            payload: EntryPayload::Membership(membership),
+        }],
+        vec![timed(2, 5_000)],
+        vec![Entry {
+            log_id: log_id(3),
+            payload: EntryPayload::Blank,
+        }],
+        vec![timed(4, 5_000), timed(5, 4_000)],
+    ];
+    for batch in batches {
+        apply(&mut sm, batch).await;
+        let held = sm.shared.applied.lock().unwrap().clone();
+        let on_disk = Applied::read(&sm.shared.writer.lock().unwrap()).unwrap();
+        assert_eq!(on_disk, held, "the database lags the applied position");
+    }
+    let held = sm.shared.applied.lock().unwrap().clone();
+    assert_eq!(held.last, Some(log_id(5)));
+    assert_eq!((held.revision, held.time_ms), (3, 5_000));
+    assert_eq!(held.membership.log_id(), &Some(log_id(1)));
+    drop(sm);
+    let reopened = StateMachine::open(dir.path(), FeedRetention::default()).unwrap();
+    assert_eq!(*reopened.shared.applied.lock().unwrap(), held);
+}

@@ -152,16 +152,39 @@ impl Applied {
 
     /// Writes the applied position.
     pub(super) fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
+        self.write_changed(None, false, conn)
+    }
+
+    /// Writes the parts of the applied position that differ from `before`, what the
+    /// database holds now (everything when `None`); `membership_changed` says whether
+    /// the membership did (it is not compared: a membership entry sets it).
+    pub(super) fn write_changed(
+        &self,
+        before: Option<&Applied>,
+        membership_changed: bool,
+        conn: &Connection,
+    ) -> rusqlite::Result<()> {
         let mut stmt =
             conn.prepare_cached("INSERT OR REPLACE INTO sm_meta (name, value) VALUES (?1, ?2)")?;
-        stmt.execute(params!["last_applied", STATE_META.encode(&self.last)])?;
-        stmt.execute(params!["membership", STATE_META.encode(&self.membership)])?;
-        stmt.execute(params!["revision", STATE_META.encode(&self.revision)])?;
-        stmt.execute(params!["time_ms", STATE_META.encode(&self.time_ms)])?;
-        stmt.execute(params![
-            "feed_compacted",
-            STATE_META.encode(&self.feed_compacted)
-        ])?;
+        let differs = |f: fn(&Applied) -> u64| before.is_none_or(|b| f(b) != f(self));
+        if before.is_none_or(|b| b.last != self.last) {
+            stmt.execute(params!["last_applied", STATE_META.encode(&self.last)])?;
+        }
+        if before.is_none() || membership_changed {
+            stmt.execute(params!["membership", STATE_META.encode(&self.membership)])?;
+        }
+        if differs(|a| a.revision) {
+            stmt.execute(params!["revision", STATE_META.encode(&self.revision)])?;
+        }
+        if differs(|a| a.time_ms) {
+            stmt.execute(params!["time_ms", STATE_META.encode(&self.time_ms)])?;
+        }
+        if differs(|a| a.feed_compacted) {
+            stmt.execute(params![
+                "feed_compacted",
+                STATE_META.encode(&self.feed_compacted)
+            ])?;
+        }
         Ok(())
     }
 }
@@ -381,6 +404,12 @@ fn apply_batch(
     blob_put: &mut Option<u64>,
 ) -> rusqlite::Result<Vec<ProposalResults>> {
     let tx = conn.transaction()?;
+    // What the database holds: only what the entries move is written back.
+    let before = Applied {
+        membership: Membership::default(),
+        ..applied.clone()
+    };
+    let mut membership_changed = false;
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
         let mut entry_results = ProposalResults::default();
@@ -417,12 +446,13 @@ fn apply_batch(
             }
             EntryPayload::Membership(m) => {
                 applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                membership_changed = true;
             }
         }
         results.push(entry_results);
     }
     applied.last = entries.last().map(|e| e.log_id);
-    applied.write(&tx)?;
+    applied.write_changed(Some(&before), membership_changed, &tx)?;
     tx.commit()?;
     Ok(results)
 }

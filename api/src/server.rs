@@ -49,8 +49,8 @@ use crate::types::{Consistency, ReadRequest, ReadResponse, ReadResult, WriteResu
 
 pub use error::{parse_json, HttpError, HttpResult};
 pub use listen::{
-    serve, serve_with, ServeOptions, ServeStats, CLOSE_GRACE, HTTP_HEAD_TIMEOUT, MAX_HTTP2_STREAMS,
-    MAX_HTTP_CONNECTIONS,
+    serve, serve_with, ServeOptions, ServeStats, CLOSE_GRACE, COALESCE_BYTES, HTTP_HEAD_TIMEOUT,
+    MAX_HTTP2_STREAMS, MAX_HTTP_CONNECTIONS,
 };
 pub use stall::{stall_bounded, VALUE_STALL_TIMEOUT};
 pub use watch::{

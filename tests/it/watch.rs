@@ -430,6 +430,56 @@ async fn over_one_http2_connection_a_stuck_watch_is_closed_as_slow_and_the_rest_
     t.cluster.shutdown().await;
 }
 
+/// Many watches sharing one HTTP/2 connection, whose frames the server gathers into few
+/// socket writes: every watch gets every change, in order, none held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_one_http2_connection_each_of_many_watches_gets_every_change_in_order() {
+    const WATCHES: usize = 64;
+    const WRITES: u64 = 40;
+    let t = start_named_cluster("us-1", 3, fast_raft()).await;
+    let client = AspenClient::http2(&t.cluster.url(1), Duration::from_secs(30));
+    let everything = WatchOptions {
+        prefix: true,
+        ..WatchOptions::default()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..WATCHES {
+        streams.push(client.watch("many/", &everything).await.unwrap());
+    }
+    // Written one at a time, so each change is its own revision and its own frames.
+    let mut revisions = Vec::new();
+    for i in 0..WRITES {
+        revisions.push(
+            client
+                .put(&format!("many/{i}"), b"v")
+                .await
+                .unwrap()
+                .revision,
+        );
+    }
+    let readers = streams.into_iter().map(|mut stream| {
+        let count = revisions.len();
+        async move {
+            let mut seen = Vec::new();
+            while seen.len() < count {
+                match stream.next().await {
+                    Ok(Some(WatchMessage::Changes { revision, .. })) => seen.push(revision),
+                    Ok(Some(_)) => {}
+                    other => panic!("the watch ended early: {other:?}"),
+                }
+            }
+            seen
+        }
+    });
+    let all = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(readers))
+        .await
+        .expect("every watch gets every change within 30 s");
+    for seen in all {
+        assert_eq!(seen, revisions);
+    }
+    t.cluster.shutdown().await;
+}
+
 /// Through `client`, one watch that is never read, one that is, and writes: more than
 /// the watcher buffer holds (revisions and bytes), beyond what socket buffers and HTTP/2
 /// flow-control windows absorb. The writes and the reading watch must not be held up,

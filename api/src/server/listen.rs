@@ -22,12 +22,15 @@
 //!   Nagle's algorithm each would wait for the client's delayed ACK (up to 40 ms on Linux).
 //!
 //! HTTP/2 lets one client multiplex many watches and requests over one connection, as
-//! gRPC clients do: each change is then written once per connection, not once per watch.
+//! gRPC clients do: each change is then written once per connection, not once per watch,
+//! and the frames of every watch it reaches go to the socket together, in one write of
+//! at most [`COALESCE_BYTES`] (`coalesce`), not a few at a time.
 //!
 //! On shutdown the listener stops accepting, idle connections close at once, and those
 //! with a request in flight finish it.
 
 mod activity;
+mod coalesce;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +47,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use activity::{Activity, Tracked};
+use coalesce::Coalesced;
+pub use coalesce::COALESCE_BYTES;
 
 /// Default for the most connections an HTTP listener serves at once. Above
 /// [`crate::limits::MAX_WATCHERS`], since every watch may hold a connection.
@@ -203,7 +208,7 @@ where
         activity: activity.clone(),
     };
     let connection = http
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(Coalesced::new(stream)), service)
         .into_owned();
     // An error from the connection is the client's (a reset, a timeout, bad framing):
     // hyper has answered what could be answered, and the connection is gone either way.

@@ -141,7 +141,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        // Gathering takes slices as cheaply as one buffer; otherwise the stream's own say.
+        self.mode == Mode::Gather || self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -230,6 +231,7 @@ mod tests {
     #[tokio::test]
     async fn http2_frames_reach_the_socket_together_after_one_yield_on_flush() {
         let (mut conn, writes) = opened(PREFACE).await;
+        assert!(conn.is_write_vectored(), "slices are gathered");
         conn.write_all(b"frame 1;").await.unwrap();
         conn.write_all(b"frame 2;").await.unwrap();
         assert!(written(&writes).is_empty(), "held until a flush");
@@ -248,6 +250,7 @@ mod tests {
     #[tokio::test]
     async fn http1_writes_pass_straight_through() {
         let (mut conn, writes) = opened(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(!conn.is_write_vectored(), "the stream's own answer");
         conn.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
         assert_eq!(written(&writes), vec![b"HTTP/1.1 200 OK\r\n".to_vec()]);
     }

@@ -13,7 +13,8 @@
 //!   the follower's log fsync included;
 //! - `append_serve` (on the follower): serving one such AppendEntries, from its decoded
 //!   request to its encoded answer, the follower's log fsync included; the round trip
-//!   less this is what the transport and the two task hand-offs around it cost;
+//!   less this is what the transport, the hand-offs around it and the message's encoding
+//!   and decoding cost (small for a lone write, not for a batch near the message limit);
 //! - `apply`: applying a batch of committed entries to the state machine, from handing
 //!   it to the blocking pool to its commit.
 //!

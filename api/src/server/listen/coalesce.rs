@@ -19,20 +19,24 @@ use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most bytes of an HTTP/2 connection's frames held before they are written to the
 /// socket.
 pub const COALESCE_BYTES: usize = 64 * 1024;
 
+/// The most room an emptied buffer keeps for the next frames; a larger one (after a burst)
+/// is let go, so an idle connection holds at most this much.
+const KEEP_BYTES: usize = 8 * 1024;
+
 /// How an HTTP/2 connection begins (RFC 9113, section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Nothing read yet.
-    Unknown,
+    /// The bytes read so far are the first this many of the HTTP/2 preface (as with the
+    /// listener's own choice, only the whole preface makes it HTTP/2).
+    Unknown(usize),
     /// HTTP/1.1: every call passes through.
     Direct,
     /// HTTP/2: writes are gathered until a flush that has yielded once.
@@ -44,17 +48,25 @@ enum Mode {
 pub(super) struct Coalesced<S> {
     io: S,
     mode: Mode,
-    held: BytesMut,
+    /// What the connection wrote and the socket has not taken yet: `held[sent..]`.
+    held: Vec<u8>,
+    sent: usize,
     /// A flush found bytes held and yielded: the next one writes them.
     yielded: bool,
 }
 
 impl<S> Coalesced<S> {
+    #[cfg(test)]
+    fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
     pub(super) fn new(io: S) -> Self {
         Coalesced {
             io,
-            mode: Mode::Unknown,
-            held: BytesMut::new(),
+            mode: Mode::Unknown(0),
+            held: Vec::new(),
+            sent: 0,
             yielded: false,
         }
     }
@@ -63,13 +75,18 @@ impl<S> Coalesced<S> {
 impl<S: AsyncWrite + Unpin> Coalesced<S> {
     /// Writes out everything held; `Pending` while the socket takes no more.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while !self.held.is_empty() {
-            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.held))?;
+        while self.sent < self.held.len() {
+            let this = &mut *self;
+            let unsent = &this.held[this.sent..];
+            let n = std::task::ready!(Pin::new(&mut this.io).poll_write(cx, unsent))?;
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
-            self.held.advance(n);
+            self.sent += n;
         }
+        self.held.clear();
+        self.sent = 0;
+        self.held.shrink_to(KEEP_BYTES);
         self.yielded = false;
         Poll::Ready(Ok(()))
     }
@@ -82,7 +99,7 @@ impl<S: AsyncWrite + Unpin> Coalesced<S> {
         bufs: &[IoSlice<'_>],
         len: usize,
     ) -> Poll<std::io::Result<usize>> {
-        if self.held.len() + len > COALESCE_BYTES {
+        if self.held.len() - self.sent + len > COALESCE_BYTES {
             std::task::ready!(self.poll_drain(cx))?;
         }
         if len >= COALESCE_BYTES {
@@ -103,13 +120,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesced<S> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let read = Pin::new(&mut self.io).poll_read(cx, buf);
-        if self.mode == Mode::Unknown && buf.filled().len() > before {
-            let first = &buf.filled()[before..];
-            let n = first.len().min(PREFACE.len());
-            self.mode = if first[..n] == PREFACE[..n] {
+        if let Mode::Unknown(matched) = self.mode {
+            let new = &buf.filled()[before..];
+            let n = new.len().min(PREFACE.len() - matched);
+            self.mode = if new[..n] != PREFACE[matched..matched + n] {
+                Mode::Direct
+            } else if matched + n == PREFACE.len() {
                 Mode::Gather
             } else {
-                Mode::Direct
+                Mode::Unknown(matched + n)
             };
         }
         read
@@ -146,7 +165,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if !self.held.is_empty() {
+        if self.sent < self.held.len() {
             if !self.yielded {
                 // Once: the tasks woken with this one queue their frames before the write.
                 self.yielded = true;
@@ -245,6 +264,44 @@ mod tests {
         assert_eq!(written(&writes), vec![b"frame 1;frame 2;frame 3;".to_vec()]);
         // Nothing held: a flush passes through without yielding.
         assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
+    }
+
+    /// A connection fed `pieces`, one read each: whether it gathers its writes after.
+    async fn gathers_after(pieces: &[&[u8]]) -> bool {
+        let (mut conn, writes) = opened(pieces[0]).await;
+        for piece in &pieces[1..] {
+            conn.get_mut().input.extend_from_slice(piece);
+            let mut got = vec![0u8; piece.len()];
+            conn.read_exact(&mut got).await.unwrap();
+        }
+        conn.write_all(b"x").await.unwrap();
+        written(&writes).is_empty()
+    }
+
+    #[tokio::test]
+    async fn only_the_whole_preface_makes_a_connection_http2_even_read_in_pieces() {
+        assert!(gathers_after(&[b"P", b"RI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n"]).await);
+        assert!(!gathers_after(&[b"P", b"OST /v1/kv/a HTTP/1.1\r\n\r\n"]).await);
+        assert!(
+            !gathers_after(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r"]).await,
+            "one short"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_buffer_emptied_after_a_burst_keeps_no_more_than_keep_bytes() {
+        let (mut conn, writes) = opened(PREFACE).await;
+        conn.write_all(&vec![1u8; COALESCE_BYTES - 1])
+            .await
+            .unwrap();
+        assert!(conn.held.capacity() > KEEP_BYTES);
+        conn.flush().await.unwrap();
+        assert_eq!(written(&writes)[0].len(), COALESCE_BYTES - 1);
+        assert!(
+            conn.held.capacity() <= KEEP_BYTES,
+            "{}",
+            conn.held.capacity()
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,11 @@
 //!   delay the next). For every revision, the time from the put's acknowledgement to each
 //!   watcher's receipt of it is one sample; p50, p99 and max over all samples. An event
 //!   that arrives before the writer has its acknowledgement counts as 0. Every watcher
-//!   must receive every acknowledged revision: the missing ones are reported. With
+//!   must receive every acknowledged revision: the missing ones are reported. Two more
+//!   figures split the samples: per revision, the first watcher's receipt after the
+//!   acknowledgement (`first_*`: how soon the system starts delivering a change) and the
+//!   time from the first watcher's receipt to the last's (`spread_*`: how long its fan-out
+//!   to every watcher takes, server and client together). With
 //!   `--connection-per-watcher` each watcher has its own client, so its own connection;
 //!   otherwise the writers and every watcher share one client: for etcd one gRPC
 //!   connection, for Aspen one HTTP/2 connection with `--http2` (over HTTP/1.1 a client
@@ -110,6 +114,10 @@ struct LatencyReport {
     p50_us: u64,
     p99_us: u64,
     max_us: u64,
+    first_p50_us: u64,
+    first_p99_us: u64,
+    spread_p50_us: u64,
+    spread_p99_us: u64,
 }
 
 /// The result of a throughput run: puts/s in each run, in the order run.
@@ -132,7 +140,8 @@ pub async fn run(args: WatchBenchArgs) -> anyhow::Result<ExitCode> {
             } else {
                 println!(
                     "{}: {} watchers, {} puts/s: {} acked, {} samples ({} missing), \
-                     p50 {} us, p99 {} us, max {} us",
+                     p50 {} us, p99 {} us, max {} us; first receipt p50 {} us, p99 {} us; \
+                     fan-out spread p50 {} us, p99 {} us",
                     report.target,
                     report.watchers,
                     report.rate,
@@ -141,7 +150,11 @@ pub async fn run(args: WatchBenchArgs) -> anyhow::Result<ExitCode> {
                     report.missing,
                     report.p50_us,
                     report.p99_us,
-                    report.max_us
+                    report.max_us,
+                    report.first_p50_us,
+                    report.first_p99_us,
+                    report.spread_p50_us,
+                    report.spread_p99_us
                 );
             }
         }
@@ -227,23 +240,43 @@ async fn latency(conn: &Conn, args: &WatchBenchArgs) -> anyhow::Result<LatencyRe
     let acked = acked.lock().unwrap().clone();
     let mut samples = Vec::new();
     let mut missing = 0;
+    // Per acknowledged revision: its first and last receipt by any watcher.
+    let mut span: HashMap<u64, (Instant, Instant)> = HashMap::new();
     for got in &receipts {
         let got = got.lock().unwrap();
         let seen: HashMap<u64, Instant> = got.iter().copied().collect();
         for (revision, at) in &acked {
             match seen.get(revision) {
-                Some(recv) => samples.push(recv.saturating_duration_since(*at).as_micros() as u64),
+                Some(&recv) => {
+                    samples.push(recv.saturating_duration_since(*at).as_micros() as u64);
+                    let (first, last) = span.entry(*revision).or_insert((recv, recv));
+                    *first = (*first).min(recv);
+                    *last = (*last).max(recv);
+                }
                 None => missing += 1,
             }
         }
     }
+    let mut first = Vec::new();
+    let mut spread = Vec::new();
+    for (revision, (earliest, latest)) in &span {
+        first.push(
+            earliest
+                .saturating_duration_since(acked[revision])
+                .as_micros() as u64,
+        );
+        spread.push(latest.duration_since(*earliest).as_micros() as u64);
+    }
     samples.sort_unstable();
-    let pct = |p: f64| {
-        samples
-            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
+    first.sort_unstable();
+    spread.sort_unstable();
+    let of = |sorted: &[u64], p: f64| {
+        sorted
+            .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
             .copied()
             .unwrap_or(0)
     };
+    let pct = |p: f64| of(&samples, p);
     Ok(LatencyReport {
         target: conn.name(),
         watchers: args.watchers,
@@ -256,6 +289,10 @@ async fn latency(conn: &Conn, args: &WatchBenchArgs) -> anyhow::Result<LatencyRe
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         max_us: samples.last().copied().unwrap_or(0),
+        first_p50_us: of(&first, 0.50),
+        first_p99_us: of(&first, 0.99),
+        spread_p50_us: of(&spread, 0.50),
+        spread_p99_us: of(&spread, 0.99),
     })
 }
 

@@ -845,4 +845,53 @@ mod tests {
         assert_eq!(encode_query("a/b"), "a%2Fb");
         assert_eq!(encode_path("é"), "%C3%A9");
     }
+
+    /// A server that answers a watch, sends one message and then nothing (its connection
+    /// open): the stream ends with `Silent`, not before `WATCH_SILENCE` has passed since
+    /// the message, and within twice that.
+    #[tokio::test]
+    async fn a_watch_whose_server_falls_silent_ends_after_watch_silence() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before its request was whole");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let line =
+                b"{\"kind\":\"progress\",\"cluster\":\"c\",\"revision\":7,\"resume\":\"c=8\"}\n";
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
+                        transfer-encoding: chunked\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let chunk = [format!("{:x}\r\n", line.len()).as_bytes(), line, b"\r\n"].concat();
+            socket.write_all(&chunk).await.unwrap();
+            // Silent from here, holding the connection until the client drops it.
+            let _ = socket.read(&mut buf).await;
+        });
+        let client = AspenClient::new(&url);
+        let mut stream = client.watch("k", &WatchOptions::default()).await.unwrap();
+        let first = stream.next().await.unwrap();
+        assert!(
+            matches!(first, Some(WatchMessage::Progress { revision: 7, .. })),
+            "{first:?}"
+        );
+        let last_byte = std::time::Instant::now();
+        let end = tokio::time::timeout(2 * WATCH_SILENCE, stream.next())
+            .await
+            .expect("a silent server ends the stream, it does not hang it");
+        let silent_for = last_byte.elapsed();
+        assert!(matches!(end, Err(ClientError::Silent { .. })), "{end:?}");
+        assert!(
+            silent_for >= WATCH_SILENCE,
+            "ended after only {silent_for:?} of silence"
+        );
+        drop(stream);
+        server.await.unwrap();
+    }
 }

@@ -353,14 +353,16 @@ impl KvService {
     /// to the leader together, one `Batch` message, as a router's do; a request delivered
     /// without an answer is never sent again unless it is a read.
     fn forwarder(&self) -> Arc<ClusterClient> {
-        let membership = self.raft.metrics().borrow().membership_config.clone();
-        let built_for = *membership.log_id();
+        let current = *self.raft.metrics().borrow().membership_config.log_id();
         let mut slot = self.forwarder.lock().expect("forwarder lock");
         if let Some((at, client)) = slot.as_ref() {
-            if *at == built_for {
+            if *at == current {
                 return client.clone();
             }
         }
+        // Copied only to rebuild (not on every forward), and not borrowed while locked.
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let built_for = *membership.log_id();
         let members = membership
             .nodes()
             .filter_map(|(id, node)| {

@@ -8,19 +8,15 @@
 # Usage: scripts/bench-stages.sh    (env: BIN=target/release/aspen DURATION=8 ROUNDS=3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export BIN=${BIN:-target/release/aspen}
+# The cluster, its start and its cleanup are bench-plain-cluster.sh's: this script runs
+# again inside it.
+if [ -z "${ASPEN_STAGES_CLUSTER:-}" ]; then
+  ASPEN_STAGES_CLUSTER=1 exec scripts/bench-plain-cluster.sh "$0"
+fi
 DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 WORK=$(mktemp -d /tmp/aspen-stages.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-source scripts/lib/plain-cluster.sh
-start_plain_cluster "$WORK"
+trap 'rm -rf "$WORK"' EXIT
 
 scrape() { # node id, file
   curl -fs "http://127.0.0.1:1810$1/metrics" | grep '^aspen_write_stage_seconds_\(sum\|count\)' >"$2"
@@ -29,7 +25,7 @@ echo "round | client ops/s | client p50 | node 1: propose log_queue log_write ap
 for round in $(seq "$ROUNDS"); do
   scrape 1 "$WORK/before-1"
   scrape 2 "$WORK/before-2"
-  "$BIN" bench --endpoint http://127.0.0.1:18101 --op put --clients 1 \
+  "$BIN" bench --endpoint "$ASPEN_ENDPOINT" --op put --clients 1 \
     --duration "$DURATION" --json >"$WORK/bench.json"
   scrape 1 "$WORK/after-1"
   scrape 2 "$WORK/after-2"

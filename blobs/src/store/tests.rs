@@ -105,6 +105,9 @@ async fn a_range_of_a_blob_is_exactly_its_bytes() {
         (1000, 3000),
         // Past one chunk handed out (READ_CHUNK_BYTES), off every boundary.
         (1000, 600_000),
+        // Exactly one chunk, and one byte past it.
+        (0, READ_CHUNK_BYTES as u64),
+        (7, READ_CHUNK_BYTES as u64 + 1),
         (MIB as u64 - 1, 2),
         (size - 10, 10),
         (5, 0),
@@ -319,6 +322,57 @@ async fn collection_keeps_what_is_held_or_protected_and_removes_the_rest() {
         .unwrap()
         .is_some());
     drop(kept_by_tag);
+    store.shutdown().await;
+}
+
+/// A read keeps its blob from collection until the reader is done with it, and a blob
+/// small enough for the store to keep in its database reads back as well as one in a
+/// file of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_being_read_is_kept_until_the_read_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let gc = GcSettings {
+        interval: Duration::from_millis(100),
+        protect: Arc::new(|| Ok(Vec::new())),
+        also: None,
+    };
+    let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
+    let bytes = content(3 * READ_CHUNK_BYTES + 5, 21);
+    let held = store.import(body(&bytes), MAX_TEST_LIMIT).await.unwrap();
+    let hash = held.blob().hash;
+    let mut stream = Box::pin(store.read_range(hash, 0, bytes.len() as u64));
+    let mut got = stream.next().await.unwrap().unwrap().to_vec();
+    drop(held);
+    a_collection_run(&store, 22).await;
+    assert!(
+        store.complete_size(hash).await.unwrap().is_some(),
+        "a blob was collected while it was being read"
+    );
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(got == bytes, "the bytes read differ");
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.complete_size(hash).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a blob read and let go was not collected in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let small = content(10_000, 23);
+    let held = store.import(body(&small), MAX_TEST_LIMIT).await.unwrap();
+    assert!(
+        !store.options.path.data_path(&held.blob().hash).exists(),
+        "a 10,000-byte blob is expected inlined in the store's database"
+    );
+    let got = read_range(&store, held.blob().hash, 3, 9_000)
+        .await
+        .unwrap();
+    assert!(got == small[3..9_003], "the inlined blob's bytes differ");
+    drop(held);
     store.shutdown().await;
 }
 

@@ -17,6 +17,7 @@
 //! blob was held).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use aspen_api::json::with_leases;
 use aspen_api::server::{stall_bounded, BlobPut, ValueStream, VALUE_STALL_TIMEOUT};
@@ -26,6 +27,7 @@ use futures::StreamExt;
 
 use crate::blob_hold::{hold_on_majority, hold_time};
 use crate::service::KvService;
+use crate::stages::{Stage, Stages};
 use crate::transport::Transport;
 
 /// Most values one node takes as blobs at once, over HTTP and `aspen/value/1` together:
@@ -81,6 +83,8 @@ pub struct BlobValues {
     pub sources: Arc<Vec<iroh::EndpointAddr>>,
     /// The puts running now, at most [`MAX_PUTS_IN_FLIGHT`].
     pub puts: PutSlots,
+    /// Where a put's time goes (`blob_import`, `blob_hold`).
+    pub stages: Stages,
 }
 
 impl BlobValues {
@@ -92,13 +96,16 @@ impl BlobValues {
         aspen_api::command::validate_key(&key)?;
         let _slot = self.puts.take()?;
         let body = stall_bounded(body, VALUE_STALL_TIMEOUT, "the value's body");
+        let started = Instant::now();
         let held = self
             .store
             .import(body, MAX_BLOB_BYTES)
             .await
             .map_err(import_error)?;
+        self.stages.observe(Stage::BlobImport, started.elapsed());
         let blob = BlobRef::from(held.blob());
         let members = self.service.members();
+        let started = Instant::now();
         hold_on_majority(&self.transport, self.node_id, &members, &held)
             .await
             .map_err(|e| {
@@ -110,6 +117,7 @@ impl BlobValues {
                     ),
                 )
             })?;
+        self.stages.observe(Stage::BlobHold, started.elapsed());
         let leases = lease.map(|l| vec![(key.clone(), l)]).unwrap_or_default();
         let command = with_leases(
             Command::SetBlob {

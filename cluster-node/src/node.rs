@@ -368,6 +368,7 @@ impl Node {
             service: service.clone(),
             sources: Arc::new(sources.values().flatten().cloned().collect()),
             puts: Default::default(),
+            stages: stages.clone(),
         };
         let raft_protocol = RaftProtocol::new(
             raft.clone(),

@@ -18,6 +18,17 @@
 //! - `apply`: applying a batch of committed entries to the state machine, from handing
 //!   it to the blocking pool to its commit.
 //!
+//! A value kept as a blob passes two more on the node that takes its body, before its
+//! reference is proposed:
+//!
+//! - `blob_import`: the body into this node's blob store, hashed, written and flushed
+//!   (as fast as the body comes: through a router, the router's hop is in it);
+//! - `blob_hold`: a majority of the cluster holding the blob durably (the other members
+//!   fetch it from this node; the first majority to answer ends it).
+//!
+//! The histograms' buckets end at about 5 s; a large blob's stages run longer and are
+//! counted past the last bucket, their sums (so their means) stay exact.
+//!
 //! What the HTTP layer adds around them is `aspen_http_request_duration_seconds`.
 
 use std::time::Duration;
@@ -35,16 +46,20 @@ pub enum Stage {
     AppendEntries = 3,
     Apply = 4,
     AppendServe = 5,
+    BlobImport = 6,
+    BlobHold = 7,
 }
 
 impl Stage {
-    const ALL: [Stage; 6] = [
+    const ALL: [Stage; 8] = [
         Stage::Propose,
         Stage::LogQueue,
         Stage::LogWrite,
         Stage::AppendEntries,
         Stage::Apply,
         Stage::AppendServe,
+        Stage::BlobImport,
+        Stage::BlobHold,
     ];
 
     fn name(self) -> &'static str {
@@ -55,6 +70,8 @@ impl Stage {
             Stage::AppendEntries => "append_entries",
             Stage::Apply => "apply",
             Stage::AppendServe => "append_serve",
+            Stage::BlobImport => "blob_import",
+            Stage::BlobHold => "blob_hold",
         }
     }
 }

@@ -12,6 +12,7 @@ use aspen_api::limits::{MAX_BLOB_VALUE_BYTES, MAX_INLINE_VALUE_BYTES};
 use aspen_api::{BlobRef, Consistency};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::kv_basics::stage_count;
 use crate::support;
 
 const MIB: usize = 1024 * 1024;
@@ -64,6 +65,13 @@ async fn a_value_over_the_inline_limit_round_trips_as_a_blob_and_the_limit_stays
     assert_eq!(entry.value, None);
     assert_eq!(entry.value_base64, None);
     assert_eq!(entry.blob, Some(JsonBlob::from(&BlobRef::of(&one_more))));
+    // The node that took the body timed its import and its majority hold, once each.
+    let metrics = support::http_text(&format!("{}/metrics", t.cluster.url(2)))
+        .await
+        .unwrap();
+    for stage in ["blob_import", "blob_hold"] {
+        assert_eq!(stage_count(&metrics, stage), 1, "{stage} on node 2");
+    }
     for id in 1..=3 {
         let (status, headers, body) = raw(&t.cluster.url(id), "big", None).await;
         assert_eq!(status, 200, "node {id}");

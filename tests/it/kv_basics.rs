@@ -193,7 +193,7 @@ async fn a_burst_of_reads_reuses_pooled_connections_instead_of_opening_more() {
 }
 
 /// `aspen_write_stage_seconds_count{stage}` in `metrics`, 0 when the stage has no series.
-fn stage_count(metrics: &str, stage: &str) -> u64 {
+pub(crate) fn stage_count(metrics: &str, stage: &str) -> u64 {
     let prefix = format!("aspen_write_stage_seconds_count{{stage=\"{stage}\"}} ");
     metrics
         .lines()

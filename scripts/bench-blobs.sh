@@ -5,7 +5,8 @@
 # node 1 (node-put, node-get), RUNS times each in alternating order; and this machine's own limits on the same bytes in the same run: a
 # plain file copy (cp, then sync) and a BLAKE3 hash (b3sum, installed with cargo if
 # missing). Reports MB/s medians and each process's peak RSS above its idle RSS
-# (VmHWM - VmRSS at start, from /proc), which includes every earlier run.
+# (VmHWM - VmRSS at start, from /proc), which includes every earlier run; and for each
+# put, how long node 1 took to import it and to have a majority hold it.
 #
 # Usage: scripts/bench-blobs.sh     (env: RUNS=3 SIZES="268435456 1073741824" BIN=(built))
 set -euo pipefail
@@ -45,6 +46,14 @@ for pid in "${PIDS[@]}"; do
 done
 
 RESULTS="$WORK/results.tsv"
+# Where each put's time went on node 1, which takes them all (its leader): the seconds
+# its blob_import and blob_hold stages grew by (cluster-node/src/stages.rs).
+STAGES="$WORK/stages.txt"
+stage_sum() {
+  curl -fsS "http://$NODE/metrics" |
+    awk -v s="$1" 'index($0, "aspen_write_stage_seconds_sum{stage=\"" s "\"}") == 1 {print $2}'
+}
+declare -A LAST=([blob_import]=$(stage_sum blob_import) [blob_hold]=$(stage_sum blob_hold))
 nanos() { # command...: its wall time in nanoseconds
   local start
   start=$(date +%s%N)
@@ -52,26 +61,41 @@ nanos() { # command...: its wall time in nanoseconds
   echo $(($(date +%s%N) - start))
 }
 copy_and_sync() { cp "$1" "$2" && sync "$2"; }
-for size in $SIZES; do
+# Fresh random bytes for every put: a store keeps identical content once, so a put of
+# bytes the cluster already holds skips the copy to the other members and measures
+# nothing but the upload. Written back before the timed command starts, so that it does
+# not compete with that writeback.
+fresh_value() {
   head -c "$size" /dev/urandom >"$WORK/value"
-  # Written back before the first run, so no run competes with that writeback.
   sync "$WORK/value"
+}
+for size in $SIZES; do
+  fresh_value
   for round in $(seq 1 "$RUNS"); do
     key="bench/$size/$round"
     order="put get node-put node-get copy hash"
     [ $((round % 2)) = 0 ] && order="hash copy node-put node-get put get"
     for op in $order; do
       case $op in
-      put) t=$(nanos curl -fsS -T "$WORK/value" "http://$ROUTER/v1/kv/$key") ;;
+      put) fresh_value
+        t=$(nanos curl -fsS -T "$WORK/value" "http://$ROUTER/v1/kv/$key") ;;
       get) t=$(nanos curl -fsS -o "$WORK/read" "http://$ROUTER/v1/kv/$key?raw")
         cmp -s "$WORK/value" "$WORK/read" || { echo "GET returned other bytes" >&2; exit 1; } ;;
-      node-put) t=$(nanos curl -fsS -T "$WORK/value" "http://$NODE/v1/kv/$key/node") ;;
+      node-put) fresh_value
+        t=$(nanos curl -fsS -T "$WORK/value" "http://$NODE/v1/kv/$key/node") ;;
       node-get) t=$(nanos curl -fsS -o "$WORK/read" "http://$NODE/v1/kv/$key/node?raw")
         cmp -s "$WORK/value" "$WORK/read" || { echo "GET returned other bytes" >&2; exit 1; } ;;
       copy) t=$(nanos copy_and_sync "$WORK/value" "$WORK/copy") ;;
       hash) t=$(nanos b3sum "$WORK/value") ;;
       esac
       printf '%s\t%s\t%s\n' "$size" "$op" "$t" >>"$RESULTS"
+      if [ "$op" = put ] || [ "$op" = node-put ]; then
+        for stage in blob_import blob_hold; do
+          now=$(stage_sum "$stage")
+          echo "$size $op $stage $now ${LAST[$stage]}" >>"$STAGES"
+          LAST[$stage]=$now
+        done
+      fi
     done
     rm -f "$WORK/read" "$WORK/copy"
   done
@@ -88,6 +112,19 @@ for line in open(sys.argv[1]):
 for (size, op), rates in rows.items():
     runs = ", ".join(f"{r:.0f}" for r in rates)
     print(f"| {size >> 20} MiB | {op} | {runs} | {statistics.median(rates):.0f} |")
+PY
+echo
+echo "| size | op | import s (runs) | hold s (runs) |"
+echo "| --- | --- | --- | --- |"
+python3 - "$STAGES" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    size, op, stage, now, before = line.split()
+    rows.setdefault((int(size), op), {}).setdefault(stage, []).append(float(now) - float(before))
+for (size, op), stages in rows.items():
+    cells = [", ".join(f"{t:.2f}" for t in stages[s]) for s in ("blob_import", "blob_hold")]
+    print(f"| {size >> 20} MiB | {op} | {cells[0]} | {cells[1]} |")
 PY
 echo
 echo "| process | idle RSS MiB | peak RSS MiB | peak above idle MiB |"

@@ -11,7 +11,7 @@
 //! configured peers may connect (see [`crate::admission::restrict_blobs`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aspen_api::codec::{CodecError, Format};
 use aspen_api::wire::MemberReport;
@@ -23,6 +23,7 @@ use iroh::EndpointId;
 use serde::{Deserialize, Serialize};
 
 use crate::service::KvService;
+use crate::stages::{Stage, Stages};
 use crate::transport::{serve_streams_until_closed, ReadBudget, Transport, CLOSE_NOT_ALLOWED};
 
 /// The ALPN of the protocol.
@@ -129,6 +130,7 @@ pub struct HoldProtocol {
     transport: Arc<Transport>,
     pending: Pending,
     budget: ReadBudget,
+    stages: Stages,
 }
 
 impl std::fmt::Debug for HoldProtocol {
@@ -138,12 +140,14 @@ impl std::fmt::Debug for HoldProtocol {
 }
 
 impl HoldProtocol {
-    /// A handler holding blobs in `blobs`, kept in `pending` until referenced.
+    /// A handler holding blobs in `blobs`, kept in `pending` until referenced, timing
+    /// each fetch into `stages` (`blob_fetch`).
     pub fn new(
         blobs: BlobStore,
         service: Arc<KvService>,
         transport: Arc<Transport>,
         pending: Pending,
+        stages: Stages,
     ) -> HoldProtocol {
         let budget = ReadBudget::new(MAX_HOLD_MESSAGE_BYTES, HOLD_READ_BUDGET_BYTES);
         HoldProtocol {
@@ -152,6 +156,7 @@ impl HoldProtocol {
             transport,
             pending,
             budget,
+            stages,
         }
     }
 
@@ -172,12 +177,14 @@ impl HoldProtocol {
         let provider = iroh::EndpointAddr::new(asker)
             .with_addrs(from.addrs.iter().map(|a| iroh::TransportAddr::Ip(*a)));
         let endpoint = self.transport.endpoint();
+        let started = Instant::now();
         match self
             .blobs
             .fetch(endpoint, blob, &[provider], hold_time(blob.size))
             .await
         {
             Ok(held) => {
+                self.stages.observe(Stage::BlobFetch, started.elapsed());
                 self.pending.keep(held);
                 HoldAnswer::Held
             }

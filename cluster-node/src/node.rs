@@ -397,6 +397,7 @@ impl Node {
                     service.clone(),
                     transport.clone(),
                     pending_blobs,
+                    stages.clone(),
                 ),
             );
         for (alpn, handler) in federation.iter().flat_map(|f| f.handlers()) {

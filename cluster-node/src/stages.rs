@@ -24,7 +24,12 @@
 //! - `blob_import`: the body into this node's blob store, hashed, written and flushed
 //!   (as fast as the body comes: through a router, the router's hop is in it);
 //! - `blob_hold`: a majority of the cluster holding the blob durably (the other members
-//!   fetch it from this node; the first majority to answer ends it).
+//!   fetch it from this node; the first majority to answer ends it);
+//!
+//! and on each member asked to hold it:
+//!
+//! - `blob_fetch`: fetching the blob from the asking node, verified, and flushing it (a
+//!   blob this member already holds counts too, at next to no time).
 //!
 //! The histograms' buckets end at about 5 s; a large blob's stages run longer and are
 //! counted past the last bucket, their sums (so their means) stay exact.
@@ -48,10 +53,11 @@ pub enum Stage {
     AppendServe = 5,
     BlobImport = 6,
     BlobHold = 7,
+    BlobFetch = 8,
 }
 
 impl Stage {
-    const ALL: [Stage; 8] = [
+    const ALL: [Stage; 9] = [
         Stage::Propose,
         Stage::LogQueue,
         Stage::LogWrite,
@@ -60,6 +66,7 @@ impl Stage {
         Stage::AppendServe,
         Stage::BlobImport,
         Stage::BlobHold,
+        Stage::BlobFetch,
     ];
 
     fn name(self) -> &'static str {
@@ -72,6 +79,7 @@ impl Stage {
             Stage::AppendServe => "append_serve",
             Stage::BlobImport => "blob_import",
             Stage::BlobHold => "blob_hold",
+            Stage::BlobFetch => "blob_fetch",
         }
     }
 }

@@ -72,6 +72,25 @@ async fn a_value_over_the_inline_limit_round_trips_as_a_blob_and_the_limit_stays
     for stage in ["blob_import", "blob_hold"] {
         assert_eq!(stage_count(&metrics, stage), 1, "{stage} on node 2");
     }
+    assert_eq!(
+        stage_count(&metrics, "blob_fetch"),
+        0,
+        "node 2 fetched its own blob"
+    );
+    // Each of the others was asked to hold it and fetched it once (the second may still
+    // be at it when the put is answered).
+    for id in [1, 3] {
+        let url = format!("{}/metrics", t.cluster.url(id));
+        support::poll(
+            "a member to time its fetch of the blob",
+            Duration::from_secs(20),
+            || async {
+                let m = support::http_text(&url).await.ok()?;
+                (stage_count(&m, "blob_fetch") == 1).then_some(())
+            },
+        )
+        .await;
+    }
     for id in 1..=3 {
         let (status, headers, body) = raw(&t.cluster.url(id), "big", None).await;
         assert_eq!(status, 200, "node {id}");

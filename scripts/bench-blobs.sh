@@ -6,7 +6,8 @@
 # plain file copy (cp, then sync) and a BLAKE3 hash (b3sum, installed with cargo if
 # missing). Reports MB/s medians and each process's peak RSS above its idle RSS
 # (VmHWM - VmRSS at start, from /proc), which includes every earlier run; and for each
-# put, how long node 1 took to import it and to have a majority hold it.
+# put, how long node 1 took to import it and to have a majority hold it, and the CPU time
+# the four processes spent on it (with the cores that kept busy on average).
 #
 # Usage: scripts/bench-blobs.sh     (env: RUNS=3 SIZES="268435456 1073741824" BIN=(built))
 set -euo pipefail
@@ -61,6 +62,16 @@ nanos() { # command...: its wall time in nanoseconds
   echo $(($(date +%s%N) - start))
 }
 copy_and_sync() { cp "$1" "$2" && sync "$2"; }
+# CPU seconds (user + system, in clock ticks) the four processes have used so far: a put's
+# share of them, over its wall time, says how many of the machine's cores it kept busy.
+TICK=$(getconf CLK_TCK)
+cpu_ticks() {
+  local total=0 pid
+  for pid in "${PIDS[@]}"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
 # Fresh random bytes for every put: a store keeps identical content once, so a put of
 # bytes the cluster already holds skips the copy to the other members and measures
 # nothing but the upload. Written back before the timed command starts, so that it does
@@ -76,6 +87,7 @@ for size in $SIZES; do
     order="put get node-put node-get copy hash"
     [ $((round % 2)) = 0 ] && order="hash copy node-put node-get put get"
     for op in $order; do
+      ticks=$(cpu_ticks)
       case $op in
       put) fresh_value
         t=$(nanos curl -fsS -T "$WORK/value" "http://$ROUTER/v1/kv/$key") ;;
@@ -90,6 +102,7 @@ for size in $SIZES; do
       esac
       printf '%s\t%s\t%s\n' "$size" "$op" "$t" >>"$RESULTS"
       if [ "$op" = put ] || [ "$op" = node-put ]; then
+        echo "$size $op cpu $(($(cpu_ticks) - ticks)) $t" >>"$STAGES"
         for stage in blob_import blob_hold; do
           now=$(stage_sum "$stage")
           echo "$size $op $stage $now ${LAST[$stage]}" >>"$STAGES"
@@ -114,17 +127,23 @@ for (size, op), rates in rows.items():
     print(f"| {size >> 20} MiB | {op} | {runs} | {statistics.median(rates):.0f} |")
 PY
 echo
-echo "| size | op | import s (runs) | hold s (runs) |"
-echo "| --- | --- | --- | --- |"
-python3 - "$STAGES" <<'PY'
+echo "| size | op | import s (runs) | hold s (runs) | CPU s of the four processes (cores busy) |"
+echo "| --- | --- | --- | --- | --- |"
+python3 - "$STAGES" "$TICK" <<'PY'
 import sys
 rows = {}
+tick = int(sys.argv[2])
 for line in open(sys.argv[1]):
     size, op, stage, now, before = line.split()
-    rows.setdefault((int(size), op), {}).setdefault(stage, []).append(float(now) - float(before))
+    if stage == "cpu":
+        cpu, wall = int(now) / tick, int(before) / 1e9
+        cell = f"{cpu:.1f} ({cpu / wall:.2f})"
+    else:
+        cell = f"{float(now) - float(before):.2f}"
+    rows.setdefault((int(size), op), {}).setdefault(stage, []).append(cell)
 for (size, op), stages in rows.items():
-    cells = [", ".join(f"{t:.2f}" for t in stages[s]) for s in ("blob_import", "blob_hold")]
-    print(f"| {size >> 20} MiB | {op} | {cells[0]} | {cells[1]} |")
+    cells = [", ".join(stages[s]) for s in ("blob_import", "blob_hold", "cpu")]
+    print(f"| {size >> 20} MiB | {op} | {cells[0]} | {cells[1]} | {cells[2]} |")
 PY
 echo
 echo "| process | idle RSS MiB | peak RSS MiB | peak above idle MiB |"

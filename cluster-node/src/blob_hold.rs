@@ -1,10 +1,11 @@
 //! `aspen/blob-hold/1`: before a reference to a blob is proposed, the node that has the blob
 //! asks the other members of its cluster to hold it, and goes on only once a majority of
 //! the voters (itself included) hold it whole and durably (DESIGN.md: a committed blob
-//! reference always has its blob on a majority). A member asked to hold a blob fetches it
-//! from the asker by hash, verified as it streams, flushes it to disk, keeps it for
-//! [`aspen_blobs::PENDING_GRACE`] (until the reference, once applied, protects it), and
-//! answers. The asker counts answers as they come; members that answer later still get the
+//! reference always has its blob on a majority). A member asked to hold a blob copies it
+//! from the asker's file and checks it against its hash ([`crate::blob_pull`]; failing
+//! that, fetches it by hash through iroh-blobs, verified as it streams), flushes it to
+//! disk, keeps it for [`aspen_blobs::PENDING_GRACE`] (until the reference, once applied,
+//! protects it), and answers. The asker counts answers as they come; members that answer later still get the
 //! blob, and one that never does fetches it when it applies the reference.
 //!
 //! One request and one answer per stream, postcard with a version byte. Only members and
@@ -22,6 +23,7 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::EndpointId;
 use serde::{Deserialize, Serialize};
 
+use crate::blob_pull::pull;
 use crate::service::KvService;
 use crate::stages::{Stage, Stages};
 use crate::transport::{serve_streams_until_closed, ReadBudget, Transport, CLOSE_NOT_ALLOWED};
@@ -45,8 +47,9 @@ const HOLD_READ_BUDGET_BYTES: usize = 64 * MAX_HOLD_MESSAGE_BYTES;
 /// Time a member may take to hold a blob, on top of [`hold_time`]'s share per byte.
 pub const HOLD_BASE_TIME: Duration = Duration::from_secs(10);
 
-/// The slowest transfer a hold allows for, in bytes per second: 8 MiB/s, a fraction of the
-/// 111 to 145 MiB/s iroh-blobs moves over loopback here, so a busy member still makes it.
+/// The slowest transfer a hold allows for, in bytes per second: 8 MiB/s, a small fraction
+/// of what two members copying at once each get over loopback on a 2-core machine (60 MB/s
+/// and more, docs/BENCHMARKS.md), so a busy member still makes it.
 pub const MIN_HOLD_BYTES_PER_SEC: u64 = 8 * 1024 * 1024;
 
 /// How long a member may take to fetch and store a blob of `size` bytes: a 1 MiB blob 10 s,
@@ -178,17 +181,34 @@ impl HoldProtocol {
             .with_addrs(from.addrs.iter().map(|a| iroh::TransportAddr::Ip(*a)));
         let endpoint = self.transport.endpoint();
         let started = Instant::now();
-        match self
-            .blobs
-            .fetch(endpoint, blob, &[provider], hold_time(blob.size))
-            .await
-        {
+        let wait = hold_time(blob.size);
+        // The asker waits `wait` in all: a fallback fetch gets what is left of it.
+        let providers = [provider];
+        let fetch = || {
+            let left = wait.saturating_sub(started.elapsed());
+            self.blobs.fetch(endpoint, blob, &providers, left)
+        };
+        // A blob already here only needs keeping (the fetch does that without a transfer).
+        let held = match self.blobs.complete_size(blob.hash).await {
+            Ok(Some(size)) if size == blob.size => fetch().await.map_err(|e| e.to_string()),
+            _ => match pull(&self.transport, &self.blobs, &from, blob, wait).await {
+                Ok(held) => Ok(held),
+                Err(pulled) => {
+                    tracing::info!(%blob, reason = %pulled, "copying a blob from the member \
+                        that asked failed; fetching it through iroh-blobs instead");
+                    fetch()
+                        .await
+                        .map_err(|e| format!("copying it failed ({pulled}), and so did {e}"))
+                }
+            },
+        };
+        match held {
             Ok(held) => {
                 self.stages.observe(Stage::BlobFetch, started.elapsed());
                 self.pending.keep(held);
                 HoldAnswer::Held
             }
-            Err(e) => failed(e.to_string()),
+            Err(reason) => failed(reason),
         }
     }
 }

@@ -22,7 +22,8 @@
 //!   the node's blob protocols and the federation protocols, decided when a connection is
 //!   made.
 //! - [`blob_hold`]: `aspen/blob-hold/1`, asking the other members to hold a blob before a
-//!   reference to it is proposed, and serving those asks.
+//!   reference to it is proposed, and serving those asks; [`blob_pull`]: how a member
+//!   copies the blob it is asked to hold, straight from the asker's file.
 //! - [`value_server`]: `aspen/value/1`, values kept as blobs streamed to and from a
 //!   router.
 //! - [`blob_repair`]: fetching the blobs this node's values reference and it lacks.
@@ -53,6 +54,7 @@
 pub mod admission;
 pub mod batcher;
 pub mod blob_hold;
+pub mod blob_pull;
 pub mod blob_repair;
 pub mod blob_values;
 pub mod faults;

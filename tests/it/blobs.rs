@@ -1,6 +1,7 @@
 //! Each node's blob store (where large values will live): a member fetches a blob from
 //! another by hash, whole and verified; an endpoint that is not a member is refused at the
-//! handshake and gets nothing.
+//! handshake and gets nothing; a hold returns once a majority has the blob, and takes only
+//! bytes that hash to its name.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -133,5 +134,54 @@ async fn a_hold_returns_once_a_majority_holds_the_blob_and_fails_without_one() {
     for named in ["node 2", "node 3", &held.blob().hash.to_string()] {
         assert!(text.contains(named), "{named} not in: {text}");
     }
+    t.cluster.shutdown().await;
+}
+
+/// A member asked to hold a blob believes only bytes that hash to its name: with the
+/// asker's file damaged (the same length, one byte changed), neither the copy from that
+/// file nor the verified fetch gives a member the blob, the hold fails naming why, and no
+/// member holds anything under that name. Mended, the same blob is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_takes_no_bytes_that_do_not_hash_to_the_blobs_name() {
+    let t = support::start_cluster().await;
+    let one = t.cluster.node(1).unwrap();
+    let bytes: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 239) as u8).collect();
+    let held = import(one, &bytes).await;
+    let blob = held.blob();
+    let file = aspen_blobs::store_dir(&t.cluster.config(1).data_dir)
+        .join("data")
+        .join(format!("{}.data", blob.hash.to_hex()));
+    let mut damaged = std::fs::read(&file).unwrap();
+    assert_eq!(
+        damaged, bytes,
+        "the blob's file is not where the store keeps it"
+    );
+    damaged[1024 * 1024] ^= 0xff;
+    std::fs::write(&file, &damaged).unwrap();
+
+    let refused = one.hold_on_majority(&held).await.unwrap_err();
+    let text = refused.to_string();
+    assert_eq!((refused.held, refused.needed), (1, 2), "{text}");
+    for named in ["node 2", "node 3", "asked for"] {
+        assert!(text.contains(named), "{named} not in: {text}");
+    }
+    for id in [2, 3] {
+        let node = t.cluster.node(id).unwrap();
+        let size = node.blobs().complete_size(blob.hash).await.unwrap();
+        assert_eq!(
+            size, None,
+            "node {id} holds a blob it was sent wrong bytes for"
+        );
+    }
+
+    std::fs::write(&file, &bytes).unwrap();
+    let holders = one.hold_on_majority(&held).await.unwrap();
+    assert!(holders.len() >= 2, "{holders:?}");
+    for id in holders {
+        let node = t.cluster.node(id).unwrap();
+        let size = node.blobs().complete_size(blob.hash).await.unwrap();
+        assert_eq!(size, Some(blob.size), "node {id}");
+    }
+    drop(held);
     t.cluster.shutdown().await;
 }

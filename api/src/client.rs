@@ -846,9 +846,11 @@ mod tests {
         assert_eq!(encode_path("é"), "%C3%A9");
     }
 
-    /// A server that answers a watch, sends one message and then nothing (its connection
-    /// open): the stream ends with `Silent`, not before `WATCH_SILENCE` has passed since
-    /// the message, and within twice that.
+    /// A server that answers a watch, sends a message, another two thirds of
+    /// `WATCH_SILENCE` later, and then nothing (its connection open): the stream delivers
+    /// both and ends with `Silent`, not before `WATCH_SILENCE` has passed since the last
+    /// message (the silence is counted from the last bytes, not from the stream's start),
+    /// and within twice that.
     #[tokio::test]
     async fn a_watch_whose_server_falls_silent_ends_after_watch_silence() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -871,16 +873,20 @@ mod tests {
             socket.write_all(head.as_bytes()).await.unwrap();
             let chunk = [format!("{:x}\r\n", line.len()).as_bytes(), line, b"\r\n"].concat();
             socket.write_all(&chunk).await.unwrap();
+            tokio::time::sleep(WATCH_SILENCE * 2 / 3).await;
+            socket.write_all(&chunk).await.unwrap();
             // Silent from here, holding the connection until the client drops it.
             let _ = socket.read(&mut buf).await;
         });
         let client = AspenClient::new(&url);
         let mut stream = client.watch("k", &WatchOptions::default()).await.unwrap();
-        let first = stream.next().await.unwrap();
-        assert!(
-            matches!(first, Some(WatchMessage::Progress { revision: 7, .. })),
-            "{first:?}"
-        );
+        for _ in 0..2 {
+            let message = stream.next().await.unwrap();
+            assert!(
+                matches!(message, Some(WatchMessage::Progress { revision: 7, .. })),
+                "{message:?}"
+            );
+        }
         let last_byte = std::time::Instant::now();
         let end = tokio::time::timeout(2 * WATCH_SILENCE, stream.next())
             .await

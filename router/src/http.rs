@@ -9,7 +9,7 @@ use aspen_api::server::{
     fallbacks, kv_routes, AnswerClusters, BlobPut, HttpError, KvBackend, ReadAnswer, ReadOptions,
     ValueStream, Written,
 };
-use aspen_api::{ApiError, BlobRef, Command, ReadRequest, ReadResult, ScanPage};
+use aspen_api::{ApiError, BlobRef, Command, ErrorCode, ReadRequest, ReadResult, ScanPage};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -119,7 +119,7 @@ pub fn app(service: Arc<RouterService>, metrics: Arc<RouterMetrics>) -> axum::Ro
         .route("/v1/routes", get(routes))
         .route("/v1/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(admin);
     fallbacks(kv_routes(Arc::new(RouterBackend { service, metrics })).merge(own))
@@ -160,6 +160,30 @@ async fn routes(
         start.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// `GET /readyz`: ready while the router can serve part of its key space, that is while
+/// some routed cluster's breaker is closed. Once every cluster's is open (none answered as
+/// leader for a whole request deadline, as when this router is cut off from them all), 503
+/// `cluster_unavailable` naming them, so a load balancer sends clients to another router.
+/// One cluster down alone leaves the router ready: it still serves the others' keys, and
+/// every router sees the same cluster down.
+async fn readyz(State(admin): State<Admin>) -> Response {
+    let breakers = admin.service.breakers();
+    if breakers.is_empty() || breakers.iter().any(|(_, open, _)| !open) {
+        return "ready\n".into_response();
+    }
+    let names: Vec<&str> = breakers.iter().map(|(name, ..)| name.as_str()).collect();
+    HttpError::from(ApiError::new(
+        ErrorCode::ClusterUnavailable,
+        format!(
+            "no routed cluster answers: every one refuses requests at once ({}), since none \
+             of its members answered as leader for a whole request deadline; check this \
+             router's network to the clusters (GET /v1/status)",
+            names.join(", ")
+        ),
+    ))
+    .into_response()
 }
 
 /// `GET /v1/status`: every cluster's health, leader and term.

@@ -255,6 +255,16 @@ async fn killing_a_clusters_leader_during_writes_through_the_router_loses_no_ack
     s.shutdown().await;
 }
 
+/// The status and body of `GET url`.
+async fn ready(url: &str) -> (u16, String) {
+    let answer = aspen_api::client::http_client(Duration::from_secs(10))
+        .get(url)
+        .send()
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.text().await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_one_cluster_stopped_its_keys_fail_alone_and_the_other_keeps_serving() {
     // The deadline leaves the 40 requests to us-1 below ample time even on a loaded machine.
@@ -309,6 +319,29 @@ async fn with_one_cluster_stopped_its_keys_fail_alone_and_the_other_keeps_servin
         "{metrics}"
     );
     assert!(metrics.contains("aspen_router_cluster_breaker_open{cluster=\"us-1\"} 0"));
+    // One cluster down leaves the router ready: it serves the other's keys.
+    let readyz = format!("{}/readyz", s.router.url());
+    assert_eq!(ready(&readyz).await, (200, "ready\n".to_string()));
+    // With the other down too (its breaker opened by a request that found no leader),
+    // the router serves nothing: not ready, naming both clusters.
+    for id in 1..=3 {
+        s.us1.cluster.stop(id).await;
+    }
+    let err = c.put("app/unserved", b"v").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ClusterUnavailable), "{err}");
+    let (status, body) = ready(&readyz).await;
+    assert_eq!(status, 503, "{body}");
+    for named in ["cluster_unavailable", "us-1", "us-2"] {
+        assert!(body.contains(named), "{named} not in {body}");
+    }
+    for id in 1..=3 {
+        s.us1.cluster.restart(id).await.unwrap();
+    }
+    poll("the router is ready again", Duration::from_secs(30), || {
+        let readyz = readyz.clone();
+        async move { (ready(&readyz).await.0 == 200).then_some(()) }
+    })
+    .await;
     // Once us-2 has a leader again, its probe closes the breaker and requests flow.
     for id in 1..=3 {
         s.us2.cluster.restart(id).await.unwrap();

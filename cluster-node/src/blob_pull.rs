@@ -33,42 +33,34 @@ pub(crate) async fn pull(
     blob: BlobRef,
     within: Duration,
 ) -> Result<Held, String> {
-    match tokio::time::timeout(within, pull_whole(transport, blobs, from, blob, within)).await {
-        Ok(pulled) => pulled,
-        Err(_) => Err(format!("no whole blob within {within:?}")),
-    }
-}
-
-async fn pull_whole(
-    transport: &Transport,
-    blobs: &BlobStore,
-    from: &PeerAddr,
-    blob: BlobRef,
-    within: Duration,
-) -> Result<Held, String> {
-    let request = ValueRequest::Read {
-        blob: blob.into(),
-        start: 0,
-        len: blob.size,
+    let whole = async {
+        let request = ValueRequest::Read {
+            blob: blob.into(),
+            start: 0,
+            len: blob.size,
+        };
+        let header = value_wire::encode(&request).map_err(|e| e.to_string())?;
+        let (answer, recv) = transport
+            .request_stream(from, VALUE_ALPN, &header, MAX_VALUE_HEADER_BYTES, within)
+            .await
+            .map_err(|e| e.to_string())?;
+        match value_wire::decode::<ValueAnswer>(&answer) {
+            Ok(ValueAnswer::Bytes { len }) if len == blob.size => {}
+            Ok(ValueAnswer::Error(e)) => return Err(e.message),
+            Ok(other) => return Err(format!("a read of the whole blob was answered {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+        let body = read_chunks(recv, PULL_CHUNK_BYTES).boxed();
+        let body = stall_bounded(body, VALUE_STALL_TIMEOUT, "the blob from the asker");
+        let held = blobs
+            .import(body, blob.size)
+            .await
+            .map_err(|e| e.to_string())?;
+        believed(held, blob)
     };
-    let header = value_wire::encode(&request).map_err(|e| e.to_string())?;
-    let (answer, recv) = transport
-        .request_stream(from, VALUE_ALPN, &header, MAX_VALUE_HEADER_BYTES, within)
+    tokio::time::timeout(within, whole)
         .await
-        .map_err(|e| e.to_string())?;
-    match value_wire::decode::<ValueAnswer>(&answer) {
-        Ok(ValueAnswer::Bytes { len }) if len == blob.size => {}
-        Ok(ValueAnswer::Error(e)) => return Err(e.message),
-        Ok(other) => return Err(format!("a read of the whole blob was answered {other:?}")),
-        Err(e) => return Err(e.to_string()),
-    }
-    let body = read_chunks(recv, PULL_CHUNK_BYTES).boxed();
-    let body = stall_bounded(body, VALUE_STALL_TIMEOUT, "the blob from the asker");
-    let held = blobs
-        .import(body, blob.size)
-        .await
-        .map_err(|e| e.to_string())?;
-    believed(held, blob)
+        .unwrap_or_else(|_| Err(format!("no whole blob within {within:?}")))
 }
 
 /// `held` if it is `wanted`; else why not (and `held` goes, left to collection).

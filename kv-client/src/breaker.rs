@@ -6,7 +6,9 @@
 //! names a leader. Then requests flow again.
 //!
 //! Refusing is safe: a refused request was never sent, so nothing was applied. The cost
-//! is that a cluster which comes back is used up to one probe interval late.
+//! is that a cluster which comes back is used up to one probe interval late; a node's
+//! client of its own cluster closes the breaker as soon as the node's Raft takes entries
+//! from the leader (`ClusterClient::follow`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

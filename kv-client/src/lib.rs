@@ -27,8 +27,9 @@
 //! dead cluster holds a bounded share of its caller and every other cluster keeps its speed.
 //!
 //! A cluster in which no node answered as leader for a whole deadline has its requests
-//! refused at once (503) until a background probe finds a leader again (`breaker`), so a
-//! dead cluster costs each request a fast answer, not the deadline.
+//! refused at once (503) until a background probe finds a leader again (`breaker`), or,
+//! for a member's own client, until its Raft hears from the leader, so a dead cluster
+//! costs each request a fast answer, not the deadline.
 //!
 //! Values kept as blobs (above the inline limit) stream over `aspen/value/1` instead
 //! (`value`): to the believed leader, or the next member that can be reached.
@@ -265,10 +266,16 @@ impl ClusterClient {
     }
 
     /// Sends the next requests to `leader` first (a member's own client learns the leader
-    /// from Raft before any answer names it).
-    pub fn follow(&self, leader: u64) {
+    /// from Raft before any answer names it). With `heard`, the member's Raft has just
+    /// taken entries from that leader, so it is up and reaching this member: an open
+    /// breaker closes at once, rather than up to a probe interval later (after a partition
+    /// heals, a follower would otherwise refuse forwarded requests with 503 meanwhile).
+    pub fn follow(&self, leader: u64, heard: bool) {
         if let Some(i) = self.link.index_of(leader) {
             self.link.leader.store(i, Ordering::Relaxed);
+            if heard {
+                self.link.breaker.reset();
+            }
         }
     }
 

@@ -167,6 +167,11 @@ impl Link {
                 // The client was dropped (its router stopped or a reload removed the cluster, or a
                 // node rebuilt its client for a new membership).
                 let Some(link) = link.upgrade() else { return };
+                // Closed meanwhile by a member that heard from its leader (`follow`): a
+                // later trip starts a probe of its own.
+                if !link.breaker.is_open() {
+                    return;
+                }
                 if link.probe().await {
                     link.breaker.reset();
                     return;

@@ -177,3 +177,36 @@ async fn admission_holds_at(limit: usize) {
     assert_eq!(client.load(), (0, 0));
     router.shutdown().await.unwrap();
 }
+
+/// The owner's client of a cluster whose one other member answers `NotLeader` naming no
+/// leader, with a short deadline: every request ends without a leader and opens the
+/// breaker, and the probe never closes it (the member names no leader to it either).
+/// Following the member as leader closes it only when the owner has heard from it.
+#[tokio::test]
+async fn hearing_from_the_leader_closes_an_open_breaker_at_once_and_following_alone_does_not() {
+    let open = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+    let (router, peer) = member(KvResponse::NotLeader { leader: None }, open).await;
+    let transport = Transport::new(endpoint().await, Access::open());
+    let client = ClusterClient::for_member(
+        "c",
+        OWNER,
+        vec![(2, peer)],
+        transport,
+        Duration::from_millis(500),
+        8,
+        "TEST_LIMIT",
+    );
+    let refused = client.call(put("a")).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::ClusterUnavailable, "{refused}");
+    assert!(
+        client.breaker().0,
+        "no leader for a whole deadline opens it"
+    );
+    client.follow(2, false);
+    assert!(client.breaker().0, "following alone leaves it to the probe");
+    let at_once = client.call(put("b")).await.unwrap_err();
+    assert!(at_once.message.contains("at once"), "{at_once}");
+    client.follow(2, true);
+    assert!(!client.breaker().0, "hearing from the leader closes it");
+    router.shutdown().await.unwrap();
+}

@@ -309,10 +309,7 @@ impl BlobStore {
         .await
         .map_err(|e| store_err("opening a blob")(&e))?
         .map_err(|e| store_err("opening a blob")(&e))?;
-        Ok(opened.map(|file| OpenBlob {
-            file: Arc::new(file),
-            _tag: tag,
-        }))
+        Ok(opened.map(|file| OpenBlob { file, _tag: tag }))
     }
 
     /// Bytes `start..end` of blob `hash` through iroh-blobs' export (data it inlines).
@@ -394,7 +391,7 @@ pub const READ_AHEAD: usize = 2;
 
 /// A blob's file, open, with the tag that kept collection off it while it was opened.
 struct OpenBlob {
-    file: Arc<std::fs::File>,
+    file: std::fs::File,
     _tag: TempTag,
 }
 
@@ -420,7 +417,7 @@ fn read_file(
             async move {
                 let read = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
                     let mut buf = BytesMut::zeroed(len);
-                    std::os::unix::fs::FileExt::read_exact_at(&*blob.file, &mut buf, at)?;
+                    std::os::unix::fs::FileExt::read_exact_at(&blob.file, &mut buf, at)?;
                     Ok(buf.freeze())
                 });
                 read.await

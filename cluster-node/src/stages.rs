@@ -24,11 +24,12 @@
 //! - `blob_import`: the body into this node's blob store, hashed, written and flushed
 //!   (as fast as the body comes: through a router, the router's hop is in it);
 //! - `blob_hold`: a majority of the cluster holding the blob durably (the other members
-//!   fetch it from this node; the first majority to answer ends it);
+//!   copy it from this node; the first majority to answer ends it);
 //!
 //! and on each member asked to hold it:
 //!
-//! - `blob_fetch`: fetching the blob from the asking node, verified, and flushing it (a
+//! - `blob_fetch`: copying the blob from the asking node's file and checking it against
+//!   its hash (or, when that fails, fetching it through iroh-blobs), and flushing it (a
 //!   blob this member already holds counts too, at next to no time).
 //!
 //! The histograms' buckets end at about 5 s; a large blob's stages run longer and are

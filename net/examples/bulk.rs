@@ -13,12 +13,14 @@
 use std::time::Instant;
 
 use aspen_net::frame::read_chunks;
-use aspen_net::{bind_endpoint, Access};
 use bytes::Bytes;
 use futures::StreamExt;
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
-use iroh::{Endpoint, EndpointAddr, SecretKey};
+use iroh::EndpointAddr;
+
+mod common;
+use common::{address, endpoint};
 
 const ALPN: &[u8] = b"aspen/bulk/1";
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -44,13 +46,6 @@ impl ProtocolHandler for Sink {
     }
 }
 
-async fn endpoint() -> Endpoint {
-    let any_port = "127.0.0.1:0".parse().expect("an address");
-    bind_endpoint(SecretKey::generate(), any_port, false, &Access::open())
-        .await
-        .expect("binding an endpoint on loopback")
-}
-
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,11 +66,7 @@ async fn main() {
         }
         rest => {
             let server = endpoint().await;
-            let addrs = server
-                .bound_sockets()
-                .into_iter()
-                .map(iroh::TransportAddr::Ip);
-            let addr = EndpointAddr::new(server.id()).with_addrs(addrs);
+            let addr = address(&server);
             let _router = Router::builder(server).accept(ALPN, Sink).spawn();
             send(addr, size(rest)).await;
         }

@@ -12,12 +12,12 @@
 
 use std::time::{Duration, Instant};
 
-use aspen_net::{
-    bind_endpoint, read_message, serve_streams, write_message, Access, Drain, ReadBudget,
-};
+use aspen_net::{read_message, serve_streams, write_message, Drain, ReadBudget};
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
-use iroh::{Endpoint, EndpointAddr, SecretKey};
+
+mod common;
+use common::{address, endpoint};
 
 const ALPN: &[u8] = b"aspen/rtt/1";
 const WARM_UP: usize = 1_000;
@@ -38,13 +38,6 @@ impl ProtocolHandler for Echo {
     }
 }
 
-async fn endpoint() -> Endpoint {
-    let any_port = "127.0.0.1:0".parse().expect("an address");
-    bind_endpoint(SecretKey::generate(), any_port, false, &Access::open())
-        .await
-        .expect("binding an endpoint on loopback")
-}
-
 #[tokio::main]
 async fn main() {
     let paced = match std::env::args().nth(1).as_deref() {
@@ -56,11 +49,7 @@ async fn main() {
         }
     };
     let server = endpoint().await;
-    let addrs = server
-        .bound_sockets()
-        .into_iter()
-        .map(iroh::TransportAddr::Ip);
-    let addr = EndpointAddr::new(server.id()).with_addrs(addrs);
+    let addr = address(&server);
     let drain = Drain::new();
     let _router = Router::builder(server).accept(ALPN, Echo { drain }).spawn();
     let client = endpoint().await;

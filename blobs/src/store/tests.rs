@@ -42,6 +42,29 @@ fn files(dir: &Path) -> Vec<String> {
     out
 }
 
+/// Waits until `hash` is no longer in `store` (collected), failing after 20 s.
+async fn collected(store: &BlobStore, hash: Hash) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.complete_size(hash).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{hash} not collected in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A store in `dir` that collects, every `interval`, every blob no temporary tag keeps
+/// (it protects nothing else).
+async fn collecting_store(dir: &Path, interval: Duration) -> BlobStore {
+    let gc = GcSettings {
+        interval,
+        protect: Arc::new(|| Ok(Vec::new())),
+        also: None,
+    };
+    BlobStore::open(dir, Some(gc)).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_imported_blob_is_whole_and_still_there_after_reopening() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,12 +169,7 @@ async fn a_range_of_a_blob_is_exactly_its_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_is_taken_up_to_its_limit_and_a_refused_one_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let gc = GcSettings {
-        interval: Duration::from_millis(20),
-        protect: Arc::new(|| Ok(Vec::new())),
-        also: None,
-    };
-    let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
+    let store = collecting_store(dir.path(), Duration::from_millis(20)).await;
     let limit = MIB as u64 + 1;
     let at_limit = content(limit as usize, 2);
     let held = store.import(body(&at_limit), limit).await.unwrap();
@@ -288,20 +306,7 @@ async fn collection_keeps_what_is_held_or_protected_and_removes_the_rest() {
     a_collection_run(&store, 40).await;
     drop(blobs);
 
-    let gone = |hash: Hash| {
-        let store = store.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            while store.complete_size(hash).await.unwrap().is_some() {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{hash} not collected in 20 s"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    gone(unkept.hash).await;
+    collected(&store, unkept.hash).await;
     // That run came after both lost their temporary tags.
     assert!(store
         .complete_size(by_protect.hash)
@@ -315,7 +320,7 @@ async fn collection_keeps_what_is_held_or_protected_and_removes_the_rest() {
         .is_some());
 
     protected.lock().unwrap().clear();
-    gone(by_protect.hash).await;
+    collected(&store, by_protect.hash).await;
     assert!(store
         .complete_size(kept_by_tag.blob().hash)
         .await
@@ -331,12 +336,7 @@ async fn collection_keeps_what_is_held_or_protected_and_removes_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_being_read_is_kept_until_the_read_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let gc = GcSettings {
-        interval: Duration::from_millis(100),
-        protect: Arc::new(|| Ok(Vec::new())),
-        also: None,
-    };
-    let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
+    let store = collecting_store(dir.path(), Duration::from_millis(100)).await;
     let bytes = content(3 * READ_CHUNK_BYTES + 5, 21);
     let held = store.import(body(&bytes), MAX_TEST_LIMIT).await.unwrap();
     let hash = held.blob().hash;
@@ -353,14 +353,7 @@ async fn a_blob_being_read_is_kept_until_the_read_ends() {
     }
     assert!(got == bytes, "the bytes read differ");
     drop(stream);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while store.complete_size(hash).await.unwrap().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a blob read and let go was not collected in 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    collected(&store, hash).await;
 
     let small = content(10_000, 23);
     let held = store.import(body(&small), MAX_TEST_LIMIT).await.unwrap();
@@ -401,12 +394,7 @@ async fn a_collection_run(store: &BlobStore, seed: u8) {
 async fn collection_during_imports_and_fetches_never_removes_a_held_blob() {
     const ROUNDS: u8 = 12;
     let (dir, provider_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let gc = GcSettings {
-        interval: Duration::from_millis(5),
-        protect: Arc::new(|| Ok(Vec::new())),
-        also: None,
-    };
-    let store = BlobStore::open(dir.path(), Some(gc)).await.unwrap();
+    let store = collecting_store(dir.path(), Duration::from_millis(5)).await;
     let provider = BlobStore::open(provider_dir.path(), None).await.unwrap();
     let provider_ep = bind().await;
     let provider_router = iroh::protocol::Router::builder(provider_ep.clone())

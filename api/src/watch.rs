@@ -86,7 +86,7 @@ impl std::str::FromStr for ResumeToken {
 
 /// One message of a watch stream, as JSON (`kind` tells which).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "WireMessage")]
 pub enum WatchMessage {
     /// What one revision of one cluster changed among the watched keys.
     Changes {
@@ -116,6 +116,56 @@ pub enum WatchMessage {
         /// Where to resume (what was delivered before the error).
         resume: String,
     },
+}
+
+/// What a [`WatchMessage`] is read from: every field of every kind, each optional but
+/// `kind`. Reading into this plain struct parses a message once, in whatever order its
+/// fields come; serde's internally tagged enums first copy the whole message into an
+/// untyped tree to find the tag, and a watcher of busy keys decodes one message per
+/// revision.
+#[derive(Deserialize)]
+struct WireMessage {
+    kind: MessageKind,
+    cluster: Option<String>,
+    revision: Option<u64>,
+    events: Option<Vec<WatchEvent>>,
+    resume: Option<String>,
+    error: Option<WatchError>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum MessageKind {
+    Changes,
+    Progress,
+    Error,
+}
+
+impl TryFrom<WireMessage> for WatchMessage {
+    type Error = String;
+
+    fn try_from(wire: WireMessage) -> Result<Self, String> {
+        fn needs<T>(field: Option<T>, name: &str, kind: &str) -> Result<T, String> {
+            field.ok_or_else(|| format!("a `{kind}` message without its `{name}` field"))
+        }
+        Ok(match wire.kind {
+            MessageKind::Changes => WatchMessage::Changes {
+                cluster: needs(wire.cluster, "cluster", "changes")?,
+                revision: needs(wire.revision, "revision", "changes")?,
+                events: needs(wire.events, "events", "changes")?,
+                resume: needs(wire.resume, "resume", "changes")?,
+            },
+            MessageKind::Progress => WatchMessage::Progress {
+                cluster: needs(wire.cluster, "cluster", "progress")?,
+                revision: needs(wire.revision, "revision", "progress")?,
+                resume: needs(wire.resume, "resume", "progress")?,
+            },
+            MessageKind::Error => WatchMessage::Error {
+                error: needs(wire.error, "error", "error")?,
+                resume: needs(wire.resume, "resume", "error")?,
+            },
+        })
+    }
 }
 
 /// A put or a delete of one key, in a [`WatchMessage::Changes`].
@@ -314,5 +364,76 @@ mod tests {
                 {"type": "delete", "key": "b", "mod_revision": 9},
             ])
         );
+    }
+
+    #[test]
+    fn messages_read_back_as_written_in_any_field_order() {
+        let messages = [
+            WatchMessage::Changes {
+                cluster: "us-1".into(),
+                revision: 9,
+                events: vec![WatchEvent {
+                    kind: EventKind::Delete,
+                    key: "a".into(),
+                    value: None,
+                    value_base64: None,
+                    blob: None,
+                    create_revision: None,
+                    mod_revision: 9,
+                    version: None,
+                }],
+                resume: "us-1=10".into(),
+            },
+            WatchMessage::Progress {
+                cluster: "us-2".into(),
+                revision: 4,
+                resume: "us-1=10,us-2=5".into(),
+            },
+            WatchMessage::Error {
+                error: WatchError::compacted("us-1", 3, 7),
+                resume: "us-1=3".into(),
+            },
+        ];
+        for message in messages {
+            let json = serde_json::to_string(&message).unwrap();
+            assert_eq!(
+                serde_json::from_str::<WatchMessage>(&json).unwrap(),
+                message
+            );
+            // The same fields with `kind` last, and a field this version does not know.
+            let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let object = value.as_object_mut().unwrap();
+            let kind = object.remove("kind").unwrap();
+            object.insert("added_later".into(), serde_json::json!(1));
+            object.insert("kind".into(), kind);
+            assert_eq!(
+                serde_json::from_value::<WatchMessage>(value).unwrap(),
+                message
+            );
+        }
+    }
+
+    #[test]
+    fn a_message_missing_a_field_of_its_kind_is_refused_by_name() {
+        for (json, field) in [
+            (
+                r#"{"kind":"changes","cluster":"c","revision":1,"resume":"c=2"}"#,
+                "events",
+            ),
+            (
+                r#"{"kind":"progress","cluster":"c","resume":"c=2"}"#,
+                "revision",
+            ),
+            (r#"{"kind":"error","resume":"c=2"}"#, "error"),
+        ] {
+            let err = serde_json::from_str::<WatchMessage>(json)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("`{field}`")), "{json}: {err}");
+        }
+        let err = serde_json::from_str::<WatchMessage>(r#"{"kind":"gone","resume":""}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gone"), "{err}");
     }
 }

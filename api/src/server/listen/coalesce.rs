@@ -8,8 +8,12 @@
 //! a pass through the kernel's TCP stack on a machine whose cores the watchers also need.
 //!
 //! [`Coalesced`] holds what the connection writes until it flushes, and on a flush lets
-//! the task yield once before writing: the streams' tasks already woken queue their frames
-//! meanwhile, and the next flush writes them all at once. At most [`COALESCE_BYTES`] are
+//! the task yield before writing: the streams' tasks already woken queue their frames
+//! meanwhile. It yields again while each yield brought more frames (the hundred streams'
+//! tasks wake one after another, as the watch hub hands each its change), at most
+//! [`MAX_FLUSH_YIELDS`] times, and writes once a yield brings nothing: a lone answer
+//! waits one yield, as before, and a change's frames for many watches leave in a few
+//! writes instead of one write per two or three frames. At most [`COALESCE_BYTES`] are
 //! held; a write that would pass that writes out what is held first, and one at least that
 //! large with nothing held goes straight through (a value's bytes are not copied again).
 //! An HTTP/1.1 connection, told apart by its first bytes (HTTP/2 starts with its preface),
@@ -25,6 +29,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// socket.
 pub const COALESCE_BYTES: usize = 64 * 1024;
 
+/// The most times one flush yields while frames keep arriving, before it writes what is
+/// held anyway: a bound on the wait a steady stream of frames can add to a flush.
+pub const MAX_FLUSH_YIELDS: u8 = 8;
+
 /// The most room an emptied buffer keeps for the next frames; a larger one (after a burst)
 /// is let go, so an idle connection holds at most this much.
 const KEEP_BYTES: usize = 8 * 1024;
@@ -39,7 +47,7 @@ enum Mode {
     Unknown(usize),
     /// HTTP/1.1: every call passes through.
     Direct,
-    /// HTTP/2: writes are gathered until a flush that has yielded once.
+    /// HTTP/2: writes are gathered until a flush has yielded (see the module docs).
     Gather,
 }
 
@@ -51,8 +59,10 @@ pub(super) struct Coalesced<S> {
     /// What the connection wrote and the socket has not taken yet: `held[sent..]`.
     held: Vec<u8>,
     sent: usize,
-    /// A flush found bytes held and yielded: the next one writes them.
-    yielded: bool,
+    /// Yields of the flush under way (0: none yet).
+    yields: u8,
+    /// How many bytes were held at its last yield: more now means frames still arrive.
+    held_at_yield: usize,
 }
 
 impl<S> Coalesced<S> {
@@ -67,7 +77,8 @@ impl<S> Coalesced<S> {
             mode: Mode::Unknown(0),
             held: Vec::new(),
             sent: 0,
-            yielded: false,
+            yields: 0,
+            held_at_yield: 0,
         }
     }
 }
@@ -87,7 +98,8 @@ impl<S: AsyncWrite + Unpin> Coalesced<S> {
         self.held.clear();
         self.sent = 0;
         self.held.shrink_to(KEEP_BYTES);
-        self.yielded = false;
+        self.yields = 0;
+        self.held_at_yield = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -166,9 +178,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         if self.sent < self.held.len() {
-            if !self.yielded {
-                // Once: the tasks woken with this one queue their frames before the write.
-                self.yielded = true;
+            // The tasks woken with this one queue their frames before the write; again
+            // while they still do.
+            let arriving = self.held.len() > self.held_at_yield;
+            if self.yields == 0 || (arriving && self.yields < MAX_FLUSH_YIELDS) {
+                self.yields += 1;
+                self.held_at_yield = self.held.len();
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
@@ -264,6 +279,30 @@ mod tests {
         assert_eq!(written(&writes), vec![b"frame 1;frame 2;frame 3;".to_vec()]);
         // Nothing held: a flush passes through without yielding.
         assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_flush_yields_again_while_frames_arrive_at_most_max_flush_yields_times() {
+        let (mut conn, writes) = opened(PREFACE).await;
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        conn.write_all(b"f;").await.unwrap();
+        // Every yield brings another frame: the flush yields MAX_FLUSH_YIELDS times...
+        for _ in 0..MAX_FLUSH_YIELDS {
+            assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_pending());
+            assert!(written(&writes).is_empty(), "held while frames arrive");
+            conn.write_all(b"f;").await.unwrap();
+        }
+        // ...and then writes them all in one write, though frames still arrive.
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
+        let all = b"f;".repeat(usize::from(MAX_FLUSH_YIELDS) + 1);
+        assert_eq!(written(&writes), vec![all]);
+        // A yield that brings nothing ends the next flush at once.
+        conn.write_all(b"g;").await.unwrap();
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_pending());
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
+        assert_eq!(written(&writes).len(), 2);
+        assert_eq!(written(&writes)[1], b"g;".to_vec());
     }
 
     /// A connection fed `pieces`, one read each: whether it gathers its writes after.

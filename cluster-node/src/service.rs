@@ -49,11 +49,11 @@ const _: () = assert!(MAX_CLUSTER_NODES == aspen_config::limits::MAX_CLUSTER_NOD
 
 /// How long one request may take end to end, leader elections and forwarding included.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
-/// How recently this node's Raft must have taken entries from the leader for its
-/// forwarding client to count the leader as reachable and close an open breaker at once:
-/// ten of the default heartbeat intervals (`raft.heartbeat_interval_ms`, 100 ms). With a
-/// longer interval the breaker still closes at its probe's next round.
-const LEADER_HEARD_WITHIN: Duration = Duration::from_secs(1);
+/// How recently, in heartbeat intervals (`raft.heartbeat_interval_ms`), this node's Raft
+/// must have taken entries from the leader for its forwarding client to count the leader
+/// as reachable and close an open breaker at once: a leader sends at least one
+/// AppendEntries an interval, so ten missed in a row is no longer "just heard".
+const LEADER_HEARD_HEARTBEATS: u64 = 10;
 
 /// Time past [`REQUEST_DEADLINE`] a forwarded request's own client is given to report
 /// why it failed (it starts its deadline a little later than the request's) before the
@@ -311,11 +311,9 @@ impl KvService {
             if let Some(leader_id) = leader.filter(|id| *id != self.node_id) {
                 leader_known = true;
                 let forwarder = self.forwarder();
-                let heard = self
-                    .state
-                    .contact
-                    .since_ms()
-                    .is_some_and(|ms| ms <= LEADER_HEARD_WITHIN.as_millis() as u64);
+                let heard = self.state.contact.since_ms().is_some_and(|ms| {
+                    ms <= self.raft.config().heartbeat_interval * LEADER_HEARD_HEARTBEATS
+                });
                 forwarder.follow(leader_id, heard);
                 // The client bounds each request by its own deadline, from when it takes it;
                 // this keeps the whole request within this one (plus the grace in which

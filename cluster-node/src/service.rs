@@ -20,7 +20,7 @@ use aspen_api::wire::{
 };
 use aspen_api::{ApiError, Command, Consistency, ErrorCode, ReadRequest, WriteResult};
 use aspen_federation::Replicas;
-use aspen_kv_client::ClusterClient;
+use aspen_kv_client::{retry_is_safe, ClusterClient};
 use iroh::EndpointId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -319,22 +319,37 @@ impl KvService {
                 // this keeps the whole request within this one (plus the grace in which
                 // the client's own verdict, such as "no leader answered", comes first).
                 let forwarded = forwarder.call(request.clone());
-                let answer = tokio::time::timeout_at(deadline + FORWARD_VERDICT_GRACE, forwarded)
-                    .await
-                    .map_err(|_| {
-                        ApiError::new(
+                let bounded = tokio::time::timeout_at(deadline + FORWARD_VERDICT_GRACE, forwarded);
+                // A request that may be sent again does not wait on a leader this node's
+                // Raft has seen replaced: a dead leader holds it until the dial gives up
+                // (`CONNECT_TIMEOUT`), which outlasts an election and, for a keep-alive,
+                // can outlast the lease's TTL at the new leader.
+                let answer = if retry_is_safe(request) {
+                    tokio::select! {
+                        answer = bounded => Some(answer),
+                        () = self.leader_moves_from(leader_id) => None,
+                    }
+                } else {
+                    Some(bounded.await)
+                };
+                let answer = match answer {
+                    None => None,
+                    Some(Ok(answer)) => Some(answer?),
+                    Some(Err(_)) => {
+                        return Err(ApiError::new(
                             ErrorCode::Timeout,
                             format!(
                                 "leader {leader_id} did not answer within {REQUEST_DEADLINE:?}; \
                                  a write may or may not have been applied"
                             ),
-                        )
-                    })?;
-                match answer? {
-                    KvResponse::Error(e) => return Err(e),
-                    // This node leads now: it serves the request itself, next round.
-                    KvResponse::NotLeader { .. } => {}
-                    answer => {
+                        ))
+                    }
+                };
+                match answer {
+                    Some(KvResponse::Error(e)) => return Err(e),
+                    // Another node leads now (maybe this one): asked again, next round.
+                    None | Some(KvResponse::NotLeader { .. }) => {}
+                    Some(answer) => {
                         return accept(answer).unwrap_or_else(|| {
                             Err(ApiError::new(
                                 ErrorCode::Internal,
@@ -354,6 +369,19 @@ impl KvService {
                 });
             }
             tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+    }
+
+    /// Resolves once this node's Raft names a leader other than `from`; never if its Raft
+    /// has stopped.
+    async fn leader_moves_from(&self, from: NodeId) {
+        let mut metrics = self.raft.metrics();
+        let moved = metrics
+            .wait_for(|m| m.current_leader.is_some_and(|leader| leader != from))
+            .await
+            .is_ok();
+        if !moved {
+            std::future::pending::<()>().await;
         }
     }
 

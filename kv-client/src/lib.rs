@@ -62,8 +62,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 pub use breaker::{PROBE_DEADLINE, PROBE_INTERVAL};
-pub use link::refusal_rank;
 pub use link::RETRY_BACKOFF;
+pub use link::{refusal_rank, retry_is_safe};
 use link::{Link, Member};
 
 /// Batch messages on the wire to one cluster at once. While one travels, new requests

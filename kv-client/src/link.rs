@@ -54,8 +54,9 @@ pub(crate) struct Link {
     pub(crate) me: Weak<Link>,
 }
 
-/// Whether a request may be sent again after it was delivered without an answer.
-fn retry_is_safe(request: &KvRequest) -> bool {
+/// Whether a request may be sent again after it was delivered without an answer (and so
+/// whether one whose answer is still awaited may be given up and sent elsewhere).
+pub fn retry_is_safe(request: &KvRequest) -> bool {
     matches!(
         request,
         KvRequest::Read { .. }

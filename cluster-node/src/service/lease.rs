@@ -239,6 +239,11 @@ pub async fn run_expiry(service: Arc<KvService>, mut stop: watch::Receiver<bool>
         }
         if leading_term != Some(term) {
             clock.refresh_all();
+            tracing::info!(
+                term,
+                leases = clock.len(),
+                "leading: every lease's TTL restarts now"
+            );
             leading_term = Some(term);
             continue;
         }

@@ -133,6 +133,18 @@ async fn regions_cut_apart_while_both_write_converge_once_healed_and_lag_rises_t
     eu.put("eu/before", b"1").await.unwrap();
     wait_converged(&t, "us-1", "eu-1", Duration::from_secs(30)).await;
     wait_converged(&t, "eu-1", "us-1", Duration::from_secs(30)).await;
+    // Each replica's lag is known before the cut: a heartbeat of its owner has confirmed
+    // its revision. (A replica no heartbeat has reached reports its time lag as unknown,
+    // and a cut leaves it unknown; on a loaded machine the data can converge before the
+    // owner's first heartbeat arrives.)
+    for (region, source) in [("eu", "us-1"), ("us", "eu-1")] {
+        poll(
+            &format!("{region}'s replica of {source} to know its lag"),
+            Duration::from_secs(30),
+            || async { replica_status(&t, region, source).await?.1.map(|_| ()) },
+        )
+        .await;
+    }
 
     t.partition_regions("us", "eu");
     for i in 0..200 {

@@ -39,6 +39,22 @@ async fn stale_reads_move_past_a_replica_that_is_behind_and_refuse_rather_than_g
     let (us, eu) = (client(&t, "us"), client(&t, "eu"));
     us.put("stale/k", b"0").await.unwrap();
     wait_converged(&t, "us-1", "eu-1", Duration::from_secs(30)).await;
+    // A heartbeat of us-1 has reached node 1 of eu-1, so its lag is known before the cut
+    // (with none, it would stay unknown rather than grow).
+    poll(
+        "node 1's replica to know its lag",
+        Duration::from_secs(30),
+        || async {
+            let node = t.cluster("eu-1").node(1)?;
+            let reports = node.federation()?.replicas().reports();
+            reports
+                .into_iter()
+                .find(|r| r.source == "us-1")?
+                .lag_ms
+                .map(|_| ())
+        },
+    )
+    .await;
 
     // Node 1 of eu-1 stops importing: cut off from us-1 and from the other eu-1 nodes
     // (which hold the same document and could pass it on). The router still reaches it.

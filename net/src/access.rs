@@ -63,6 +63,16 @@ struct Inner {
 /// this one.
 pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
 
+/// What [`Access::track`] made of a connection.
+enum Tracked {
+    /// Recorded as open: admitted.
+    Open,
+    /// Its remote is cut off by fault injection.
+    Blocked,
+    /// Its remote holds [`MAX_CONNECTIONS_PER_PEER`] open connections already.
+    Full,
+}
+
 /// Most distinct refused endpoints remembered for logging; past it every refusal logs at
 /// debug level, so a flood of strangers cannot grow memory or flood the log.
 const MAX_WARNED_REMOTES: usize = 1024;
@@ -141,17 +151,25 @@ impl Access {
         counts
     }
 
-    /// Records `conn` as open; false (and not recorded) when its remote already holds
-    /// [`MAX_CONNECTIONS_PER_PEER`] open connections.
-    fn track(&self, conn: &Connection) -> bool {
+    /// Records `conn` as open, unless its remote is cut off or already holds
+    /// [`MAX_CONNECTIONS_PER_PEER`] open connections (then it is not recorded).
+    ///
+    /// The cut is read under the lock [`Access::set_blocked`] holds while it closes the
+    /// open connections and replaces the cut, so a connection whose handshake ends while a
+    /// cut is being made is either recorded first (and closed by the cut) or sees the cut:
+    /// none is admitted unseen by it and lives on through the partition.
+    fn track(&self, conn: &Connection) -> Tracked {
         let mut live = self.inner.live.lock().expect("live connections lock");
+        if self.is_blocked(&conn.remote_id()) {
+            return Tracked::Blocked;
+        }
         let handles = live.entry(conn.remote_id()).or_default();
         handles.retain(|h| h.upgrade().is_some_and(|c| c.close_reason().is_none()));
         if handles.len() >= MAX_CONNECTIONS_PER_PEER {
-            return false;
+            return Tracked::Full;
         }
         handles.push(conn.weak_handle());
-        true
+        Tracked::Open
     }
 
     fn count_refused(&self, alpn: &[u8]) {
@@ -195,11 +213,12 @@ impl Access {
     fn decide(&self, conn: &Connection) -> AfterHandshakeOutcome {
         let remote = conn.remote_id();
         let alpn = conn.alpn();
+        let partitioned = || AfterHandshakeOutcome::Reject {
+            error_code: CLOSE_NOT_ADMITTED.into(),
+            reason: b"partitioned".to_vec(),
+        };
         if self.is_blocked(&remote) {
-            return AfterHandshakeOutcome::Reject {
-                error_code: CLOSE_NOT_ADMITTED.into(),
-                reason: b"partitioned".to_vec(),
-            };
+            return partitioned();
         }
         if !self.allows(&remote, alpn) {
             return self.refuse(
@@ -209,15 +228,16 @@ impl Access {
                 b"this endpoint is not allowed on this protocol",
             );
         }
-        if !self.track(conn) {
-            return self.refuse(
+        match self.track(conn) {
+            Tracked::Open => AfterHandshakeOutcome::Accept,
+            Tracked::Blocked => partitioned(),
+            Tracked::Full => self.refuse(
                 remote,
                 alpn,
                 "the endpoint already holds the most connections allowed with this node",
                 b"too many connections from this endpoint",
-            );
+            ),
         }
-        AfterHandshakeOutcome::Accept
     }
 }
 

@@ -65,6 +65,22 @@ fn report_of(t: &Topology, id: u64) -> ReplicaReport {
         .unwrap()
 }
 
+/// eu-1 node `id`'s checkpoints loaded so far, read once its importer's report has caught
+/// up with its replica: a load writes the replica first and counts itself after, so a
+/// count read as soon as the replica converged may miss the load that converged it.
+async fn loads_settled(t: &Topology, id: u64) -> u64 {
+    poll(
+        &format!("eu-1 node {id}'s import report to catch up with its replica"),
+        Duration::from_secs(30),
+        || async {
+            let r = report_of(t, id);
+            let (revision, _) = replica(t.cluster("eu-1"), id, "us-1");
+            (r.revision == revision).then_some(r.checkpoints_loaded)
+        },
+    )
+    .await
+}
+
 /// Puts one key after another (each soon its own segment) until us-1's exporter has
 /// written `segments` more segments.
 async fn write_segments(t: &Topology, us: &AspenClient, segments: u64) {
@@ -121,13 +137,13 @@ async fn a_small_ring_wraps_by_whole_groups_stays_bounded_and_a_replica_behind_i
     let us = client(&t, "us");
     us.put("ring/start", b"0").await.unwrap();
     wait_converged(&t, "us-1", "eu-1", Duration::from_secs(30)).await;
-    let loaded_at_start = report(&t).checkpoints_loaded;
+    let loaded_at_start = loads_settled(&t, 1).await;
 
     // (1) The ring wraps more than twice while eu keeps up.
     write_segments(&t, &us, 2 * SLOTS + SLOTS / 2).await;
     wait_converged(&t, "us-1", "eu-1", Duration::from_secs(60)).await;
     assert_eq!(
-        report(&t).checkpoints_loaded,
+        loads_settled(&t, 1).await,
         loaded_at_start,
         "a replica that keeps up applies segments, never the checkpoint"
     );
@@ -179,7 +195,7 @@ async fn a_small_ring_wraps_by_whole_groups_stays_bounded_and_a_replica_behind_i
     t.heal();
     wait_converged(&t, "us-1", "eu-1", Duration::from_secs(60)).await;
     assert_eq!(
-        report(&t).checkpoints_loaded,
+        loads_settled(&t, 1).await,
         loaded_at_start + 1,
         "the replica behind the ring loaded the checkpoint once"
     );
@@ -200,7 +216,7 @@ async fn a_segment_gone_from_every_node_gives_way_to_the_checkpoint_after_the_gr
     let us = client(&t, "us");
     us.put("gone/start", b"0").await.unwrap();
     wait_converged(&t, "us-1", "eu-1", Duration::from_secs(30)).await;
-    let loaded_at_start = report(&t).checkpoints_loaded;
+    let loaded_at_start = loads_settled(&t, 1).await;
 
     // eu is cut off while the segment after its revision is written, and that segment's
     // content is then gone from every node of both regions (fault injection).
@@ -256,7 +272,7 @@ async fn a_segment_gone_from_every_node_gives_way_to_the_checkpoint_after_the_gr
     wait_converged(&t, "us-1", "eu-1", Duration::from_secs(60)).await;
     let waited = healed.elapsed();
     assert_eq!(
-        report(&t).checkpoints_loaded,
+        loads_settled(&t, 1).await,
         loaded_at_start + 1,
         "the checkpoint past the lost segment was loaded"
     );
@@ -274,12 +290,10 @@ async fn a_segment_whose_content_cannot_be_fetched_gives_way_to_another_holding_
     let us = client(&t, "us");
     us.put("again/start", b"0").await.unwrap();
     wait_converged(&t, "us-1", "eu-1", Duration::from_secs(30)).await;
-    let loaded_at_start: Vec<u64> = t
-        .cluster("eu-1")
-        .running()
-        .into_iter()
-        .map(|id| report_of(&t, id).checkpoints_loaded)
-        .collect();
+    let mut loaded_at_start = Vec::new();
+    for id in t.cluster("eu-1").running() {
+        loaded_at_start.push(loads_settled(&t, id).await);
+    }
 
     // eu is cut off while one segment is written after its revision; us-1's other nodes
     // copy it, content included, and then act as if that content were gone, so that
@@ -381,7 +395,7 @@ async fn a_segment_whose_content_cannot_be_fetched_gives_way_to_another_holding_
     wait_converged(&t, "us-1", "eu-1", Duration::from_secs(60)).await;
     for (id, loaded) in eu_nodes.iter().zip(loaded_at_start) {
         assert_eq!(
-            report_of(&t, *id).checkpoints_loaded,
+            loads_settled(&t, *id).await,
             loaded,
             "eu-1 node {id} applied segments, loading no checkpoint"
         );

@@ -310,42 +310,7 @@ impl KvService {
             };
             if let Some(leader_id) = leader.filter(|id| *id != self.node_id) {
                 leader_known = true;
-                let forwarder = self.forwarder();
-                let heard = self.state.contact.since_ms().is_some_and(|ms| {
-                    ms <= self.raft.config().heartbeat_interval * LEADER_HEARD_HEARTBEATS
-                });
-                forwarder.follow(leader_id, heard);
-                // The client bounds each request by its own deadline, from when it takes it;
-                // this keeps the whole request within this one (plus the grace in which
-                // the client's own verdict, such as "no leader answered", comes first).
-                let forwarded = forwarder.call(request.clone());
-                let bounded = tokio::time::timeout_at(deadline + FORWARD_VERDICT_GRACE, forwarded);
-                // A request that may be sent again does not wait on a leader this node's
-                // Raft has seen replaced: a dead leader holds it until the dial gives up
-                // (`CONNECT_TIMEOUT`), which outlasts an election and, for a keep-alive,
-                // can outlast the lease's TTL at the new leader.
-                let answer = if retry_is_safe(request) {
-                    tokio::select! {
-                        answer = bounded => Some(answer),
-                        () = self.leader_moves_from(leader_id) => None,
-                    }
-                } else {
-                    Some(bounded.await)
-                };
-                let answer = match answer {
-                    None => None,
-                    Some(Ok(answer)) => Some(answer?),
-                    Some(Err(_)) => {
-                        return Err(ApiError::new(
-                            ErrorCode::Timeout,
-                            format!(
-                                "leader {leader_id} did not answer within {REQUEST_DEADLINE:?}; \
-                                 a write may or may not have been applied"
-                            ),
-                        ))
-                    }
-                };
-                match answer {
+                match self.forward(request, leader_id, deadline).await? {
                     Some(KvResponse::Error(e)) => return Err(e),
                     // Another node leads now (maybe this one): asked again, next round.
                     None | Some(KvResponse::NotLeader { .. }) => {}
@@ -370,6 +335,50 @@ impl KvService {
             }
             tokio::time::sleep(RETRY_BACKOFF).await;
         }
+    }
+
+    /// Forwards `request` to `leader_id` through this node's client, within `deadline`:
+    /// the leader's answer, or `None` when the request may be sent again and this node's
+    /// Raft names another leader before the answer comes. (A dead leader holds a request
+    /// until the dial gives up, `CONNECT_TIMEOUT`, which outlasts an election and, for a
+    /// keep-alive, can outlast the lease's TTL at the new leader; a write waits, as one
+    /// delivered is never sent twice.)
+    async fn forward(
+        &self,
+        request: &KvRequest,
+        leader_id: NodeId,
+        deadline: Instant,
+    ) -> Result<Option<KvResponse>, ApiError> {
+        let forwarder = self.forwarder();
+        let heard = self.state.contact.since_ms().is_some_and(|ms| {
+            ms <= self.raft.config().heartbeat_interval * LEADER_HEARD_HEARTBEATS
+        });
+        forwarder.follow(leader_id, heard);
+        // The client bounds each request by its own deadline, from when it takes it; this
+        // keeps the whole request within this one (plus the grace in which the client's
+        // own verdict, such as "no leader answered", comes first).
+        let bounded = tokio::time::timeout_at(
+            deadline + FORWARD_VERDICT_GRACE,
+            forwarder.call(request.clone()),
+        );
+        let answer = if retry_is_safe(request) {
+            tokio::select! {
+                answer = bounded => answer,
+                () = self.leader_moves_from(leader_id) => return Ok(None),
+            }
+        } else {
+            bounded.await
+        };
+        let answer = answer.map_err(|_| {
+            ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "leader {leader_id} did not answer within {REQUEST_DEADLINE:?}; \
+                     a write may or may not have been applied"
+                ),
+            )
+        })??;
+        Ok(Some(answer))
     }
 
     /// Resolves once this node's Raft names a leader other than `from`; never if its Raft

@@ -15,8 +15,8 @@ use aspen_api::client::TxnOutcome;
 use aspen_api::json::{BatchRequest, JsonWrite, TxnRequest};
 use aspen_api::{Consistency, ErrorCode};
 use support::federation::{
-    client, owner_entries, replica, replica_status, router_lag_gauge, stale_read_lag, start,
-    start_with, wait_converged,
+    client, owner_entries, replica, replica_status, router_lag_gauge, settled_report,
+    stale_read_lag, start, start_with, wait_converged,
 };
 use support::poll;
 
@@ -477,17 +477,7 @@ async fn a_replica_lost_with_its_federation_data_comes_back_from_a_checkpoint_no
     wait_converged(&t, "us-1", "eu-1", Duration::from_secs(60)).await;
 
     let (head, _) = owner_entries(t.cluster("us-1"));
-    let report = t
-        .cluster("eu-1")
-        .node(2)
-        .unwrap()
-        .federation()
-        .unwrap()
-        .replicas()
-        .reports()
-        .into_iter()
-        .find(|r| r.source == "us-1")
-        .unwrap();
+    let report = settled_report(t.cluster("eu-1"), 2, "us-1").await;
     println!(
         "us-1 at revision {head}; the new replica loaded {} checkpoints and applied {} change sets",
         report.checkpoints_loaded, report.sets_applied

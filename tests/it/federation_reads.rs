@@ -11,7 +11,7 @@ use std::time::Duration;
 use aspen::topology::Topology;
 use aspen_api::wire::ReplicaReadRequest;
 use aspen_api::{Consistency, ErrorCode, ReadRequest};
-use support::federation::{client, owner_entries, replica, start, wait_converged};
+use support::federation::{client, owner_entries, replica, replica_report, start, wait_converged};
 use support::poll;
 
 /// The endpoints of every running node of `cluster`.
@@ -45,11 +45,7 @@ async fn stale_reads_move_past_a_replica_that_is_behind_and_refuse_rather_than_g
         "node 1's replica to know its lag",
         Duration::from_secs(30),
         || async {
-            let node = t.cluster("eu-1").node(1)?;
-            let reports = node.federation()?.replicas().reports();
-            reports
-                .into_iter()
-                .find(|r| r.source == "us-1")?
+            replica_report(t.cluster("eu-1"), 1, "us-1")?
                 .lag_ms
                 .map(|_| ())
         },
@@ -127,13 +123,7 @@ async fn stale_reads_move_past_a_replica_that_is_behind_and_refuse_rather_than_g
         "node 1's replica seen stale",
         Duration::from_secs(30),
         || async {
-            let reports = t
-                .cluster("eu-1")
-                .node(1)?
-                .federation()?
-                .replicas()
-                .reports();
-            let report = reports.into_iter().find(|r| r.source == "us-1")?;
+            let report = replica_report(t.cluster("eu-1"), 1, "us-1")?;
             (report.lag_ms? > 3_000).then_some(())
         },
     )

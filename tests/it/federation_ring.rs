@@ -18,7 +18,9 @@ use aspen_config::limits::{MIN_CHECKPOINT_REPLAY_BYTES, MIN_SEGMENT_SLOTS};
 use aspen_federation::export::ExportStatus;
 use aspen_federation::keys::GROUP_SEGMENTS;
 use aspen_federation::{DocumentInfo, Federation};
-use support::federation::{client, replica, stale_read_lag, start_with, wait_converged};
+use support::federation::{
+    client, replica, replica_report, settled_report, stale_read_lag, start_with, wait_converged,
+};
 use support::poll;
 
 /// The ring of these tests: two groups.
@@ -53,32 +55,15 @@ fn report(t: &Topology) -> ReplicaReport {
 
 /// eu-1 node `id`'s replica of us-1.
 fn report_of(t: &Topology, id: u64) -> ReplicaReport {
-    t.cluster("eu-1")
-        .node(id)
-        .unwrap()
-        .federation()
-        .unwrap()
-        .replicas()
-        .reports()
-        .into_iter()
-        .find(|r| r.source == "us-1")
-        .unwrap()
+    replica_report(t.cluster("eu-1"), id, "us-1").expect("eu-1 node running, keeping us-1")
 }
 
-/// eu-1 node `id`'s checkpoints loaded so far, read once its importer's report has caught
-/// up with its replica: a load writes the replica first and counts itself after, so a
-/// count read as soon as the replica converged may miss the load that converged it.
+/// eu-1 node `id`'s checkpoints loaded so far, once its report has caught up with its
+/// replica ([`settled_report`]).
 async fn loads_settled(t: &Topology, id: u64) -> u64 {
-    poll(
-        &format!("eu-1 node {id}'s import report to catch up with its replica"),
-        Duration::from_secs(30),
-        || async {
-            let r = report_of(t, id);
-            let (revision, _) = replica(t.cluster("eu-1"), id, "us-1");
-            (r.revision == revision).then_some(r.checkpoints_loaded)
-        },
-    )
-    .await
+    settled_report(t.cluster("eu-1"), id, "us-1")
+        .await
+        .checkpoints_loaded
 }
 
 /// Puts one key after another (each soon its own segment) until us-1's exporter has

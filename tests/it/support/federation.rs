@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use aspen::topology::{Topology, TopologySpec};
+use aspen_api::wire::ReplicaReport;
 use aspen_api::{AspenClient, KvEntry};
 use aspen_cluster_node::local_cluster::LocalCluster;
 
@@ -103,6 +104,33 @@ pub async fn wait_converged(t: &Topology, source: &str, importer: &str, within: 
         },
     )
     .await;
+}
+
+/// What node `id` of `cluster` reports of its replica of `source` (revision, lag, phase,
+/// checkpoints loaded); `None` if the node is not running or keeps no such replica.
+pub fn replica_report(cluster: &LocalCluster, id: u64, source: &str) -> Option<ReplicaReport> {
+    cluster
+        .node(id)?
+        .federation()?
+        .replicas()
+        .reports()
+        .into_iter()
+        .find(|r| r.source == source)
+}
+
+/// [`replica_report`] once it has caught up with the replica's store (its revision is the
+/// store's): a checkpoint load writes the replica first and counts itself after, so a
+/// report read as soon as the replica converged may miss the load that converged it.
+pub async fn settled_report(cluster: &LocalCluster, id: u64, source: &str) -> ReplicaReport {
+    poll(
+        &format!("node {id}'s report of its replica of {source} to catch up with it"),
+        Duration::from_secs(30),
+        || async {
+            let report = replica_report(cluster, id, source)?;
+            (report.revision == replica(cluster, id, source).0).then_some(report)
+        },
+    )
+    .await
 }
 
 /// `/v1/status` of `region`'s router: the replica of `source` (revision, lag seconds).
